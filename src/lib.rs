@@ -1,1 +1,11 @@
-//! flink-gitops
+//! flink-gitops: keeps an Apache Flink session cluster in step with a Git repository of signed job specs.
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod flink;
+pub mod git;
+pub mod plan;
+pub mod spec;
+pub mod state;
+pub mod util;

@@ -1,1 +1,39 @@
-fn main() {}
+//! The `flink-gitops` binary: parses the command line, sets up logging, runs the command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use flink_gitops::cli::{Cli, LogFormat, run};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(cli: &Cli) {
+    let default = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(flink_gitops::cli::EXIT_FINDINGS);
+        }
+    };
+    runtime.block_on(run(cli))
+}

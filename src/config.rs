@@ -1,0 +1,503 @@
+//! The agent's configuration file: raw serde structs at the edge, validated types inside.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::util::{parse_duration, read_file_limited};
+
+/// Where the service looks for its configuration when `-c` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/flink-gitops/config.yaml";
+
+const CONFIG_SIZE_LIMIT: u64 = 1024 * 1024;
+
+/// Why a configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O failure.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML for the config schema (unknown key, wrong type, syntax).
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// 1-based line, 0 when unknown.
+        line: u64,
+        /// 1-based column, 0 when unknown.
+        column: u64,
+        /// What the parser said.
+        message: String,
+    },
+    /// A value has the right type but is not acceptable.
+    #[error("{path}: `{field}`: {reason}")]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// Dotted key of the offending field.
+        field: String,
+        /// Why it was refused.
+        reason: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    repo: RawRepo,
+    trust: RawTrust,
+    #[serde(default)]
+    flink: RawFlink,
+    #[serde(default)]
+    state: RawState,
+    #[serde(default)]
+    server: RawServer,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRepo {
+    url: String,
+    branch: Option<String>,
+    jobs_dir: Option<String>,
+    poll_interval: Option<String>,
+    #[serde(default)]
+    auth: RawRepoAuth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRepoAuth {
+    username: Option<String>,
+    token_file: Option<PathBuf>,
+    ssh_key_file: Option<PathBuf>,
+    ssh_key_passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    allowed_signers: PathBuf,
+    commits: Option<String>,
+    artifacts: Option<String>,
+    artifact_namespace: Option<String>,
+    start_commit: Option<String>,
+    clean_merges: Option<bool>,
+    #[serde(default)]
+    owners: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlink {
+    url: Option<String>,
+    savepoint_dir: Option<String>,
+    request_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (relative paths inside it are resolved against its folder).
+    pub source: PathBuf,
+    /// The spec repository.
+    pub repo: RepoConfig,
+    /// Signature policy.
+    pub trust: TrustConfig,
+    /// The Flink cluster.
+    pub flink: FlinkConfig,
+    /// Where the agent keeps its state.
+    pub state: StateConfig,
+    /// The HTTP server for health, metrics and webhooks.
+    pub server: ServerConfig,
+}
+
+/// Where the spec repository lives and how it is read.
+#[derive(Debug, Clone)]
+pub struct RepoConfig {
+    /// A local path, `file://`, `https://` or `ssh://` URL, as git understands it.
+    pub url: String,
+    /// The branch whose head is the desired state.
+    pub branch: String,
+    /// Folder inside the repo that holds the job specs.
+    pub jobs_dir: String,
+    /// How often the remote is polled.
+    pub poll_interval: Duration,
+    /// Credentials for remote repositories, all read from files.
+    pub auth: RepoAuth,
+}
+
+/// Credentials for a remote spec repository; every secret is a file path.
+#[derive(Debug, Clone, Default)]
+pub struct RepoAuth {
+    /// User name for https (defaults to `git` for tokens).
+    pub username: Option<String>,
+    /// File holding an https token or password.
+    pub token_file: Option<PathBuf>,
+    /// File holding an SSH private key.
+    pub ssh_key_file: Option<PathBuf>,
+    /// File holding the passphrase of that key.
+    pub ssh_key_passphrase_file: Option<PathBuf>,
+}
+
+/// Which commits must carry a trusted signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitPolicy {
+    /// Every commit between the last applied one and the new head.
+    Every,
+    /// Only the new head.
+    Head,
+}
+
+/// Whether JARs need a detached signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArtifactPolicy {
+    /// Every JAR needs a valid `<artifact>.sig`.
+    Required,
+    /// Only specs with `security.artifact_verification: true` need one.
+    Optional,
+}
+
+/// Signature policy.
+#[derive(Debug, Clone)]
+pub struct TrustConfig {
+    /// The OpenSSH allowed_signers file.
+    pub allowed_signers: PathBuf,
+    /// Which commits are verified.
+    pub commits: CommitPolicy,
+    /// Whether JAR signatures are mandatory.
+    pub artifacts: ArtifactPolicy,
+    /// SSHSIG namespace of artifact signatures.
+    pub artifact_namespace: String,
+    /// Commit trusted on a fresh install (else the current head, if it verifies).
+    pub start_commit: Option<String>,
+    /// Accept unsigned merge commits whose tree is the clean merge of verified parents.
+    pub clean_merges: bool,
+    /// Path globs mapped to the principals allowed to change them.
+    pub owners: Vec<(String, Vec<String>)>,
+}
+
+/// The Flink cluster the agent manages.
+#[derive(Debug, Clone)]
+pub struct FlinkConfig {
+    /// REST base URL.
+    pub url: url::Url,
+    /// Default savepoint target directory.
+    pub savepoint_dir: String,
+    /// Timeout for one REST call.
+    pub request_timeout: Duration,
+}
+
+/// Where state lives.
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    /// Directory holding `state.db`, the repo cache and the lock.
+    pub dir: PathBuf,
+}
+
+/// The agent's HTTP server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let bytes =
+            read_file_limited(path, CONFIG_SIZE_LIMIT).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let text = String::from_utf8(bytes).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            message: format!(
+                "not UTF-8 (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates configuration text; `path` names the source in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = crate::spec::yaml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            line: e.line,
+            column: e.column,
+            message: e.message,
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let invalid = |field: &str, reason: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            reason,
+        };
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+
+        let repo_url = raw.repo.url.trim().to_string();
+        if repo_url.is_empty() {
+            return Err(invalid("repo.url", "must not be empty".into()));
+        }
+        let repo_url = if repo_url.contains("://") || repo_url.contains('@') {
+            repo_url
+        } else {
+            resolve(Path::new(&repo_url)).to_string_lossy().into_owned()
+        };
+        let branch = raw.repo.branch.unwrap_or_else(|| "main".into());
+        if branch.is_empty() || git2::Branch::name_is_valid(&branch).ok() != Some(true) {
+            return Err(invalid(
+                "repo.branch",
+                format!("`{branch}` is not a valid branch name"),
+            ));
+        }
+        let jobs_dir = raw.repo.jobs_dir.unwrap_or_else(|| "jobs".into());
+        crate::spec::RepoPath::parse(&jobs_dir)
+            .map_err(|reason| invalid("repo.jobs_dir", reason))?;
+        let poll_interval = duration_field(raw.repo.poll_interval, "30s")
+            .map_err(|reason| invalid("repo.poll_interval", reason))?;
+        if poll_interval < Duration::from_secs(1) {
+            return Err(invalid("repo.poll_interval", "must be at least 1s".into()));
+        }
+        let auth = RepoAuth {
+            username: raw.repo.auth.username,
+            token_file: raw.repo.auth.token_file.as_deref().map(resolve),
+            ssh_key_file: raw.repo.auth.ssh_key_file.as_deref().map(resolve),
+            ssh_key_passphrase_file: raw
+                .repo
+                .auth
+                .ssh_key_passphrase_file
+                .as_deref()
+                .map(resolve),
+        };
+        if auth.token_file.is_some() && auth.ssh_key_file.is_some() {
+            return Err(invalid(
+                "repo.auth",
+                "set either token_file (https) or ssh_key_file (ssh), not both".into(),
+            ));
+        }
+
+        let commits = match raw.trust.commits.as_deref().unwrap_or("every") {
+            "every" => CommitPolicy::Every,
+            "head" => CommitPolicy::Head,
+            other => {
+                return Err(invalid(
+                    "trust.commits",
+                    format!("`{other}`: expected `every` or `head`"),
+                ));
+            }
+        };
+        let artifacts = match raw.trust.artifacts.as_deref().unwrap_or("required") {
+            "required" => ArtifactPolicy::Required,
+            "optional" => ArtifactPolicy::Optional,
+            other => {
+                return Err(invalid(
+                    "trust.artifacts",
+                    format!("`{other}`: expected `required` or `optional`"),
+                ));
+            }
+        };
+        let artifact_namespace = raw
+            .trust
+            .artifact_namespace
+            .unwrap_or_else(|| "flink-gitops-artifact".into());
+        if artifact_namespace.is_empty() || artifact_namespace == "git" {
+            return Err(invalid(
+                "trust.artifact_namespace",
+                "must be non-empty and differ from `git`, so a commit signature cannot pass as an artifact signature".into(),
+            ));
+        }
+        for (glob, principals) in &raw.trust.owners {
+            globset::Glob::new(glob)
+                .map_err(|e| invalid(&format!("trust.owners.{glob}"), format!("bad glob: {e}")))?;
+            if principals.is_empty() {
+                return Err(invalid(
+                    &format!("trust.owners.{glob}"),
+                    "needs at least one principal".into(),
+                ));
+            }
+        }
+        let trust = TrustConfig {
+            allowed_signers: resolve(&raw.trust.allowed_signers),
+            commits,
+            artifacts,
+            artifact_namespace,
+            start_commit: raw.trust.start_commit,
+            clean_merges: raw.trust.clean_merges.unwrap_or(false),
+            owners: raw.trust.owners.into_iter().collect(),
+        };
+
+        let flink_url_text = raw
+            .flink
+            .url
+            .unwrap_or_else(|| "http://127.0.0.1:8081".into());
+        let flink_url = url::Url::parse(&flink_url_text)
+            .map_err(|e| invalid("flink.url", format!("`{flink_url_text}`: {e}")))?;
+        if !matches!(flink_url.scheme(), "http" | "https") {
+            return Err(invalid(
+                "flink.url",
+                "must be an http:// or https:// URL".into(),
+            ));
+        }
+        let savepoint_dir = raw
+            .flink
+            .savepoint_dir
+            .unwrap_or_else(|| "file:///var/lib/flink/savepoints".into());
+        if !savepoint_dir.contains("://") {
+            return Err(invalid(
+                "flink.savepoint_dir",
+                format!(
+                    "`{savepoint_dir}` needs a scheme Flink understands, e.g. file:///var/lib/flink/savepoints or s3://bucket/path"
+                ),
+            ));
+        }
+        let request_timeout = duration_field(raw.flink.request_timeout, "30s")
+            .map_err(|reason| invalid("flink.request_timeout", reason))?;
+
+        let state_dir = resolve(
+            &raw.state
+                .dir
+                .unwrap_or_else(|| PathBuf::from("/var/lib/flink-gitops")),
+        );
+        let listen_text = raw.server.listen.unwrap_or_else(|| "127.0.0.1:9464".into());
+        let listen = listen_text
+            .parse()
+            .map_err(|e| invalid("server.listen", format!("`{listen_text}`: {e}")))?;
+
+        Ok(Config {
+            source: path.to_path_buf(),
+            repo: RepoConfig {
+                url: repo_url,
+                branch,
+                jobs_dir,
+                poll_interval,
+                auth,
+            },
+            trust,
+            flink: FlinkConfig {
+                url: flink_url,
+                savepoint_dir,
+                request_timeout,
+            },
+            state: StateConfig { dir: state_dir },
+            server: ServerConfig { listen },
+        })
+    }
+}
+
+fn duration_field(value: Option<String>, default: &str) -> Result<Duration, String> {
+    parse_duration(value.as_deref().unwrap_or(default))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "repo: { url: /srv/specs }\ntrust: { allowed_signers: signers }\n";
+
+    #[test]
+    fn defaults_fill_the_gaps() {
+        let config = Config::parse(MINIMAL, Path::new("/etc/fg/config.yaml")).unwrap();
+        assert_eq!(config.repo.branch, "main");
+        assert_eq!(config.repo.jobs_dir, "jobs");
+        assert_eq!(config.repo.poll_interval, Duration::from_secs(30));
+        assert_eq!(
+            config.trust.allowed_signers,
+            PathBuf::from("/etc/fg/signers")
+        );
+        assert_eq!(config.trust.commits, CommitPolicy::Every);
+        assert_eq!(config.trust.artifacts, ArtifactPolicy::Required);
+        assert_eq!(config.flink.url.as_str(), "http://127.0.0.1:8081/");
+        assert_eq!(config.flink.request_timeout, Duration::from_secs(30));
+        assert_eq!(config.server.listen.port(), 9464);
+    }
+
+    #[test]
+    fn relative_repo_path_is_anchored_at_the_config_folder() {
+        let config = Config::parse(
+            "repo: { url: ../specs }\ntrust: { allowed_signers: /k }\n",
+            Path::new("/etc/fg/config.yaml"),
+        )
+        .unwrap();
+        assert_eq!(config.repo.url, "/etc/fg/../specs");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_a_location() {
+        let err = Config::parse(
+            "repo: { url: /x, brnch: main }\ntrust: { allowed_signers: k }\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("brnch"), "{text}");
+        assert!(text.starts_with("c.yaml:1:"), "{text}");
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let cases = [
+            (
+                "repo: { url: /x, poll_interval: 30 }\ntrust: { allowed_signers: k }\n",
+                "repo.poll_interval",
+            ),
+            (
+                "repo: { url: /x }\ntrust: { allowed_signers: k, commits: some }\n",
+                "trust.commits",
+            ),
+            (
+                "repo: { url: /x }\ntrust: { allowed_signers: k }\nflink: { url: 'ftp://x' }\n",
+                "flink.url",
+            ),
+            (
+                "repo: { url: /x }\ntrust: { allowed_signers: k }\nflink: { savepoint_dir: /tmp/sp }\n",
+                "flink.savepoint_dir",
+            ),
+            (
+                "repo: { url: /x }\ntrust: { allowed_signers: k }\nserver: { listen: 'nowhere' }\n",
+                "server.listen",
+            ),
+            (
+                "repo: { url: /x, jobs_dir: ../up }\ntrust: { allowed_signers: k }\n",
+                "repo.jobs_dir",
+            ),
+            (
+                "repo: { url: /x }\ntrust: { allowed_signers: k, artifact_namespace: git }\n",
+                "trust.artifact_namespace",
+            ),
+        ];
+        for (text, field) in cases {
+            let err = Config::parse(text, Path::new("c.yaml")).unwrap_err();
+            assert!(err.to_string().contains(field), "{field}: {err}");
+        }
+    }
+}

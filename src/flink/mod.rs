@@ -1,0 +1,330 @@
+//! The Flink JobManager REST client: timeouts on every call, typed errors with Flink's root cause.
+
+pub mod types;
+
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+
+pub use types::*;
+
+/// Why a Flink REST call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FlinkError {
+    /// No connection could be made.
+    #[error("Flink at {url} is unreachable: {reason}")]
+    Unreachable {
+        /// The request URL.
+        url: String,
+        /// The connection failure.
+        reason: String,
+    },
+    /// The call took longer than the request timeout.
+    #[error("{method} {url} timed out after {}", crate::util::format_duration(*after))]
+    Timeout {
+        /// HTTP method.
+        method: String,
+        /// The request URL.
+        url: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// Flink answered with an error status.
+    #[error("{method} {endpoint}: HTTP {status}: {root_cause}")]
+    Status {
+        /// HTTP method.
+        method: String,
+        /// The endpoint path.
+        endpoint: String,
+        /// HTTP status.
+        status: u16,
+        /// The last `Caused by:` of Flink's stack trace, or its first line.
+        root_cause: String,
+    },
+    /// The response was not what this endpoint returns.
+    #[error("{method} {endpoint}: unexpected response: {reason}")]
+    Decode {
+        /// HTTP method.
+        method: String,
+        /// The endpoint path.
+        endpoint: String,
+        /// What did not fit.
+        reason: String,
+    },
+    /// A local file (a JAR to upload) could not be read.
+    #[error("reading {path}: {source}")]
+    Local {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+impl FlinkError {
+    /// Label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FlinkError::Unreachable { .. } => "unreachable",
+            FlinkError::Timeout { .. } => "timeout",
+            FlinkError::Status { status, .. } if *status >= 500 => "server_error",
+            FlinkError::Status { status: 404, .. } => "not_found",
+            FlinkError::Status { .. } => "client_error",
+            FlinkError::Decode { .. } => "decode",
+            FlinkError::Local { .. } => "local",
+        }
+    }
+
+    /// True when the same call may succeed later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self.kind(), "unreachable" | "timeout" | "server_error")
+    }
+
+    /// True for a 404, e.g. a job or JAR id the cluster does not know.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, FlinkError::Status { status: 404, .. })
+    }
+}
+
+/// Reduces a Flink error body (`{"errors": [...]}` with Java stack traces) to the line a person needs.
+pub fn root_cause(body: &str) -> String {
+    let strings: Vec<String> = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("errors").cloned())
+        .and_then(|v| serde_json::from_value::<Vec<String>>(v).ok())
+        .unwrap_or_default();
+    let text = match strings.last() {
+        Some(last) => last.as_str(),
+        None => body,
+    };
+    let caused_by = text
+        .lines()
+        .map(str::trim)
+        .filter_map(|line| line.strip_prefix("Caused by: "))
+        .last();
+    let line = match caused_by {
+        Some(line) => line,
+        None => text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && *l != "<Exception on server side:")
+            .unwrap_or("(empty error body)"),
+    };
+    let mut line = line.to_string();
+    if line.len() > 500 {
+        let mut cut = 500;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        line.push('…');
+    }
+    line
+}
+
+/// A client for one Flink cluster.
+#[derive(Debug, Clone)]
+pub struct FlinkClient {
+    http: reqwest::Client,
+    base: String,
+    timeout: Duration,
+}
+
+impl FlinkClient {
+    /// A client for the cluster at `base` whose calls each time out after `timeout`.
+    pub fn new(base: &url::Url, timeout: Duration) -> Result<FlinkClient, FlinkError> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("flink-gitops/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| FlinkError::Unreachable {
+                url: base.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(FlinkClient {
+            http,
+            base: base.as_str().trim_end_matches('/').to_string(),
+            timeout,
+        })
+    }
+
+    /// The cluster's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        endpoint: &str,
+        build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<T, FlinkError> {
+        let url = format!("{}{endpoint}", self.base);
+        let request = build(self.http.request(method.clone(), &url));
+        let response = request
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&method, &url, e))?;
+        let status = response.status();
+        let body = response
+            .text()
+            .await
+            .map_err(|e| self.transport_error(&method, &url, e))?;
+        if !status.is_success() {
+            return Err(FlinkError::Status {
+                method: method.to_string(),
+                endpoint: endpoint.to_string(),
+                status: status.as_u16(),
+                root_cause: root_cause(&body),
+            });
+        }
+        let body = if body.trim().is_empty() && status == StatusCode::ACCEPTED {
+            "{}".to_string()
+        } else {
+            body
+        };
+        serde_json::from_str(&body).map_err(|e| FlinkError::Decode {
+            method: method.to_string(),
+            endpoint: endpoint.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn transport_error(&self, method: &Method, url: &str, error: reqwest::Error) -> FlinkError {
+        if error.is_timeout() {
+            FlinkError::Timeout {
+                method: method.to_string(),
+                url: url.to_string(),
+                after: self.timeout,
+            }
+        } else {
+            let mut reason = error.to_string();
+            let mut source = std::error::Error::source(&error);
+            while let Some(inner) = source {
+                reason = format!("{reason}: {inner}");
+                source = inner.source();
+            }
+            FlinkError::Unreachable {
+                url: url.to_string(),
+                reason,
+            }
+        }
+    }
+
+    /// `GET /overview`.
+    pub async fn overview(&self) -> Result<ClusterOverview, FlinkError> {
+        self.call(Method::GET, "/overview", |r| r).await
+    }
+
+    /// `GET /jobs/overview`: every job the cluster still remembers, newest first.
+    pub async fn jobs(&self) -> Result<Vec<JobOverview>, FlinkError> {
+        let overview: JobsOverview = self.call(Method::GET, "/jobs/overview", |r| r).await?;
+        Ok(overview.jobs)
+    }
+
+    /// `GET /jobs/:jid`.
+    pub async fn job(&self, job_id: &str) -> Result<JobDetail, FlinkError> {
+        self.call(Method::GET, &format!("/jobs/{job_id}"), |r| r)
+            .await
+    }
+
+    /// `GET /jobs/:jid/checkpoints`.
+    pub async fn checkpoints(&self, job_id: &str) -> Result<CheckpointStats, FlinkError> {
+        self.call(Method::GET, &format!("/jobs/{job_id}/checkpoints"), |r| r)
+            .await
+    }
+
+    /// `GET /jobmanager/config`: the cluster-wide configuration.
+    pub async fn cluster_config(&self) -> Result<Vec<ConfigEntry>, FlinkError> {
+        self.call(Method::GET, "/jobmanager/config", |r| r).await
+    }
+
+    /// `POST /jars/upload`; returns the JAR id.
+    pub async fn upload_jar(&self, path: &Path) -> Result<String, FlinkError> {
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|source| FlinkError::Local {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "job.jar".into());
+        let part = reqwest::multipart::Part::bytes(bytes)
+            .file_name(name)
+            .mime_str("application/x-java-archive")
+            .map_err(|e| FlinkError::Decode {
+                method: "POST".into(),
+                endpoint: "/jars/upload".into(),
+                reason: e.to_string(),
+            })?;
+        let form = reqwest::multipart::Form::new().part("jarfile", part);
+        let response: UploadResponse = self
+            .call(Method::POST, "/jars/upload", |r| r.multipart(form))
+            .await?;
+        response
+            .filename
+            .rsplit('/')
+            .next()
+            .filter(|id| !id.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| FlinkError::Decode {
+                method: "POST".into(),
+                endpoint: "/jars/upload".into(),
+                reason: format!("no JAR id in filename `{}`", response.filename),
+            })
+    }
+
+    /// `POST /jars/:jarid/run`; returns the job id.
+    pub async fn run_jar(&self, jar_id: &str, request: &RunRequest) -> Result<String, FlinkError> {
+        let response: RunResponse = self
+            .call(Method::POST, &format!("/jars/{jar_id}/run"), |r| {
+                r.json(request)
+            })
+            .await?;
+        Ok(response.jobid)
+    }
+
+    /// `PATCH /jobs/:jid?mode=cancel`.
+    pub async fn cancel(&self, job_id: &str) -> Result<(), FlinkError> {
+        let _: serde_json::Value = self
+            .call(Method::PATCH, &format!("/jobs/{job_id}?mode=cancel"), |r| r)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_cause_takes_the_last_caused_by() {
+        let body = serde_json::json!({"errors": [
+            "org.apache.flink.runtime.rest.handler.RestHandlerException: Could not execute application.\n\tat org.apache.Foo\nCaused by: org.apache.flink.client.program.ProgramInvocationException: The main method caused an error\n\tat x\nCaused by: java.lang.IllegalStateException: counter-broken: simulated start-up failure\n\t... 12 more"
+        ]})
+        .to_string();
+        assert_eq!(
+            root_cause(&body),
+            "java.lang.IllegalStateException: counter-broken: simulated start-up failure"
+        );
+    }
+
+    #[test]
+    fn root_cause_of_an_internal_error_and_of_junk() {
+        let body = serde_json::json!({"errors": ["Internal server error.", "<Exception on server side:\njava.lang.NullPointerException: boom\n\tat x\nEnd of exception on server side>"]}).to_string();
+        assert_eq!(root_cause(&body), "java.lang.NullPointerException: boom");
+        assert_eq!(
+            root_cause("{\"errors\":[\"Not found: /jobs/abc\"]}"),
+            "Not found: /jobs/abc"
+        );
+        assert_eq!(
+            root_cause("<html>bad gateway</html>"),
+            "<html>bad gateway</html>"
+        );
+    }
+}

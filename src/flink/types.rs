@@ -1,0 +1,216 @@
+//! Hand-written, lenient serde types for the Flink 2.x REST endpoints the agent uses.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /overview`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct ClusterOverview {
+    /// Registered TaskManagers.
+    pub taskmanagers: u32,
+    /// All slots.
+    pub slots_total: u32,
+    /// Free slots.
+    pub slots_available: u32,
+    /// Running jobs.
+    pub jobs_running: u32,
+    /// Flink version string.
+    pub flink_version: String,
+}
+
+/// One entry of `GET /jobs/overview`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct JobOverview {
+    /// 32-hex job id.
+    pub jid: String,
+    /// The name the job's code gave it.
+    pub name: String,
+    /// Job status (`RUNNING`, `FAILED`...).
+    pub state: String,
+    /// Start time, epoch ms.
+    #[serde(rename = "start-time")]
+    pub start_time: i64,
+    /// End time, epoch ms, or -1.
+    #[serde(rename = "end-time")]
+    pub end_time: i64,
+}
+
+/// `GET /jobs/overview`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct JobsOverview {
+    /// Jobs, newest first.
+    pub jobs: Vec<JobOverview>,
+}
+
+/// One vertex of `GET /jobs/:jid`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Vertex {
+    /// Vertex id.
+    pub id: String,
+    /// Operator chain name.
+    pub name: String,
+    /// Parallelism.
+    pub parallelism: u32,
+    /// Execution state.
+    pub status: String,
+}
+
+/// `GET /jobs/:jid`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct JobDetail {
+    /// 32-hex job id.
+    pub jid: String,
+    /// Job name.
+    pub name: String,
+    /// Job status.
+    pub state: String,
+    /// Start, epoch ms.
+    #[serde(rename = "start-time")]
+    pub start_time: i64,
+    /// End, epoch ms, or -1.
+    #[serde(rename = "end-time")]
+    pub end_time: i64,
+    /// Last time each state was entered (0 = never).
+    pub timestamps: BTreeMap<String, i64>,
+    /// Vertices.
+    pub vertices: Vec<Vertex>,
+}
+
+/// `counts` of `GET /jobs/:jid/checkpoints`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct CheckpointCounts {
+    /// Restores.
+    pub restored: u64,
+    /// All checkpoints triggered.
+    pub total: u64,
+    /// In flight.
+    pub in_progress: u64,
+    /// Completed.
+    pub completed: u64,
+    /// Failed.
+    pub failed: u64,
+}
+
+/// A completed checkpoint or savepoint.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct CompletedCheckpoint {
+    /// Checkpoint id.
+    pub id: u64,
+    /// Where it is stored.
+    pub external_path: Option<String>,
+    /// When the last subtask acknowledged it, epoch ms.
+    pub latest_ack_timestamp: i64,
+    /// Whether it is a savepoint.
+    pub is_savepoint: bool,
+}
+
+/// The checkpoint or savepoint a job was restored from.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RestoredCheckpoint {
+    /// Checkpoint id.
+    pub id: u64,
+    /// When it was restored, epoch ms.
+    pub restore_timestamp: i64,
+    /// Whether it was a savepoint.
+    pub is_savepoint: bool,
+    /// Its location.
+    pub external_path: Option<String>,
+}
+
+/// A failed checkpoint.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct FailedCheckpoint {
+    /// Checkpoint id.
+    pub id: u64,
+    /// When it failed, epoch ms.
+    pub failure_timestamp: i64,
+    /// Why.
+    pub failure_message: Option<String>,
+}
+
+/// `latest` of `GET /jobs/:jid/checkpoints`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct LatestCheckpoints {
+    /// Latest completed checkpoint.
+    pub completed: Option<CompletedCheckpoint>,
+    /// Latest savepoint.
+    pub savepoint: Option<CompletedCheckpoint>,
+    /// What the job was restored from.
+    pub restored: Option<RestoredCheckpoint>,
+    /// Latest failure.
+    pub failed: Option<FailedCheckpoint>,
+}
+
+/// `GET /jobs/:jid/checkpoints`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct CheckpointStats {
+    /// Counters.
+    pub counts: CheckpointCounts,
+    /// Latest of each kind.
+    pub latest: LatestCheckpoints,
+}
+
+/// One `{key, value}` of `GET /jobmanager/config`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ConfigEntry {
+    /// Option name.
+    pub key: String,
+    /// Option value.
+    pub value: String,
+}
+
+/// `POST /jars/upload` response.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct UploadResponse {
+    /// Server path; its last segment is the JAR id.
+    pub filename: String,
+    /// `success`.
+    pub status: String,
+}
+
+/// `POST /jars/:jarid/run` body; built from this typed struct because Flink drops unknown fields silently.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRequest {
+    /// Main class, when the manifest has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry_class: Option<String>,
+    /// Program arguments.
+    pub program_args_list: Vec<String>,
+    /// Always sent: Flink runs at 1 without it, whatever the cluster default.
+    pub parallelism: u32,
+    /// The agent-chosen job id.
+    pub job_id: String,
+    /// Savepoint or checkpoint to restore from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub savepoint_path: Option<String>,
+    /// `NO_CLAIM` keeps the savepoint usable for rollback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claim_mode: Option<String>,
+    /// Allow state no operator claims.
+    pub allow_non_restored_state: bool,
+    /// Per-job options.
+    pub flink_configuration: BTreeMap<String, String>,
+}
+
+/// `POST /jars/:jarid/run` response.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RunResponse {
+    /// The job id.
+    pub jobid: String,
+}

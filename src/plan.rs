@@ -1,0 +1,481 @@
+//! The pure meeting point of desired (git), observed (Flink) and recorded (SQLite) state.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::flink::JobOverview;
+use crate::spec::{DesiredJob, DesiredRunState, DesiredState, JobType};
+use crate::state::JobRecord;
+
+/// What should happen to one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// First deployment.
+    Create,
+    /// Spec or artifact changed: redeploy through the upgrade mode.
+    Upgrade,
+    /// Stop with a savepoint and keep it.
+    Suspend,
+    /// Start again from the kept savepoint.
+    Resume,
+    /// Spec removed: stop with a savepoint, record it.
+    Delete,
+    /// Our job is no longer running on the cluster: start it again from its latest state.
+    Restart,
+    /// A job of ours runs on the cluster but the state database has no record of it.
+    Adopt,
+    /// Nothing to do.
+    Unchanged,
+}
+
+impl Action {
+    /// The word shown to people.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Upgrade => "upgrade",
+            Action::Suspend => "suspend",
+            Action::Resume => "resume",
+            Action::Delete => "delete",
+            Action::Restart => "restart",
+            Action::Adopt => "adopt",
+            Action::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// The plan for one job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobPlan {
+    /// The spec's `job_id`.
+    pub job_id: String,
+    /// What to do.
+    pub action: Action,
+    /// Why, in words: changed fields, drift, adoption.
+    pub reasons: Vec<String>,
+    /// The Flink job this concerns, if one is known.
+    pub flink_job_id: Option<String>,
+    /// Its state on the cluster, when the cluster was reachable and still lists it.
+    pub flink_state: Option<String>,
+}
+
+/// The whole plan for one revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    /// Per job, ordered by job id.
+    pub jobs: Vec<JobPlan>,
+    /// Jobs running on the cluster that the agent did not deploy: reported, never touched.
+    pub unmanaged: Vec<JobOverview>,
+    /// Set when the cluster could not be read; drift cannot be judged then.
+    pub cluster_unreachable: Option<String>,
+}
+
+impl Plan {
+    /// True when some job needs an action.
+    pub fn has_changes(&self) -> bool {
+        self.jobs.iter().any(|j| j.action != Action::Unchanged)
+    }
+}
+
+/// What Flink reported, or why it could not be asked.
+pub enum Observed<'a> {
+    /// `GET /jobs/overview`.
+    Jobs(&'a [JobOverview]),
+    /// The cluster could not be read.
+    Unreachable(String),
+}
+
+/// The first 16 hex characters of every Flink job id the agent gives this job.
+pub fn flink_job_prefix(job_id: &str) -> String {
+    let digest = Sha256::digest(format!("flink-gitops/job/{job_id}").as_bytes());
+    hex::encode(&digest[..8])
+}
+
+/// The Flink job id of a job's `generation`-th submission; ids can never be reused in a cluster.
+pub fn flink_job_id(job_id: &str, generation: i64) -> String {
+    format!("{}{:016x}", flink_job_prefix(job_id), generation)
+}
+
+/// Job states in which a streaming job is alive (or recovering by itself).
+pub fn is_alive(state: &str) -> bool {
+    matches!(
+        state,
+        "RUNNING" | "CREATED" | "INITIALIZING" | "RESTARTING" | "RECONCILING" | "FAILING"
+    )
+}
+
+/// Compares desired, observed and recorded state. No I/O.
+pub fn plan(desired: &DesiredState, observed: Observed<'_>, recorded: &[JobRecord]) -> Plan {
+    let records: BTreeMap<&str, &JobRecord> = recorded
+        .iter()
+        .filter(|r| r.status != "deleted")
+        .map(|r| (r.job_id.as_str(), r))
+        .collect();
+    let (cluster_jobs, cluster_unreachable) = match observed {
+        Observed::Jobs(jobs) => (Some(jobs), None),
+        Observed::Unreachable(reason) => (None, Some(reason)),
+    };
+    let ids: BTreeSet<&str> = desired
+        .jobs
+        .keys()
+        .map(String::as_str)
+        .chain(records.keys().copied())
+        .collect();
+
+    let mut claimed: BTreeSet<&str> = BTreeSet::new();
+    let mut jobs = Vec::new();
+    for job_id in ids {
+        let record = records.get(job_id).copied();
+        let prefix = flink_job_prefix(job_id);
+        let mine: Vec<&JobOverview> = cluster_jobs
+            .map(|all| all.iter().filter(|j| j.jid.starts_with(&prefix)).collect())
+            .unwrap_or_default();
+        claimed.extend(mine.iter().map(|j| j.jid.as_str()));
+        let recorded_instance = record
+            .and_then(|r| r.flink_job_id.as_deref())
+            .and_then(|jid| mine.iter().find(|j| j.jid == jid).copied());
+        let live_instance = mine.iter().find(|j| is_alive(&j.state)).copied();
+        let instance = recorded_instance.or(live_instance);
+        let mut entry = JobPlan {
+            job_id: job_id.to_string(),
+            action: Action::Unchanged,
+            reasons: Vec::new(),
+            flink_job_id: instance
+                .map(|j| j.jid.clone())
+                .or_else(|| record.and_then(|r| r.flink_job_id.clone())),
+            flink_state: instance.map(|j| j.state.clone()),
+        };
+        match (desired.jobs.get(job_id), record) {
+            (Some(job), None) => match live_instance {
+                Some(found) => {
+                    entry.action = Action::Adopt;
+                    entry.reasons.push(format!(
+                        "job {} of ours is {} on the cluster but the state database has no record of it",
+                        found.jid, found.state
+                    ));
+                }
+                None if job.spec.state == DesiredRunState::Suspended => {
+                    entry
+                        .reasons
+                        .push("suspended in the spec and never deployed".into());
+                }
+                None => {
+                    entry.action = Action::Create;
+                    entry.reasons.push(format!("new spec {}", job.file));
+                }
+            },
+            (Some(job), Some(record)) => {
+                let changes = spec_changes(&record.spec_json, job);
+                match (job.spec.state, record.status.as_str()) {
+                    (DesiredRunState::Suspended, "suspended") => {
+                        if !changes.is_empty() {
+                            entry
+                                .reasons
+                                .push("suspended; the changes apply on resume".into());
+                            entry.reasons.extend(changes);
+                        }
+                    }
+                    (DesiredRunState::Suspended, _) => {
+                        entry.action = Action::Suspend;
+                        entry.reasons.push("state: suspended".into());
+                        entry.reasons.extend(changes);
+                    }
+                    (DesiredRunState::Running, "suspended") => {
+                        entry.action = Action::Resume;
+                        entry.reasons.push("state: running".into());
+                        entry.reasons.extend(changes);
+                    }
+                    (DesiredRunState::Running, _) if !changes.is_empty() => {
+                        entry.action = Action::Upgrade;
+                        entry.reasons = changes;
+                    }
+                    (DesiredRunState::Running, _) if job.spec.job_type == JobType::Batch => {}
+                    (DesiredRunState::Running, _) => {
+                        if cluster_jobs.is_some() {
+                            match instance {
+                                Some(found) if is_alive(&found.state) => {}
+                                Some(found) => {
+                                    entry.action = Action::Restart;
+                                    entry.reasons.push(format!(
+                                        "drift: job {} is {} on the cluster",
+                                        found.jid, found.state
+                                    ));
+                                }
+                                None => {
+                                    entry.action = Action::Restart;
+                                    entry.reasons.push(format!(
+                                        "drift: job {} is not on the cluster",
+                                        record.flink_job_id.as_deref().unwrap_or("(none recorded)")
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            (None, Some(record)) => {
+                entry.action = Action::Delete;
+                entry.reasons.push(format!(
+                    "spec removed (last applied from commit {})",
+                    short(&record.commit_id)
+                ));
+            }
+            (None, None) => continue,
+        }
+        jobs.push(entry);
+    }
+
+    let unmanaged = cluster_jobs
+        .map(|all| {
+            all.iter()
+                .filter(|j| is_alive(&j.state) && !claimed.contains(j.jid.as_str()))
+                .filter(|j| {
+                    !recorded
+                        .iter()
+                        .any(|r| r.flink_job_id.as_deref() == Some(j.jid.as_str()))
+                })
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    Plan {
+        jobs,
+        unmanaged,
+        cluster_unreachable,
+    }
+}
+
+fn short(id: &str) -> &str {
+    crate::spec::source::short_id(id)
+}
+
+/// Human-readable differences between the applied canonical JSON and the desired job.
+pub fn spec_changes(applied_json: &str, desired: &DesiredJob) -> Vec<String> {
+    let desired_json = desired.canonical_json();
+    if applied_json == desired_json {
+        return Vec::new();
+    }
+    let parse = |text: &str| {
+        serde_json::from_str::<serde_json::Value>(text).unwrap_or(serde_json::Value::Null)
+    };
+    let mut before = BTreeMap::new();
+    let mut after = BTreeMap::new();
+    flatten("", &parse(applied_json), &mut before);
+    flatten("", &parse(&desired_json), &mut after);
+    let keys: BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    let mut changes = Vec::new();
+    for key in keys {
+        let (old, new) = (before.get(key), after.get(key));
+        if old == new {
+            continue;
+        }
+        let name = key.strip_prefix("spec.").unwrap_or(key);
+        if name == "artifact_content" {
+            changes.push("artifact content changed".to_string());
+            continue;
+        }
+        let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "(unset)".into());
+        changes.push(format!("{name}: {} → {}", show(old), show(new)));
+    }
+    if changes.is_empty() {
+        changes.push("spec changed".into());
+    }
+    changes
+}
+
+fn flatten(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<String, String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, inner) in map {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                flatten(&path, inner, out);
+            }
+        }
+        serde_json::Value::Null => {}
+        other => {
+            let text = match other {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            out.insert(prefix.to_string(), text);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::parse_spec;
+
+    fn job(yaml: &str) -> DesiredJob {
+        let spec = parse_spec("jobs/x.yaml", yaml).unwrap();
+        DesiredJob {
+            file: crate::spec::RepoPath::parse("jobs/x.yaml").unwrap(),
+            spec,
+            artifact_content: "git-blob:1".into(),
+        }
+    }
+
+    const V1: &str =
+        "job_id: orders\njob_type: stream\nartifact_path: a.jar\ndeployment: { parallelism: 2 }\n";
+
+    fn desired(jobs: &[DesiredJob]) -> DesiredState {
+        DesiredState {
+            jobs: jobs
+                .iter()
+                .map(|j| (j.spec.job_id.clone(), j.clone()))
+                .collect(),
+        }
+    }
+
+    fn record_of(job: &DesiredJob, status: &str) -> JobRecord {
+        JobRecord {
+            job_id: job.spec.job_id.clone(),
+            spec_json: job.canonical_json(),
+            spec_hash: job.spec_hash(),
+            commit_id: "c0ffee".into(),
+            flink_job_id: Some(flink_job_id(&job.spec.job_id, 1)),
+            generation: 1,
+            jar_id: None,
+            jar_sha256: None,
+            last_savepoint: None,
+            status: status.into(),
+            updated_at: String::new(),
+        }
+    }
+
+    fn running(jid: &str, state: &str) -> JobOverview {
+        JobOverview {
+            jid: jid.into(),
+            name: "n".into(),
+            state: state.into(),
+            start_time: 0,
+            end_time: -1,
+        }
+    }
+
+    #[test]
+    fn job_ids_are_deterministic_and_distinct() {
+        let a = flink_job_id("orders", 1);
+        assert_eq!(a.len(), 32);
+        assert_eq!(a, flink_job_id("orders", 1));
+        assert_ne!(a, flink_job_id("orders", 2));
+        assert!(a.starts_with(&flink_job_prefix("orders")));
+        assert!(!flink_job_id("orders2", 1).starts_with(&flink_job_prefix("orders")));
+    }
+
+    #[test]
+    fn new_spec_is_created() {
+        let plan = plan(&desired(&[job(V1)]), Observed::Jobs(&[]), &[]);
+        assert_eq!(plan.jobs[0].action, Action::Create);
+    }
+
+    #[test]
+    fn changed_fields_are_named() {
+        let v1 = job(V1);
+        let v2 = job(&V1.replace("parallelism: 2", "parallelism: 4"));
+        let rec = record_of(&v1, "running");
+        let cluster = [running(rec.flink_job_id.as_deref().unwrap(), "RUNNING")];
+        let plan = plan(&desired(&[v2]), Observed::Jobs(&cluster), &[rec]);
+        assert_eq!(plan.jobs[0].action, Action::Upgrade);
+        assert_eq!(plan.jobs[0].reasons, vec!["parallelism: 2 → 4".to_string()]);
+    }
+
+    #[test]
+    fn artifact_change_alone_is_an_upgrade() {
+        let v1 = job(V1);
+        let mut v2 = v1.clone();
+        v2.artifact_content = "git-blob:2".into();
+        let rec = record_of(&v1, "running");
+        let plan = plan(&desired(&[v2]), Observed::Jobs(&[]), &[rec]);
+        assert_eq!(plan.jobs[0].action, Action::Upgrade);
+        assert_eq!(
+            plan.jobs[0].reasons,
+            vec!["artifact content changed".to_string()]
+        );
+    }
+
+    #[test]
+    fn unchanged_running_job_and_drift() {
+        let v1 = job(V1);
+        let rec = record_of(&v1, "running");
+        let jid = rec.flink_job_id.clone().unwrap();
+        let ok = plan(
+            &desired(&[v1.clone()]),
+            Observed::Jobs(&[running(&jid, "RUNNING")]),
+            std::slice::from_ref(&rec),
+        );
+        assert_eq!(ok.jobs[0].action, Action::Unchanged);
+        assert!(!ok.has_changes());
+        let failed = plan(
+            &desired(&[v1.clone()]),
+            Observed::Jobs(&[running(&jid, "FAILED")]),
+            std::slice::from_ref(&rec),
+        );
+        assert_eq!(failed.jobs[0].action, Action::Restart);
+        assert!(failed.jobs[0].reasons[0].contains("FAILED"));
+        let missing = plan(
+            &desired(&[v1.clone()]),
+            Observed::Jobs(&[]),
+            std::slice::from_ref(&rec),
+        );
+        assert_eq!(missing.jobs[0].action, Action::Restart);
+        let unknown = plan(
+            &desired(&[v1]),
+            Observed::Unreachable("down".into()),
+            &[rec],
+        );
+        assert_eq!(unknown.jobs[0].action, Action::Unchanged);
+        assert_eq!(unknown.cluster_unreachable.as_deref(), Some("down"));
+    }
+
+    #[test]
+    fn suspend_resume_delete() {
+        let v1 = job(V1);
+        let suspended = job(&format!("{V1}state: suspended\n"));
+        let rec = record_of(&v1, "running");
+        let p = plan(
+            &desired(&[suspended.clone()]),
+            Observed::Jobs(&[]),
+            std::slice::from_ref(&rec),
+        );
+        assert_eq!(p.jobs[0].action, Action::Suspend);
+        let rec_suspended = record_of(&suspended, "suspended");
+        let p = plan(
+            &desired(&[suspended]),
+            Observed::Jobs(&[]),
+            std::slice::from_ref(&rec_suspended),
+        );
+        assert_eq!(p.jobs[0].action, Action::Unchanged);
+        let p = plan(
+            &desired(&[v1]),
+            Observed::Jobs(&[]),
+            std::slice::from_ref(&rec_suspended),
+        );
+        assert_eq!(p.jobs[0].action, Action::Resume);
+        let p = plan(&desired(&[]), Observed::Jobs(&[]), &[rec]);
+        assert_eq!(p.jobs[0].action, Action::Delete);
+    }
+
+    #[test]
+    fn our_unrecorded_job_is_adopted_and_foreign_jobs_are_reported() {
+        let v1 = job(V1);
+        let ours = running(&flink_job_id("orders", 7), "RUNNING");
+        let foreign = running(&"ab".repeat(16), "RUNNING");
+        let finished_foreign = running(&"cd".repeat(16), "FINISHED");
+        let p = plan(
+            &desired(&[v1]),
+            Observed::Jobs(&[ours, foreign.clone(), finished_foreign]),
+            &[],
+        );
+        assert_eq!(p.jobs[0].action, Action::Adopt);
+        assert_eq!(p.unmanaged, vec![foreign]);
+    }
+}

@@ -1,0 +1,92 @@
+//! Append-only schema migrations keyed by `PRAGMA user_version`; never edit one once released.
+
+use std::path::Path;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::StateError;
+
+/// Each entry moves the schema from version `index` to `index + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: jobs, revisions, the audit log and a key/value table.
+    "CREATE TABLE jobs (
+        job_id         TEXT PRIMARY KEY,
+        spec_json      TEXT NOT NULL,
+        spec_hash      TEXT NOT NULL,
+        commit_id      TEXT NOT NULL,
+        flink_job_id   TEXT,
+        generation     INTEGER NOT NULL DEFAULT 0,
+        jar_id         TEXT,
+        jar_sha256     TEXT,
+        last_savepoint TEXT,
+        status         TEXT NOT NULL,
+        updated_at     TEXT NOT NULL
+    );
+    CREATE TABLE revisions (
+        commit_id     TEXT PRIMARY KEY,
+        first_seen_at TEXT NOT NULL,
+        verified_at   TEXT,
+        signer        TEXT,
+        applied_at    TEXT,
+        outcome       TEXT,
+        detail        TEXT
+    );
+    CREATE TABLE audit_log (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        at        TEXT NOT NULL,
+        commit_id TEXT,
+        job_id    TEXT,
+        action    TEXT NOT NULL,
+        phase     TEXT NOT NULL CHECK (phase IN ('intent', 'outcome')),
+        intent_id INTEGER REFERENCES audit_log(id),
+        result    TEXT,
+        detail    TEXT,
+        CHECK ((phase = 'intent') = (intent_id IS NULL))
+    );
+    CREATE INDEX audit_log_by_job ON audit_log(job_id, id);
+    CREATE UNIQUE INDEX audit_log_one_outcome ON audit_log(intent_id) WHERE intent_id IS NOT NULL;
+    CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );",
+];
+
+/// The schema version this binary writes.
+pub const LATEST: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database to [`LATEST`] in one exclusive transaction.
+pub fn migrate(connection: &mut Connection, path: &Path) -> Result<(), StateError> {
+    let failed = |operation: &'static str| {
+        move |source| StateError::Sqlite {
+            path: path.to_path_buf(),
+            operation,
+            source,
+        }
+    };
+    let transaction = connection
+        .transaction_with_behavior(TransactionBehavior::Exclusive)
+        .map_err(failed("begin migration"))?;
+    let found: i64 = transaction
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(failed("read schema version"))?;
+    if found > LATEST {
+        return Err(StateError::TooNew {
+            path: path.to_path_buf(),
+            found,
+            supported: LATEST,
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        transaction
+            .execute_batch(sql)
+            .map_err(failed("apply migration"))?;
+        transaction
+            .pragma_update(None, "user_version", index as i64 + 1)
+            .map_err(failed("set schema version"))?;
+    }
+    transaction.commit().map_err(failed("commit migration"))
+}

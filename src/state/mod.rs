@@ -1,0 +1,605 @@
+//! SQLite state: what was applied, per job and per revision, and the append-only audit log.
+
+mod migrations;
+
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::util::now_rfc3339;
+
+/// Why the state store could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Another agent holds the state directory.
+    #[error(
+        "state directory {dir} is in use by another flink-gitops process{}; two agents must never manage the same state (stop the other one, or give this one its own state.dir)",
+        holder.as_deref().map(|h| format!(" ({h})")).unwrap_or_default()
+    )]
+    Locked {
+        /// The state directory.
+        dir: PathBuf,
+        /// What the lock file says about its holder.
+        holder: Option<String>,
+    },
+    /// The directory or lock file could not be created.
+    #[error("state directory {dir}: {source}")]
+    Io {
+        /// The state directory.
+        dir: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// SQLite failed.
+    #[error("state database {path}: {operation}: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// What was being done.
+        operation: &'static str,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer agent.
+    #[error(
+        "state database {path} has schema version {found}, newer than this agent understands ({supported}); upgrade flink-gitops"
+    )]
+    TooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
+        /// The newest this binary knows.
+        supported: i64,
+    },
+    /// A read-only open found a database that needs migrating first.
+    #[error(
+        "state database {path} has schema version {found} and needs migration to {supported}; run `flink-gitops apply` once to migrate it"
+    )]
+    NeedsMigration {
+        /// The database file.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
+        /// The version this binary writes.
+        supported: i64,
+    },
+}
+
+/// What the agent recorded about one job it manages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobRecord {
+    /// The spec's `job_id`.
+    pub job_id: String,
+    /// Canonical JSON of the applied spec (see `DesiredJob::canonical_json`).
+    pub spec_json: String,
+    /// SHA-256 of `spec_json`.
+    pub spec_hash: String,
+    /// The commit the applied spec came from.
+    pub commit_id: String,
+    /// Flink job id of the current (or last) instance.
+    pub flink_job_id: Option<String>,
+    /// Submission counter; part of the next Flink job id.
+    pub generation: i64,
+    /// Uploaded JAR id.
+    pub jar_id: Option<String>,
+    /// SHA-256 of the uploaded JAR.
+    pub jar_sha256: Option<String>,
+    /// The newest savepoint (or retained checkpoint) known to hold this job's state.
+    pub last_savepoint: Option<String>,
+    /// `running`, `suspended`, `deleted` or `failed`.
+    pub status: String,
+    /// When this record last changed.
+    pub updated_at: String,
+}
+
+/// What the agent recorded about one revision of the spec repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RevisionRecord {
+    /// The commit id.
+    pub commit_id: String,
+    /// When the agent first saw it (its clock, never the committer date).
+    pub first_seen_at: String,
+    /// When its signatures were verified.
+    pub verified_at: Option<String>,
+    /// The principal that signed it.
+    pub signer: Option<String>,
+    /// When it was fully applied.
+    pub applied_at: Option<String>,
+    /// `applied`, `failed`, `refused`...
+    pub outcome: Option<String>,
+    /// Details of the outcome.
+    pub detail: Option<String>,
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    /// Sequence number.
+    pub id: i64,
+    /// When it was written.
+    pub at: String,
+    /// The revision being applied.
+    pub commit_id: Option<String>,
+    /// The job concerned.
+    pub job_id: Option<String>,
+    /// `deploy`, `upgrade`, `savepoint`, `cancel`...
+    pub action: String,
+    /// `intent` before the attempt, `outcome` after.
+    pub phase: String,
+    /// For an outcome, the id of its intent.
+    pub intent_id: Option<i64>,
+    /// For an outcome: `ok`, `failed`, `abandoned`.
+    pub result: Option<String>,
+    /// Free-form detail (JSON or text).
+    pub detail: Option<String>,
+}
+
+/// The state database, opened either exclusively (the one agent that acts) or read-only.
+pub struct StateStore {
+    connection: Connection,
+    path: PathBuf,
+    // Holding the file keeps the advisory lock for the store's lifetime.
+    _lock: Option<File>,
+}
+
+impl StateStore {
+    /// Opens (creating and migrating) `dir/state.db`, refusing if another agent holds `dir`.
+    pub fn open_exclusive(dir: &Path) -> Result<StateStore, StateError> {
+        let io = |source| StateError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let lock_path = dir.join("lock");
+        let mut lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(io)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = lock.read_to_string(&mut holder);
+                let holder = holder.trim();
+                return Err(StateError::Locked {
+                    dir: dir.to_path_buf(),
+                    holder: (!holder.is_empty()).then(|| holder.to_string()),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        lock.set_len(0).map_err(io)?;
+        lock.rewind().map_err(io)?;
+        writeln!(lock, "pid {} since {}", std::process::id(), now_rfc3339()).map_err(io)?;
+
+        let path = dir.join("state.db");
+        let mut connection = Connection::open(&path).map_err(sqlite(&path, "open"))?;
+        connection
+            .execute_batch(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+            )
+            .map_err(sqlite(&path, "configure"))?;
+        connection
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sqlite(&path, "configure"))?;
+        migrations::migrate(&mut connection, &path)?;
+        Ok(StateStore {
+            connection,
+            path,
+            _lock: Some(lock),
+        })
+    }
+
+    /// Opens `dir/state.db` read-only for reporting (`plan`, `status`), even while an agent runs.
+    ///
+    /// Returns `None` when no agent has written state there yet.
+    pub fn open_read_only(dir: &Path) -> Result<Option<StateStore>, StateError> {
+        let path = dir.join("state.db");
+        if !path.exists() {
+            return Ok(None);
+        }
+        let connection = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(sqlite(&path, "open read-only"))?;
+        connection
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sqlite(&path, "configure"))?;
+        let found: i64 = connection
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(sqlite(&path, "read schema version"))?;
+        let supported = migrations::LATEST;
+        if found > supported {
+            return Err(StateError::TooNew {
+                path,
+                found,
+                supported,
+            });
+        }
+        if found < supported {
+            return Err(StateError::NeedsMigration {
+                path,
+                found,
+                supported,
+            });
+        }
+        Ok(Some(StateStore {
+            connection,
+            path,
+            _lock: None,
+        }))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every job record, ordered by job id.
+    pub fn jobs(&self) -> Result<Vec<JobRecord>, StateError> {
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT job_id, spec_json, spec_hash, commit_id, flink_job_id, generation, jar_id, jar_sha256,
+                        last_savepoint, status, updated_at FROM jobs ORDER BY job_id",
+            )
+            .map_err(sqlite(&self.path, "list jobs"))?;
+        let rows = statement
+            .query_map([], job_from_row)
+            .map_err(sqlite(&self.path, "list jobs"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sqlite(&self.path, "list jobs"))
+    }
+
+    /// One job record.
+    pub fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StateError> {
+        self.connection
+            .query_row(
+                "SELECT job_id, spec_json, spec_hash, commit_id, flink_job_id, generation, jar_id, jar_sha256,
+                        last_savepoint, status, updated_at FROM jobs WHERE job_id = ?1",
+                [job_id],
+                job_from_row,
+            )
+            .optional()
+            .map_err(sqlite(&self.path, "read job"))
+    }
+
+    /// Inserts or replaces a job record.
+    pub fn put_job(&self, record: &JobRecord) -> Result<(), StateError> {
+        self.connection
+            .execute(
+                "INSERT INTO jobs (job_id, spec_json, spec_hash, commit_id, flink_job_id, generation, jar_id,
+                                   jar_sha256, last_savepoint, status, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT(job_id) DO UPDATE SET spec_json=excluded.spec_json, spec_hash=excluded.spec_hash,
+                   commit_id=excluded.commit_id, flink_job_id=excluded.flink_job_id, generation=excluded.generation,
+                   jar_id=excluded.jar_id, jar_sha256=excluded.jar_sha256, last_savepoint=excluded.last_savepoint,
+                   status=excluded.status, updated_at=excluded.updated_at",
+                params![
+                    record.job_id,
+                    record.spec_json,
+                    record.spec_hash,
+                    record.commit_id,
+                    record.flink_job_id,
+                    record.generation,
+                    record.jar_id,
+                    record.jar_sha256,
+                    record.last_savepoint,
+                    record.status,
+                    now_rfc3339(),
+                ],
+            )
+            .map_err(sqlite(&self.path, "write job"))?;
+        Ok(())
+    }
+
+    /// Records that a revision was seen, keeping the first-seen time if it was seen before.
+    pub fn record_revision_seen(&self, commit_id: &str) -> Result<RevisionRecord, StateError> {
+        self.connection
+            .execute(
+                "INSERT INTO revisions (commit_id, first_seen_at) VALUES (?1, ?2) ON CONFLICT(commit_id) DO NOTHING",
+                params![commit_id, now_rfc3339()],
+            )
+            .map_err(sqlite(&self.path, "record revision"))?;
+        self.revision(commit_id)?.ok_or_else(|| StateError::Sqlite {
+            path: self.path.clone(),
+            operation: "record revision",
+            source: rusqlite::Error::QueryReturnedNoRows,
+        })
+    }
+
+    /// Marks a revision verified, with the principal that signed it.
+    pub fn record_revision_verified(
+        &self,
+        commit_id: &str,
+        signer: &str,
+    ) -> Result<(), StateError> {
+        self.connection
+            .execute(
+                "UPDATE revisions SET verified_at = ?2, signer = ?3 WHERE commit_id = ?1",
+                params![commit_id, now_rfc3339(), signer],
+            )
+            .map_err(sqlite(&self.path, "record verification"))?;
+        Ok(())
+    }
+
+    /// Records the outcome of applying a revision.
+    pub fn record_revision_outcome(
+        &self,
+        commit_id: &str,
+        outcome: &str,
+        detail: Option<&str>,
+    ) -> Result<(), StateError> {
+        let applied_at = (outcome == "applied").then(now_rfc3339);
+        self.connection
+            .execute(
+                "UPDATE revisions SET outcome = ?2, detail = ?3, applied_at = COALESCE(?4, applied_at) WHERE commit_id = ?1",
+                params![commit_id, outcome, detail, applied_at],
+            )
+            .map_err(sqlite(&self.path, "record revision outcome"))?;
+        Ok(())
+    }
+
+    /// One revision record.
+    pub fn revision(&self, commit_id: &str) -> Result<Option<RevisionRecord>, StateError> {
+        self.connection
+            .query_row(
+                "SELECT commit_id, first_seen_at, verified_at, signer, applied_at, outcome, detail
+                 FROM revisions WHERE commit_id = ?1",
+                [commit_id],
+                |row| {
+                    Ok(RevisionRecord {
+                        commit_id: row.get(0)?,
+                        first_seen_at: row.get(1)?,
+                        verified_at: row.get(2)?,
+                        signer: row.get(3)?,
+                        applied_at: row.get(4)?,
+                        outcome: row.get(5)?,
+                        detail: row.get(6)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(sqlite(&self.path, "read revision"))
+    }
+
+    /// A value from the key/value table (watermark and other singletons).
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StateError> {
+        self.connection
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
+            .optional()
+            .map_err(sqlite(&self.path, "read meta"))
+    }
+
+    /// Sets a value in the key/value table.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StateError> {
+        self.connection
+            .execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map_err(sqlite(&self.path, "write meta"))?;
+        Ok(())
+    }
+
+    /// Writes an intent before an action is attempted; returns its id for the outcome.
+    pub fn audit_intent(
+        &self,
+        commit_id: Option<&str>,
+        job_id: Option<&str>,
+        action: &str,
+        detail: &str,
+    ) -> Result<i64, StateError> {
+        self.connection
+            .execute(
+                "INSERT INTO audit_log (at, commit_id, job_id, action, phase, detail) VALUES (?1, ?2, ?3, ?4, 'intent', ?5)",
+                params![now_rfc3339(), commit_id, job_id, action, detail],
+            )
+            .map_err(sqlite(&self.path, "write audit intent"))?;
+        Ok(self.connection.last_insert_rowid())
+    }
+
+    /// Writes the outcome of an intent.
+    pub fn audit_outcome(
+        &self,
+        intent_id: i64,
+        result: &str,
+        detail: &str,
+    ) -> Result<i64, StateError> {
+        self.connection
+            .execute(
+                "INSERT INTO audit_log (at, commit_id, job_id, action, phase, intent_id, result, detail)
+                 SELECT ?1, commit_id, job_id, action, 'outcome', id, ?3, ?4 FROM audit_log WHERE id = ?2 AND phase = 'intent'",
+                params![now_rfc3339(), intent_id, result, detail],
+            )
+            .map_err(sqlite(&self.path, "write audit outcome"))?;
+        Ok(self.connection.last_insert_rowid())
+    }
+
+    /// Intents that have no outcome yet: work interrupted by a crash.
+    pub fn open_intents(&self) -> Result<Vec<AuditEntry>, StateError> {
+        self.audit_query(
+            "SELECT id, at, commit_id, job_id, action, phase, intent_id, result, detail FROM audit_log i
+             WHERE phase = 'intent' AND NOT EXISTS (SELECT 1 FROM audit_log o WHERE o.intent_id = i.id) ORDER BY id",
+        )
+    }
+
+    /// The whole audit log, oldest first.
+    pub fn audit_log(&self) -> Result<Vec<AuditEntry>, StateError> {
+        self.audit_query(
+            "SELECT id, at, commit_id, job_id, action, phase, intent_id, result, detail FROM audit_log ORDER BY id",
+        )
+    }
+
+    fn audit_query(&self, sql: &str) -> Result<Vec<AuditEntry>, StateError> {
+        let mut statement = self
+            .connection
+            .prepare(sql)
+            .map_err(sqlite(&self.path, "read audit log"))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok(AuditEntry {
+                    id: row.get(0)?,
+                    at: row.get(1)?,
+                    commit_id: row.get(2)?,
+                    job_id: row.get(3)?,
+                    action: row.get(4)?,
+                    phase: row.get(5)?,
+                    intent_id: row.get(6)?,
+                    result: row.get(7)?,
+                    detail: row.get(8)?,
+                })
+            })
+            .map_err(sqlite(&self.path, "read audit log"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sqlite(&self.path, "read audit log"))
+    }
+
+    /// Raw access for statements not (yet) wrapped here; used by tests to prove invariants.
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+}
+
+fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
+    Ok(JobRecord {
+        job_id: row.get(0)?,
+        spec_json: row.get(1)?,
+        spec_hash: row.get(2)?,
+        commit_id: row.get(3)?,
+        flink_job_id: row.get(4)?,
+        generation: row.get(5)?,
+        jar_id: row.get(6)?,
+        jar_sha256: row.get(7)?,
+        last_savepoint: row.get(8)?,
+        status: row.get(9)?,
+        updated_at: row.get(10)?,
+    })
+}
+
+fn sqlite<'a>(
+    path: &'a Path,
+    operation: &'static str,
+) -> impl FnOnce(rusqlite::Error) -> StateError + 'a {
+    move |source| StateError::Sqlite {
+        path: path.to_path_buf(),
+        operation,
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(job_id: &str) -> JobRecord {
+        JobRecord {
+            job_id: job_id.into(),
+            spec_json: "{}".into(),
+            spec_hash: "h".into(),
+            commit_id: "c1".into(),
+            flink_job_id: Some("f".repeat(32)),
+            generation: 1,
+            jar_id: None,
+            jar_sha256: None,
+            last_savepoint: None,
+            status: "running".into(),
+            updated_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_second_exclusive_open_is_refused_and_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = StateStore::open_exclusive(dir.path()).unwrap();
+        let err = StateStore::open_exclusive(dir.path()).err().unwrap();
+        let text = err.to_string();
+        assert!(matches!(err, StateError::Locked { .. }), "{text}");
+        assert!(
+            text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn state_survives_reopening_and_reads_while_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = StateStore::open_exclusive(dir.path()).unwrap();
+            store.put_job(&record("orders")).unwrap();
+            store.set_meta("watermark", "c1").unwrap();
+        }
+        let store = StateStore::open_exclusive(dir.path()).unwrap();
+        assert_eq!(
+            store.job("orders").unwrap().unwrap().flink_job_id,
+            Some("f".repeat(32))
+        );
+        let reader = StateStore::open_read_only(dir.path()).unwrap().unwrap();
+        assert_eq!(reader.meta("watermark").unwrap().as_deref(), Some("c1"));
+        assert!(
+            reader.put_job(&record("x")).is_err(),
+            "read-only store must refuse writes"
+        );
+    }
+
+    #[test]
+    fn first_seen_time_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open_exclusive(dir.path()).unwrap();
+        let first = store.record_revision_seen("abc").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let again = store.record_revision_seen("abc").unwrap();
+        assert_eq!(first.first_seen_at, again.first_seen_at);
+    }
+
+    #[test]
+    fn audit_log_is_append_only_and_tracks_open_intents() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open_exclusive(dir.path()).unwrap();
+        let done = store
+            .audit_intent(Some("c1"), Some("orders"), "deploy", "{}")
+            .unwrap();
+        store.audit_outcome(done, "ok", "running").unwrap();
+        let open = store
+            .audit_intent(Some("c1"), Some("orders"), "upgrade", "{}")
+            .unwrap();
+        let pending = store.open_intents().unwrap();
+        assert_eq!(pending.iter().map(|e| e.id).collect::<Vec<_>>(), vec![open]);
+        assert!(
+            store
+                .connection()
+                .execute("DELETE FROM audit_log", [])
+                .is_err()
+        );
+        assert!(
+            store
+                .connection()
+                .execute("UPDATE audit_log SET result = 'x'", [])
+                .is_err()
+        );
+        assert_eq!(store.audit_log().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(StateStore::open_exclusive(dir.path()).unwrap());
+        let connection = Connection::open(dir.path().join("state.db")).unwrap();
+        connection
+            .execute_batch("PRAGMA user_version = 999")
+            .unwrap();
+        drop(connection);
+        let err = StateStore::open_exclusive(dir.path()).err().unwrap();
+        assert!(
+            matches!(err, StateError::TooNew { found: 999, .. }),
+            "{err}"
+        );
+    }
+}
