@@ -531,11 +531,15 @@ pub fn normalize_cron(expression: &str) -> Result<String, String> {
 /// Parses one spec file's text. All problems in the file are returned, not just the first.
 pub fn parse_spec(file: &str, text: &str) -> Result<JobSpec, Vec<SpecError>> {
     let raw: RawSpec = yaml::from_str(text).map_err(|e| {
+        // An unknown field is named in the message itself; elsewhere name the key on that line.
+        let field = (!e.message.starts_with("unknown field"))
+            .then(|| yaml::key_path_at(text, e.line))
+            .flatten();
         vec![SpecError {
             file: file.to_string(),
             line: e.line,
             column: e.column,
-            field: None,
+            field,
             message: e.message,
         }]
     })?;
