@@ -408,21 +408,21 @@ mod tests {
         let rec = record_of(&v1, "running");
         let jid = rec.flink_job_id.clone().unwrap();
         let ok = plan(
-            &desired(&[v1.clone()]),
+            &desired(std::slice::from_ref(&v1)),
             Observed::Jobs(&[running(&jid, "RUNNING")]),
             std::slice::from_ref(&rec),
         );
         assert_eq!(ok.jobs[0].action, Action::Unchanged);
         assert!(!ok.has_changes());
         let failed = plan(
-            &desired(&[v1.clone()]),
+            &desired(std::slice::from_ref(&v1)),
             Observed::Jobs(&[running(&jid, "FAILED")]),
             std::slice::from_ref(&rec),
         );
         assert_eq!(failed.jobs[0].action, Action::Restart);
         assert!(failed.jobs[0].reasons[0].contains("FAILED"));
         let missing = plan(
-            &desired(&[v1.clone()]),
+            &desired(std::slice::from_ref(&v1)),
             Observed::Jobs(&[]),
             std::slice::from_ref(&rec),
         );
@@ -442,7 +442,7 @@ mod tests {
         let suspended = job(&format!("{V1}state: suspended\n"));
         let rec = record_of(&v1, "running");
         let p = plan(
-            &desired(&[suspended.clone()]),
+            &desired(std::slice::from_ref(&suspended)),
             Observed::Jobs(&[]),
             std::slice::from_ref(&rec),
         );

@@ -103,7 +103,7 @@ pub fn root_cause(body: &str) -> String {
         .lines()
         .map(str::trim)
         .filter_map(|line| line.strip_prefix("Caused by: "))
-        .last();
+        .next_back();
     let line = match caused_by {
         Some(line) => line,
         None => text

@@ -120,15 +120,15 @@ impl GitSource {
                 return Err(git2::Error::from_str("authentication failed (credentials refused)"));
             }
             let user = auth.username.as_deref().or(username_from_url).unwrap_or("git");
-            if allowed.contains(git2::CredentialType::SSH_KEY) {
-                if let Some(key) = &auth.ssh_key_file {
-                    return git2::Cred::ssh_key(user, None, key, secrets.passphrase.as_deref());
-                }
+            if let Some(key) = auth.ssh_key_file.as_ref().filter(|_| allowed.contains(git2::CredentialType::SSH_KEY)) {
+                return git2::Cred::ssh_key(user, None, key, secrets.passphrase.as_deref());
             }
-            if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) {
-                if let Some(token) = &secrets.token {
-                    return git2::Cred::userpass_plaintext(user, token);
-                }
+            if let Some(token) = secrets
+                .token
+                .as_ref()
+                .filter(|_| allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT))
+            {
+                return git2::Cred::userpass_plaintext(user, token);
             }
             Err(git2::Error::from_str(
                 "the remote asks for credentials; set repo.auth.token_file (https) or repo.auth.ssh_key_file (ssh)",

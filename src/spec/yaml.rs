@@ -61,11 +61,9 @@ pub fn key_path_at(text: &str, line: u64) -> Option<String> {
         if indent == 0 {
             break;
         }
-        if let Some((parent_indent, key)) = key_of(raw) {
-            if parent_indent < indent {
-                path.push(key);
-                indent = parent_indent;
-            }
+        if let Some((parent_indent, key)) = key_of(raw).filter(|(parent, _)| *parent < indent) {
+            path.push(key);
+            indent = parent_indent;
         }
     }
     path.reverse();

@@ -1,0 +1,216 @@
+//! `plan` and `status` follow a real git repository as commits are added (against the real cluster).
+
+mod support;
+
+use flink_gitops::plan::flink_job_id;
+use serde_json::Value;
+use support::*;
+
+fn actions(plan: &Value) -> Vec<(String, String)> {
+    plan["plan"]["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            (
+                j["job_id"].as_str().unwrap().to_string(),
+                j["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn reasons(plan: &Value, job: &str) -> Vec<String> {
+    plan["plan"]["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_id"] == job)
+        .unwrap()["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn plan_follows_the_branch_head() {
+    let repo = SpecRepo::new();
+    repo.write("artifacts/counter.jar", b"PK\x03\x04 fake v1")
+        .write(
+            "jobs/orders.yaml",
+            stream_spec("orders", "artifacts/counter.jar", 1),
+        )
+        .write(
+            "jobs/team/clicks.yaml",
+            stream_spec("clicks", "artifacts/counter.jar", 1),
+        );
+    let first = repo.commit("two jobs");
+    let work = tempfile::tempdir().unwrap();
+    let config = write_config(work.path(), repo.path(), &flink_url());
+    let config_arg = config.to_str().unwrap();
+
+    let plan = flink_gitops_json(&["plan", "-c", config_arg, "--output", "json"], 0);
+    assert_eq!(plan["revision"], first.as_str());
+    assert_eq!(plan["flink_version"], "2.3.0");
+    assert_eq!(
+        actions(&plan),
+        [
+            ("clicks".into(), "create".into()),
+            ("orders".into(), "create".into())
+        ]
+    );
+
+    record_applied(&config, &first, |id| flink_job_id(id, 1));
+    repo.write(
+        "jobs/orders.yaml",
+        stream_spec("orders", "artifacts/counter.jar", 2),
+    )
+    .remove("jobs/team/clicks.yaml")
+    .write("artifacts/counter-v2.jar", b"PK\x03\x04 fake v2")
+    .write(
+        "jobs/fresh.yaml",
+        stream_spec("fresh", "artifacts/counter-v2.jar", 1),
+    );
+    let second = repo.commit("scale orders, drop clicks, add fresh");
+    let plan = flink_gitops_json(&["plan", "-c", config_arg, "--output", "json"], 0);
+    assert_eq!(plan["revision"], second.as_str());
+    assert_eq!(
+        actions(&plan),
+        [
+            ("clicks".into(), "delete".into()),
+            ("fresh".into(), "create".into()),
+            ("orders".into(), "upgrade".into())
+        ]
+    );
+    assert_eq!(reasons(&plan, "orders"), ["parallelism: 1 → 2"]);
+
+    repo.write("artifacts/counter.jar", b"PK\x03\x04 fake v1, rebuilt");
+    repo.commit("new JAR content, same spec");
+    let plan = flink_gitops_json(&["plan", "-c", config_arg, "--output", "json"], 0);
+    assert!(reasons(&plan, "orders").contains(&"artifact content changed".to_string()));
+
+    // Nothing recorded runs on the cluster, so an unchanged spec is drift to repair.
+    repo.write(
+        "jobs/orders.yaml",
+        stream_spec("orders", "artifacts/counter.jar", 1),
+    )
+    .write("artifacts/counter.jar", b"PK\x03\x04 fake v1");
+    repo.commit("back to the first spec");
+    let plan = flink_gitops_json(&["plan", "-c", config_arg, "--output", "json"], 0);
+    assert_eq!(
+        reasons(&plan, "orders"),
+        [format!(
+            "drift: job {} is not on the cluster",
+            flink_job_id("orders", 1)
+        )]
+    );
+
+    let status = flink_gitops_json(
+        &["status", "-c", config_arg, "--output", "json", "--no-fetch"],
+        0,
+    );
+    let orders = status["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_id"] == "orders")
+        .unwrap();
+    assert_eq!(orders["applied_commit"], first.as_str());
+    assert_eq!(orders["last_savepoint"], "file:/tmp/savepoint-1");
+    assert_eq!(orders["flink_state"], Value::Null);
+
+    repo.write("jobs/orders.yaml", "job_id: orders\njob_type: stream\nartifact_path: artifacts/counter.jar\ndeployment: { parallelism: 0 }\n");
+    repo.commit("broken spec");
+    let plan = flink_gitops_json(&["plan", "-c", config_arg, "--output", "json"], 1);
+    let error = &plan["spec_errors"][0];
+    assert_eq!(error["file"], "jobs/orders.yaml");
+    assert_eq!(
+        (error["line"].as_u64(), error["field"].as_str()),
+        (Some(4), Some("deployment.parallelism"))
+    );
+    assert!(
+        plan.get("plan").is_none(),
+        "no plan from an invalid revision"
+    );
+
+    let text = flink_gitops(&["plan", "-c", config_arg]);
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        stdout.contains("jobs/orders.yaml:4:28: `deployment.parallelism`: must be at least 1"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn config_problems_exit_with_2_and_name_the_field() {
+    let work = tempfile::tempdir().unwrap();
+    let path = work.path().join("config.yaml");
+    std::fs::write(
+        &path,
+        "repo: { url: /nowhere }\ntrust: { allowed_signers: k, commits: sometimes }\n",
+    )
+    .unwrap();
+    let output = flink_gitops(&["plan", "-c", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("`trust.commits`: `sometimes`: expected `every` or `head`"),
+        "{stderr}"
+    );
+
+    let output = flink_gitops(&["plan", "-c", "/does/not/exist.yaml"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("cannot read config /does/not/exist.yaml")
+    );
+
+    let output = flink_gitops(&["plan", "--bogus"]);
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn a_missing_repository_is_a_clear_failure() {
+    let work = tempfile::tempdir().unwrap();
+    let config = write_config(
+        work.path(),
+        &work.path().join("no-such-repo"),
+        "http://127.0.0.1:9",
+    );
+    let output = flink_gitops(&["plan", "-c", config.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("fetching") && stderr.contains("no-such-repo"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn validate_a_checkout_offline() {
+    let repo = SpecRepo::new();
+    repo.write("artifacts/counter.jar", b"PK").write(
+        "jobs/orders.yaml",
+        stream_spec("orders", "artifacts/counter.jar", 1),
+    );
+    let dir = repo.path().to_str().unwrap();
+    let ok = flink_gitops_json(&["validate", dir, "--output", "json"], 0);
+    assert_eq!(ok["jobs"], serde_json::json!(["orders"]));
+    repo.write(
+        "jobs/dup.yaml",
+        stream_spec("orders", "artifacts/counter.jar", 1),
+    );
+    let bad = flink_gitops_json(&["validate", dir, "--output", "json"], 1);
+    assert_eq!(bad["valid"], false);
+    assert!(
+        bad["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already used by jobs/dup.yaml")
+            || bad["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("already used by jobs/orders.yaml")
+    );
+}

@@ -1,0 +1,194 @@
+//! Shared test fixtures: real git repositories, the shared real Flink cluster, the binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Environment variables set by `scripts/test` for the real-Flink tests.
+pub const FLINK_URL_VAR: &str = "FLINK_GITOPS_TEST_FLINK_URL";
+/// Folder holding the example JARs built by `example-repo/build.sh`.
+pub const JARS_VAR: &str = "FLINK_GITOPS_TEST_JARS";
+/// The local cluster's working folder (savepoints, checkpoints).
+pub const FLINK_DIR_VAR: &str = "FLINK_GITOPS_TEST_FLINK_DIR";
+
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: the real-Flink tests need the cluster and JARs that `scripts/test` \
+             installs, builds and starts. Run the suite with `scripts/test` (it never skips these tests)."
+        )
+    })
+}
+
+/// The shared real Flink cluster of this test run.
+pub fn flink_url() -> String {
+    required_env(FLINK_URL_VAR)
+}
+
+/// A JAR built from `example-repo/jobs-src` (`counter-v1.jar`, ...).
+pub fn example_jar(name: &str) -> PathBuf {
+    let path = PathBuf::from(required_env(JARS_VAR)).join(name);
+    assert!(
+        path.is_file(),
+        "{} was not built by example-repo/build.sh",
+        path.display()
+    );
+    path
+}
+
+/// The cluster's working folder.
+pub fn flink_dir() -> PathBuf {
+    PathBuf::from(required_env(FLINK_DIR_VAR))
+}
+
+/// Runs a command and returns its stdout, panicking with stderr on failure.
+pub fn run(command: &mut Command) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A real git repository in a temporary folder, driven through the `git` command.
+pub struct SpecRepo {
+    dir: tempfile::TempDir,
+}
+
+impl SpecRepo {
+    /// An empty repository on branch `main` with a test identity.
+    pub fn new() -> SpecRepo {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = SpecRepo { dir };
+        repo.git(&["init", "-q", "-b", "main"]);
+        repo.git(&["config", "user.name", "Test Author"]);
+        repo.git(&["config", "user.email", "author@example.com"]);
+        repo.git(&["config", "commit.gpgsign", "false"]);
+        repo
+    }
+
+    /// The work tree.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs git in the repository.
+    pub fn git(&self, args: &[&str]) -> String {
+        run(Command::new("git").arg("-C").arg(self.path()).args(args))
+    }
+
+    /// Writes a file (creating folders).
+    pub fn write(&self, path: &str, content: impl AsRef<[u8]>) -> &Self {
+        let full = self.path().join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, content).unwrap();
+        self
+    }
+
+    /// Removes a file.
+    pub fn remove(&self, path: &str) -> &Self {
+        std::fs::remove_file(self.path().join(path)).unwrap();
+        self
+    }
+
+    /// Commits everything; returns the commit id.
+    pub fn commit(&self, message: &str) -> String {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "--allow-empty", "-m", message]);
+        self.git(&["rev-parse", "HEAD"]).trim().to_string()
+    }
+}
+
+/// A minimal stream spec.
+pub fn stream_spec(job_id: &str, jar: &str, parallelism: u32) -> String {
+    format!(
+        "job_id: {job_id}\njob_type: stream\nartifact_path: {jar}\ndeployment:\n  parallelism: {parallelism}\n  checkpoint_interval: 2000\n"
+    )
+}
+
+/// Writes an agent config for `repo` and returns its path; the state lives in `work/state`.
+pub fn write_config(work: &Path, repo: &Path, flink_url: &str) -> PathBuf {
+    std::fs::write(work.join("allowed_signers"), "").unwrap();
+    let config = format!(
+        "repo:\n  url: {}\n  branch: main\n  jobs_dir: jobs\n  poll_interval: 5s\ntrust:\n  allowed_signers: allowed_signers\nflink:\n  url: {flink_url}\n  savepoint_dir: file://{}/savepoints\n  request_timeout: 5s\nstate:\n  dir: state\n",
+        repo.display(),
+        work.display()
+    );
+    let path = work.join("config.yaml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// Runs the `flink-gitops` binary.
+pub fn flink_gitops(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flink-gitops"))
+        .args(args)
+        .env_remove("FLINK_GITOPS_CONFIG")
+        .output()
+        .expect("cannot run flink-gitops")
+}
+
+/// Runs the binary, expects `code`, and parses stdout as JSON.
+pub fn flink_gitops_json(args: &[&str], code: i32) -> serde_json::Value {
+    let output = flink_gitops(args);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "flink-gitops {args:?}\nstdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+/// Records every job of `commit` as applied (running as `flink_job_of(job_id)`), as `apply` does.
+pub fn record_applied(config_path: &Path, commit: &str, flink_job_of: impl Fn(&str) -> String) {
+    use flink_gitops::config::Config;
+    use flink_gitops::git::GitSource;
+    use flink_gitops::spec::{GitTree, load_desired};
+    use flink_gitops::state::{JobRecord, StateStore};
+
+    let config = Config::load(config_path).unwrap();
+    let source = GitSource::open(&config.state.dir.join("repo.git"), &config.repo).unwrap();
+    source.fetch().unwrap();
+    let oid = git2::Oid::from_str(commit).unwrap();
+    let desired = load_desired(&GitTree::new(source.repo(), oid).unwrap(), "jobs").unwrap();
+    let store = StateStore::open_exclusive(&config.state.dir).unwrap();
+    for (id, job) in &desired.jobs {
+        store
+            .put_job(&JobRecord {
+                job_id: id.clone(),
+                spec_json: job.canonical_json(),
+                spec_hash: job.spec_hash(),
+                commit_id: commit.to_string(),
+                flink_job_id: Some(flink_job_of(id)),
+                generation: 1,
+                jar_id: None,
+                jar_sha256: None,
+                last_savepoint: Some("file:/tmp/savepoint-1".into()),
+                status: "running".into(),
+                updated_at: String::new(),
+            })
+            .unwrap();
+    }
+}
+
+/// A name no other test of this run uses (job ids can never be reused on a cluster).
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}-{}-{nanos:x}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
