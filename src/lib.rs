@@ -8,4 +8,5 @@ pub mod git;
 pub mod plan;
 pub mod spec;
 pub mod state;
+pub mod trust;
 pub mod util;

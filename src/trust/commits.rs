@@ -1,0 +1,396 @@
+//! Commit verification: every new commit signed by a trusted key, no rollback or teleport, path ownership.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use git2::{Oid, Repository};
+
+use super::{AllowedSigners, GIT_NAMESPACE, SignatureError, Verified, verify_armored};
+use crate::config::CommitPolicy;
+
+/// Path globs mapped to the principals allowed to change files under them.
+#[derive(Debug, Clone)]
+pub struct Owners {
+    rules: Vec<(String, globset::GlobMatcher, Vec<String>)>,
+}
+
+impl Owners {
+    /// Compiles `(glob, principals)` pairs; `Err` names the bad glob.
+    pub fn new(rules: &[(String, Vec<String>)]) -> Result<Owners, String> {
+        let rules = rules
+            .iter()
+            .map(|(glob, principals)| {
+                let matcher = globset::GlobBuilder::new(glob)
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| format!("owners glob `{glob}`: {e}"))?
+                    .compile_matcher();
+                Ok((glob.clone(), matcher, principals.clone()))
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Owners { rules })
+    }
+
+    /// No ownership rules.
+    pub fn none() -> Owners {
+        Owners { rules: Vec::new() }
+    }
+
+    fn violation(&self, file: &str, signer: &Verified) -> Option<CommitError> {
+        self.rules
+            .iter()
+            .filter(|(_, matcher, _)| matcher.is_match(file))
+            .find(|(_, _, owners)| !owners.iter().any(|o| signer.principals.contains(o)))
+            .map(|(glob, _, owners)| CommitError::NotOwner {
+                file: file.to_string(),
+                glob: glob.clone(),
+                principal: signer.principal.clone(),
+                owners: owners.join(", "),
+            })
+    }
+}
+
+/// What the commit checks need to know.
+pub struct Policy<'a> {
+    /// Trusted keys.
+    pub signers: &'a AllowedSigners,
+    /// Every commit since the watermark, or only the head.
+    pub mode: CommitPolicy,
+    /// Accept unsigned merges whose tree is the clean merge of verified parents.
+    pub clean_merges: bool,
+    /// Path ownership.
+    pub owners: &'a Owners,
+}
+
+/// How a commit was accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acceptance {
+    /// Signed by a trusted key.
+    Signed(Verified),
+    /// Unsigned merge whose tree is exactly the conflict-free merge of its verified parents.
+    CleanMerge,
+}
+
+impl Acceptance {
+    /// What the audit log records as the signer.
+    pub fn signer(&self) -> String {
+        match self {
+            Acceptance::Signed(v) => v.principal.clone(),
+            Acceptance::CleanMerge => "(clean merge of verified parents)".into(),
+        }
+    }
+}
+
+/// Why one commit was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommitError {
+    /// No signature.
+    #[error("not signed")]
+    Unsigned,
+    /// More than one signature header: libgit2 strips only the first, so the rest would ride along unsigned.
+    #[error("carries {0} signature headers; exactly one is allowed")]
+    MultipleSignatures(usize),
+    /// The signature failed.
+    #[error("{0}")]
+    Signature(#[from] SignatureError),
+    /// An unsigned merge while `clean_merges` is off.
+    #[error("unsigned merge commit (set trust.clean_merges to accept clean merges of verified parents)")]
+    UnsignedMerge,
+    /// An unsigned merge with more than two parents.
+    #[error("unsigned merge of {0} parents; only two-parent clean merges can be checked")]
+    Octopus(usize),
+    /// A parent of an unsigned merge was not verified.
+    #[error("unsigned merge whose parent {0} is not verified")]
+    ParentNotVerified(String),
+    /// The parents conflict, so no clean merge exists.
+    #[error("unsigned merge of conflicting parents")]
+    MergeConflict,
+    /// An "evil merge": the tree holds content that is not the clean merge of the parents.
+    #[error("unsigned merge whose tree {actual} differs from the clean merge of its parents ({expected}): it adds content no trusted signer wrote")]
+    NotCleanMerge {
+        /// The commit's tree.
+        actual: String,
+        /// The computed clean merge.
+        expected: String,
+    },
+    /// A file under an owned path changed by someone else.
+    #[error("changes {file}, owned by {owners} (rule `{glob}`), but is signed by {principal}")]
+    NotOwner {
+        /// The file.
+        file: String,
+        /// The glob.
+        glob: String,
+        /// Who signed.
+        principal: String,
+        /// Who may.
+        owners: String,
+    },
+    /// Git could not read it.
+    #[error("cannot read commit: {0}")]
+    Git(String),
+}
+
+/// Why the new head as a whole is refused, before any commit is judged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RangeError {
+    /// The head moved back to an ancestor of the last applied commit.
+    #[error("rollback refused: the new head {head} is an older commit than the last applied {watermark}; undo a change with a new (revert) commit instead")]
+    Rollback {
+        /// Last applied commit.
+        watermark: String,
+        /// Offered head.
+        head: String,
+    },
+    /// The head moved to a commit that does not descend from the last applied commit.
+    #[error("history rewrite refused: the new head {head} does not descend from the last applied {watermark} (force-push or another line of history)")]
+    Teleport {
+        /// Last applied commit.
+        watermark: String,
+        /// Offered head.
+        head: String,
+    },
+    /// The configured start commit is not an ancestor of the head.
+    #[error("the new head {head} does not descend from trust.start_commit {start}")]
+    NotFromStart {
+        /// The configured start.
+        start: String,
+        /// Offered head.
+        head: String,
+    },
+    /// Git failed while walking history.
+    #[error("{0}")]
+    Git(String),
+}
+
+/// The verdict on one commit.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// The commit.
+    pub commit: Oid,
+    /// First line of its message.
+    pub summary: String,
+    /// Accepted, or why not.
+    pub result: Result<Acceptance, CommitError>,
+}
+
+/// The verdicts on a range, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct RangeReport {
+    /// One per commit judged.
+    pub verdicts: Vec<Verdict>,
+}
+
+impl RangeReport {
+    /// True when every commit was accepted.
+    pub fn all_accepted(&self) -> bool {
+        self.verdicts.iter().all(|v| v.result.is_ok())
+    }
+
+    /// The first refusal, if any.
+    pub fn first_refusal(&self) -> Option<(&Verdict, &CommitError)> {
+        self.verdicts
+            .iter()
+            .find_map(|v| v.result.as_ref().err().map(|e| (v, e)))
+    }
+}
+
+fn git(e: git2::Error) -> RangeError {
+    RangeError::Git(e.message().to_string())
+}
+
+/// The commits to judge to move from `watermark` to `head`, oldest first, after the ancestry checks.
+pub fn commits_to_verify(
+    repo: &Repository,
+    watermark: Option<Oid>,
+    head: Oid,
+    mode: CommitPolicy,
+    start_commit: Option<Oid>,
+) -> Result<Vec<Oid>, RangeError> {
+    let base = match (watermark, start_commit) {
+        (Some(w), _) => {
+            if head == w {
+                return Ok(Vec::new());
+            }
+            if !repo.graph_descendant_of(head, w).map_err(git)? {
+                let (watermark, head_text) = (w.to_string(), head.to_string());
+                return Err(if repo.graph_descendant_of(w, head).map_err(git)? {
+                    RangeError::Rollback { watermark, head: head_text }
+                } else {
+                    RangeError::Teleport { watermark, head: head_text }
+                });
+            }
+            Some(w)
+        }
+        (None, Some(start)) => {
+            if head != start && !repo.graph_descendant_of(head, start).map_err(git)? {
+                return Err(RangeError::NotFromStart {
+                    start: start.to_string(),
+                    head: head.to_string(),
+                });
+            }
+            if head == start {
+                return Ok(vec![head]);
+            }
+            Some(start)
+        }
+        (None, None) => return Ok(vec![head]),
+    };
+    if mode == CommitPolicy::Head {
+        return Ok(vec![head]);
+    }
+    let mut walk = repo.revwalk().map_err(git)?;
+    walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::REVERSE).map_err(git)?;
+    walk.push(head).map_err(git)?;
+    if let Some(base) = base {
+        walk.hide(base).map_err(git)?;
+    }
+    walk.collect::<Result<Vec<_>, _>>().map_err(git)
+}
+
+/// Verifies the range from `watermark` to `head`; `first_seen` gives the time each commit's keys are judged at.
+pub fn verify_range(
+    repo: &Repository,
+    watermark: Option<Oid>,
+    head: Oid,
+    start_commit: Option<Oid>,
+    policy: &Policy<'_>,
+    mut first_seen: impl FnMut(Oid) -> DateTime<Utc>,
+) -> Result<RangeReport, RangeError> {
+    let commits = commits_to_verify(repo, watermark, head, policy.mode, start_commit)?;
+    let trusted_base = watermark.or(start_commit);
+    let mut accepted: HashSet<Oid> = HashSet::new();
+    let mut report = RangeReport::default();
+    for oid in commits {
+        let at = first_seen(oid);
+        let summary = repo
+            .find_commit(oid)
+            .ok()
+            .and_then(|c| c.summary().ok().flatten().map(str::to_string))
+            .unwrap_or_default();
+        let result = verify_commit(repo, oid, policy, at, &accepted, trusted_base);
+        if result.is_ok() {
+            accepted.insert(oid);
+        }
+        report.verdicts.push(Verdict {
+            commit: oid,
+            summary,
+            result,
+        });
+    }
+    Ok(report)
+}
+
+fn signature_headers(repo: &Repository, oid: Oid) -> Result<usize, CommitError> {
+    let odb = repo.odb().map_err(|e| CommitError::Git(e.message().into()))?;
+    let object = odb.read(oid).map_err(|e| CommitError::Git(e.message().into()))?;
+    let data = object.data();
+    let header_end = data.windows(2).position(|w| w == b"\n\n").unwrap_or(data.len());
+    Ok(data[..header_end]
+        .split(|b| *b == b'\n')
+        .filter(|line| line.starts_with(b"gpgsig"))
+        .count())
+}
+
+/// Verifies one commit: its signature (or clean-merge status) and path ownership.
+pub fn verify_commit(
+    repo: &Repository,
+    oid: Oid,
+    policy: &Policy<'_>,
+    at: DateTime<Utc>,
+    accepted: &HashSet<Oid>,
+    trusted_base: Option<Oid>,
+) -> Result<Acceptance, CommitError> {
+    let commit = repo.find_commit(oid).map_err(|e| CommitError::Git(e.message().into()))?;
+    let headers = signature_headers(repo, oid)?;
+    if headers > 1 {
+        return Err(CommitError::MultipleSignatures(headers));
+    }
+    let signed = match repo.extract_signature(&oid, None) {
+        Ok(parts) => Some(parts),
+        Err(e) if e.code() == git2::ErrorCode::NotFound => None,
+        Err(e) => return Err(CommitError::Git(e.message().into())),
+    };
+    let Some((signature, payload)) = signed else {
+        return match commit.parent_count() {
+            0 | 1 => Err(CommitError::Unsigned),
+            _ if !policy.clean_merges => Err(CommitError::UnsignedMerge),
+            _ => check_clean_merge(repo, &commit, policy, at, accepted, trusted_base),
+        };
+    };
+    let verified = verify_armored(&signature, &payload, GIT_NAMESPACE, policy.signers, at)?;
+    for file in changed_files(repo, &commit)? {
+        if let Some(violation) = policy.owners.violation(&file, &verified) {
+            return Err(violation);
+        }
+    }
+    Ok(Acceptance::Signed(verified))
+}
+
+fn check_clean_merge(
+    repo: &Repository,
+    commit: &git2::Commit<'_>,
+    policy: &Policy<'_>,
+    at: DateTime<Utc>,
+    accepted: &HashSet<Oid>,
+    trusted_base: Option<Oid>,
+) -> Result<Acceptance, CommitError> {
+    let gitfail = |e: git2::Error| CommitError::Git(e.message().into());
+    if commit.parent_count() != 2 {
+        return Err(CommitError::Octopus(commit.parent_count()));
+    }
+    let parents: Vec<git2::Commit<'_>> = commit.parents().collect();
+    for parent in &parents {
+        let id = parent.id();
+        let trusted = accepted.contains(&id)
+            || trusted_base.is_some_and(|base| id == base || repo.graph_descendant_of(base, id).unwrap_or(false))
+            // In head-only mode the parents were not walked: each must carry a trusted signature itself.
+            || (policy.mode == CommitPolicy::Head
+                && verify_commit(repo, id, &Policy { clean_merges: false, ..*policy }, at, accepted, trusted_base).is_ok());
+        if !trusted {
+            return Err(CommitError::ParentNotVerified(id.to_string()));
+        }
+    }
+    let mut index = repo
+        .merge_commits(&parents[0], &parents[1], None)
+        .map_err(gitfail)?;
+    if index.has_conflicts() {
+        return Err(CommitError::MergeConflict);
+    }
+    let expected = index.write_tree_to(repo).map_err(gitfail)?;
+    if expected != commit.tree_id() {
+        return Err(CommitError::NotCleanMerge {
+            actual: commit.tree_id().to_string(),
+            expected: expected.to_string(),
+        });
+    }
+    Ok(Acceptance::CleanMerge)
+}
+
+/// Files a commit changes. For a merge, only files that differ from every parent: what the merge itself wrote.
+fn changed_files(repo: &Repository, commit: &git2::Commit<'_>) -> Result<Vec<String>, CommitError> {
+    let gitfail = |e: git2::Error| CommitError::Git(e.message().into());
+    let tree = commit.tree().map_err(gitfail)?;
+    let diff_against = |parent: Option<&git2::Tree<'_>>| -> Result<HashSet<String>, CommitError> {
+        let diff = repo.diff_tree_to_tree(parent, Some(&tree), None).map_err(gitfail)?;
+        Ok(diff
+            .deltas()
+            .flat_map(|d| [d.old_file().path(), d.new_file().path()])
+            .flatten()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect())
+    };
+    let mut files: Option<HashSet<String>> = None;
+    if commit.parent_count() == 0 {
+        files = Some(diff_against(None)?);
+    }
+    for parent in commit.parents() {
+        let changed = diff_against(Some(&parent.tree().map_err(gitfail)?))?;
+        files = Some(match files {
+            None => changed,
+            Some(previous) => previous.intersection(&changed).cloned().collect(),
+        });
+    }
+    let mut files: Vec<String> = files.unwrap_or_default().into_iter().collect();
+    files.sort();
+    Ok(files)
+}
