@@ -111,7 +111,7 @@ fn status_and_plan_read_jobs_on_the_real_cluster() {
     );
     let commit = repo.commit("two counters");
     let work = tempfile::tempdir().unwrap();
-    let config = write_config(work.path(), repo.path(), &flink_url());
+    let config = write_config(work.path(), &repo, &flink_url());
     let config_arg = config.to_str().unwrap();
 
     cluster.submit("counter-v1.jar", &ours_jid);
@@ -177,7 +177,7 @@ fn status_and_plan_read_jobs_on_the_real_cluster() {
 #[test]
 fn an_unreachable_cluster_is_reported_not_guessed() {
     let repo = SpecRepo::new();
-    repo.write("artifacts/a.jar", b"PK")
+    repo.write("artifacts/a.jar", b"PK\x03\x04")
         .write("jobs/a.yaml", stream_spec("a", "artifacts/a.jar", 1));
     repo.commit("one job");
     let work = tempfile::tempdir().unwrap();
@@ -186,11 +186,7 @@ fn an_unreachable_cluster_is_reported_not_guessed() {
         .local_addr()
         .unwrap()
         .port();
-    let config = write_config(
-        work.path(),
-        repo.path(),
-        &format!("http://127.0.0.1:{dead_port}"),
-    );
+    let config = write_config(work.path(), &repo, &format!("http://127.0.0.1:{dead_port}"));
     let plan = flink_gitops_json(
         &["plan", "-c", config.to_str().unwrap(), "--output", "json"],
         1,

@@ -48,7 +48,7 @@ fn plan_follows_the_branch_head() {
         );
     let first = repo.commit("two jobs");
     let work = tempfile::tempdir().unwrap();
-    let config = write_config(work.path(), repo.path(), &flink_url());
+    let config = write_config(work.path(), &repo, &flink_url());
     let config_arg = config.to_str().unwrap();
 
     let plan = flink_gitops_json(&["plan", "-c", config_arg, "--output", "json"], 0);
@@ -124,7 +124,8 @@ fn plan_follows_the_branch_head() {
     repo.write("jobs/orders.yaml", "job_id: orders\njob_type: stream\nartifact_path: artifacts/counter.jar\ndeployment: { parallelism: 0 }\n");
     repo.commit("broken spec");
     let plan = flink_gitops_json(&["plan", "-c", config_arg, "--output", "json"], 1);
-    let error = &plan["spec_errors"][0];
+    assert_eq!(plan["refused"]["kind"], "spec");
+    let error = &plan["refused"]["spec_errors"][0];
     assert_eq!(error["file"], "jobs/orders.yaml");
     assert_eq!(
         (error["line"].as_u64(), error["field"].as_str()),
@@ -173,10 +174,12 @@ fn config_problems_exit_with_2_and_name_the_field() {
 #[test]
 fn a_missing_repository_is_a_clear_failure() {
     let work = tempfile::tempdir().unwrap();
-    let config = write_config(
+    let config = write_config_with(
         work.path(),
         &work.path().join("no-such-repo"),
         "http://127.0.0.1:9",
+        "",
+        "",
     );
     let output = flink_gitops(&["plan", "-c", config.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1));

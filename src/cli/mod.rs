@@ -13,8 +13,13 @@ use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::flink::{ClusterOverview, FlinkClient, JobOverview};
 use crate::git::GitSource;
 use crate::plan::{Observed, Plan};
-use crate::spec::{DesiredState, DirTree, GitTree, SpecError};
+use crate::revision::{
+    ArtifactCheck, RevisionError, TrustMaterial, VerifiedRevision, verify_revision,
+};
+use crate::spec::{DirTree, SpecError};
 use crate::state::{JobRecord, StateStore};
+use crate::trust::AllowedSigners;
+use crate::trust::commits::{Owners, Policy, RangeReport, Start, verify_range};
 
 /// Exit code: success.
 pub const EXIT_OK: u8 = 0;
@@ -93,6 +98,30 @@ pub enum Command {
         #[arg(long)]
         no_fetch: bool,
     },
+    /// Verify commit signatures offline (for pull-request pipelines): one line per commit.
+    Verify {
+        /// The repository.
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        /// OpenSSH allowed_signers file (else the config's trust.allowed_signers).
+        #[arg(long)]
+        allowed_signers: Option<PathBuf>,
+        /// Take allowed_signers, owners and clean_merges from this agent config.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Verify the commits after this one (exclusive; `--to` must descend from it). Default: from the root.
+        #[arg(long)]
+        from: Option<String>,
+        /// The last commit to verify.
+        #[arg(long, default_value = "HEAD")]
+        to: String,
+        /// Accept unsigned merges whose tree is the clean merge of verified parents.
+        #[arg(long)]
+        clean_merges: bool,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
 }
 
 /// A failure that ends a command, with the exit code it maps to.
@@ -128,6 +157,28 @@ pub async fn run(cli: Cli) -> ExitCode {
             jobs_dir,
             output,
         } => validate(&dir, &jobs_dir, output),
+        Command::Verify {
+            repo,
+            allowed_signers,
+            config,
+            from,
+            to,
+            clean_merges,
+            output,
+        } => tokio::task::spawn_blocking(move || {
+            verify(
+                &repo,
+                allowed_signers.as_deref(),
+                config.as_deref(),
+                from.as_deref(),
+                &to,
+                clean_merges,
+                output,
+            )
+        })
+        .await
+        .map_err(Failure::from)
+        .and_then(|r| r),
         Command::Plan { config, output } => plan(&config, output).await,
         Command::Status {
             config,
@@ -186,11 +237,83 @@ fn validate(dir: &std::path::Path, jobs_dir: &str, format: OutputFormat) -> Resu
     Ok(if report.valid { EXIT_OK } else { EXIT_FINDINGS })
 }
 
+/// One commit's verdict as shown to people and machines.
+#[derive(Debug, Serialize)]
+pub struct CommitLine {
+    /// The commit id.
+    pub commit: String,
+    /// First line of its message.
+    pub summary: String,
+    /// Accepted?
+    pub ok: bool,
+    /// Who signed it (or how it was accepted).
+    pub signer: Option<String>,
+    /// Why it was refused.
+    pub error: Option<String>,
+}
+
+fn commit_lines(report: &RangeReport) -> Vec<CommitLine> {
+    report
+        .verdicts
+        .iter()
+        .map(|v| CommitLine {
+            commit: v.commit.to_string(),
+            summary: v.summary.clone(),
+            ok: v.result.is_ok(),
+            signer: v.result.as_ref().ok().map(|a| a.signer()),
+            error: v.result.as_ref().err().map(ToString::to_string),
+        })
+        .collect()
+}
+
+/// Why the branch head is not used; the cluster keeps the last verified state.
+#[derive(Debug, Serialize)]
+pub struct Refusal {
+    /// `signature`, `rollback`, `teleport`, `spec`, `artifact`...
+    pub kind: &'static str,
+    /// The reason, naming the commit or file.
+    pub message: String,
+    /// Per-commit verdicts when a commit was refused.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub commits: Vec<CommitLine>,
+    /// Spec problems when the specs were refused.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub spec_errors: Vec<SpecError>,
+}
+
+impl From<RevisionError> for Refusal {
+    fn from(error: RevisionError) -> Refusal {
+        let kind = error.kind();
+        let message = error.to_string();
+        match error {
+            RevisionError::Commit { report, .. } => Refusal {
+                kind,
+                message,
+                commits: commit_lines(&report),
+                spec_errors: Vec::new(),
+            },
+            RevisionError::Specs(errors) => Refusal {
+                kind,
+                message: "the specs at this revision are invalid; nothing would be applied".into(),
+                commits: Vec::new(),
+                spec_errors: errors,
+            },
+            _ => Refusal {
+                kind,
+                message,
+                commits: Vec::new(),
+                spec_errors: Vec::new(),
+            },
+        }
+    }
+}
+
 /// Everything a reporting command needs, read once.
 struct Snapshot {
     config: Config,
     head: String,
-    desired: Result<DesiredState, Vec<SpecError>>,
+    watermark: Option<String>,
+    revision: Result<VerifiedRevision, Refusal>,
     records: Vec<JobRecord>,
     cluster: Result<(ClusterOverview, Vec<JobOverview>), String>,
 }
@@ -199,30 +322,92 @@ fn load_config(path: &std::path::Path) -> Result<Config, Failure> {
     Config::load(path).map_err(usage)
 }
 
+/// Reads the first-seen time of a commit from the state DB, or now for a commit never seen.
+fn first_seen_in(
+    store: Option<&StateStore>,
+) -> impl FnMut(git2::Oid) -> chrono::DateTime<chrono::Utc> + '_ {
+    let now = chrono::Utc::now();
+    move |oid| {
+        store
+            .and_then(|s| s.revision(&oid.to_string()).ok().flatten())
+            .and_then(|r| chrono::DateTime::parse_from_rfc3339(&r.first_seen_at).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .unwrap_or(now)
+    }
+}
+
+/// Where verification starts: the watermark, else the configured start commit, else the head alone.
+pub fn verification_start(
+    repo: &git2::Repository,
+    config: &Config,
+    watermark: Option<&str>,
+) -> Result<Start, Failure> {
+    if let Some(w) = watermark {
+        let oid = git2::Oid::from_str(w)
+            .map_err(|e| anyhow::anyhow!("watermark `{w}` in the state DB: {e}"))?;
+        return Ok(Start::Watermark(oid));
+    }
+    match &config.trust.start_commit {
+        Some(rev) => {
+            let oid = repo
+                .revparse_single(rev)
+                .and_then(|o| o.peel_to_commit())
+                .map(|c| c.id())
+                .map_err(|e| {
+                    usage(anyhow::anyhow!(
+                        "trust.start_commit `{rev}`: {}",
+                        e.message()
+                    ))
+                })?;
+            Ok(Start::Configured(oid))
+        }
+        None => Ok(Start::HeadOnly),
+    }
+}
+
 #[instrument(skip_all, fields(config = %config_path.display()))]
 async fn snapshot(config_path: &std::path::Path, fetch: bool) -> Result<Snapshot, Failure> {
     let config = load_config(config_path)?;
-    let state_dir = config.state.dir.clone();
-    let repo_config = config.repo.clone();
-    let jobs_dir = config.repo.jobs_dir.clone();
-    let (head, desired) = tokio::task::spawn_blocking(move || -> Result<_, Failure> {
-        let source = GitSource::open(&state_dir.join("repo.git"), &repo_config)?;
-        let head = match (fetch, source.head()?) {
-            (false, Some(head)) => head,
-            _ => source.fetch()?,
-        };
-        let tree = GitTree::new(source.repo(), head)?;
-        let desired = crate::spec::load_desired(&tree, &jobs_dir);
-        Ok((head.to_string(), desired))
-    })
-    .await
-    .map_err(anyhow::Error::from)??;
-    info!(revision = %head, "read desired state");
+    let trust = TrustMaterial::load(&config).map_err(usage)?;
+    let blocking_config = config.clone();
+    let (head, watermark, revision, records) =
+        tokio::task::spawn_blocking(move || -> Result<_, Failure> {
+            let config = blocking_config;
+            let source = GitSource::open(&config.state.dir.join("repo.git"), &config.repo)?;
+            let head = match (fetch, source.head()?) {
+                (false, Some(head)) => head,
+                _ => source.fetch()?,
+            };
+            let store = StateStore::open_read_only(&config.state.dir)?;
+            let watermark = match &store {
+                Some(s) => s.meta("watermark")?,
+                None => None,
+            };
+            let records = match &store {
+                Some(s) => s.jobs()?,
+                None => Vec::new(),
+            };
+            let start = verification_start(source.repo(), &config, watermark.as_deref())?;
+            let revision = verify_revision(
+                source.repo(),
+                &config,
+                &trust,
+                start,
+                head,
+                first_seen_in(store.as_ref()),
+            )
+            .map_err(Refusal::from);
+            Ok((head.to_string(), watermark, revision, records))
+        })
+        .await
+        .map_err(anyhow::Error::from)??;
+    match &revision {
+        Ok(r) => info!(revision = %head, new_commits = r.commits.len(), "verified"),
+        Err(refusal) => {
+            warn!(revision = %head, kind = refusal.kind, reason = %refusal.message, "head refused")
+        }
+    }
 
-    let records = match StateStore::open_read_only(&config.state.dir)? {
-        Some(store) => store.jobs()?,
-        None => Vec::new(),
-    };
     let client = FlinkClient::new(&config.flink.url, config.flink.request_timeout)?;
     let cluster = match tokio::try_join!(client.overview(), client.jobs()) {
         Ok(found) => Ok(found),
@@ -234,10 +419,18 @@ async fn snapshot(config_path: &std::path::Path, fetch: bool) -> Result<Snapshot
     Ok(Snapshot {
         config,
         head,
-        desired,
+        watermark,
+        revision,
         records,
         cluster,
     })
+}
+
+#[derive(Serialize)]
+struct TrustSummary<'a> {
+    verified_from: Option<&'a str>,
+    commits: Vec<CommitLine>,
+    artifacts: &'a std::collections::BTreeMap<String, ArtifactCheck>,
 }
 
 #[derive(Serialize)]
@@ -248,26 +441,37 @@ struct PlanReport<'a> {
     flink: &'a str,
     flink_version: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    trust: Option<TrustSummary<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refused: Option<&'a Refusal>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     plan: Option<&'a Plan>,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    spec_errors: &'a [SpecError],
 }
 
 async fn plan(config_path: &std::path::Path, format: OutputFormat) -> Result<u8, Failure> {
     let snap = snapshot(config_path, true).await?;
-    let (computed, spec_errors): (Option<Plan>, &[SpecError]) = match &snap.desired {
-        Ok(desired) => {
-            let observed = match &snap.cluster {
-                Ok((_, jobs)) => Observed::Jobs(jobs),
-                Err(reason) => Observed::Unreachable(reason.clone()),
-            };
-            (
-                Some(crate::plan::plan(desired, observed, &snap.records)),
-                &[],
-            )
-        }
-        Err(errors) => (None, errors),
-    };
+    let computed = snap.revision.as_ref().ok().map(|revision| {
+        let observed = match &snap.cluster {
+            Ok((_, jobs)) => Observed::Jobs(jobs),
+            Err(reason) => Observed::Unreachable(reason.clone()),
+        };
+        crate::plan::plan(&revision.desired, observed, &snap.records)
+    });
+    let trust = snap.revision.as_ref().ok().map(|r| TrustSummary {
+        verified_from: snap.watermark.as_deref(),
+        commits: r
+            .commits
+            .iter()
+            .map(|(oid, signer)| CommitLine {
+                commit: oid.to_string(),
+                summary: String::new(),
+                ok: true,
+                signer: Some(signer.clone()),
+                error: None,
+            })
+            .collect(),
+        artifacts: &r.artifacts,
+    });
     let report = PlanReport {
         revision: &snap.head,
         branch: &snap.config.repo.branch,
@@ -278,19 +482,21 @@ async fn plan(config_path: &std::path::Path, format: OutputFormat) -> Result<u8,
             .as_ref()
             .ok()
             .map(|(o, _)| o.flink_version.as_str()),
+        trust,
+        refused: snap.revision.as_ref().err(),
         plan: computed.as_ref(),
-        spec_errors,
     };
     match format {
         OutputFormat::Json => output::print_json(&report)?,
         OutputFormat::Text => output::print_plan(
             &report.revision_line(),
+            report.trust.as_ref().map(|t| t.commits.as_slice()),
+            report.refused,
             computed.as_ref(),
-            spec_errors,
             &snap.cluster,
         ),
     }
-    let failed = !spec_errors.is_empty() || snap.cluster.is_err();
+    let failed = snap.revision.is_err() || snap.cluster.is_err();
     Ok(if failed { EXIT_FINDINGS } else { EXIT_OK })
 }
 
@@ -310,7 +516,7 @@ impl PlanReport<'_> {
 pub struct JobStatus {
     /// The spec's job id.
     pub job_id: String,
-    /// The revision whose spec is desired (the branch head), if the spec exists there.
+    /// The revision whose spec is desired (the verified branch head), if the spec exists there.
     pub desired_commit: Option<String>,
     /// The revision last applied.
     pub applied_commit: Option<String>,
@@ -329,7 +535,7 @@ struct StatusReport<'a> {
     revision: &'a str,
     flink: &'a str,
     cluster_error: Option<&'a str>,
-    spec_errors: &'a [SpecError],
+    refused: Option<&'a Refusal>,
     jobs: Vec<JobStatus>,
 }
 
@@ -339,9 +545,9 @@ async fn status(
     no_fetch: bool,
 ) -> Result<u8, Failure> {
     let snap = snapshot(config_path, !no_fetch).await?;
-    let (desired_ids, spec_errors): (Vec<&String>, &[SpecError]) = match &snap.desired {
-        Ok(d) => (d.jobs.keys().collect(), &[]),
-        Err(e) => (Vec::new(), e),
+    let desired_ids: Vec<&String> = match &snap.revision {
+        Ok(r) => r.desired.jobs.keys().collect(),
+        Err(_) => Vec::new(),
     };
     let cluster_jobs: &[JobOverview] = snap
         .cluster
@@ -382,7 +588,7 @@ async fn status(
         revision: &snap.head,
         flink: snap.config.flink.url.as_str(),
         cluster_error: snap.cluster.as_ref().err().map(String::as_str),
-        spec_errors,
+        refused: snap.revision.as_ref().err(),
         jobs,
     };
     match format {
@@ -391,13 +597,86 @@ async fn status(
             report.revision,
             report.flink,
             report.cluster_error,
-            spec_errors,
+            report.refused,
             &report.jobs,
         ),
     }
-    Ok(if snap.cluster.is_err() || !spec_errors.is_empty() {
+    Ok(if snap.cluster.is_err() || snap.revision.is_err() {
         EXIT_FINDINGS
     } else {
         EXIT_OK
     })
+}
+
+#[derive(Serialize)]
+struct VerifyReport {
+    from: Option<String>,
+    to: String,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refused: Option<String>,
+    commits: Vec<CommitLine>,
+}
+
+fn resolve_commit(repo: &git2::Repository, rev: &str) -> Result<git2::Oid, Failure> {
+    repo.revparse_single(rev)
+        .and_then(|o| o.peel_to_commit())
+        .map(|c| c.id())
+        .map_err(|e| usage(anyhow::anyhow!("`{rev}` is not a commit: {}", e.message())))
+}
+
+fn verify(
+    repo_dir: &std::path::Path,
+    allowed_signers: Option<&std::path::Path>,
+    config: Option<&std::path::Path>,
+    from: Option<&str>,
+    to: &str,
+    clean_merges: bool,
+    format: OutputFormat,
+) -> Result<u8, Failure> {
+    let config = config.map(load_config).transpose()?;
+    let signers_path = allowed_signers
+        .map(std::path::Path::to_path_buf)
+        .or_else(|| config.as_ref().map(|c| c.trust.allowed_signers.clone()))
+        .ok_or_else(|| usage(anyhow::anyhow!("give --allowed-signers FILE or -c CONFIG")))?;
+    let signers = AllowedSigners::load(&signers_path).map_err(usage)?;
+    let owners = match &config {
+        Some(c) => Owners::new(&c.trust.owners).map_err(|e| usage(anyhow::anyhow!(e)))?,
+        None => Owners::none(),
+    };
+    let repo = git2::Repository::discover(repo_dir).map_err(|e| {
+        usage(anyhow::anyhow!(
+            "{}: not a git repository: {}",
+            repo_dir.display(),
+            e.message()
+        ))
+    })?;
+    let head = resolve_commit(&repo, to)?;
+    let start = match from {
+        Some(rev) => Start::Watermark(resolve_commit(&repo, rev)?),
+        None => Start::Root,
+    };
+    let policy = Policy {
+        signers: &signers,
+        mode: crate::config::CommitPolicy::Every,
+        clean_merges: clean_merges || config.as_ref().is_some_and(|c| c.trust.clean_merges),
+        owners: &owners,
+    };
+    let now = chrono::Utc::now();
+    let (commits, refused) = match verify_range(&repo, start, head, &policy, |_| now) {
+        Ok(report) => (commit_lines(&report), None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    let report = VerifyReport {
+        from: from.map(str::to_string),
+        to: head.to_string(),
+        ok: refused.is_none() && commits.iter().all(|c| c.ok),
+        refused,
+        commits,
+    };
+    match format {
+        OutputFormat::Json => output::print_json(&report)?,
+        OutputFormat::Text => output::print_verify(&report.commits, report.refused.as_deref()),
+    }
+    Ok(if report.ok { EXIT_OK } else { EXIT_FINDINGS })
 }

@@ -2,9 +2,9 @@
 
 use serde::Serialize;
 
+use super::{CommitLine, Refusal};
 use crate::flink::{ClusterOverview, JobOverview};
 use crate::plan::{Action, Plan};
-use crate::spec::SpecError;
 use crate::spec::source::short_id;
 
 use super::JobStatus;
@@ -34,21 +34,68 @@ fn cluster_line(cluster: &Result<(ClusterOverview, Vec<JobOverview>), String>) -
     }
 }
 
+/// Renders the per-commit verdicts of `verify`.
+pub fn print_verify(commits: &[CommitLine], refused: Option<&str>) {
+    if let Some(reason) = refused {
+        println!("REFUSED  {reason}");
+    }
+    for line in commits {
+        let short = short_id(&line.commit);
+        match (&line.signer, &line.error) {
+            (Some(signer), _) => println!("ok       {short}  {signer}  {}", line.summary),
+            (_, Some(error)) => println!("FAILED   {short}  {error}  ({})", line.summary),
+            _ => {}
+        }
+    }
+    let failed = commits.iter().filter(|c| !c.ok).count();
+    println!(
+        "{} commit(s) verified, {failed} failed",
+        commits.len() - failed
+    );
+}
+
+fn print_refusal(refusal: &Refusal) {
+    println!("REFUSED ({}): {}", refusal.kind, refusal.message);
+    for error in &refusal.spec_errors {
+        println!("  {error}");
+    }
+    for line in refusal.commits.iter().filter(|c| !c.ok) {
+        println!(
+            "  {}  {}",
+            short_id(&line.commit),
+            line.error.as_deref().unwrap_or("")
+        );
+    }
+    println!("the cluster keeps the last verified state");
+}
+
 /// Renders `plan`.
 pub fn print_plan(
     revision_line: &str,
+    verified: Option<&[CommitLine]>,
+    refused: Option<&Refusal>,
     plan: Option<&Plan>,
-    spec_errors: &[SpecError],
     cluster: &Result<(ClusterOverview, Vec<JobOverview>), String>,
 ) {
     println!("{revision_line}");
     println!("{}", cluster_line(cluster));
+    if let Some(commits) = verified {
+        let mut signers: Vec<&str> = commits.iter().filter_map(|c| c.signer.as_deref()).collect();
+        signers.sort_unstable();
+        signers.dedup();
+        println!(
+            "trust    {} new commit(s) verified; signed by {}",
+            commits.len(),
+            if signers.is_empty() {
+                "-".to_string()
+            } else {
+                signers.join(", ")
+            }
+        );
+    }
     println!();
-    if !spec_errors.is_empty() {
-        println!("the specs at this revision are invalid; nothing would be applied:");
-        for error in spec_errors {
-            println!("  {error}");
-        }
+    if let Some(refusal) = refused {
+        print_refusal(refusal);
         return;
     }
     let Some(plan) = plan else { return };
@@ -96,15 +143,15 @@ pub fn print_status(
     revision: &str,
     flink: &str,
     cluster_error: Option<&str>,
-    spec_errors: &[SpecError],
+    refused: Option<&Refusal>,
     jobs: &[JobStatus],
 ) {
     println!("revision {}  flink {flink}", short_id(revision));
     if let Some(reason) = cluster_error {
         println!("cluster UNREACHABLE: {reason}");
     }
-    for error in spec_errors {
-        println!("invalid spec: {error}");
+    if let Some(refusal) = refused {
+        print_refusal(refusal);
     }
     println!();
     println!(

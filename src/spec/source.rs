@@ -119,6 +119,20 @@ impl<'repo> GitTree<'repo> {
         Ok(GitTree { repo, tree, commit })
     }
 
+    /// The commit this tree belongs to.
+    pub fn commit(&self) -> git2::Oid {
+        self.commit
+    }
+
+    /// The blob id of a file.
+    pub fn blob_id(&self, path: &RepoPath) -> Result<git2::Oid, TreeError> {
+        let entry = self
+            .tree
+            .get_path(Path::new(path.as_str()))
+            .map_err(git_err(path))?;
+        Ok(entry.id())
+    }
+
     fn kind_of(
         &self,
         entry: &git2::TreeEntry<'_>,

@@ -32,7 +32,9 @@ pub enum SignerError {
         fingerprint: String,
     },
     /// The key is listed, but not for this namespace.
-    #[error("key {fingerprint} ({principal}, line {line}) is not allowed to sign for namespace `{namespace}` (only {allowed})")]
+    #[error(
+        "key {fingerprint} ({principal}, line {line}) is not allowed to sign for namespace `{namespace}` (only {allowed})"
+    )]
     NamespaceNotAllowed {
         /// The key's fingerprint.
         fingerprint: String,
@@ -46,7 +48,9 @@ pub enum SignerError {
         allowed: String,
     },
     /// The key's validity ended before the time it was judged at.
-    #[error("key {fingerprint} ({principal}, line {line}) expired: valid-before {valid_before}, judged at {at}")]
+    #[error(
+        "key {fingerprint} ({principal}, line {line}) expired: valid-before {valid_before}, judged at {at}"
+    )]
     Expired {
         /// The key's fingerprint.
         fingerprint: String,
@@ -60,7 +64,9 @@ pub enum SignerError {
         at: DateTime<Utc>,
     },
     /// The key's validity had not begun.
-    #[error("key {fingerprint} ({principal}, line {line}) is not valid yet: valid-after {valid_after}, judged at {at}")]
+    #[error(
+        "key {fingerprint} ({principal}, line {line}) is not valid yet: valid-after {valid_after}, judged at {at}"
+    )]
     NotYetValid {
         /// The key's fingerprint.
         fingerprint: String,
@@ -119,7 +125,9 @@ fn valid_principal(principal: &str) -> bool {
 
 fn parse_time(value: &str) -> Result<DateTime<Utc>, String> {
     let digits = value.strip_suffix('Z').ok_or_else(|| {
-        format!("time `{value}` must end in Z (UTC); local times depend on the verifier's time zone")
+        format!(
+            "time `{value}` must end in Z (UTC); local times depend on the verifier's time zone"
+        )
     })?;
     if !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("time `{value}` must be YYYYMMDD[HHMM[SS]]Z"));
@@ -199,7 +207,9 @@ fn parse_line(line: &str) -> Result<AllowedSigner, String> {
     let principals_text = tokens.next().ok_or("empty line")?;
     let options_text = tokens.next().ok_or("missing options and key")?;
     if looks_like_key_type(options_text) {
-        return Err("`namespaces=\"…\"` is required on every line (e.g. namespaces=\"git\")".into());
+        return Err(
+            "`namespaces=\"…\"` is required on every line (e.g. namespaces=\"git\")".into(),
+        );
     }
     let key_type = tokens.next().ok_or("missing key type")?;
     let key_text = tokens.next().ok_or("missing key")?;
@@ -234,7 +244,9 @@ fn parse_line(line: &str) -> Result<AllowedSigner, String> {
             ("namespaces", Some(value)) => {
                 let list: Vec<String> = value.split(',').map(str::to_string).collect();
                 if let Some(bad) = list.iter().find(|n| !literal_name(n)) {
-                    return Err(format!("namespace `{bad}` must be a literal name (no patterns)"));
+                    return Err(format!(
+                        "namespace `{bad}` must be a literal name (no patterns)"
+                    ));
                 }
                 namespaces = Some(list);
             }
@@ -246,15 +258,17 @@ fn parse_line(line: &str) -> Result<AllowedSigner, String> {
             (other, _) => return Err(format!("unknown option `{other}`")),
         }
     }
-    let namespaces =
-        namespaces.ok_or("`namespaces=\"…\"` is required on every line (e.g. namespaces=\"git\")")?;
-    if let (Some(after), Some(before)) = (valid_after, valid_before) {
-        if before <= after {
-            return Err("valid-before must be later than valid-after".into());
-        }
+    let namespaces = namespaces
+        .ok_or("`namespaces=\"…\"` is required on every line (e.g. namespaces=\"git\")")?;
+    if let (Some(after), Some(before)) = (valid_after, valid_before)
+        && before <= after
+    {
+        return Err("valid-before must be later than valid-after".into());
     }
     if key_type != "ssh-ed25519" {
-        return Err(format!("key type `{key_type}` is not supported: only ssh-ed25519"));
+        return Err(format!(
+            "key type `{key_type}` is not supported: only ssh-ed25519"
+        ));
     }
     let blob = base64::engine::general_purpose::STANDARD
         .decode(key_text)
@@ -297,13 +311,19 @@ impl AllowedSigners {
             line: 0,
             reason,
         };
-        let bytes = crate::util::read_file_limited(path, FILE_SIZE_LIMIT).map_err(|e| whole(e.to_string()))?;
+        let bytes = crate::util::read_file_limited(path, FILE_SIZE_LIMIT)
+            .map_err(|e| whole(e.to_string()))?;
         let text = String::from_utf8(bytes).map_err(|_| whole("not UTF-8".into()))?;
         Self::parse(&text, path)
     }
 
     /// The signer line that allows `key` to sign for `namespace` at time `at`, or the precise reason none does.
-    pub fn find(&self, key: &[u8; 32], namespace: &str, at: DateTime<Utc>) -> Result<&AllowedSigner, SignerError> {
+    pub fn find(
+        &self,
+        key: &[u8; 32],
+        namespace: &str,
+        at: DateTime<Utc>,
+    ) -> Result<&AllowedSigner, SignerError> {
         let fingerprint = fingerprint(key);
         let mut closest: Option<SignerError> = None;
         for signer in self.signers.iter().filter(|s| &s.key == key) {
@@ -364,23 +384,61 @@ mod tests {
         assert_eq!(s.line, 3);
         assert_eq!(s.principals, ["alice@example.com", "*@ops.example.com"]);
         assert_eq!(s.namespaces, ["git", "flink-gitops-artifact"]);
-        assert_eq!(s.valid_before.unwrap().to_rfc3339(), "2030-01-01T12:00:00+00:00");
+        assert_eq!(
+            s.valid_before.unwrap().to_rfc3339(),
+            "2030-01-01T12:00:00+00:00"
+        );
     }
 
     #[test]
     fn everything_outside_the_subset_names_its_line() {
         let cases = [
-            (format!("a@x cert-authority,namespaces=\"git\" ssh-ed25519 {KEY}"), "cert-authority"),
-            (format!("a@x ssh-ed25519 {KEY}"), "namespaces=\"…\"` is required"),
-            (format!("a@x namespaces=\"git\" ecdsa-sha2-nistp256 {KEY}"), "only ssh-ed25519"),
-            (format!("a@x namespaces=\"git\",no-touch-required ssh-ed25519 {KEY}"), "unknown option"),
-            (format!("a?@x namespaces=\"git\" ssh-ed25519 {KEY}"), "principal `a?@x`"),
-            (format!("a@x namespaces=\"git\",valid-before=20300101 ssh-ed25519 {KEY}"), "must end in Z"),
-            (format!("a@x namespaces=\"git\",namespaces=\"file\" ssh-ed25519 {KEY}"), "repeated"),
-            ("a@x namespaces=\"git\" ssh-ed25519 %%%notbase64".to_string(), "base64"),
-            (format!("a@x namespaces=\"g*\" ssh-ed25519 {KEY}"), "literal name"),
-            (format!("\"a b\" namespaces=\"git\" ssh-ed25519 {KEY}"), "quoted principals"),
-            (format!("a@x namespaces=\"git\",valid-after=20300101Z,valid-before=20200101Z ssh-ed25519 {KEY}"), "later than"),
+            (
+                format!("a@x cert-authority,namespaces=\"git\" ssh-ed25519 {KEY}"),
+                "cert-authority",
+            ),
+            (
+                format!("a@x ssh-ed25519 {KEY}"),
+                "namespaces=\"…\"` is required",
+            ),
+            (
+                format!("a@x namespaces=\"git\" ecdsa-sha2-nistp256 {KEY}"),
+                "only ssh-ed25519",
+            ),
+            (
+                format!("a@x namespaces=\"git\",no-touch-required ssh-ed25519 {KEY}"),
+                "unknown option",
+            ),
+            (
+                format!("a?@x namespaces=\"git\" ssh-ed25519 {KEY}"),
+                "principal `a?@x`",
+            ),
+            (
+                format!("a@x namespaces=\"git\",valid-before=20300101 ssh-ed25519 {KEY}"),
+                "must end in Z",
+            ),
+            (
+                format!("a@x namespaces=\"git\",namespaces=\"file\" ssh-ed25519 {KEY}"),
+                "repeated",
+            ),
+            (
+                "a@x namespaces=\"git\" ssh-ed25519 %%%notbase64".to_string(),
+                "base64",
+            ),
+            (
+                format!("a@x namespaces=\"g*\" ssh-ed25519 {KEY}"),
+                "literal name",
+            ),
+            (
+                format!("\"a b\" namespaces=\"git\" ssh-ed25519 {KEY}"),
+                "quoted principals",
+            ),
+            (
+                format!(
+                    "a@x namespaces=\"git\",valid-after=20300101Z,valid-before=20200101Z ssh-ed25519 {KEY}"
+                ),
+                "later than",
+            ),
         ];
         for (line, expected) in cases {
             let err = parse(&format!("# header\n{line}\n")).unwrap_err();

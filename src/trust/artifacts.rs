@@ -72,7 +72,7 @@ pub enum ArtifactError {
         /// The artifact.
         path: String,
         /// Why.
-        source: SignatureError,
+        source: Box<SignatureError>,
     },
 }
 
@@ -84,10 +84,12 @@ pub fn hash_jar(mut reader: impl Read, path: &str, limit: u64) -> Result<JarDige
     let mut size: u64 = 0;
     let mut head = [0u8; 4];
     loop {
-        let read = reader.read(&mut buffer).map_err(|source| ArtifactError::Io {
-            path: path.to_string(),
-            source,
-        })?;
+        let read = reader
+            .read(&mut buffer)
+            .map_err(|source| ArtifactError::Io {
+                path: path.to_string(),
+                source,
+            })?;
         if read == 0 {
             break;
         }
@@ -107,7 +109,9 @@ pub fn hash_jar(mut reader: impl Read, path: &str, limit: u64) -> Result<JarDige
         sha512.update(&buffer[..read]);
     }
     if &head != b"PK\x03\x04" {
-        return Err(ArtifactError::NotAJar { path: path.to_string() });
+        return Err(ArtifactError::NotAJar {
+            path: path.to_string(),
+        });
     }
     let sha256_raw = sha256.finalize().to_vec();
     Ok(JarDigest {
@@ -137,14 +141,12 @@ pub fn verify_jar(
     policy: &ArtifactPolicy<'_>,
     at: DateTime<Utc>,
 ) -> Result<Option<Verified>, ArtifactError> {
-    if let Some(expected) = pinned_sha256 {
-        if !expected.eq_ignore_ascii_case(&digest.sha256) {
-            return Err(ArtifactError::DigestMismatch {
-                path: path.to_string(),
-                expected: expected.to_string(),
-                actual: digest.sha256.clone(),
-            });
-        }
+    if let Some(expected) = pinned_sha256.filter(|pin| !pin.eq_ignore_ascii_case(&digest.sha256)) {
+        return Err(ArtifactError::DigestMismatch {
+            path: path.to_string(),
+            expected: expected.to_string(),
+            actual: digest.sha256.clone(),
+        });
     }
     let Some(armored) = signature else {
         return match policy.signature_required {
@@ -157,14 +159,20 @@ pub fn verify_jar(
     };
     let failed = |source: SignatureError| ArtifactError::Signature {
         path: path.to_string(),
-        source,
+        source: Box::new(source),
     };
     let parsed = SshSignature::parse(armored).map_err(|e| failed(e.into()))?;
     let message_digest = match parsed.hash_algorithm {
         super::HashAlgorithm::Sha256 => &digest.sha256_raw,
         super::HashAlgorithm::Sha512 => &digest.sha512_raw,
     };
-    verify_parsed(&parsed, message_digest, policy.namespace, policy.signers, at)
-        .map(Some)
-        .map_err(failed)
+    verify_parsed(
+        &parsed,
+        message_digest,
+        policy.namespace,
+        policy.signers,
+        at,
+    )
+    .map(Some)
+    .map_err(failed)
 }

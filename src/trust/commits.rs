@@ -94,7 +94,9 @@ pub enum CommitError {
     #[error("{0}")]
     Signature(#[from] SignatureError),
     /// An unsigned merge while `clean_merges` is off.
-    #[error("unsigned merge commit (set trust.clean_merges to accept clean merges of verified parents)")]
+    #[error(
+        "unsigned merge commit (set trust.clean_merges to accept clean merges of verified parents)"
+    )]
     UnsignedMerge,
     /// An unsigned merge with more than two parents.
     #[error("unsigned merge of {0} parents; only two-parent clean merges can be checked")]
@@ -106,7 +108,9 @@ pub enum CommitError {
     #[error("unsigned merge of conflicting parents")]
     MergeConflict,
     /// An "evil merge": the tree holds content that is not the clean merge of the parents.
-    #[error("unsigned merge whose tree {actual} differs from the clean merge of its parents ({expected}): it adds content no trusted signer wrote")]
+    #[error(
+        "unsigned merge whose tree {actual} differs from the clean merge of its parents ({expected}): it adds content no trusted signer wrote"
+    )]
     NotCleanMerge {
         /// The commit's tree.
         actual: String,
@@ -134,7 +138,9 @@ pub enum CommitError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RangeError {
     /// The head moved back to an ancestor of the last applied commit.
-    #[error("rollback refused: the new head {head} is an older commit than the last applied {watermark}; undo a change with a new (revert) commit instead")]
+    #[error(
+        "rollback refused: the new head {head} is an older commit than the last applied {watermark}; undo a change with a new (revert) commit instead"
+    )]
     Rollback {
         /// Last applied commit.
         watermark: String,
@@ -142,7 +148,9 @@ pub enum RangeError {
         head: String,
     },
     /// The head moved to a commit that does not descend from the last applied commit.
-    #[error("history rewrite refused: the new head {head} does not descend from the last applied {watermark} (force-push or another line of history)")]
+    #[error(
+        "history rewrite refused: the new head {head} does not descend from the last applied {watermark} (force-push or another line of history)"
+    )]
     Teleport {
         /// Last applied commit.
         watermark: String,
@@ -198,14 +206,41 @@ fn git(e: git2::Error) -> RangeError {
     RangeError::Git(e.message().to_string())
 }
 
-/// The commits to judge to move from `watermark` to `head`, oldest first, after the ancestry checks.
+/// Where verification starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The last applied commit: the head must descend from it; commits after it are judged.
+    Watermark(Oid),
+    /// A fresh install's configured `trust.start_commit`: trusted itself, commits after it are judged.
+    Configured(Oid),
+    /// A fresh install without a start commit: only the head is judged.
+    HeadOnly,
+    /// The whole history up to the head (the offline `verify` command without `--from`).
+    Root,
+}
+
+impl Start {
+    fn trusted_base(self) -> Option<Oid> {
+        match self {
+            Start::Watermark(oid) | Start::Configured(oid) => Some(oid),
+            Start::HeadOnly | Start::Root => None,
+        }
+    }
+}
+
+/// The commits to judge to move from `start` to `head`, oldest first, after the ancestry checks.
 pub fn commits_to_verify(
     repo: &Repository,
-    watermark: Option<Oid>,
+    start: Start,
     head: Oid,
     mode: CommitPolicy,
-    start_commit: Option<Oid>,
 ) -> Result<Vec<Oid>, RangeError> {
+    let (watermark, start_commit) = match start {
+        Start::Watermark(w) => (Some(w), None),
+        Start::Configured(s) => (None, Some(s)),
+        Start::HeadOnly => return Ok(vec![head]),
+        Start::Root => (None, None),
+    };
     let base = match (watermark, start_commit) {
         (Some(w), _) => {
             if head == w {
@@ -214,9 +249,15 @@ pub fn commits_to_verify(
             if !repo.graph_descendant_of(head, w).map_err(git)? {
                 let (watermark, head_text) = (w.to_string(), head.to_string());
                 return Err(if repo.graph_descendant_of(w, head).map_err(git)? {
-                    RangeError::Rollback { watermark, head: head_text }
+                    RangeError::Rollback {
+                        watermark,
+                        head: head_text,
+                    }
                 } else {
-                    RangeError::Teleport { watermark, head: head_text }
+                    RangeError::Teleport {
+                        watermark,
+                        head: head_text,
+                    }
                 });
             }
             Some(w)
@@ -233,13 +274,14 @@ pub fn commits_to_verify(
             }
             Some(start)
         }
-        (None, None) => return Ok(vec![head]),
+        (None, None) => None,
     };
     if mode == CommitPolicy::Head {
         return Ok(vec![head]);
     }
     let mut walk = repo.revwalk().map_err(git)?;
-    walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::REVERSE).map_err(git)?;
+    walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::REVERSE)
+        .map_err(git)?;
     walk.push(head).map_err(git)?;
     if let Some(base) = base {
         walk.hide(base).map_err(git)?;
@@ -247,17 +289,16 @@ pub fn commits_to_verify(
     walk.collect::<Result<Vec<_>, _>>().map_err(git)
 }
 
-/// Verifies the range from `watermark` to `head`; `first_seen` gives the time each commit's keys are judged at.
+/// Verifies the range from `start` to `head`; `first_seen` gives the time each commit's keys are judged at.
 pub fn verify_range(
     repo: &Repository,
-    watermark: Option<Oid>,
+    start: Start,
     head: Oid,
-    start_commit: Option<Oid>,
     policy: &Policy<'_>,
     mut first_seen: impl FnMut(Oid) -> DateTime<Utc>,
 ) -> Result<RangeReport, RangeError> {
-    let commits = commits_to_verify(repo, watermark, head, policy.mode, start_commit)?;
-    let trusted_base = watermark.or(start_commit);
+    let commits = commits_to_verify(repo, start, head, policy.mode)?;
+    let trusted_base = start.trusted_base();
     let mut accepted: HashSet<Oid> = HashSet::new();
     let mut report = RangeReport::default();
     for oid in commits {
@@ -281,10 +322,17 @@ pub fn verify_range(
 }
 
 fn signature_headers(repo: &Repository, oid: Oid) -> Result<usize, CommitError> {
-    let odb = repo.odb().map_err(|e| CommitError::Git(e.message().into()))?;
-    let object = odb.read(oid).map_err(|e| CommitError::Git(e.message().into()))?;
+    let odb = repo
+        .odb()
+        .map_err(|e| CommitError::Git(e.message().into()))?;
+    let object = odb
+        .read(oid)
+        .map_err(|e| CommitError::Git(e.message().into()))?;
     let data = object.data();
-    let header_end = data.windows(2).position(|w| w == b"\n\n").unwrap_or(data.len());
+    let header_end = data
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .unwrap_or(data.len());
     Ok(data[..header_end]
         .split(|b| *b == b'\n')
         .filter(|line| line.starts_with(b"gpgsig"))
@@ -300,7 +348,9 @@ pub fn verify_commit(
     accepted: &HashSet<Oid>,
     trusted_base: Option<Oid>,
 ) -> Result<Acceptance, CommitError> {
-    let commit = repo.find_commit(oid).map_err(|e| CommitError::Git(e.message().into()))?;
+    let commit = repo
+        .find_commit(oid)
+        .map_err(|e| CommitError::Git(e.message().into()))?;
     let headers = signature_headers(repo, oid)?;
     if headers > 1 {
         return Err(CommitError::MultipleSignatures(headers));
@@ -371,7 +421,9 @@ fn changed_files(repo: &Repository, commit: &git2::Commit<'_>) -> Result<Vec<Str
     let gitfail = |e: git2::Error| CommitError::Git(e.message().into());
     let tree = commit.tree().map_err(gitfail)?;
     let diff_against = |parent: Option<&git2::Tree<'_>>| -> Result<HashSet<String>, CommitError> {
-        let diff = repo.diff_tree_to_tree(parent, Some(&tree), None).map_err(gitfail)?;
+        let diff = repo
+            .diff_tree_to_tree(parent, Some(&tree), None)
+            .map_err(gitfail)?;
         Ok(diff
             .deltas()
             .flat_map(|d| [d.old_file().path(), d.new_file().path()])

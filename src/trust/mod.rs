@@ -46,7 +46,13 @@ pub fn verify_armored(
     at: DateTime<Utc>,
 ) -> Result<Verified, SignatureError> {
     let signature = SshSignature::parse(armored)?;
-    verify_parsed(&signature, &signature.hash_algorithm.digest(message), namespace, signers, at)
+    verify_parsed(
+        &signature,
+        &signature.hash_algorithm.digest(message),
+        namespace,
+        signers,
+        at,
+    )
 }
 
 /// Like [`verify_armored`] for a message already hashed with the signature's algorithm.

@@ -172,8 +172,11 @@ pub fn parse_public_key_blob(blob: &[u8]) -> Result<[u8; 32], SshSigError> {
         return Err(SshSigError::KeyType(text(key_type)));
     }
     let key = reader.string("public key")?;
-    reader.finish().map_err(|_| SshSigError::Malformed("public key (extra data)"))?;
-    key.try_into().map_err(|_| SshSigError::Malformed("ed25519 public key (not 32 bytes)"))
+    reader
+        .finish()
+        .map_err(|_| SshSigError::Malformed("public key (extra data)"))?;
+    key.try_into()
+        .map_err(|_| SshSigError::Malformed("ed25519 public key (not 32 bytes)"))
 }
 
 impl SshSignature {
@@ -181,7 +184,11 @@ impl SshSignature {
     pub fn parse(armored: &[u8]) -> Result<SshSignature, SshSigError> {
         let blob = dearmor(armored)?;
         let mut reader = Reader { bytes: &blob };
-        if reader.take(MAGIC.len(), "magic").map_err(|_| SshSigError::Magic)? != MAGIC {
+        if reader
+            .take(MAGIC.len(), "magic")
+            .map_err(|_| SshSigError::Magic)?
+            != MAGIC
+        {
             return Err(SshSigError::Magic);
         }
         let version = reader.u32("version")?;
@@ -207,13 +214,17 @@ impl SshSignature {
         let signature_blob = reader.string("signature")?;
         reader.finish()?;
 
-        let mut inner = Reader { bytes: signature_blob };
+        let mut inner = Reader {
+            bytes: signature_blob,
+        };
         let algorithm = inner.string("signature type")?;
         if algorithm != KEY_TYPE.as_bytes() {
             return Err(SshSigError::SignatureType(text(algorithm)));
         }
         let raw = inner.string("signature bytes")?;
-        inner.finish().map_err(|_| SshSigError::Malformed("signature (extra data)"))?;
+        inner
+            .finish()
+            .map_err(|_| SshSigError::Malformed("signature (extra data)"))?;
         let signature = raw
             .try_into()
             .map_err(|_| SshSigError::Malformed("ed25519 signature (not 64 bytes)"))?;
@@ -231,7 +242,11 @@ impl SshSignature {
     }
 
     /// Checks the signature given `H(message)` computed with [`Self::hash_algorithm`] (for streamed files).
-    pub fn verify_digest(&self, digest: &[u8], expected_namespace: &str) -> Result<(), SshSigError> {
+    pub fn verify_digest(
+        &self,
+        digest: &[u8],
+        expected_namespace: &str,
+    ) -> Result<(), SshSigError> {
         self.check_namespace(expected_namespace)?;
         let mut signed = MAGIC.to_vec();
         // The reserved field is signed empty, as OpenSSH rebuilds it; a non-empty one never parses.
@@ -244,7 +259,8 @@ impl SshSignature {
             signed.extend_from_slice(&(field.len() as u32).to_be_bytes());
             signed.extend_from_slice(field);
         }
-        let key = VerifyingKey::from_bytes(&self.public_key).map_err(|_| SshSigError::Malformed("ed25519 public key"))?;
+        let key = VerifyingKey::from_bytes(&self.public_key)
+            .map_err(|_| SshSigError::Malformed("ed25519 public key"))?;
         key.verify_strict(&signed, &Signature::from_bytes(&self.signature))
             .map_err(|_| SshSigError::BadSignature)
     }
@@ -294,7 +310,13 @@ mod tests {
         out.extend_from_slice(field);
     }
 
-    fn blob(version: u32, namespace: &[u8], reserved: &[u8], hash: &[u8], trailing: &[u8]) -> Vec<u8> {
+    fn blob(
+        version: u32,
+        namespace: &[u8],
+        reserved: &[u8],
+        hash: &[u8],
+        trailing: &[u8],
+    ) -> Vec<u8> {
         let mut key = Vec::new();
         string(&mut key, b"ssh-ed25519");
         string(&mut key, &[7; 32]);
@@ -318,11 +340,26 @@ mod tests {
         assert_eq!(ok.namespace, "git");
         assert_eq!(ok.hash_algorithm, HashAlgorithm::Sha512);
         let cases: [(Vec<u8>, SshSigError); 6] = [
-            (blob(2, b"git", b"", b"sha512", b""), SshSigError::Version(2)),
-            (blob(1, b"", b"", b"sha512", b""), SshSigError::EmptyNamespace),
-            (blob(1, b"git", b"x", b"sha512", b""), SshSigError::ReservedNotEmpty),
-            (blob(1, b"git", b"", b"md5", b""), SshSigError::HashAlgorithm("md5".into())),
-            (blob(1, b"git", b"", b"sha512", b"zz"), SshSigError::TrailingBytes(2)),
+            (
+                blob(2, b"git", b"", b"sha512", b""),
+                SshSigError::Version(2),
+            ),
+            (
+                blob(1, b"", b"", b"sha512", b""),
+                SshSigError::EmptyNamespace,
+            ),
+            (
+                blob(1, b"git", b"x", b"sha512", b""),
+                SshSigError::ReservedNotEmpty,
+            ),
+            (
+                blob(1, b"git", b"", b"md5", b""),
+                SshSigError::HashAlgorithm("md5".into()),
+            ),
+            (
+                blob(1, b"git", b"", b"sha512", b"zz"),
+                SshSigError::TrailingBytes(2),
+            ),
             (b"SSHSIH\0\0\0\x01".to_vec(), SshSigError::Magic),
         ];
         for (bytes, expected) in cases {
@@ -335,7 +372,13 @@ mod tests {
         let mut doubled = armor(&blob(1, b"git", b"", b"sha512", b""));
         doubled.extend(armor(&blob(1, b"git", b"", b"sha512", b"")));
         assert!(SshSignature::parse(&doubled).is_err());
-        assert_eq!(ok.check_namespace("file"), Err(SshSigError::WrongNamespace { found: "git".into(), expected: "file".into() }));
+        assert_eq!(
+            ok.check_namespace("file"),
+            Err(SshSigError::WrongNamespace {
+                found: "git".into(),
+                expected: "file".into()
+            })
+        );
     }
 
     #[test]
@@ -343,7 +386,10 @@ mod tests {
         let mut bytes = b"SSHSIG".to_vec();
         bytes.extend_from_slice(&1u32.to_be_bytes());
         bytes.extend_from_slice(&u32::MAX.to_be_bytes());
-        assert_eq!(SshSignature::parse(&armor(&bytes)), Err(SshSigError::Truncated("public key")));
+        assert_eq!(
+            SshSignature::parse(&armor(&bytes)),
+            Err(SshSigError::Truncated("public key"))
+        );
     }
 
     proptest! {

@@ -55,21 +55,94 @@ pub fn run(command: &mut Command) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// An ed25519 key made by `ssh-keygen`, with the principal it stands for.
+pub struct Signer {
+    _dir: tempfile::TempDir,
+    /// Private key file.
+    pub key: PathBuf,
+    /// e.g. `alice@example.com`.
+    pub principal: String,
+    /// `ssh-ed25519 AAAA…`.
+    pub public: String,
+}
+
+impl Signer {
+    /// A fresh key for `principal`.
+    pub fn new(principal: &str) -> Signer {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("id_ed25519");
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", principal, "-f"])
+            .arg(&key));
+        let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        let public = public
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        Signer {
+            _dir: dir,
+            key,
+            principal: principal.to_string(),
+            public,
+        }
+    }
+
+    /// An allowed_signers line for this key with the given options (at least `namespaces=`).
+    pub fn line(&self, options: &str) -> String {
+        format!("{} {options} {}\n", self.principal, self.public)
+    }
+
+    /// Signs a file with `ssh-keygen -Y sign`; returns the armored signature.
+    pub fn sign(&self, file: &Path, namespace: &str, extra: &[&str]) -> Vec<u8> {
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-Y", "sign", "-n", namespace, "-f"])
+            .arg(&self.key)
+            .args(extra)
+            .arg(file));
+        let sig = PathBuf::from(format!("{}.sig", file.display()));
+        let armored = std::fs::read(&sig).unwrap();
+        std::fs::remove_file(&sig).unwrap();
+        armored
+    }
+}
+
 /// A real git repository in a temporary folder, driven through the `git` command.
 pub struct SpecRepo {
     dir: tempfile::TempDir,
+    /// The key commits are signed with (`git commit -S`, gpg.format=ssh).
+    pub signer: Signer,
 }
 
 impl SpecRepo {
-    /// An empty repository on branch `main` with a test identity.
+    /// An empty repository on branch `main`; commits are SSH-signed by a fresh key.
     pub fn new() -> SpecRepo {
+        Self::with_signer(Signer::new("author@example.com"))
+    }
+
+    /// An empty repository whose commits `signer` signs.
+    pub fn with_signer(signer: Signer) -> SpecRepo {
         let dir = tempfile::tempdir().unwrap();
-        let repo = SpecRepo { dir };
+        let repo = SpecRepo { dir, signer };
         repo.git(&["init", "-q", "-b", "main"]);
         repo.git(&["config", "user.name", "Test Author"]);
         repo.git(&["config", "user.email", "author@example.com"]);
-        repo.git(&["config", "commit.gpgsign", "false"]);
+        repo.git(&["config", "gpg.format", "ssh"]);
+        repo.git(&[
+            "config",
+            "user.signingkey",
+            repo.signer.key.to_str().unwrap(),
+        ]);
+        repo.git(&["config", "commit.gpgsign", "true"]);
         repo
+    }
+
+    /// Signs `path` (a JAR in the work tree) as an artifact, writing `path.sig` beside it.
+    pub fn sign_artifact(&self, path: &str) -> &Self {
+        let armored = self
+            .signer
+            .sign(&self.path().join(path), "flink-gitops-artifact", &[]);
+        self.write(&format!("{path}.sig"), armored)
     }
 
     /// The work tree.
@@ -111,11 +184,32 @@ pub fn stream_spec(job_id: &str, jar: &str, parallelism: u32) -> String {
     )
 }
 
-/// Writes an agent config for `repo` and returns its path; the state lives in `work/state`.
-pub fn write_config(work: &Path, repo: &Path, flink_url: &str) -> PathBuf {
-    std::fs::write(work.join("allowed_signers"), "").unwrap();
+/// Writes an agent config for `repo` (trusting `signer`, JAR signatures optional) and returns its path.
+pub fn write_config(work: &Path, repo: &SpecRepo, flink_url: &str) -> PathBuf {
+    write_config_with(
+        work,
+        repo.path(),
+        flink_url,
+        &repo.signer.line("namespaces=\"git,flink-gitops-artifact\""),
+        "artifacts: optional",
+    )
+}
+
+/// Writes an agent config with an explicit allowed_signers text and extra `trust:` lines.
+pub fn write_config_with(
+    work: &Path,
+    repo: &Path,
+    flink_url: &str,
+    allowed_signers: &str,
+    trust_extra: &str,
+) -> PathBuf {
+    std::fs::write(work.join("allowed_signers"), allowed_signers).unwrap();
+    let trust_extra = trust_extra
+        .lines()
+        .map(|l| format!("  {l}\n"))
+        .collect::<String>();
     let config = format!(
-        "repo:\n  url: {}\n  branch: main\n  jobs_dir: jobs\n  poll_interval: 5s\ntrust:\n  allowed_signers: allowed_signers\nflink:\n  url: {flink_url}\n  savepoint_dir: file://{}/savepoints\n  request_timeout: 5s\nstate:\n  dir: state\n",
+        "repo:\n  url: {}\n  branch: main\n  jobs_dir: jobs\n  poll_interval: 5s\ntrust:\n  allowed_signers: allowed_signers\n{trust_extra}flink:\n  url: {flink_url}\n  savepoint_dir: file://{}/savepoints\n  request_timeout: 5s\nstate:\n  dir: state\n",
         repo.display(),
         work.display()
     );

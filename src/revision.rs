@@ -1,0 +1,244 @@
+//! A revision of the spec repo made trustworthy: commits verified, specs parsed, in-repo JARs checked.
+
+use chrono::{DateTime, Utc};
+use git2::{Oid, Repository};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+use crate::config::{ArtifactPolicy as ArtifactRule, Config};
+use crate::spec::{Artifact, DesiredState, GitTree, SpecError, SpecTree};
+use crate::trust::artifacts::{
+    ArtifactError, ArtifactPolicy, JAR_SIZE_LIMIT, hash_jar, verify_jar,
+};
+use crate::trust::commits::{
+    CommitError, Owners, Policy, RangeError, RangeReport, Start, verify_range,
+};
+use crate::trust::{AllowedSigners, AllowedSignersError};
+
+/// Detached signatures larger than this are not read.
+const SIGNATURE_FILE_LIMIT: u64 = 16 * 1024;
+
+/// The trust material from the config, loaded once.
+pub struct TrustMaterial {
+    /// Parsed allowed_signers.
+    pub signers: AllowedSigners,
+    /// Compiled ownership rules.
+    pub owners: Owners,
+}
+
+impl TrustMaterial {
+    /// Loads allowed_signers and compiles the owners rules of `config`.
+    pub fn load(config: &Config) -> Result<TrustMaterial, AllowedSignersError> {
+        let signers = AllowedSigners::load(&config.trust.allowed_signers)?;
+        let owners = Owners::new(&config.trust.owners).map_err(|reason| AllowedSignersError {
+            path: config.source.clone(),
+            line: 0,
+            reason,
+        })?;
+        Ok(TrustMaterial { signers, owners })
+    }
+}
+
+/// What was established about one in-repo JAR.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ArtifactCheck {
+    /// Repo path of the JAR.
+    pub path: String,
+    /// Its sha256.
+    pub sha256: String,
+    /// Its size.
+    pub size: u64,
+    /// Who signed it, when a detached signature was present.
+    pub signer: Option<String>,
+}
+
+/// A revision whose every check passed.
+#[derive(Debug, Clone)]
+pub struct VerifiedRevision {
+    /// The head commit.
+    pub head: Oid,
+    /// Per new commit, oldest first: (commit, signer).
+    pub commits: Vec<(Oid, String)>,
+    /// The desired state at the head.
+    pub desired: DesiredState,
+    /// Per job id, its JAR's check (in-repo JARs only).
+    pub artifacts: BTreeMap<String, ArtifactCheck>,
+}
+
+/// Why a revision was refused; the cluster keeps the last verified state.
+#[derive(Debug, thiserror::Error)]
+pub enum RevisionError {
+    /// Rollback, teleport or a walk failure.
+    #[error(transparent)]
+    Range(#[from] RangeError),
+    /// A commit in the range failed verification.
+    #[error("commit {commit} ({summary}): {error}")]
+    Commit {
+        /// The commit.
+        commit: String,
+        /// Its summary line.
+        summary: String,
+        /// Why.
+        error: Box<CommitError>,
+        /// The whole report, for per-commit output.
+        report: Box<RangeReport>,
+    },
+    /// The head's specs are invalid.
+    #[error("{} invalid spec(s); first: {}", .0.len(), .0.first().map(ToString::to_string).unwrap_or_default())]
+    Specs(Vec<SpecError>),
+    /// A JAR failed its checks.
+    #[error("job {job_id}: {error}")]
+    Artifact {
+        /// The job.
+        job_id: String,
+        /// Why.
+        error: ArtifactError,
+    },
+    /// The repository could not be read.
+    #[error("reading the repository: {0}")]
+    Git(String),
+}
+
+impl RevisionError {
+    /// Label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RevisionError::Range(RangeError::Rollback { .. }) => "rollback",
+            RevisionError::Range(RangeError::Teleport { .. }) => "teleport",
+            RevisionError::Range(_) => "range",
+            RevisionError::Commit { .. } => "signature",
+            RevisionError::Specs(_) => "spec",
+            RevisionError::Artifact { .. } => "artifact",
+            RevisionError::Git(_) => "git",
+        }
+    }
+}
+
+/// Verifies everything from `start` to `head` and loads the head's desired state.
+///
+/// `first_seen` gives the agent's first sight of each commit: key validity is judged then, never
+/// at the (signer-controlled) committer date.
+pub fn verify_revision(
+    repo: &Repository,
+    config: &Config,
+    trust: &TrustMaterial,
+    start: Start,
+    head: Oid,
+    first_seen: impl FnMut(Oid) -> DateTime<Utc>,
+) -> Result<VerifiedRevision, RevisionError> {
+    let mut first_seen = first_seen;
+    let policy = Policy {
+        signers: &trust.signers,
+        mode: config.trust.commits,
+        clean_merges: config.trust.clean_merges,
+        owners: &trust.owners,
+    };
+    let head_seen = first_seen(head);
+    let report = verify_range(repo, start, head, &policy, &mut first_seen)?;
+    if let Some((verdict, error)) = report.first_refusal() {
+        return Err(RevisionError::Commit {
+            commit: verdict.commit.to_string(),
+            summary: verdict.summary.clone(),
+            error: Box::new(error.clone()),
+            report: Box::new(report.clone()),
+        });
+    }
+    let commits = report
+        .verdicts
+        .iter()
+        .filter_map(|v| v.result.as_ref().ok().map(|a| (v.commit, a.signer())))
+        .collect();
+    let tree = GitTree::new(repo, head).map_err(|e| RevisionError::Git(e.to_string()))?;
+    let desired =
+        crate::spec::load_desired(&tree, &config.repo.jobs_dir).map_err(RevisionError::Specs)?;
+    let mut artifacts = BTreeMap::new();
+    for (job_id, job) in &desired.jobs {
+        let Artifact::Path(path) = &job.spec.artifact else {
+            continue;
+        };
+        let required = match (config.trust.artifacts, job.spec.artifact_verification) {
+            (ArtifactRule::Required, _) => Some("trust.artifacts is `required`"),
+            (ArtifactRule::Optional, true) => Some("the spec sets security.artifact_verification"),
+            (ArtifactRule::Optional, false) => None,
+        };
+        let artifact_policy = ArtifactPolicy {
+            signers: &trust.signers,
+            namespace: &config.trust.artifact_namespace,
+            signature_required: required,
+        };
+        let check = check_in_repo_jar(
+            repo,
+            &tree,
+            path.as_str(),
+            job.spec.artifact_sha256.as_deref(),
+            &artifact_policy,
+            head_seen,
+        )
+        .map_err(|error| RevisionError::Artifact {
+            job_id: job_id.clone(),
+            error,
+        })?;
+        artifacts.insert(job_id.clone(), check);
+    }
+    Ok(VerifiedRevision {
+        head,
+        commits,
+        desired,
+        artifacts,
+    })
+}
+
+fn check_in_repo_jar(
+    repo: &Repository,
+    tree: &GitTree<'_>,
+    path: &str,
+    pin: Option<&str>,
+    policy: &ArtifactPolicy<'_>,
+    at: DateTime<Utc>,
+) -> Result<ArtifactCheck, ArtifactError> {
+    let io = |message: String| ArtifactError::Io {
+        path: path.to_string(),
+        source: std::io::Error::other(message),
+    };
+    let repo_path = crate::spec::RepoPath::parse(path).map_err(io)?;
+    let resolved = tree
+        .resolve_file(&repo_path)
+        .map_err(|e| io(e.to_string()))?
+        .ok_or_else(|| io("not found".into()))?;
+    let blob_id = tree.blob_id(&resolved).map_err(|e| io(e.to_string()))?;
+    let odb = repo.odb().map_err(|e| io(e.message().to_string()))?;
+    let (size, _) = odb
+        .read_header(blob_id)
+        .map_err(|e| io(e.message().to_string()))?;
+    if size as u64 > JAR_SIZE_LIMIT {
+        return Err(ArtifactError::TooLarge {
+            path: path.to_string(),
+            limit: JAR_SIZE_LIMIT,
+        });
+    }
+    // Loose objects stream; packed ones cannot be streamed by libgit2 and are read whole.
+    let digest = match odb.reader(blob_id) {
+        Ok((reader, _, _)) => hash_jar(reader, path, JAR_SIZE_LIMIT)?,
+        Err(_) => {
+            let blob = repo
+                .find_blob(blob_id)
+                .map_err(|e| io(e.message().to_string()))?;
+            hash_jar(blob.content(), path, JAR_SIZE_LIMIT)?
+        }
+    };
+    let signature_path = crate::spec::RepoPath::parse(&format!("{path}.sig")).map_err(io)?;
+    let signature = match tree.entry(&signature_path).map_err(|e| io(e.to_string()))? {
+        Some(crate::spec::EntryKind::File) => Some(
+            tree.read(&signature_path, SIGNATURE_FILE_LIMIT)
+                .map_err(|e| io(e.to_string()))?,
+        ),
+        _ => None,
+    };
+    let signer = verify_jar(path, &digest, pin, signature.as_deref(), policy, at)?;
+    Ok(ArtifactCheck {
+        path: path.to_string(),
+        sha256: digest.sha256,
+        size: digest.size,
+        signer: signer.map(|v| v.principal),
+    })
+}
