@@ -176,13 +176,9 @@ fn split_options(text: &str) -> Result<Vec<(String, Option<String>)>, String> {
                     return Err(format!("unterminated quote in option `{name}`"));
                 }
             } else {
-                while let Some(&c) = chars.peek() {
-                    if c == ',' {
-                        break;
-                    }
-                    raw.push(c);
-                    chars.next();
-                }
+                return Err(format!(
+                    "the value of option `{name}` must be in double quotes, as ssh-keygen requires"
+                ));
             }
             value = Some(raw);
         }
@@ -377,7 +373,7 @@ mod tests {
     #[test]
     fn the_supported_subset_parses() {
         let text = format!(
-            "# team\n\nalice@example.com,*@ops.example.com namespaces=\"git,flink-gitops-artifact\",valid-after=20250101Z,VALID-BEFORE=\"20300101120000Z\" ssh-ed25519 {KEY} alice laptop\n"
+            "# team\n\nalice@example.com,*@ops.example.com namespaces=\"git,flink-gitops-artifact\",valid-after=\"20250101Z\",VALID-BEFORE=\"20300101120000Z\" ssh-ed25519 {KEY} alice laptop\n"
         );
         let signers = parse(&text).unwrap();
         let s = &signers.signers[0];
@@ -414,8 +410,12 @@ mod tests {
                 "principal `a?@x`",
             ),
             (
-                format!("a@x namespaces=\"git\",valid-before=20300101 ssh-ed25519 {KEY}"),
+                format!("a@x namespaces=\"git\",valid-before=\"20300101\" ssh-ed25519 {KEY}"),
                 "must end in Z",
+            ),
+            (
+                format!("a@x namespaces=\"git\",valid-before=20300101Z ssh-ed25519 {KEY}"),
+                "must be in double quotes",
             ),
             (
                 format!("a@x namespaces=\"git\",namespaces=\"file\" ssh-ed25519 {KEY}"),
@@ -435,7 +435,7 @@ mod tests {
             ),
             (
                 format!(
-                    "a@x namespaces=\"git\",valid-after=20300101Z,valid-before=20200101Z ssh-ed25519 {KEY}"
+                    "a@x namespaces=\"git\",valid-after=\"20300101Z\",valid-before=\"20200101Z\" ssh-ed25519 {KEY}"
                 ),
                 "later than",
             ),
