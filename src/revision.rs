@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::config::{ArtifactPolicy as ArtifactRule, Config};
 use crate::spec::{Artifact, DesiredState, GitTree, SpecError, SpecTree};
+use crate::state::{StateError, StateStore};
 use crate::trust::artifacts::{
     ArtifactError, ArtifactPolicy, JAR_SIZE_LIMIT, hash_jar, verify_jar,
 };
@@ -241,4 +242,32 @@ fn check_in_repo_jar(
         size: digest.size,
         signer: signer.map(|v| v.principal),
     })
+}
+
+/// A `first_seen` source that records the agent's first sight of each commit in the state DB.
+///
+/// A commit seen before keeps its first time, so a key retired since then does not condemn a
+/// commit it signed while valid, and a key added later cannot vouch for an older sighting.
+pub fn recording_first_seen(store: &StateStore) -> impl FnMut(Oid) -> DateTime<Utc> + '_ {
+    move |oid| {
+        let now = Utc::now();
+        match store.record_revision_seen(&oid.to_string()) {
+            Ok(record) => DateTime::parse_from_rfc3339(&record.first_seen_at)
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or(now),
+            Err(error) => {
+                tracing::warn!(commit = %oid, %error, "cannot record first sight; judging at now");
+                now
+            }
+        }
+    }
+}
+
+/// Records who signed each newly verified commit (the audit trail of trust).
+pub fn record_verified(store: &StateStore, revision: &VerifiedRevision) -> Result<(), StateError> {
+    for (commit, signer) in &revision.commits {
+        store.record_revision_seen(&commit.to_string())?;
+        store.record_revision_verified(&commit.to_string(), signer)?;
+    }
+    Ok(())
 }

@@ -868,3 +868,117 @@ fn plan_requires_signed_jars_when_the_policy_says_so() {
         "only the new head is judged on a fresh install"
     );
 }
+
+#[test]
+fn verified_commits_are_recorded_with_their_signer_and_first_sight() {
+    use flink_gitops::config::Config;
+    use flink_gitops::revision::{
+        TrustMaterial, record_verified, recording_first_seen, verify_revision,
+    };
+    use flink_gitops::state::StateStore;
+
+    let f = Fixture::new("{author}");
+    f.repo
+        .write("artifacts/job.jar", b"PK\x03\x04 job")
+        .write("jobs/a.yaml", stream_spec("a", "artifacts/job.jar", 1));
+    let base = f.repo.commit("base");
+    f.repo.git(&["checkout", "-q", "-b", "feature"]);
+    f.repo
+        .write("jobs/a.yaml", stream_spec("a", "artifacts/job.jar", 2));
+    f.repo.commit("scale up");
+    f.repo.git(&["checkout", "-q", "main"]);
+    f.repo
+        .write("jobs/b.yaml", stream_spec("b", "artifacts/job.jar", 1));
+    f.repo.commit("add b");
+    f.repo.git(&[
+        "merge",
+        "-q",
+        "--no-ff",
+        "--no-gpg-sign",
+        "-m",
+        "Merge PR #7",
+        "feature",
+    ]);
+    let head = Oid::from_str(f.repo.git(&["rev-parse", "HEAD"]).trim()).unwrap();
+
+    let work = tempfile::tempdir().unwrap();
+    let config_path = write_config_with(
+        work.path(),
+        f.repo.path(),
+        "http://127.0.0.1:9",
+        &f.repo.signer.line(BOTH),
+        &format!("artifacts: optional\nclean_merges: true\nstart_commit: {base}"),
+    );
+    let config = Config::load(&config_path).unwrap();
+    let trust = TrustMaterial::load(&config).unwrap();
+    let store = StateStore::open_exclusive(&config.state.dir).unwrap();
+    let repo = f.git2();
+    let start = Start::Configured(Oid::from_str(&base).unwrap());
+    let revision = verify_revision(
+        &repo,
+        &config,
+        &trust,
+        start,
+        head,
+        recording_first_seen(&store),
+    )
+    .unwrap();
+    record_verified(&store, &revision).unwrap();
+    assert_eq!(
+        revision.commits.len(),
+        3,
+        "base is trusted by config; the three after it are judged"
+    );
+    assert_eq!(
+        revision.desired.jobs["a"].spec.parallelism.map(|p| p.get()),
+        Some(2)
+    );
+    let merge = store.revision(&head.to_string()).unwrap().unwrap();
+    assert_eq!(
+        merge.signer.as_deref(),
+        Some("(clean merge of verified parents)")
+    );
+    assert!(merge.verified_at.is_some());
+    let first_time = merge.first_seen_at.clone();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    verify_revision(
+        &repo,
+        &config,
+        &trust,
+        start,
+        head,
+        recording_first_seen(&store),
+    )
+    .unwrap();
+    assert_eq!(
+        store
+            .revision(&head.to_string())
+            .unwrap()
+            .unwrap()
+            .first_seen_at,
+        first_time
+    );
+    let signed = revision
+        .commits
+        .iter()
+        .filter(|(_, s)| s == "author@example.com")
+        .count();
+    assert_eq!(signed, 2);
+
+    // The offline check of the same range agrees.
+    let output = flink_gitops(&[
+        "verify",
+        "--repo",
+        f.repo.path().to_str().unwrap(),
+        "-c",
+        config_path.to_str().unwrap(),
+        "--from",
+        &base,
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
