@@ -60,6 +60,16 @@ struct RawConfig {
     state: RawState,
     #[serde(default)]
     server: RawServer,
+    #[serde(default)]
+    reconcile: RawReconcile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReconcile {
+    max_concurrency: Option<u32>,
+    savepoint_timeout: Option<String>,
+    poll_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,6 +140,19 @@ pub struct Config {
     pub state: StateConfig,
     /// The HTTP server for health, metrics and webhooks.
     pub server: ServerConfig,
+    /// How `apply` acts on the cluster.
+    pub reconcile: ReconcileConfig,
+}
+
+/// How `apply` acts on the cluster.
+#[derive(Debug, Clone)]
+pub struct ReconcileConfig {
+    /// Jobs reconciled at the same time.
+    pub max_concurrency: usize,
+    /// How long a savepoint may take before the step counts as failed (the old job keeps running).
+    pub savepoint_timeout: Duration,
+    /// How often job state is polled while waiting (health gate, savepoints).
+    pub poll_interval: Duration,
 }
 
 /// Where the spec repository lives and how it is read.
@@ -393,6 +416,24 @@ impl Config {
             .parse()
             .map_err(|e| invalid("server.listen", format!("`{listen_text}`: {e}")))?;
 
+        let max_concurrency = raw.reconcile.max_concurrency.unwrap_or(4);
+        if max_concurrency == 0 || max_concurrency > 64 {
+            return Err(invalid(
+                "reconcile.max_concurrency",
+                "must be between 1 and 64".into(),
+            ));
+        }
+        let savepoint_timeout = duration_field(raw.reconcile.savepoint_timeout, "10m")
+            .map_err(|reason| invalid("reconcile.savepoint_timeout", reason))?;
+        let reconcile_poll = duration_field(raw.reconcile.poll_interval, "1s")
+            .map_err(|reason| invalid("reconcile.poll_interval", reason))?;
+        if reconcile_poll < Duration::from_millis(100) {
+            return Err(invalid(
+                "reconcile.poll_interval",
+                "must be at least 100ms".into(),
+            ));
+        }
+
         Ok(Config {
             source: path.to_path_buf(),
             repo: RepoConfig {
@@ -410,6 +451,11 @@ impl Config {
             },
             state: StateConfig { dir: state_dir },
             server: ServerConfig { listen },
+            reconcile: ReconcileConfig {
+                max_concurrency: max_concurrency as usize,
+                savepoint_timeout,
+                poll_interval: reconcile_poll,
+            },
         })
     }
 }

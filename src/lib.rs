@@ -6,6 +6,7 @@ pub mod config;
 pub mod flink;
 pub mod git;
 pub mod plan;
+pub mod reconcile;
 pub mod revision;
 pub mod spec;
 pub mod state;

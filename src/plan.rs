@@ -111,7 +111,7 @@ pub fn is_alive(state: &str) -> bool {
 pub fn plan(desired: &DesiredState, observed: Observed<'_>, recorded: &[JobRecord]) -> Plan {
     let records: BTreeMap<&str, &JobRecord> = recorded
         .iter()
-        .filter(|r| r.status != "deleted")
+        .filter(|r| r.status != "deleted" && r.status != "new")
         .map(|r| (r.job_id.as_str(), r))
         .collect();
     let (cluster_jobs, cluster_unreachable) = match observed {
@@ -258,6 +258,9 @@ pub fn spec_changes(applied_json: &str, desired: &DesiredJob) -> Vec<String> {
     if applied_json == desired_json {
         return Vec::new();
     }
+    if applied_json.is_empty() {
+        return vec!["the adopted job runs a spec the agent did not record".into()];
+    }
     let parse = |text: &str| {
         serde_json::from_str::<serde_json::Value>(text).unwrap_or(serde_json::Value::Null)
     };
@@ -347,7 +350,7 @@ mod tests {
             jar_sha256: None,
             last_savepoint: None,
             status: status.into(),
-            updated_at: String::new(),
+            ..JobRecord::default()
         }
     }
 

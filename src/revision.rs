@@ -271,3 +271,23 @@ pub fn record_verified(store: &StateStore, revision: &VerifiedRevision) -> Resul
     }
     Ok(())
 }
+
+/// Where verification starts: the watermark, else the configured start commit, else the head alone.
+pub fn verification_start(
+    repo: &Repository,
+    config: &Config,
+    watermark: Option<&str>,
+) -> Result<Start, String> {
+    if let Some(w) = watermark {
+        let oid = Oid::from_str(w).map_err(|e| format!("watermark `{w}` in the state DB: {e}"))?;
+        return Ok(Start::Watermark(oid));
+    }
+    match &config.trust.start_commit {
+        Some(rev) => repo
+            .revparse_single(rev)
+            .and_then(|o| o.peel_to_commit())
+            .map(|c| Start::Configured(c.id()))
+            .map_err(|e| format!("trust.start_commit `{rev}`: {}", e.message())),
+        None => Ok(Start::HeadOnly),
+    }
+}

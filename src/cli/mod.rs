@@ -98,6 +98,15 @@ pub enum Command {
         #[arg(long)]
         no_fetch: bool,
     },
+    /// One reconcile pass: verify the branch head and move the cluster to it (exit 0 when every job converged).
+    Apply {
+        /// Configuration file.
+        #[arg(short, long, env = "FLINK_GITOPS_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
     /// Verify commit signatures offline (for pull-request pipelines): one line per commit.
     Verify {
         /// The repository.
@@ -180,6 +189,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         .map_err(Failure::from)
         .and_then(|r| r),
         Command::Plan { config, output } => plan(&config, output).await,
+        Command::Apply { config, output } => apply(&config, output).await,
         Command::Status {
             config,
             output,
@@ -206,7 +216,25 @@ struct ValidateReport<'a> {
 fn validate(dir: &std::path::Path, jobs_dir: &str, format: OutputFormat) -> Result<u8, Failure> {
     let tree = DirTree::new(dir)
         .map_err(|e| usage(anyhow::anyhow!("cannot open {}: {e}", dir.display())))?;
-    let result = crate::spec::load_desired(&tree, jobs_dir);
+    let folder_missing = crate::spec::RepoPath::parse(jobs_dir)
+        .ok()
+        .and_then(|dir| crate::spec::SpecTree::entry(&tree, &dir).ok())
+        .is_some_and(|entry| entry.is_none());
+    let result = if folder_missing {
+        // In a pull request a missing jobs folder is almost always a wrong path, not "delete every job".
+        Err(vec![SpecError {
+            file: jobs_dir.to_string(),
+            line: 0,
+            column: 0,
+            field: None,
+            message: format!(
+                "the jobs folder `{jobs_dir}` does not exist in {} (use --jobs-dir)",
+                dir.display()
+            ),
+        }])
+    } else {
+        crate::spec::load_desired(&tree, jobs_dir)
+    };
     let (jobs, errors): (Vec<&str>, &[SpecError]) = match &result {
         Ok(desired) => (desired.jobs.keys().map(String::as_str).collect(), &[]),
         Err(errors) => (Vec::new(), errors),
@@ -336,35 +364,6 @@ fn first_seen_in(
     }
 }
 
-/// Where verification starts: the watermark, else the configured start commit, else the head alone.
-pub fn verification_start(
-    repo: &git2::Repository,
-    config: &Config,
-    watermark: Option<&str>,
-) -> Result<Start, Failure> {
-    if let Some(w) = watermark {
-        let oid = git2::Oid::from_str(w)
-            .map_err(|e| anyhow::anyhow!("watermark `{w}` in the state DB: {e}"))?;
-        return Ok(Start::Watermark(oid));
-    }
-    match &config.trust.start_commit {
-        Some(rev) => {
-            let oid = repo
-                .revparse_single(rev)
-                .and_then(|o| o.peel_to_commit())
-                .map(|c| c.id())
-                .map_err(|e| {
-                    usage(anyhow::anyhow!(
-                        "trust.start_commit `{rev}`: {}",
-                        e.message()
-                    ))
-                })?;
-            Ok(Start::Configured(oid))
-        }
-        None => Ok(Start::HeadOnly),
-    }
-}
-
 #[instrument(skip_all, fields(config = %config_path.display()))]
 async fn snapshot(config_path: &std::path::Path, fetch: bool) -> Result<Snapshot, Failure> {
     let config = load_config(config_path)?;
@@ -387,7 +386,9 @@ async fn snapshot(config_path: &std::path::Path, fetch: bool) -> Result<Snapshot
                 Some(s) => s.jobs()?,
                 None => Vec::new(),
             };
-            let start = verification_start(source.repo(), &config, watermark.as_deref())?;
+            let start =
+                crate::revision::verification_start(source.repo(), &config, watermark.as_deref())
+                    .map_err(|e| usage(anyhow::anyhow!(e)))?;
             let revision = verify_revision(
                 source.repo(),
                 &config,
@@ -679,4 +680,24 @@ fn verify(
         OutputFormat::Text => output::print_verify(&report.commits, report.refused.as_deref()),
     }
     Ok(if report.ok { EXIT_OK } else { EXIT_FINDINGS })
+}
+
+async fn apply(config_path: &std::path::Path, format: OutputFormat) -> Result<u8, Failure> {
+    let config = load_config(config_path)?;
+    let agent = crate::reconcile::Agent::open(config).map_err(|e| match e {
+        crate::reconcile::AgentError::Trust(_) | crate::reconcile::AgentError::Config(_) => {
+            usage(e)
+        }
+        other => Failure::from(other),
+    })?;
+    let report = agent.apply_once().await?;
+    match format {
+        OutputFormat::Json => output::print_json(&report)?,
+        OutputFormat::Text => output::print_apply(&report),
+    }
+    Ok(if report.converged() {
+        EXIT_OK
+    } else {
+        EXIT_FINDINGS
+    })
 }

@@ -180,3 +180,76 @@ pub fn print_status(
         );
     }
 }
+
+/// Renders `apply`.
+pub fn print_apply(report: &crate::reconcile::ApplyReport) {
+    use crate::reconcile::Outcome;
+    if let Some(revision) = &report.revision {
+        println!("revision {}", short_id(revision));
+    }
+    for note in &report.recovered {
+        println!("recovered: {note}");
+    }
+    if let Some((kind, message)) = &report.refused {
+        println!("REFUSED ({kind}): {message}");
+        println!("the cluster keeps the last verified state");
+        return;
+    }
+    if let Some(error) = &report.cluster_error {
+        println!("cluster UNREACHABLE: {error}");
+        println!("no action taken, nothing marked applied");
+        return;
+    }
+    for job in &report.jobs {
+        let outcome = match job.outcome {
+            Outcome::Ok => "ok",
+            Outcome::Unchanged => "unchanged",
+            Outcome::RolledBack => "ROLLED BACK",
+            Outcome::Skipped => "skipped",
+            Outcome::Deferred => "deferred",
+            Outcome::Failed => "FAILED",
+        };
+        println!(
+            "  {:<10} {:<28} {:<11} {}",
+            job.action.as_str(),
+            job.job_id,
+            outcome,
+            job.message
+        );
+        if job.outcome != Outcome::Unchanged && !job.reasons.is_empty() {
+            println!(
+                "  {:<10} {:<28} {:<11} why: {}",
+                "",
+                "",
+                "",
+                job.reasons.join("; ")
+            );
+        }
+        if let Some(cause) = &job.root_cause {
+            println!("  {:<10} {:<28} {:<11} root cause: {cause}", "", "", "");
+        }
+        for warning in &job.warnings {
+            println!("  {:<10} {:<28} {:<11} warning: {warning}", "", "", "");
+        }
+    }
+    if !report.unmanaged.is_empty() {
+        println!();
+        println!("jobs on the cluster not deployed by flink-gitops (left alone):");
+        for job in &report.unmanaged {
+            println!("  {}  {:<10} {}", job.jid, job.state, job.name);
+        }
+    }
+    for jar in &report.jars_deleted {
+        println!("deleted unused JAR {jar}");
+    }
+    let converged = report.converged();
+    println!();
+    println!(
+        "{}",
+        if converged {
+            "converged"
+        } else {
+            "NOT converged"
+        }
+    );
+}

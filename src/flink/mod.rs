@@ -242,20 +242,16 @@ impl FlinkClient {
         self.call(Method::GET, "/jobmanager/config", |r| r).await
     }
 
-    /// `POST /jars/upload`; returns the JAR id.
-    pub async fn upload_jar(&self, path: &Path) -> Result<String, FlinkError> {
+    /// `POST /jars/upload` of the file at `path` under the name `name` (must end in `.jar`); returns the JAR id.
+    pub async fn upload_jar_as(&self, path: &Path, name: &str) -> Result<String, FlinkError> {
         let bytes = tokio::fs::read(path)
             .await
             .map_err(|source| FlinkError::Local {
                 path: path.display().to_string(),
                 source,
             })?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "job.jar".into());
         let part = reqwest::multipart::Part::bytes(bytes)
-            .file_name(name)
+            .file_name(name.to_string())
             .mime_str("application/x-java-archive")
             .map_err(|e| FlinkError::Decode {
                 method: "POST".into(),
@@ -279,6 +275,25 @@ impl FlinkClient {
             })
     }
 
+    /// `POST /jars/upload` under the file's own name; returns the JAR id.
+    pub async fn upload_jar(&self, path: &Path) -> Result<String, FlinkError> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "job.jar".into());
+        self.upload_jar_as(path, &name).await
+    }
+
+    /// `GET /jobmanager/config` → `parallelism.default` (1 when unset).
+    pub async fn default_parallelism(&self) -> Result<u32, FlinkError> {
+        let entries = self.cluster_config().await?;
+        Ok(entries
+            .iter()
+            .find(|e| e.key == "parallelism.default")
+            .and_then(|e| e.value.trim().parse().ok())
+            .unwrap_or(1))
+    }
+
     /// `POST /jars/:jarid/run`; returns the job id.
     pub async fn run_jar(&self, jar_id: &str, request: &RunRequest) -> Result<String, FlinkError> {
         let response: RunResponse = self
@@ -287,6 +302,83 @@ impl FlinkClient {
             })
             .await?;
         Ok(response.jobid)
+    }
+
+    /// `GET /jars`.
+    pub async fn jars(&self) -> Result<Vec<JarInfo>, FlinkError> {
+        let list: JarList = self.call(Method::GET, "/jars", |r| r).await?;
+        Ok(list.files)
+    }
+
+    /// `DELETE /jars/:jarid`.
+    pub async fn delete_jar(&self, jar_id: &str) -> Result<(), FlinkError> {
+        let _: serde_json::Value = self
+            .call(Method::DELETE, &format!("/jars/{jar_id}"), |r| r)
+            .await?;
+        Ok(())
+    }
+
+    /// `POST /jobs/:jid/stop` with our trigger id (idempotent: the same id never starts a second savepoint).
+    pub async fn stop_with_savepoint(
+        &self,
+        job_id: &str,
+        target_directory: &str,
+        trigger_id: &str,
+    ) -> Result<String, FlinkError> {
+        let body = StopRequest {
+            target_directory: target_directory.to_string(),
+            drain: false,
+            format_type: "CANONICAL".into(),
+            trigger_id: trigger_id.to_string(),
+        };
+        let response: TriggerResponse = self
+            .call(Method::POST, &format!("/jobs/{job_id}/stop"), |r| {
+                r.json(&body)
+            })
+            .await?;
+        Ok(response.request_id)
+    }
+
+    /// `GET /jobs/:jid/savepoints/:triggerid`.
+    pub async fn savepoint_status(
+        &self,
+        job_id: &str,
+        trigger_id: &str,
+    ) -> Result<SavepointPoll, FlinkError> {
+        self.call(
+            Method::GET,
+            &format!("/jobs/{job_id}/savepoints/{trigger_id}"),
+            |r| r,
+        )
+        .await
+    }
+
+    /// `GET /jobs/:jid/exceptions`, newest first.
+    pub async fn exceptions(&self, job_id: &str) -> Result<ExceptionHistory, FlinkError> {
+        let found: JobExceptions = self
+            .call(
+                Method::GET,
+                &format!("/jobs/{job_id}/exceptions?maxExceptions=16"),
+                |r| r,
+            )
+            .await?;
+        Ok(found.exception_history)
+    }
+
+    /// `GET /jobs/:jid/checkpoints/config`.
+    pub async fn checkpoint_config(&self, job_id: &str) -> Result<CheckpointConfig, FlinkError> {
+        self.call(
+            Method::GET,
+            &format!("/jobs/{job_id}/checkpoints/config"),
+            |r| r,
+        )
+        .await
+    }
+
+    /// `GET /jobs/:jid/config`.
+    pub async fn job_config(&self, job_id: &str) -> Result<JobConfig, FlinkError> {
+        self.call(Method::GET, &format!("/jobs/{job_id}/config"), |r| r)
+            .await
     }
 
     /// `PATCH /jobs/:jid?mode=cancel`.

@@ -214,3 +214,151 @@ pub struct RunResponse {
     /// The job id.
     pub jobid: String,
 }
+
+/// One uploaded JAR of `GET /jars`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct JarInfo {
+    /// The JAR id (`<uuid>_<name>.jar`).
+    pub id: String,
+    /// The uploaded file name.
+    pub name: String,
+    /// Upload time, epoch ms.
+    pub uploaded: i64,
+}
+
+/// `GET /jars`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct JarList {
+    /// Uploaded JARs.
+    pub files: Vec<JarInfo>,
+}
+
+/// `POST /jobs/:jid/stop` body (camelCase, unlike the savepoint trigger).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StopRequest {
+    /// Where the savepoint goes.
+    pub target_directory: String,
+    /// Never drain for upgrades: windows must not be flushed early.
+    pub drain: bool,
+    /// `CANONICAL` savepoints survive state-backend changes.
+    pub format_type: String,
+    /// Our idempotency key.
+    pub trigger_id: String,
+}
+
+/// `{"request-id": ...}` of asynchronous triggers.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct TriggerResponse {
+    /// The trigger id to poll.
+    #[serde(rename = "request-id")]
+    pub request_id: String,
+}
+
+/// `{"id": "IN_PROGRESS"|"COMPLETED"}`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct QueueStatus {
+    /// Status id.
+    pub id: String,
+}
+
+/// `failure-cause` of an asynchronous operation.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct FailureCause {
+    /// Exception class.
+    pub class: Option<String>,
+    /// The Java stack trace.
+    #[serde(rename = "stack-trace")]
+    pub stack_trace: Option<String>,
+}
+
+/// `operation` of a savepoint poll.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct SavepointOperation {
+    /// Where the savepoint is (success).
+    pub location: Option<String>,
+    /// Why it failed (failure; the status still says COMPLETED).
+    #[serde(rename = "failure-cause")]
+    pub failure_cause: Option<FailureCause>,
+}
+
+/// `GET /jobs/:jid/savepoints/:triggerid`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct SavepointPoll {
+    /// Queue status.
+    pub status: QueueStatus,
+    /// Result, once completed.
+    pub operation: Option<SavepointOperation>,
+}
+
+/// One entry of `GET /jobs/:jid/exceptions`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ExceptionEntry {
+    /// Exception class.
+    pub exception_name: String,
+    /// The stack trace.
+    pub stacktrace: String,
+    /// When, epoch ms.
+    pub timestamp: i64,
+}
+
+/// `exceptionHistory` of `GET /jobs/:jid/exceptions`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ExceptionHistory {
+    /// Newest first.
+    pub entries: Vec<ExceptionEntry>,
+    /// Older entries were dropped.
+    pub truncated: bool,
+}
+
+/// `GET /jobs/:jid/exceptions`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct JobExceptions {
+    /// The history.
+    pub exception_history: ExceptionHistory,
+}
+
+/// `GET /jobs/:jid/checkpoints/config` (the job's effective checkpoint settings).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct CheckpointConfig {
+    /// Interval in ms (a huge value when checkpointing is off).
+    pub interval: i64,
+    /// Timeout in ms.
+    pub timeout: i64,
+    /// Minimum pause in ms.
+    pub min_pause: i64,
+    /// Concurrent checkpoints.
+    pub max_concurrent: i64,
+}
+
+/// `execution-config` of `GET /jobs/:jid/config`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ExecutionConfig {
+    /// Effective job parallelism.
+    #[serde(rename = "job-parallelism")]
+    pub job_parallelism: i64,
+    /// Global job parameters.
+    #[serde(rename = "user-config")]
+    pub user_config: BTreeMap<String, String>,
+}
+
+/// `GET /jobs/:jid/config`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct JobConfig {
+    /// Execution config.
+    #[serde(rename = "execution-config")]
+    pub execution_config: ExecutionConfig,
+}

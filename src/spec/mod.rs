@@ -1093,11 +1093,13 @@ pub fn load_desired(tree: &dyn SpecTree, jobs_dir: &str) -> Result<DesiredState,
     };
     match tree.entry(&dir) {
         Ok(Some(EntryKind::Dir)) => {}
-        Ok(_) => {
+        // Git does not keep empty folders: removing the last spec removes the folder.
+        Ok(None) => return Ok(DesiredState::default()),
+        Ok(Some(_)) => {
             return Err(vec![whole(
                 dir.as_str(),
                 format!(
-                    "the jobs folder `{dir}` does not exist in {}",
+                    "the jobs folder `{dir}` is not a folder in {}",
                     tree.describe()
                 ),
             )]);

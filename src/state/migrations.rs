@@ -53,6 +53,22 @@ const MIGRATIONS: &[&str] = &[
         key   TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );",
+    // 2: what is being deployed (pending), how to redeploy the last good spec, uploaded JARs, failed attempts.
+    "ALTER TABLE jobs ADD COLUMN deployment_json TEXT;
+    ALTER TABLE jobs ADD COLUMN pending_json TEXT;
+    CREATE TABLE jars (
+        sha256      TEXT PRIMARY KEY,
+        jar_id      TEXT NOT NULL,
+        uploaded_at TEXT NOT NULL
+    );
+    CREATE TABLE failed_attempts (
+        job_id    TEXT NOT NULL,
+        commit_id TEXT NOT NULL,
+        spec_hash TEXT NOT NULL,
+        reason    TEXT NOT NULL,
+        at        TEXT NOT NULL,
+        PRIMARY KEY (job_id, commit_id)
+    );",
 ];
 
 /// The schema version this binary writes.

@@ -69,8 +69,8 @@ pub enum StateError {
     },
 }
 
-/// What the agent recorded about one job it manages.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// What the agent recorded about one job it manages: always the last *good* deployment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct JobRecord {
     /// The spec's `job_id`.
     pub job_id: String,
@@ -94,6 +94,19 @@ pub struct JobRecord {
     pub status: String,
     /// When this record last changed.
     pub updated_at: String,
+    /// How to redeploy this spec (JSON of `reconcile::Deployment`).
+    pub deployment_json: Option<String>,
+    /// A deployment in flight (JSON of `reconcile::Pending`); finished or undone after a crash.
+    pub pending_json: Option<String>,
+}
+
+/// A JAR the agent uploaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JarRecord {
+    /// Its sha256.
+    pub sha256: String,
+    /// Flink's JAR id.
+    pub jar_id: String,
 }
 
 /// What the agent recorded about one revision of the spec repository.
@@ -246,7 +259,7 @@ impl StateStore {
             .connection
             .prepare(
                 "SELECT job_id, spec_json, spec_hash, commit_id, flink_job_id, generation, jar_id, jar_sha256,
-                        last_savepoint, status, updated_at FROM jobs ORDER BY job_id",
+                        last_savepoint, status, updated_at, deployment_json, pending_json FROM jobs ORDER BY job_id",
             )
             .map_err(sqlite(&self.path, "list jobs"))?;
         let rows = statement
@@ -261,7 +274,7 @@ impl StateStore {
         self.connection
             .query_row(
                 "SELECT job_id, spec_json, spec_hash, commit_id, flink_job_id, generation, jar_id, jar_sha256,
-                        last_savepoint, status, updated_at FROM jobs WHERE job_id = ?1",
+                        last_savepoint, status, updated_at, deployment_json, pending_json FROM jobs WHERE job_id = ?1",
                 [job_id],
                 job_from_row,
             )
@@ -274,12 +287,13 @@ impl StateStore {
         self.connection
             .execute(
                 "INSERT INTO jobs (job_id, spec_json, spec_hash, commit_id, flink_job_id, generation, jar_id,
-                                   jar_sha256, last_savepoint, status, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                                   jar_sha256, last_savepoint, status, updated_at, deployment_json, pending_json)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
                  ON CONFLICT(job_id) DO UPDATE SET spec_json=excluded.spec_json, spec_hash=excluded.spec_hash,
                    commit_id=excluded.commit_id, flink_job_id=excluded.flink_job_id, generation=excluded.generation,
                    jar_id=excluded.jar_id, jar_sha256=excluded.jar_sha256, last_savepoint=excluded.last_savepoint,
-                   status=excluded.status, updated_at=excluded.updated_at",
+                   status=excluded.status, updated_at=excluded.updated_at, deployment_json=excluded.deployment_json,
+                   pending_json=excluded.pending_json",
                 params![
                     record.job_id,
                     record.spec_json,
@@ -292,6 +306,8 @@ impl StateStore {
                     record.last_savepoint,
                     record.status,
                     now_rfc3339(),
+                    record.deployment_json,
+                    record.pending_json,
                 ],
             )
             .map_err(sqlite(&self.path, "write job"))?;
@@ -462,6 +478,95 @@ impl StateStore {
             .map_err(sqlite(&self.path, "read audit log"))
     }
 
+    /// The JAR uploaded for a digest, if any.
+    pub fn jar(&self, sha256: &str) -> Result<Option<JarRecord>, StateError> {
+        self.connection
+            .query_row(
+                "SELECT sha256, jar_id FROM jars WHERE sha256 = ?1",
+                [sha256],
+                |row| {
+                    Ok(JarRecord {
+                        sha256: row.get(0)?,
+                        jar_id: row.get(1)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(sqlite(&self.path, "read jar"))
+    }
+
+    /// Every JAR the agent uploaded.
+    pub fn jars(&self) -> Result<Vec<JarRecord>, StateError> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT sha256, jar_id FROM jars ORDER BY sha256")
+            .map_err(sqlite(&self.path, "list jars"))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok(JarRecord {
+                    sha256: row.get(0)?,
+                    jar_id: row.get(1)?,
+                })
+            })
+            .map_err(sqlite(&self.path, "list jars"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sqlite(&self.path, "list jars"))
+    }
+
+    /// Remembers an uploaded JAR (replacing an older upload of the same digest).
+    pub fn put_jar(&self, sha256: &str, jar_id: &str) -> Result<(), StateError> {
+        self.connection
+            .execute(
+                "INSERT INTO jars (sha256, jar_id, uploaded_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(sha256) DO UPDATE SET jar_id = excluded.jar_id, uploaded_at = excluded.uploaded_at",
+                params![sha256, jar_id, now_rfc3339()],
+            )
+            .map_err(sqlite(&self.path, "write jar"))?;
+        Ok(())
+    }
+
+    /// Forgets an uploaded JAR.
+    pub fn remove_jar(&self, sha256: &str) -> Result<(), StateError> {
+        self.connection
+            .execute("DELETE FROM jars WHERE sha256 = ?1", [sha256])
+            .map_err(sqlite(&self.path, "delete jar"))?;
+        Ok(())
+    }
+
+    /// Records that deploying a job's spec at a revision failed; it is not retried at that revision.
+    pub fn record_failed_attempt(
+        &self,
+        job_id: &str,
+        commit_id: &str,
+        spec_hash: &str,
+        reason: &str,
+    ) -> Result<(), StateError> {
+        self.connection
+            .execute(
+                "INSERT INTO failed_attempts (job_id, commit_id, spec_hash, reason, at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(job_id, commit_id) DO UPDATE SET reason = excluded.reason, at = excluded.at",
+                params![job_id, commit_id, spec_hash, reason, now_rfc3339()],
+            )
+            .map_err(sqlite(&self.path, "record failed attempt"))?;
+        Ok(())
+    }
+
+    /// Why deploying `job_id` at `commit_id` failed, if it did.
+    pub fn failed_attempt(
+        &self,
+        job_id: &str,
+        commit_id: &str,
+    ) -> Result<Option<String>, StateError> {
+        self.connection
+            .query_row(
+                "SELECT reason FROM failed_attempts WHERE job_id = ?1 AND commit_id = ?2",
+                [job_id, commit_id],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(sqlite(&self.path, "read failed attempt"))
+    }
+
     /// Raw access for statements not (yet) wrapped here; used by tests to prove invariants.
     pub fn connection(&self) -> &Connection {
         &self.connection
@@ -481,6 +586,8 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
         last_savepoint: row.get(8)?,
         status: row.get(9)?,
         updated_at: row.get(10)?,
+        deployment_json: row.get(11)?,
+        pending_json: row.get(12)?,
     })
 }
 
@@ -511,7 +618,7 @@ mod tests {
             jar_sha256: None,
             last_savepoint: None,
             status: "running".into(),
-            updated_at: String::new(),
+            ..JobRecord::default()
         }
     }
 

@@ -266,7 +266,7 @@ pub fn record_applied(config_path: &Path, commit: &str, flink_job_of: impl Fn(&s
                 jar_sha256: None,
                 last_savepoint: Some("file:/tmp/savepoint-1".into()),
                 status: "running".into(),
-                updated_at: String::new(),
+                ..JobRecord::default()
             })
             .unwrap();
     }
@@ -285,4 +285,120 @@ pub fn unique(prefix: &str) -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// GET a Flink REST path of the shared cluster as JSON (via curl, usable from sync tests and `Drop`).
+pub fn flink_json(path: &str) -> serde_json::Value {
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .arg(format!("{}{path}", flink_url()))
+        .output()
+        .expect("curl");
+    serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// Cancels a job on the shared cluster.
+pub fn cancel_flink_job(jid: &str) {
+    let _ = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-X", "PATCH"])
+        .arg(format!("{}/jobs/{jid}?mode=cancel", flink_url()))
+        .output();
+}
+
+/// Jobs on the cluster whose id starts with `prefix`, with their state.
+pub fn cluster_jobs_with_prefix(prefix: &str) -> Vec<(String, String)> {
+    flink_json("/jobs/overview")["jobs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|j| {
+            Some((
+                j["jid"].as_str()?.to_string(),
+                j["state"].as_str()?.to_string(),
+            ))
+        })
+        .filter(|(jid, _)| jid.starts_with(prefix))
+        .collect()
+}
+
+/// Cancels every still-running job of the given spec job ids when dropped, also when a test fails.
+pub struct CancelOnDrop(pub Vec<String>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        for job_id in &self.0 {
+            for (jid, state) in
+                cluster_jobs_with_prefix(&flink_gitops::plan::flink_job_prefix(job_id))
+            {
+                if matches!(
+                    state.as_str(),
+                    "RUNNING" | "CREATED" | "INITIALIZING" | "RESTARTING"
+                ) {
+                    cancel_flink_job(&jid);
+                }
+            }
+        }
+    }
+}
+
+/// A config for reconcile tests: fast health gates and polling, JAR signatures optional.
+pub fn write_apply_config(work: &Path, repo: &SpecRepo) -> PathBuf {
+    let path = write_config(work, repo, &flink_url());
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text = text.replace(
+        &format!("savepoint_dir: file://{}/savepoints", work.display()),
+        &format!(
+            "savepoint_dir: file://{}/savepoints",
+            flink_dir().join("savepoints").display()
+        ),
+    );
+    text.push_str("reconcile:\n  poll_interval: 300ms\n  savepoint_timeout: 60s\n");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A stream spec with a fast health gate, for reconcile tests.
+pub fn counter_spec(job_id: &str, jar: &str, extra: &str) -> String {
+    format!(
+        "job_id: {job_id}\njob_type: stream\nartifact_path: {jar}\ndeployment:\n  parallelism: 1\n  checkpoint_interval: 1000\n  restart_strategy: fixed-delay\n  max_restart_attempts: 2\n  restart_delay: 500\nargs: [\"--name\", \"{job_id}\", \"--rate\", \"20\"]\nhealth:\n  stable_for: 2s\n  max_restarts: 0\n  timeout: 60s\n{extra}"
+    )
+}
+
+/// Copies the example JARs into a spec repo's `artifacts/`.
+pub fn add_example_jars(repo: &SpecRepo) {
+    for jar in [
+        "counter-v1.jar",
+        "counter-v2.jar",
+        "counter-broken.jar",
+        "batch-report.jar",
+    ] {
+        repo.write(
+            &format!("artifacts/{jar}"),
+            std::fs::read(example_jar(jar)).unwrap(),
+        );
+    }
+}
+
+/// Runs `apply --output json`; returns the exit code and the report.
+pub fn apply(config: &Path) -> (Option<i32>, serde_json::Value) {
+    let output = flink_gitops(&["apply", "-c", config.to_str().unwrap(), "--output", "json"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "apply printed no JSON ({e}): {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output.status.code(), report)
+}
+
+/// The report entry of one job.
+pub fn outcome_of<'a>(report: &'a serde_json::Value, job_id: &str) -> &'a serde_json::Value {
+    report["jobs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no jobs in {report}"))
+        .iter()
+        .find(|j| j["job_id"] == job_id)
+        .unwrap_or_else(|| panic!("{job_id} not in {report}"))
 }

@@ -1,0 +1,199 @@
+//! What one submission of a job consists of, stored so the last good one can be redeployed exactly.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::flink::RunRequest;
+use crate::spec::{DesiredJob, JobType, UpgradeMode};
+
+/// Everything needed to submit one version of a job, independent of the repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// The spec's job id.
+    pub job_id: String,
+    /// Stream or batch.
+    pub job_type: JobType,
+    /// SHA-256 of the JAR (the cache file name, and the key of uploaded JARs).
+    pub jar_sha256: String,
+    /// Name the JAR is uploaded under.
+    pub jar_name: String,
+    /// Main class override.
+    pub entry_class: Option<String>,
+    /// Program arguments.
+    pub args: Vec<String>,
+    /// Run parallelism (`None`: the cluster default, read when submitting).
+    pub parallelism: Option<u32>,
+    /// Per-job options (tags and retention added by the agent).
+    pub flink_configuration: BTreeMap<String, String>,
+    /// Where this job's savepoints go.
+    pub savepoint_dir: String,
+    /// How state moves on upgrade.
+    pub upgrade_mode: UpgradeMode,
+    /// Allow unclaimed savepoint state.
+    pub allow_non_restored_state: bool,
+    /// Health gate.
+    pub health: Health,
+    /// Checkpointing configured in the spec.
+    pub checkpointing: bool,
+    /// The canonical hash of the spec (and artifact) this came from.
+    pub spec_hash: String,
+    /// The canonical JSON of the spec this came from.
+    pub spec_json: String,
+    /// The commit this came from.
+    pub commit: String,
+}
+
+/// The health gate, in milliseconds so it round-trips through JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// RUNNING this long.
+    pub stable_for_ms: u64,
+    /// Restarts tolerated.
+    pub max_restarts: u32,
+    /// One completed checkpoint needed (when checkpointing is on).
+    pub require_checkpoint: bool,
+    /// Give up after this long.
+    pub timeout_ms: u64,
+}
+
+impl Health {
+    /// `stable_for` as a duration.
+    pub fn stable_for(&self) -> Duration {
+        Duration::from_millis(self.stable_for_ms)
+    }
+
+    /// `timeout` as a duration.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// The key of the tags the agent adds to every job, readable back from `GET /jobs/:jid/config`.
+pub const TAG_PREFIX: &str = "flink-gitops.";
+
+impl Deployment {
+    /// The deployment of a desired job at `commit`, whose JAR hashed to `jar_sha256`.
+    pub fn of(job: &DesiredJob, commit: &str, jar_sha256: &str, config: &Config) -> Deployment {
+        let spec = &job.spec;
+        let mut options = spec.flink_configuration.clone();
+        let spec_hash = job.spec_hash();
+        let tags = format!(
+            "{TAG_PREFIX}job-id:{},{TAG_PREFIX}spec-hash:{},{TAG_PREFIX}commit:{}",
+            spec.job_id, spec_hash, commit
+        );
+        let merged_tags = match options.get("pipeline.global-job-parameters") {
+            Some(existing) if !existing.is_empty() => format!("{existing},{tags}"),
+            _ => tags,
+        };
+        options.insert("pipeline.global-job-parameters".into(), merged_tags);
+        if spec.job_type == JobType::Stream {
+            // Cancelled jobs keep their checkpoints, so `last-state` and drift repair have state to start from.
+            options
+                .entry("execution.checkpointing.externalized-checkpoint-retention".into())
+                .or_insert_with(|| "RETAIN_ON_CANCELLATION".into());
+        }
+        let jar_name = match &spec.artifact {
+            crate::spec::Artifact::Path(path) => path
+                .as_str()
+                .rsplit('/')
+                .next()
+                .unwrap_or("job.jar")
+                .to_string(),
+            crate::spec::Artifact::Url(url) => {
+                url.rsplit('/').next().unwrap_or("job.jar").to_string()
+            }
+        };
+        let jar_name = if jar_name.ends_with(".jar") {
+            jar_name
+        } else {
+            format!("{jar_name}.jar")
+        };
+        Deployment {
+            job_id: spec.job_id.clone(),
+            job_type: spec.job_type,
+            jar_sha256: jar_sha256.to_string(),
+            jar_name,
+            entry_class: spec.entry_class.clone(),
+            args: spec.args.clone(),
+            parallelism: spec.parallelism.map(|p| p.get()),
+            flink_configuration: options,
+            savepoint_dir: spec.savepoint_dir.clone().unwrap_or_else(|| {
+                format!(
+                    "{}/{}",
+                    config.flink.savepoint_dir.trim_end_matches('/'),
+                    spec.job_id
+                )
+            }),
+            upgrade_mode: spec.upgrade_mode,
+            allow_non_restored_state: spec.allow_non_restored_state,
+            health: Health {
+                stable_for_ms: spec.health.stable_for.as_millis() as u64,
+                max_restarts: spec.health.max_restarts,
+                require_checkpoint: spec.health.require_checkpoint,
+                timeout_ms: spec.health.timeout.as_millis() as u64,
+            },
+            checkpointing: spec.checkpointing_enabled(),
+            spec_hash,
+            spec_json: job.canonical_json(),
+            commit: commit.to_string(),
+        }
+    }
+
+    /// The run request for this deployment as Flink job `flink_job_id`, restoring from `restore` if given.
+    pub fn run_request(
+        &self,
+        flink_job_id: &str,
+        restore: Option<&str>,
+        default_parallelism: u32,
+    ) -> RunRequest {
+        RunRequest {
+            entry_class: self.entry_class.clone(),
+            program_args_list: self.args.clone(),
+            parallelism: self.parallelism.unwrap_or(default_parallelism),
+            job_id: flink_job_id.to_string(),
+            savepoint_path: restore.map(str::to_string),
+            // NO_CLAIM leaves the savepoint untouched, so a rollback can start from it again.
+            claim_mode: restore.map(|_| "NO_CLAIM".to_string()),
+            allow_non_restored_state: self.allow_non_restored_state,
+            flink_configuration: self.flink_configuration.clone(),
+        }
+    }
+}
+
+/// Why a submission is in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PendingKind {
+    /// First deployment.
+    Create,
+    /// New spec replacing a running one.
+    Upgrade,
+    /// Back from suspension.
+    Resume,
+    /// Drift repair of the same spec.
+    Restart,
+    /// The last good spec redeployed after a failed upgrade.
+    Rollback,
+}
+
+/// A submission whose outcome is not known yet; survives crashes in the job's row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// Why.
+    pub kind: PendingKind,
+    /// What is being deployed.
+    pub deployment: Deployment,
+    /// The Flink job id chosen for it.
+    pub flink_job_id: String,
+    /// Its generation.
+    pub generation: i64,
+    /// The savepoint or checkpoint it starts from.
+    pub restored_from: Option<String>,
+    /// When it was submitted (epoch ms); failures after this belong to it.
+    pub submitted_at_ms: i64,
+    /// The revision being applied.
+    pub head: String,
+}

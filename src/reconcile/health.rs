@@ -1,0 +1,131 @@
+//! The health gate: a deployment counts only once it has stayed RUNNING, without too many restarts,
+//! and (with checkpointing on) has completed a checkpoint.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::deployment::Deployment;
+use crate::flink::{FlinkClient, root_cause};
+use crate::spec::JobType;
+
+/// The outcome of waiting on a new deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Healthy.
+    Healthy {
+        /// Completed checkpoints seen.
+        checkpoints: u64,
+    },
+    /// Not healthy; roll back.
+    Unhealthy {
+        /// What went wrong, for people.
+        reason: String,
+        /// Flink's root cause, when it reported one.
+        root_cause: Option<String>,
+    },
+}
+
+fn terminal(state: &str) -> bool {
+    matches!(state, "FAILED" | "CANCELED" | "FINISHED" | "SUSPENDED")
+}
+
+/// The newest failure of a job since `since_ms`, reduced to its root cause line.
+pub async fn newest_failure(client: &FlinkClient, job_id: &str, since_ms: i64) -> Option<String> {
+    let history = client.exceptions(job_id).await.ok()?;
+    history
+        .entries
+        .iter()
+        .find(|e| e.timestamp >= since_ms)
+        .map(|e| root_cause(&e.stacktrace))
+}
+
+/// Waits until `job_id` is healthy per `deployment.health`, or decides it is not.
+pub async fn wait_healthy(
+    client: &FlinkClient,
+    job_id: &str,
+    deployment: &Deployment,
+    since_ms: i64,
+    poll: Duration,
+) -> Verdict {
+    let health = &deployment.health;
+    let deadline = Instant::now() + health.timeout();
+    let mut stable_since: Option<Instant> = None;
+    let mut last_state = String::from("unknown");
+    let mut checkpoints = 0;
+    loop {
+        let now = Instant::now();
+        match client.job(job_id).await {
+            Ok(job) => {
+                last_state = job.state.clone();
+                let bounded_done = deployment.job_type == JobType::Batch && job.state == "FINISHED";
+                if bounded_done {
+                    return Verdict::Healthy { checkpoints: 0 };
+                }
+                if terminal(&job.state) {
+                    return Verdict::Unhealthy {
+                        reason: format!("job {job_id} is {}", job.state),
+                        root_cause: newest_failure(client, job_id, since_ms).await,
+                    };
+                }
+                let restarts = match client.exceptions(job_id).await {
+                    Ok(history) => history
+                        .entries
+                        .iter()
+                        .filter(|e| e.timestamp >= since_ms)
+                        .count(),
+                    Err(_) => 0,
+                };
+                // The REST cache can hide a short RESTARTING phase; its timestamp cannot hide.
+                let restarted_at = job.timestamps.get("RESTARTING").copied().unwrap_or(0);
+                let restarts =
+                    restarts.max(usize::from(restarted_at >= since_ms && restarted_at > 0));
+                if restarts > health.max_restarts as usize {
+                    return Verdict::Unhealthy {
+                        reason: format!(
+                            "job {job_id} restarted {restarts} time(s) (health.max_restarts is {})",
+                            health.max_restarts
+                        ),
+                        root_cause: newest_failure(client, job_id, since_ms).await,
+                    };
+                }
+                let all_running = job.state == "RUNNING"
+                    && !job.vertices.is_empty()
+                    && job
+                        .vertices
+                        .iter()
+                        .all(|v| v.status == "RUNNING" || v.status == "FINISHED");
+                if all_running {
+                    let since = *stable_since.get_or_insert(now);
+                    let stable = now.duration_since(since) >= health.stable_for();
+                    let needs_checkpoint = deployment.checkpointing && health.require_checkpoint;
+                    if needs_checkpoint {
+                        checkpoints = client
+                            .checkpoints(job_id)
+                            .await
+                            .map(|c| c.counts.completed)
+                            .unwrap_or(checkpoints);
+                    }
+                    if stable && (!needs_checkpoint || checkpoints >= 1) {
+                        return Verdict::Healthy { checkpoints };
+                    }
+                } else {
+                    stable_since = None;
+                }
+                debug!(job = job_id, state = %job.state, restarts, "waiting for health");
+            }
+            Err(error) => debug!(job = job_id, %error, "health probe failed; retrying"),
+        }
+        if Instant::now() >= deadline {
+            return Verdict::Unhealthy {
+                reason: format!(
+                    "job {job_id} not healthy within {} (state {last_state}, {checkpoints} completed checkpoint(s))",
+                    crate::util::format_duration(health.timeout())
+                ),
+                root_cause: newest_failure(client, job_id, since_ms).await,
+            };
+        }
+        tokio::time::sleep(poll).await;
+    }
+}

@@ -1,0 +1,295 @@
+//! The whole life of a streaming job against the real Flink 2.3 cluster, through `flink-gitops apply`.
+
+mod support;
+
+use flink_gitops::plan::flink_job_prefix;
+use flink_gitops::state::StateStore;
+use serde_json::Value;
+use support::*;
+
+fn restored_from(jid: &str) -> Option<String> {
+    flink_json(&format!("/jobs/{jid}/checkpoints"))["latest"]["restored"]["external_path"]
+        .as_str()
+        .map(str::to_string)
+}
+
+fn alive(job_id: &str) -> Vec<String> {
+    cluster_jobs_with_prefix(&flink_job_prefix(job_id))
+        .into_iter()
+        .filter(|(_, state)| {
+            matches!(
+                state.as_str(),
+                "RUNNING" | "CREATED" | "INITIALIZING" | "RESTARTING"
+            )
+        })
+        .map(|(jid, _)| jid)
+        .collect()
+}
+
+fn assert_one_alive(job_id: &str) -> String {
+    // The REST cache may show a just-stopped job as RUNNING for ~3 s.
+    for _ in 0..20 {
+        let running = alive(job_id);
+        if running.len() == 1 {
+            return running[0].clone();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    panic!(
+        "expected exactly one running instance of {job_id}, found {:?}",
+        alive(job_id)
+    );
+}
+
+fn assert_none_alive(job_id: &str) {
+    for _ in 0..20 {
+        if alive(job_id).is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    panic!(
+        "expected no running instance of {job_id}, found {:?}",
+        alive(job_id)
+    );
+}
+
+fn same_savepoint(a: &str, b: &str) -> bool {
+    a.trim_start_matches("file:").trim_start_matches("//")
+        == b.trim_start_matches("file:").trim_start_matches("//")
+}
+
+fn expect(report: &Value, job_id: &str, action: &str, outcome: &str) -> Value {
+    let entry = outcome_of(report, job_id).clone();
+    assert_eq!(
+        (entry["action"].as_str(), entry["outcome"].as_str()),
+        (Some(action), Some(outcome)),
+        "{report:#}"
+    );
+    entry
+}
+
+#[test]
+fn create_upgrade_rollback_revert_suspend_resume_delete() {
+    let job = unique("life");
+    let _cleanup = CancelOnDrop(vec![job.clone()]);
+    let repo = SpecRepo::new();
+    add_example_jars(&repo);
+    let spec_path = format!("jobs/{job}.yaml");
+    repo.write(
+        &spec_path,
+        counter_spec(&job, "artifacts/counter-v1.jar", ""),
+    );
+    let v1_commit = repo.commit("create");
+    let work = tempfile::tempdir().unwrap();
+    let config = write_apply_config(work.path(), &repo);
+
+    // create
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report:#}");
+    let created = expect(&report, &job, "create", "ok");
+    let v1_jid = assert_one_alive(&job);
+    assert_eq!(created["flink_job_id"], v1_jid.as_str());
+
+    // upgrade v1 → v2 through a savepoint: the new job restored exactly that savepoint
+    repo.write(
+        &spec_path,
+        counter_spec(&job, "artifacts/counter-v2.jar", ""),
+    );
+    let v2_commit = repo.commit("v2");
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report:#}");
+    let upgraded = expect(&report, &job, "upgrade", "ok");
+    let savepoint = upgraded["savepoint"].as_str().unwrap().to_string();
+    let v2_jid = assert_one_alive(&job);
+    assert_ne!(v2_jid, v1_jid);
+    assert!(
+        same_savepoint(&restored_from(&v2_jid).unwrap(), &savepoint),
+        "restored from the upgrade savepoint"
+    );
+    assert_eq!(flink_json(&format!("/jobs/{v1_jid}"))["state"], "FINISHED");
+
+    // a broken build: unhealthy, rolled back to v2 from the savepoint it took, with Flink's root cause
+    repo.write(
+        &spec_path,
+        counter_spec(&job, "artifacts/counter-broken.jar", ""),
+    );
+    repo.commit("broken build");
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(1), "{report:#}");
+    let rolled = expect(&report, &job, "upgrade", "rolled_back");
+    assert!(
+        rolled["root_cause"]
+            .as_str()
+            .unwrap()
+            .contains("counter-broken: simulated start-up failure"),
+        "{rolled:#}"
+    );
+    let back_jid = assert_one_alive(&job);
+    let rollback_savepoint = rolled["savepoint"].as_str().unwrap();
+    assert!(same_savepoint(
+        &restored_from(&back_jid).unwrap(),
+        rollback_savepoint
+    ));
+    let state = StateStore::open_read_only(&work.path().join("state"))
+        .unwrap()
+        .unwrap();
+    let record = state.job(&job).unwrap().unwrap();
+    assert_eq!(
+        record.commit_id, v2_commit,
+        "the record keeps the last good revision"
+    );
+    assert_eq!(record.flink_job_id.as_deref(), Some(back_jid.as_str()));
+    drop(state);
+
+    // the same head is not retried
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(1));
+    let held = expect(&report, &job, "upgrade", "skipped");
+    assert!(
+        held["message"]
+            .as_str()
+            .unwrap()
+            .contains("not retried until the head changes")
+    );
+    assert_eq!(assert_one_alive(&job), back_jid);
+
+    // git revert of the broken commit: the head's spec is the one running; nothing to do
+    repo.git(&["revert", "--no-edit", "HEAD"]);
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report:#}");
+    expect(&report, &job, "unchanged", "unchanged");
+
+    // git revert of v2: back to v1 through a savepoint, shown as a rollback to that revision
+    repo.git(&["revert", "--no-edit", "HEAD~2"]);
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report:#}");
+    let reverted = expect(&report, &job, "upgrade", "ok");
+    assert!(
+        reverted["message"].as_str().unwrap().contains(&format!(
+            "a rollback: this spec ran before, from commit {}",
+            &v1_commit[..12]
+        )),
+        "{reverted:#}"
+    );
+    let v1_again = assert_one_alive(&job);
+
+    // suspend: stopped with a savepoint that is kept
+    let spec = std::fs::read_to_string(repo.path().join(&spec_path)).unwrap();
+    repo.write(&spec_path, format!("{spec}state: suspended\n"));
+    repo.commit("suspend");
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report:#}");
+    let suspended = expect(&report, &job, "suspend", "ok");
+    let kept = suspended["savepoint"].as_str().unwrap().to_string();
+    assert_none_alive(&job);
+    assert_eq!(
+        flink_json(&format!("/jobs/{v1_again}"))["state"],
+        "FINISHED"
+    );
+
+    // resume from exactly that savepoint
+    repo.write(&spec_path, spec.clone());
+    repo.commit("resume");
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report:#}");
+    expect(&report, &job, "resume", "ok");
+    let resumed = assert_one_alive(&job);
+    assert!(same_savepoint(&restored_from(&resumed).unwrap(), &kept));
+
+    // delete: stopped with a final savepoint, recorded
+    repo.remove(&spec_path);
+    repo.commit("delete");
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report:#}");
+    let deleted = expect(&report, &job, "delete", "ok");
+    let final_savepoint = deleted["savepoint"].as_str().unwrap().to_string();
+    let state = StateStore::open_read_only(&work.path().join("state"))
+        .unwrap()
+        .unwrap();
+    let record = state.job(&job).unwrap().unwrap();
+    assert_eq!(
+        (record.status.as_str(), record.last_savepoint.as_deref()),
+        ("deleted", Some(final_savepoint.as_str()))
+    );
+    let log = state.audit_log().unwrap();
+    assert!(
+        log.iter()
+            .any(|e| e.action == "delete" && e.phase == "outcome")
+    );
+    assert!(
+        log.iter()
+            .any(|e| e.action == "rollback" && e.result.as_deref() == Some("ok"))
+    );
+    assert!(log.iter().any(|e| e.action == "rollback-by-revert"));
+    assert!(
+        state.open_intents().unwrap().is_empty(),
+        "every intent has its outcome"
+    );
+    assert_none_alive(&job);
+}
+
+#[test]
+fn adoption_after_losing_the_state_db_and_drift_repair() {
+    let job = unique("adopt");
+    let _cleanup = CancelOnDrop(vec![job.clone()]);
+    let repo = SpecRepo::new();
+    add_example_jars(&repo);
+    repo.write(
+        &format!("jobs/{job}.yaml"),
+        counter_spec(&job, "artifacts/counter-v1.jar", ""),
+    );
+    repo.commit("create");
+    let work = tempfile::tempdir().unwrap();
+    let config = write_apply_config(work.path(), &repo);
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report:#}");
+    let first = assert_one_alive(&job);
+
+    // The state DB is lost: the agent finds its job by id and never starts a second copy.
+    let state_dir = work.path().join("state");
+    for file in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(state_dir.join(file));
+    }
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report:#}");
+    let adopted = expect(&report, &job, "adopt", "ok");
+    assert!(
+        adopted["message"]
+            .as_str()
+            .unwrap()
+            .contains("runs the head's spec"),
+        "{adopted:#}"
+    );
+    assert_eq!(assert_one_alive(&job), first);
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report:#}");
+    expect(&report, &job, "unchanged", "unchanged");
+
+    // Someone cancels the job by hand: drift, restarted from its retained checkpoint.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    cancel_flink_job(&first);
+    for _ in 0..40 {
+        if flink_json(&format!("/jobs/{first}"))["state"] == "CANCELED" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report:#}");
+    let restarted = expect(&report, &job, "restart", "ok");
+    assert!(
+        restarted["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("CANCELED"),
+        "{restarted:#}"
+    );
+    let second = assert_one_alive(&job);
+    assert_ne!(second, first);
+    let restored = restored_from(&second).expect("restored from a checkpoint");
+    assert!(
+        restored.contains(&first),
+        "restored from the cancelled job's retained checkpoint: {restored}"
+    );
+}
