@@ -775,23 +775,21 @@ impl Agent {
         row: &JobRecord,
         instance: Option<&JobOverview>,
     ) -> Option<String> {
-        if let Some(found) = instance {
-            if let Ok(stats) = self.client.checkpoints(&found.jid).await {
-                let completed = stats.latest.completed.filter(|c| c.external_path.is_some());
-                let savepoint = stats.latest.savepoint.filter(|c| c.external_path.is_some());
-                let newest = match (completed, savepoint) {
-                    (Some(c), Some(s)) => {
-                        Some(if c.latest_ack_timestamp >= s.latest_ack_timestamp {
-                            c
-                        } else {
-                            s
-                        })
-                    }
-                    (c, s) => c.or(s),
-                };
-                if let Some(path) = newest.and_then(|c| c.external_path) {
-                    return Some(path);
-                }
+        if let Some(found) = instance
+            && let Ok(stats) = self.client.checkpoints(&found.jid).await
+        {
+            let completed = stats.latest.completed.filter(|c| c.external_path.is_some());
+            let savepoint = stats.latest.savepoint.filter(|c| c.external_path.is_some());
+            let newest = match (completed, savepoint) {
+                (Some(c), Some(s)) => Some(if c.latest_ack_timestamp >= s.latest_ack_timestamp {
+                    c
+                } else {
+                    s
+                }),
+                (c, s) => c.or(s),
+            };
+            if let Some(path) = newest.and_then(|c| c.external_path) {
+                return Some(path);
             }
         }
         row.last_savepoint.clone()
@@ -1381,13 +1379,12 @@ impl Agent {
             let wanted_ms = wanted.trim_end_matches(" ms").trim().parse::<i64>().ok();
             if let (Ok(effective), Some(wanted_ms)) =
                 (self.client.checkpoint_config(jid).await, wanted_ms)
+                && effective.interval != wanted_ms
             {
-                if effective.interval != wanted_ms {
-                    warnings.push(format!(
-                        "the job's code overrides the checkpoint interval: {wanted_ms} ms in the spec, {} ms in effect",
-                        effective.interval
-                    ));
-                }
+                warnings.push(format!(
+                    "the job's code overrides the checkpoint interval: {wanted_ms} ms in the spec, {} ms in effect",
+                    effective.interval
+                ));
             }
         }
         let wanted_parallelism = deployment.parallelism.unwrap_or(default_parallelism) as i64;
@@ -1530,10 +1527,10 @@ impl Agent {
         };
         let mut used: BTreeMap<String, ()> = BTreeMap::new();
         for row in &rows {
-            if matches!(row.status.as_str(), "running" | "suspended" | "failed") {
-                if let Some(sha) = &row.jar_sha256 {
-                    used.insert(sha.clone(), ());
-                }
+            if matches!(row.status.as_str(), "running" | "suspended" | "failed")
+                && let Some(sha) = &row.jar_sha256
+            {
+                used.insert(sha.clone(), ());
             }
             if let Some(pending) = row
                 .pending_json

@@ -1,0 +1,134 @@
+//! SIGKILL the agent at every intent step of an upgrade; the next start finishes or undoes the step:
+//! exactly one instance runs, it restored the savepoint that was taken, and every intent has an outcome.
+
+mod support;
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+
+use flink_gitops::plan::flink_job_prefix;
+use flink_gitops::state::StateStore;
+use support::*;
+
+fn alive(job_id: &str) -> Vec<String> {
+    cluster_jobs_with_prefix(&flink_job_prefix(job_id))
+        .into_iter()
+        .filter(|(_, state)| {
+            matches!(
+                state.as_str(),
+                "RUNNING" | "CREATED" | "INITIALIZING" | "RESTARTING"
+            )
+        })
+        .map(|(jid, _)| jid)
+        .collect()
+}
+
+fn one_alive(job_id: &str) -> String {
+    for _ in 0..20 {
+        let running = alive(job_id);
+        if running.len() == 1 {
+            return running[0].clone();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    panic!(
+        "expected exactly one running instance of {job_id}, found {:?}",
+        alive(job_id)
+    );
+}
+
+fn normalized(path: &str) -> String {
+    path.trim_start_matches("file:")
+        .trim_start_matches("//")
+        .to_string()
+}
+
+#[test]
+fn a_killed_upgrade_is_completed_by_the_next_start() {
+    let job = unique("crash");
+    let _cleanup = CancelOnDrop(vec![job.clone()]);
+    let repo = SpecRepo::new();
+    add_example_jars(&repo);
+    let spec_path = format!("jobs/{job}.yaml");
+    repo.write(
+        &spec_path,
+        counter_spec(&job, "artifacts/counter-v1.jar", ""),
+    );
+    repo.commit("create");
+    let work = tempfile::tempdir().unwrap();
+    let config = write_apply_config(work.path(), &repo);
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report:#}");
+
+    let steps = [
+        "before:stop",
+        "after:stop",
+        "before:submit",
+        "after:submit",
+        "before:health",
+        "after:health",
+        "before:promote",
+        "after:promote",
+    ];
+    for (round, step) in steps.iter().enumerate() {
+        let jar = if round % 2 == 0 {
+            "counter-v2.jar"
+        } else {
+            "counter-v1.jar"
+        };
+        repo.write(
+            &spec_path,
+            counter_spec(&job, &format!("artifacts/{jar}"), ""),
+        );
+        repo.commit(&format!("upgrade {round} to {jar}"));
+        let killed = Command::new(env!("CARGO_BIN_EXE_flink-gitops"))
+            .args(["apply", "-c", config.to_str().unwrap(), "--output", "json"])
+            .env("FLINK_GITOPS_FAILPOINT", step)
+            .output()
+            .unwrap();
+        assert_eq!(
+            killed.status.signal(),
+            Some(9),
+            "{step}: the agent was not killed: {}",
+            String::from_utf8_lossy(&killed.stderr)
+        );
+
+        let (code, report) = apply(&config);
+        assert_eq!(code, Some(0), "{step}: {report:#}");
+        let running = one_alive(&job);
+        let store = StateStore::open_read_only(&work.path().join("state"))
+            .unwrap()
+            .unwrap();
+        let record = store.job(&job).unwrap().unwrap();
+        assert_eq!(
+            record.flink_job_id.as_deref(),
+            Some(running.as_str()),
+            "{step}"
+        );
+        assert!(
+            record.spec_json.contains(jar),
+            "{step}: the record holds the new spec"
+        );
+        assert!(record.pending_json.is_none(), "{step}");
+        assert!(
+            store.open_intents().unwrap().is_empty(),
+            "{step}: every intent has an outcome"
+        );
+        let restored = flink_json(&format!("/jobs/{running}/checkpoints"))["latest"]["restored"]["external_path"]
+            .as_str()
+            .map(normalized);
+        assert_eq!(
+            restored,
+            record.last_savepoint.as_deref().map(normalized),
+            "{step}: restored the recorded savepoint"
+        );
+        assert!(
+            record
+                .last_savepoint
+                .as_deref()
+                .unwrap_or_default()
+                .contains("savepoint-"),
+            "{step}: state came from a savepoint"
+        );
+    }
+}
