@@ -10,5 +10,6 @@ pub mod reconcile;
 pub mod revision;
 pub mod spec;
 pub mod state;
+pub mod testing;
 pub mod trust;
 pub mod util;

@@ -130,6 +130,7 @@ pub struct FlinkClient {
     http: reqwest::Client,
     base: String,
     timeout: Duration,
+    retry_attempts: u32,
 }
 
 impl FlinkClient {
@@ -148,12 +149,47 @@ impl FlinkClient {
             http,
             base: base.as_str().trim_end_matches('/').to_string(),
             timeout,
+            retry_attempts: 3,
         })
+    }
+
+    /// Sets how many times idempotent calls are tried on transient errors (at least once).
+    pub fn with_retry_attempts(mut self, attempts: u32) -> FlinkClient {
+        self.retry_attempts = attempts.max(1);
+        self
     }
 
     /// The cluster's base URL.
     pub fn base_url(&self) -> &str {
         &self.base
+    }
+
+    /// An idempotent call (reads, cancel, triggers with our own id), retried on transient errors
+    /// with exponential backoff and jitter.
+    async fn call_idempotent<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        endpoint: &str,
+        build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<T, FlinkError> {
+        let mut attempt: u32 = 0;
+        loop {
+            match self.call(method.clone(), endpoint, &build).await {
+                Err(error) if error.is_transient() && attempt + 1 < self.retry_attempts => {
+                    let backoff = Duration::from_millis(100 * 2u64.pow(attempt.min(6)));
+                    let jitter = Duration::from_millis(u64::from(
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.subsec_nanos() % 100)
+                            .unwrap_or(0),
+                    ));
+                    tracing::debug!(%endpoint, attempt, %error, "transient Flink error; retrying");
+                    tokio::time::sleep(backoff + jitter).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn call<T: DeserializeOwned>(
@@ -216,30 +252,33 @@ impl FlinkClient {
 
     /// `GET /overview`.
     pub async fn overview(&self) -> Result<ClusterOverview, FlinkError> {
-        self.call(Method::GET, "/overview", |r| r).await
+        self.call_idempotent(Method::GET, "/overview", |r| r).await
     }
 
     /// `GET /jobs/overview`: every job the cluster still remembers, newest first.
     pub async fn jobs(&self) -> Result<Vec<JobOverview>, FlinkError> {
-        let overview: JobsOverview = self.call(Method::GET, "/jobs/overview", |r| r).await?;
+        let overview: JobsOverview = self
+            .call_idempotent(Method::GET, "/jobs/overview", |r| r)
+            .await?;
         Ok(overview.jobs)
     }
 
     /// `GET /jobs/:jid`.
     pub async fn job(&self, job_id: &str) -> Result<JobDetail, FlinkError> {
-        self.call(Method::GET, &format!("/jobs/{job_id}"), |r| r)
+        self.call_idempotent(Method::GET, &format!("/jobs/{job_id}"), |r| r)
             .await
     }
 
     /// `GET /jobs/:jid/checkpoints`.
     pub async fn checkpoints(&self, job_id: &str) -> Result<CheckpointStats, FlinkError> {
-        self.call(Method::GET, &format!("/jobs/{job_id}/checkpoints"), |r| r)
+        self.call_idempotent(Method::GET, &format!("/jobs/{job_id}/checkpoints"), |r| r)
             .await
     }
 
     /// `GET /jobmanager/config`: the cluster-wide configuration.
     pub async fn cluster_config(&self) -> Result<Vec<ConfigEntry>, FlinkError> {
-        self.call(Method::GET, "/jobmanager/config", |r| r).await
+        self.call_idempotent(Method::GET, "/jobmanager/config", |r| r)
+            .await
     }
 
     /// `POST /jars/upload` of the file at `path` under the name `name` (must end in `.jar`); returns the JAR id.
@@ -306,14 +345,14 @@ impl FlinkClient {
 
     /// `GET /jars`.
     pub async fn jars(&self) -> Result<Vec<JarInfo>, FlinkError> {
-        let list: JarList = self.call(Method::GET, "/jars", |r| r).await?;
+        let list: JarList = self.call_idempotent(Method::GET, "/jars", |r| r).await?;
         Ok(list.files)
     }
 
     /// `DELETE /jars/:jarid`.
     pub async fn delete_jar(&self, jar_id: &str) -> Result<(), FlinkError> {
         let _: serde_json::Value = self
-            .call(Method::DELETE, &format!("/jars/{jar_id}"), |r| r)
+            .call_idempotent(Method::DELETE, &format!("/jars/{jar_id}"), |r| r)
             .await?;
         Ok(())
     }
@@ -332,7 +371,7 @@ impl FlinkClient {
             trigger_id: trigger_id.to_string(),
         };
         let response: TriggerResponse = self
-            .call(Method::POST, &format!("/jobs/{job_id}/stop"), |r| {
+            .call_idempotent(Method::POST, &format!("/jobs/{job_id}/stop"), |r| {
                 r.json(&body)
             })
             .await?;
@@ -345,7 +384,7 @@ impl FlinkClient {
         job_id: &str,
         trigger_id: &str,
     ) -> Result<SavepointPoll, FlinkError> {
-        self.call(
+        self.call_idempotent(
             Method::GET,
             &format!("/jobs/{job_id}/savepoints/{trigger_id}"),
             |r| r,
@@ -356,7 +395,7 @@ impl FlinkClient {
     /// `GET /jobs/:jid/exceptions`, newest first.
     pub async fn exceptions(&self, job_id: &str) -> Result<ExceptionHistory, FlinkError> {
         let found: JobExceptions = self
-            .call(
+            .call_idempotent(
                 Method::GET,
                 &format!("/jobs/{job_id}/exceptions?maxExceptions=16"),
                 |r| r,
@@ -367,7 +406,7 @@ impl FlinkClient {
 
     /// `GET /jobs/:jid/checkpoints/config`.
     pub async fn checkpoint_config(&self, job_id: &str) -> Result<CheckpointConfig, FlinkError> {
-        self.call(
+        self.call_idempotent(
             Method::GET,
             &format!("/jobs/{job_id}/checkpoints/config"),
             |r| r,
@@ -377,14 +416,14 @@ impl FlinkClient {
 
     /// `GET /jobs/:jid/config`.
     pub async fn job_config(&self, job_id: &str) -> Result<JobConfig, FlinkError> {
-        self.call(Method::GET, &format!("/jobs/{job_id}/config"), |r| r)
+        self.call_idempotent(Method::GET, &format!("/jobs/{job_id}/config"), |r| r)
             .await
     }
 
     /// `PATCH /jobs/:jid?mode=cancel`.
     pub async fn cancel(&self, job_id: &str) -> Result<(), FlinkError> {
         let _: serde_json::Value = self
-            .call(Method::PATCH, &format!("/jobs/{job_id}?mode=cancel"), |r| r)
+            .call_idempotent(Method::PATCH, &format!("/jobs/{job_id}?mode=cancel"), |r| r)
             .await?;
         Ok(())
     }

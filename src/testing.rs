@@ -1,0 +1,385 @@
+//! An in-process fake of the Flink REST API for fault injection and scale (500s, timeouts, slow or
+//! failing savepoints, thousands of jobs). Lifecycle behaviour is proven against the real cluster; this
+//! fake only covers what the real one cannot show on demand.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+/// A fault to inject, by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scenario {
+    /// Behaves like a healthy cluster.
+    Healthy,
+    /// Every request answers HTTP 500 with a Flink-style stack trace.
+    ServerError500,
+    /// Every request takes this long before answering (beyond the agent's timeout).
+    SlowResponses(Duration),
+    /// Savepoints complete with a failure cause; the job keeps running.
+    SavepointFails,
+    /// Savepoints stay IN_PROGRESS forever.
+    SavepointNeverCompletes,
+    /// Newly submitted jobs fail right after start.
+    JobFailsAfterStart,
+}
+
+#[derive(Debug, Clone)]
+struct FakeJob {
+    name: String,
+    state: String,
+    start: i64,
+    restored_from: Option<String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    jobs: BTreeMap<String, FakeJob>,
+    jars: BTreeMap<String, String>,
+    triggers: HashMap<String, String>,
+    scenario: Option<Scenario>,
+    requests: BTreeMap<String, u64>,
+}
+
+/// The fake server's shared state.
+#[derive(Clone, Default)]
+pub struct FakeFlink {
+    inner: Arc<Mutex<Inner>>,
+    total: Arc<AtomicU64>,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn flink_error(status: StatusCode, message: &str) -> Response {
+    let trace = format!(
+        "org.apache.flink.runtime.rest.handler.RestHandlerException: {message}\n\tat org.apache.flink.Fake.handle(Fake.java:1)\nCaused by: java.lang.RuntimeException: {message}\n\t... 3 more"
+    );
+    (status, Json(json!({"errors": [trace]}))).into_response()
+}
+
+impl FakeFlink {
+    /// A healthy fake with no jobs.
+    pub fn new() -> FakeFlink {
+        FakeFlink::default()
+    }
+
+    /// Sets the fault scenario.
+    pub fn set_scenario(&self, scenario: Scenario) {
+        self.lock().scenario = Some(scenario);
+    }
+
+    /// Adds `count` RUNNING jobs with the given ids.
+    pub fn add_running_jobs(&self, ids: impl IntoIterator<Item = String>) {
+        let mut inner = self.lock();
+        for jid in ids {
+            inner.jobs.insert(
+                jid.clone(),
+                FakeJob {
+                    name: format!("job-{jid}"),
+                    state: "RUNNING".into(),
+                    start: now_ms(),
+                    restored_from: None,
+                },
+            );
+        }
+    }
+
+    /// The state of a job, if known.
+    pub fn job_state(&self, jid: &str) -> Option<String> {
+        self.lock().jobs.get(jid).map(|j| j.state.clone())
+    }
+
+    /// Requests served, in total.
+    pub fn total_requests(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Requests served per `METHOD path-pattern`.
+    pub fn requests(&self) -> BTreeMap<String, u64> {
+        self.lock().requests.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Serves on `127.0.0.1:0`; returns the bound address. The server lives as long as the runtime.
+    pub async fn serve(&self) -> std::io::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let app = Router::new()
+            .route("/overview", get(overview))
+            .route("/jobmanager/config", get(jobmanager_config))
+            .route("/jobs/overview", get(jobs_overview))
+            .route("/jobs/{jid}", get(job).patch(cancel))
+            .route("/jobs/{jid}/checkpoints", get(checkpoints))
+            .route("/jobs/{jid}/checkpoints/config", get(checkpoint_config))
+            .route("/jobs/{jid}/config", get(job_config))
+            .route("/jobs/{jid}/exceptions", get(exceptions))
+            .route("/jobs/{jid}/stop", post(stop))
+            .route("/jobs/{jid}/savepoints/{trigger}", get(savepoint_status))
+            .route("/jars", get(jars))
+            .route("/jars/upload", post(upload))
+            .route("/jars/{jar}", axum::routing::delete(delete_jar))
+            .route("/jars/{jar}/run", post(run))
+            .fallback(any(not_found))
+            .layer(axum::middleware::from_fn_with_state(self.clone(), faults))
+            .with_state(self.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(address)
+    }
+}
+
+async fn faults(
+    State(fake): State<FakeFlink>,
+    method: Method,
+    uri: Uri,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    fake.total.fetch_add(1, Ordering::Relaxed);
+    let pattern = uri
+        .path()
+        .split('/')
+        .map(|part| if part.len() >= 32 { ":id" } else { part })
+        .collect::<Vec<_>>()
+        .join("/");
+    let scenario = {
+        let mut inner = fake.lock();
+        *inner
+            .requests
+            .entry(format!("{method} {pattern}"))
+            .or_default() += 1;
+        inner.scenario.clone()
+    };
+    match scenario {
+        Some(Scenario::ServerError500) => {
+            return flink_error(StatusCode::INTERNAL_SERVER_ERROR, "injected failure");
+        }
+        Some(Scenario::SlowResponses(delay)) => tokio::time::sleep(delay).await,
+        _ => {}
+    }
+    next.run(request).await
+}
+
+async fn not_found(uri: Uri) -> Response {
+    flink_error(StatusCode::NOT_FOUND, &format!("Not found: {}", uri.path()))
+}
+
+async fn overview(State(fake): State<FakeFlink>) -> Json<Value> {
+    let running = fake
+        .lock()
+        .jobs
+        .values()
+        .filter(|j| j.state == "RUNNING")
+        .count();
+    Json(
+        json!({"taskmanagers": 1, "slots-total": 100000, "slots-available": 100000 - running, "jobs-running": running, "flink-version": "2.3.0-fake"}),
+    )
+}
+
+async fn jobmanager_config() -> Json<Value> {
+    Json(json!([{"key": "parallelism.default", "value": "1"}]))
+}
+
+async fn jobs_overview(State(fake): State<FakeFlink>) -> Json<Value> {
+    let inner = fake.lock();
+    let jobs: Vec<Value> = inner
+        .jobs
+        .iter()
+        .map(|(jid, j)| json!({"jid": jid, "name": j.name, "state": j.state, "start-time": j.start, "end-time": -1}))
+        .collect();
+    Json(json!({ "jobs": jobs }))
+}
+
+async fn job(State(fake): State<FakeFlink>, Path(jid): Path<String>) -> Response {
+    let inner = fake.lock();
+    match inner.jobs.get(&jid) {
+        Some(j) => Json(json!({
+            "jid": jid, "name": j.name, "state": j.state, "start-time": j.start, "end-time": -1,
+            "timestamps": {"RUNNING": j.start},
+            "vertices": [{"id": "v1", "name": "source", "parallelism": 1, "status": j.state}]
+        }))
+        .into_response(),
+        None => flink_error(StatusCode::NOT_FOUND, "Job could not be found."),
+    }
+}
+
+async fn cancel(State(fake): State<FakeFlink>, Path(jid): Path<String>) -> Response {
+    let mut inner = fake.lock();
+    match inner.jobs.get_mut(&jid) {
+        Some(j) if j.state == "RUNNING" || j.state == "CANCELED" => {
+            j.state = "CANCELED".into();
+            (StatusCode::ACCEPTED, Json(json!({}))).into_response()
+        }
+        Some(j) => flink_error(
+            StatusCode::CONFLICT,
+            &format!(
+                "Job cancellation failed because the job has already reached another terminal state ({}).",
+                j.state
+            ),
+        ),
+        None => flink_error(StatusCode::NOT_FOUND, "Job could not be found."),
+    }
+}
+
+async fn checkpoints(State(fake): State<FakeFlink>, Path(jid): Path<String>) -> Response {
+    let inner = fake.lock();
+    match inner.jobs.get(&jid) {
+        Some(j) => Json(json!({
+            "counts": {"restored": 0, "total": 1, "in_progress": 0, "completed": 1, "failed": 0},
+            "latest": {
+                "completed": {"id": 1, "external_path": format!("file:/fake/checkpoints/{jid}/chk-1"), "latest_ack_timestamp": j.start, "is_savepoint": false},
+                "restored": j.restored_from.as_ref().map(|p| json!({"id": 1, "restore_timestamp": j.start, "is_savepoint": true, "external_path": p}))
+            }
+        }))
+        .into_response(),
+        None => flink_error(StatusCode::NOT_FOUND, "Job could not be found."),
+    }
+}
+
+async fn checkpoint_config() -> Json<Value> {
+    Json(json!({"interval": 1000, "timeout": 600000, "min_pause": 0, "max_concurrent": 1}))
+}
+
+async fn job_config(State(fake): State<FakeFlink>, Path(jid): Path<String>) -> Json<Value> {
+    let _ = fake.lock().jobs.get(&jid).cloned();
+    Json(json!({"jid": jid, "execution-config": {"job-parallelism": 1, "user-config": {}}}))
+}
+
+async fn exceptions(State(fake): State<FakeFlink>, Path(jid): Path<String>) -> Json<Value> {
+    let inner = fake.lock();
+    let entries = match inner.jobs.get(&jid) {
+        Some(j) if j.state == "FAILED" => vec![
+            json!({"exceptionName": "java.lang.IllegalStateException", "stacktrace": "java.lang.IllegalStateException: injected start-up failure\n\tat Fake.open(Fake.java:1)", "timestamp": now_ms()}),
+        ],
+        _ => Vec::new(),
+    };
+    Json(json!({"exceptionHistory": {"entries": entries, "truncated": false}}))
+}
+
+async fn stop(
+    State(fake): State<FakeFlink>,
+    Path(jid): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    let trigger = body["triggerId"].as_str().unwrap_or("0").to_string();
+    let target = body["targetDirectory"]
+        .as_str()
+        .unwrap_or("file:/fake/savepoints")
+        .to_string();
+    let mut inner = fake.lock();
+    let scenario = inner.scenario.clone();
+    inner.triggers.insert(trigger.clone(), jid.clone());
+    if scenario == Some(Scenario::Healthy)
+        || scenario.is_none()
+        || scenario == Some(Scenario::JobFailsAfterStart)
+    {
+        if let Some(j) = inner.jobs.get_mut(&jid) {
+            j.state = "FINISHED".into();
+        }
+        inner.triggers.insert(
+            format!("{trigger}/location"),
+            format!(
+                "{}/savepoint-{}",
+                target.trim_end_matches('/'),
+                &jid[..6.min(jid.len())]
+            ),
+        );
+    }
+    (StatusCode::ACCEPTED, Json(json!({"request-id": trigger}))).into_response()
+}
+
+async fn savepoint_status(
+    State(fake): State<FakeFlink>,
+    Path((_jid, trigger)): Path<(String, String)>,
+) -> Response {
+    let inner = fake.lock();
+    match inner.scenario {
+        Some(Scenario::SavepointNeverCompletes) => Json(json!({"status": {"id": "IN_PROGRESS"}, "operation": null})).into_response(),
+        Some(Scenario::SavepointFails) => Json(json!({"status": {"id": "COMPLETED"}, "operation": {"failure-cause": {"class": "java.io.IOException", "stack-trace": "org.apache.flink.runtime.checkpoint.CheckpointException: An Exception occurred while triggering the checkpoint. IO-problem detected.\nCaused by: java.io.IOException: injected: disk full"}}})).into_response(),
+        _ => match inner.triggers.get(&format!("{trigger}/location")) {
+            Some(location) => Json(json!({"status": {"id": "COMPLETED"}, "operation": {"location": location}})).into_response(),
+            None => flink_error(StatusCode::NOT_FOUND, "There is no savepoint operation with this triggerId"),
+        },
+    }
+}
+
+async fn jars(State(fake): State<FakeFlink>) -> Json<Value> {
+    let files: Vec<Value> = fake
+        .lock()
+        .jars
+        .iter()
+        .map(|(id, name)| json!({"id": id, "name": name, "uploaded": 0}))
+        .collect();
+    Json(json!({"address": "fake", "files": files}))
+}
+
+async fn upload(State(fake): State<FakeFlink>, body: axum::body::Bytes) -> Json<Value> {
+    let id = format!("{:016x}_job.jar", body.len() as u64 ^ now_ms() as u64);
+    fake.lock().jars.insert(id.clone(), "job.jar".into());
+    Json(json!({"filename": format!("/tmp/flink-web-upload/{id}"), "status": "success"}))
+}
+
+async fn delete_jar(State(fake): State<FakeFlink>, Path(jar): Path<String>) -> Response {
+    match fake.lock().jars.remove(&jar) {
+        Some(_) => Json(json!({})).into_response(),
+        None => flink_error(
+            StatusCode::BAD_REQUEST,
+            &format!("File {jar} does not exist"),
+        ),
+    }
+}
+
+async fn run(
+    State(fake): State<FakeFlink>,
+    Path(jar): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    let mut inner = fake.lock();
+    if !inner.jars.contains_key(&jar) {
+        return flink_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("Jar file /tmp/{jar} does not exist"),
+        );
+    }
+    let jid = body["jobId"].as_str().unwrap_or_default().to_string();
+    if inner.jobs.contains_key(&jid) {
+        return flink_error(
+            StatusCode::BAD_REQUEST,
+            "DuplicateApplicationSubmissionException: Application has already been submitted.",
+        );
+    }
+    let state = if inner.scenario == Some(Scenario::JobFailsAfterStart) {
+        "FAILED"
+    } else {
+        "RUNNING"
+    };
+    inner.jobs.insert(
+        jid.clone(),
+        FakeJob {
+            name: body["programArgsList"][1]
+                .as_str()
+                .unwrap_or("job")
+                .to_string(),
+            state: state.into(),
+            start: now_ms(),
+            restored_from: body["savepointPath"].as_str().map(str::to_string),
+        },
+    );
+    Json(json!({"jobid": jid, "applicationId": jid})).into_response()
+}
