@@ -11,7 +11,11 @@ use flink_gitops::testing::FakeFlink;
 
 fn run(command: &mut Command) -> String {
     let output = command.output().expect("spawn");
-    assert!(output.status.success(), "{command:?}: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
@@ -30,8 +34,16 @@ fn timed_agent(binary: &Path, args: &[&str]) -> (i32, f64, f64) {
         .expect("/usr/bin/time");
     let seconds = started.elapsed().as_secs_f64();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let rss_kib: f64 = stderr.lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or(0.0);
-    (output.status.code().unwrap_or(-1), seconds, rss_kib / 1024.0)
+    let rss_kib: f64 = stderr
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0.0);
+    (
+        output.status.code().unwrap_or(-1),
+        seconds,
+        rss_kib / 1024.0,
+    )
 }
 
 fn spec(n: usize, parallelism: u32) -> String {
@@ -42,14 +54,20 @@ fn spec(n: usize, parallelism: u32) -> String {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let jobs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let jobs: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1000);
     let binary: PathBuf = std::env::current_exe()
         .unwrap()
         .parent()
         .and_then(Path::parent)
         .map(|dir| dir.join("flink-gitops"))
         .unwrap();
-    assert!(binary.exists(), "build the agent first: cargo build --release");
+    assert!(
+        binary.exists(),
+        "build the agent first: cargo build --release"
+    );
 
     let fake = FakeFlink::new();
     let address = fake.serve().await.unwrap();
@@ -57,16 +75,35 @@ async fn main() {
     let repo = dir.path().join("repo");
     std::fs::create_dir_all(repo.join("artifacts")).unwrap();
     let key = dir.path().join("key");
-    run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "bench@example.com", "-f"]).arg(&key));
+    run(Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "bench@example.com",
+            "-f",
+        ])
+        .arg(&key));
     let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
     let public: Vec<&str> = public.split_whitespace().collect();
     std::fs::write(
         dir.path().join("allowed_signers"),
-        format!("bench@example.com namespaces=\"git,flink-gitops-artifact\" {} {}\n", public[0], public[1]),
+        format!(
+            "bench@example.com namespaces=\"git,flink-gitops-artifact\" {} {}\n",
+            public[0], public[1]
+        ),
     )
     .unwrap();
     git(&repo, &["init", "-q", "-b", "main"]);
-    for (k, v) in [("user.name", "Bench"), ("user.email", "bench@example.com"), ("gpg.format", "ssh"), ("commit.gpgsign", "true")] {
+    for (k, v) in [
+        ("user.name", "Bench"),
+        ("user.email", "bench@example.com"),
+        ("gpg.format", "ssh"),
+        ("commit.gpgsign", "true"),
+    ] {
         git(&repo, &["config", k, v]);
     }
     git(&repo, &["config", "user.signingkey", key.to_str().unwrap()]);
@@ -91,20 +128,27 @@ async fn main() {
     let apply = ["apply", "-c", config_arg, "--output", "json"];
 
     let (code, seconds, rss) = tokio::task::block_in_place(|| timed_agent(&binary, &apply));
-    println!("first apply, {jobs} jobs created: exit {code}, {seconds:.2} s, peak RSS {rss:.1} MiB");
+    println!(
+        "first apply, {jobs} jobs created: exit {code}, {seconds:.2} s, peak RSS {rss:.1} MiB"
+    );
 
     for pass in 1..=3 {
         let before = fake.total_requests();
         let (code, seconds, rss) = tokio::task::block_in_place(|| timed_agent(&binary, &apply));
         let calls = fake.total_requests() - before;
-        println!("no-op apply #{pass} ({jobs} jobs, head unchanged, all healthy): exit {code}, {seconds:.3} s, {calls} REST calls, peak RSS {rss:.1} MiB");
+        println!(
+            "no-op apply #{pass} ({jobs} jobs, head unchanged, all healthy): exit {code}, {seconds:.3} s, {calls} REST calls, peak RSS {rss:.1} MiB"
+        );
     }
 
     std::fs::write(repo.join("jobs/team-7/job-7.yaml"), spec(7, 2)).unwrap();
     git(&repo, &["commit", "-q", "-am", "scale job-7"]);
-    let (code, seconds, rss) =
-        tokio::task::block_in_place(|| timed_agent(&binary, &["plan", "-c", config_arg, "--output", "json"]));
-    println!("plan with one changed spec among {jobs}: exit {code}, {seconds:.3} s, peak RSS {rss:.1} MiB");
+    let (code, seconds, rss) = tokio::task::block_in_place(|| {
+        timed_agent(&binary, &["plan", "-c", config_arg, "--output", "json"])
+    });
+    println!(
+        "plan with one changed spec among {jobs}: exit {code}, {seconds:.3} s, peak RSS {rss:.1} MiB"
+    );
     let before = fake.total_requests();
     let (code, seconds, rss) = tokio::task::block_in_place(|| timed_agent(&binary, &apply));
     println!(

@@ -67,6 +67,7 @@ struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawReconcile {
+    interval: Option<String>,
     max_concurrency: Option<u32>,
     savepoint_timeout: Option<String>,
     poll_interval: Option<String>,
@@ -81,15 +82,16 @@ struct RawRepo {
     poll_interval: Option<String>,
     #[serde(default)]
     auth: RawRepoAuth,
+    watch: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRepoAuth {
     username: Option<String>,
-    token_file: Option<PathBuf>,
-    ssh_key_file: Option<PathBuf>,
-    ssh_key_passphrase_file: Option<PathBuf>,
+    token_file: Option<String>,
+    ssh_key_file: Option<String>,
+    ssh_key_passphrase_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +113,24 @@ struct RawFlink {
     url: Option<String>,
     savepoint_dir: Option<String>,
     request_timeout: Option<String>,
+    tls: Option<RawTls>,
+    auth: Option<RawFlinkAuth>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca_file: Option<String>,
+    cert_file: Option<String>,
+    key_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlinkAuth {
+    bearer_token_file: Option<String>,
+    username: Option<String>,
+    password_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +143,8 @@ struct RawState {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: Option<String>,
+    webhook_secret_file: Option<String>,
+    ready_window: Option<String>,
 }
 
 /// The validated configuration.
@@ -147,6 +169,8 @@ pub struct Config {
 /// How `apply` acts on the cluster.
 #[derive(Debug, Clone)]
 pub struct ReconcileConfig {
+    /// How often the service reconciles for drift and health even when the head did not move.
+    pub interval: Duration,
     /// Jobs reconciled at the same time.
     pub max_concurrency: usize,
     /// How long a savepoint may take before the step counts as failed (the old job keeps running).
@@ -168,6 +192,8 @@ pub struct RepoConfig {
     pub poll_interval: Duration,
     /// Credentials for remote repositories, all read from files.
     pub auth: RepoAuth,
+    /// For a local repository: watch its refs and poll at once when they change.
+    pub watch: bool,
 }
 
 /// Credentials for a remote spec repository; every secret is a file path.
@@ -229,6 +255,38 @@ pub struct FlinkConfig {
     pub savepoint_dir: String,
     /// Timeout for one REST call.
     pub request_timeout: Duration,
+    /// TLS settings for an https URL (CA, client certificate for mutual TLS).
+    pub tls: FlinkTls,
+    /// Credentials for a cluster behind an authenticating proxy.
+    pub auth: FlinkAuth,
+}
+
+/// TLS material, all files.
+#[derive(Debug, Clone, Default)]
+pub struct FlinkTls {
+    /// PEM CA bundle to trust (in addition to the system roots).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (mutual TLS).
+    pub cert_file: Option<PathBuf>,
+    /// PEM client key (mutual TLS).
+    pub key_file: Option<PathBuf>,
+}
+
+/// How the agent authenticates to Flink's REST endpoint.
+#[derive(Debug, Clone, Default)]
+pub enum FlinkAuth {
+    /// No credentials.
+    #[default]
+    None,
+    /// `Authorization: Bearer <token from file>`.
+    Bearer(PathBuf),
+    /// HTTP basic auth with the password read from a file.
+    Basic {
+        /// User name.
+        username: String,
+        /// Password file.
+        password_file: PathBuf,
+    },
 }
 
 /// Where state lives.
@@ -243,6 +301,10 @@ pub struct StateConfig {
 pub struct ServerConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// File holding the webhook HMAC secret; without it `POST /webhook` is refused.
+    pub webhook_secret_file: Option<PathBuf>,
+    /// `/readyz` fails when the last poll or cluster contact is older than this.
+    pub ready_window: Duration,
 }
 
 impl Config {
@@ -286,6 +348,20 @@ impl Config {
                 base.join(p)
             }
         };
+        // `credential:NAME` is a file systemd placed with LoadCredential= in $CREDENTIALS_DIRECTORY.
+        let secret = |field: &str, value: &str| -> Result<PathBuf, ConfigError> {
+            match value.strip_prefix("credential:") {
+                Some(name) => {
+                    let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| ConfigError::Invalid {
+                        path: path.to_path_buf(),
+                        field: field.to_string(),
+                        reason: format!("`{value}` needs $CREDENTIALS_DIRECTORY (set by systemd's LoadCredential=)"),
+                    })?;
+                    Ok(PathBuf::from(dir).join(name))
+                }
+                None => Ok(resolve(Path::new(value))),
+            }
+        };
 
         let repo_url = raw.repo.url.trim().to_string();
         if repo_url.is_empty() {
@@ -311,16 +387,17 @@ impl Config {
         if poll_interval < Duration::from_secs(1) {
             return Err(invalid("repo.poll_interval", "must be at least 1s".into()));
         }
+        let optional_secret = |field: &str, value: &Option<String>| {
+            value.as_deref().map(|v| secret(field, v)).transpose()
+        };
         let auth = RepoAuth {
             username: raw.repo.auth.username,
-            token_file: raw.repo.auth.token_file.as_deref().map(resolve),
-            ssh_key_file: raw.repo.auth.ssh_key_file.as_deref().map(resolve),
-            ssh_key_passphrase_file: raw
-                .repo
-                .auth
-                .ssh_key_passphrase_file
-                .as_deref()
-                .map(resolve),
+            token_file: optional_secret("repo.auth.token_file", &raw.repo.auth.token_file)?,
+            ssh_key_file: optional_secret("repo.auth.ssh_key_file", &raw.repo.auth.ssh_key_file)?,
+            ssh_key_passphrase_file: optional_secret(
+                "repo.auth.ssh_key_passphrase_file",
+                &raw.repo.auth.ssh_key_passphrase_file,
+            )?,
         };
         if auth.token_file.is_some() && auth.ssh_key_file.is_some() {
             return Err(invalid(
@@ -405,6 +482,40 @@ impl Config {
         }
         let request_timeout = duration_field(raw.flink.request_timeout, "30s")
             .map_err(|reason| invalid("flink.request_timeout", reason))?;
+        let raw_tls = raw.flink.tls.unwrap_or_default();
+        let tls = FlinkTls {
+            ca_file: optional_secret("flink.tls.ca_file", &raw_tls.ca_file)?,
+            cert_file: optional_secret("flink.tls.cert_file", &raw_tls.cert_file)?,
+            key_file: optional_secret("flink.tls.key_file", &raw_tls.key_file)?,
+        };
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return Err(invalid(
+                "flink.tls",
+                "cert_file and key_file go together (mutual TLS)".into(),
+            ));
+        }
+        let flink_auth = match raw.flink.auth {
+            None => FlinkAuth::None,
+            Some(RawFlinkAuth {
+                bearer_token_file: Some(token),
+                username: None,
+                password_file: None,
+            }) => FlinkAuth::Bearer(secret("flink.auth.bearer_token_file", &token)?),
+            Some(RawFlinkAuth {
+                bearer_token_file: None,
+                username: Some(username),
+                password_file: Some(password),
+            }) => FlinkAuth::Basic {
+                username,
+                password_file: secret("flink.auth.password_file", &password)?,
+            },
+            Some(_) => {
+                return Err(invalid(
+                    "flink.auth",
+                    "set either bearer_token_file, or username with password_file".into(),
+                ));
+            }
+        };
 
         let state_dir = resolve(
             &raw.state
@@ -415,6 +526,17 @@ impl Config {
         let listen = listen_text
             .parse()
             .map_err(|e| invalid("server.listen", format!("`{listen_text}`: {e}")))?;
+        let webhook_secret_file = optional_secret(
+            "server.webhook_secret_file",
+            &raw.server.webhook_secret_file,
+        )?;
+        let ready_window = duration_field(raw.server.ready_window, "5m")
+            .map_err(|reason| invalid("server.ready_window", reason))?;
+        let reconcile_interval = duration_field(raw.reconcile.interval, "1m")
+            .map_err(|reason| invalid("reconcile.interval", reason))?;
+        if reconcile_interval < Duration::from_secs(1) {
+            return Err(invalid("reconcile.interval", "must be at least 1s".into()));
+        }
 
         let max_concurrency = raw.reconcile.max_concurrency.unwrap_or(4);
         if max_concurrency == 0 || max_concurrency > 64 {
@@ -442,16 +564,24 @@ impl Config {
                 jobs_dir,
                 poll_interval,
                 auth,
+                watch: raw.repo.watch.unwrap_or(true),
             },
             trust,
             flink: FlinkConfig {
                 url: flink_url,
                 savepoint_dir,
                 request_timeout,
+                tls,
+                auth: flink_auth,
             },
             state: StateConfig { dir: state_dir },
-            server: ServerConfig { listen },
+            server: ServerConfig {
+                listen,
+                webhook_secret_file,
+                ready_window,
+            },
             reconcile: ReconcileConfig {
+                interval: reconcile_interval,
                 max_concurrency: max_concurrency as usize,
                 savepoint_timeout,
                 poll_interval: reconcile_poll,

@@ -8,6 +8,7 @@ pub mod git;
 pub mod plan;
 pub mod reconcile;
 pub mod revision;
+pub mod service;
 pub mod spec;
 pub mod state;
 pub mod testing;

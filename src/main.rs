@@ -7,7 +7,9 @@ use flink_gitops::cli::{Cli, LogFormat, run};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(cli: &Cli) {
+    let service = matches!(cli.command, flink_gitops::cli::Command::Run { .. });
     let default = match cli.verbose {
+        0 if service => "info",
         0 => "warn",
         1 => "info",
         _ => "debug",

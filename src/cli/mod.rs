@@ -98,6 +98,12 @@ pub enum Command {
         #[arg(long)]
         no_fetch: bool,
     },
+    /// Run as a service: poll the repo, reconcile, serve health, metrics, status and webhooks (systemd-ready).
+    Run {
+        /// Configuration file (reloaded on SIGHUP).
+        #[arg(short, long, env = "FLINK_GITOPS_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
     /// One reconcile pass: verify the branch head and move the cluster to it (exit 0 when every job converged).
     Apply {
         /// Configuration file.
@@ -190,6 +196,14 @@ pub async fn run(cli: Cli) -> ExitCode {
         .and_then(|r| r),
         Command::Plan { config, output } => plan(&config, output).await,
         Command::Apply { config, output } => apply(&config, output).await,
+        Command::Run { config } => crate::service::run(&config)
+            .await
+            .map(|()| EXIT_OK)
+            .map_err(|e| match e {
+                crate::reconcile::AgentError::Config(_)
+                | crate::reconcile::AgentError::Trust(_) => usage(e),
+                other => Failure::from(other),
+            }),
         Command::Status {
             config,
             output,
@@ -409,7 +423,7 @@ async fn snapshot(config_path: &std::path::Path, fetch: bool) -> Result<Snapshot
         }
     }
 
-    let client = FlinkClient::new(&config.flink.url, config.flink.request_timeout)?;
+    let client = FlinkClient::from_config(&config.flink)?;
     let cluster = match tokio::try_join!(client.overview(), client.jobs()) {
         Ok(found) => Ok(found),
         Err(e) => {

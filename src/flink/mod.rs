@@ -153,6 +153,78 @@ impl FlinkClient {
         })
     }
 
+    /// A client for the configured cluster, with its TLS material and credentials read from their files.
+    pub fn from_config(config: &crate::config::FlinkConfig) -> Result<FlinkClient, FlinkError> {
+        let local = |path: &std::path::Path, source: std::io::Error| FlinkError::Local {
+            path: path.display().to_string(),
+            source,
+        };
+        let read = |path: &std::path::Path| {
+            crate::util::read_file_limited(path, 1024 * 1024).map_err(|e| local(path, e))
+        };
+        let mut builder = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("flink-gitops/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &config.tls.ca_file {
+            let certificate = reqwest::Certificate::from_pem(&read(ca)?)
+                .map_err(|e| local(ca, std::io::Error::other(e.to_string())))?;
+            builder = builder.add_root_certificate(certificate);
+        }
+        if let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) {
+            let mut pem = read(cert)?;
+            pem.extend_from_slice(b"\n");
+            pem.extend_from_slice(&read(key)?);
+            let identity = reqwest::Identity::from_pem(&pem)
+                .map_err(|e| local(cert, std::io::Error::other(e.to_string())))?;
+            builder = builder.identity(identity);
+        }
+        let authorization = match &config.auth {
+            crate::config::FlinkAuth::None => None,
+            crate::config::FlinkAuth::Bearer(file) => Some(format!(
+                "Bearer {}",
+                String::from_utf8_lossy(&read(file)?).trim()
+            )),
+            crate::config::FlinkAuth::Basic {
+                username,
+                password_file,
+            } => {
+                use base64::Engine as _;
+                let password = String::from_utf8_lossy(&read(password_file)?)
+                    .trim()
+                    .to_string();
+                Some(format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("{username}:{password}"))
+                ))
+            }
+        };
+        if let Some(value) = authorization {
+            let mut header =
+                reqwest::header::HeaderValue::from_str(&value).map_err(|e| FlinkError::Decode {
+                    method: "-".into(),
+                    endpoint: "-".into(),
+                    reason: format!("credential is not a valid header value: {e}"),
+                })?;
+            // Marked sensitive so it never shows in debug output or logs.
+            header.set_sensitive(true);
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::AUTHORIZATION, header);
+            builder = builder.default_headers(headers);
+        }
+        let http = builder.build().map_err(|e| FlinkError::Unreachable {
+            url: config.url.to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(FlinkClient {
+            http,
+            base: config.url.as_str().trim_end_matches('/').to_string(),
+            timeout: config.request_timeout,
+            retry_attempts: 3,
+        })
+    }
+
     /// Sets how many times idempotent calls are tried on transient errors (at least once).
     pub fn with_retry_attempts(mut self, attempts: u32) -> FlinkClient {
         self.retry_attempts = attempts.max(1);

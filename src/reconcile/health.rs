@@ -18,6 +18,8 @@ pub enum Verdict {
         /// Completed checkpoints seen.
         checkpoints: u64,
     },
+    /// The agent is shutting down; the deployment stays pending and the next start judges it.
+    Interrupted,
     /// Not healthy; roll back.
     Unhealthy {
         /// What went wrong, for people.
@@ -48,6 +50,7 @@ pub async fn wait_healthy(
     deployment: &Deployment,
     since_ms: i64,
     poll: Duration,
+    shutdown: &tokio_util::sync::CancellationToken,
 ) -> Verdict {
     let health = &deployment.health;
     let deadline = Instant::now() + health.timeout();
@@ -126,6 +129,9 @@ pub async fn wait_healthy(
                 root_cause: newest_failure(client, job_id, since_ms).await,
             };
         }
-        tokio::time::sleep(poll).await;
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = shutdown.cancelled() => return Verdict::Interrupted,
+        }
     }
 }

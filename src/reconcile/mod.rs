@@ -212,6 +212,7 @@ fn generation_of(flink_job_id: &str) -> i64 {
 
 /// The agent: the only writer of its state directory.
 pub struct Agent {
+    shutdown: tokio_util::sync::CancellationToken,
     config: Config,
     client: FlinkClient,
     store: Arc<Mutex<StateStore>>,
@@ -229,11 +230,12 @@ impl Agent {
     pub fn open(config: Config) -> Result<Agent, AgentError> {
         let store = StateStore::open_exclusive(&config.state.dir)?;
         let trust = TrustMaterial::load(&config)?;
-        let client = FlinkClient::new(&config.flink.url, config.flink.request_timeout)?;
+        let client = FlinkClient::from_config(&config.flink)?;
         let cache_dir = config.state.dir.join("artifacts");
         std::fs::create_dir_all(&cache_dir)
             .map_err(|e| AgentError::Config(format!("{}: {e}", cache_dir.display())))?;
         Ok(Agent {
+            shutdown: tokio_util::sync::CancellationToken::new(),
             config,
             client,
             store: Arc::new(Mutex::new(store)),
@@ -245,6 +247,33 @@ impl Agent {
     /// The Flink client.
     pub fn client(&self) -> &FlinkClient {
         &self.client
+    }
+
+    /// The configuration this agent runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Cancelled on shutdown: the step in progress finishes, no new step starts, and a deployment
+    /// waiting for its health gate stays pending for the next start to judge.
+    pub fn shutdown_token(&self) -> tokio_util::sync::CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// The recorded jobs (for status endpoints).
+    pub fn records(&self) -> Result<Vec<JobRecord>, StateError> {
+        self.with_store(StateStore::jobs)
+    }
+
+    /// Fetches the spec repository and returns its head, without verifying or acting.
+    pub async fn fetch_head(&self) -> Result<String, AgentError> {
+        let config = self.config.clone();
+        tokio::task::spawn_blocking(move || -> Result<String, AgentError> {
+            let source = GitSource::open(&config.state.dir.join("repo.git"), &config.repo)?;
+            Ok(source.fetch()?.to_string())
+        })
+        .await
+        .map_err(|e| AgentError::Task(e.to_string()))?
     }
 
     fn with_store<T>(
@@ -851,6 +880,9 @@ impl Agent {
         pending: Pending,
     ) -> Result<JobOutcome, StepError> {
         if let Err(error) = self.submit(pass, &pending).await {
+            if self.shutdown.is_cancelled() {
+                return Err(error);
+            }
             self.clear_pending(&row.job_id)?;
             let reason = format!("submit failed: {}", error.message);
             self.with_store(|s| {
@@ -876,6 +908,7 @@ impl Agent {
             &pending.deployment,
             pending.submitted_at_ms,
             self.config.reconcile.poll_interval,
+            &self.shutdown,
         )
         .await;
         self.settle(pass, entry, &pending, verdict).await
@@ -890,6 +923,12 @@ impl Agent {
         verdict: Verdict,
     ) -> Result<JobOutcome, StepError> {
         let job_id = &pending.deployment.job_id;
+        if verdict == Verdict::Interrupted {
+            return Err(StepError::new(format!(
+                "shutting down while {} waited for its health gate; the next start judges it",
+                pending.flink_job_id
+            )));
+        }
         let intent = self.intent(
             &pass.head,
             job_id,
@@ -897,6 +936,7 @@ impl Agent {
             json!({"flink_job_id": pending.flink_job_id}),
         )?;
         match verdict {
+            Verdict::Interrupted => Err(StepError::new("interrupted")),
             Verdict::Healthy { checkpoints } => {
                 self.outcome("health", intent, "ok", json!({"checkpoints": checkpoints}))?;
                 let warnings = self
@@ -998,7 +1038,7 @@ impl Agent {
     ) -> Result<JobOutcome, StepError> {
         let (reason, root_cause) = match verdict {
             Verdict::Unhealthy { reason, root_cause } => (reason, root_cause),
-            Verdict::Healthy { .. } => (String::new(), None),
+            Verdict::Healthy { .. } | Verdict::Interrupted => (String::new(), None),
         };
         let job_id = &failed.deployment.job_id;
         let row = self
@@ -1047,6 +1087,7 @@ impl Agent {
             &pending.deployment,
             pending.submitted_at_ms,
             self.config.reconcile.poll_interval,
+            &self.shutdown,
         )
         .await;
         let settled = Box::pin(self.settle(pass, entry, &pending, verdict)).await;
@@ -1499,6 +1540,7 @@ impl Agent {
                         &pending.deployment,
                         pending.submitted_at_ms,
                         self.config.reconcile.poll_interval,
+                        &self.shutdown,
                     )
                     .await;
                     match self.settle(pass, &placeholder, &pending, verdict).await {

@@ -1,0 +1,143 @@
+//! Prometheus metrics, all named `flink_gitops_*`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicI64, AtomicU64};
+
+/// `action` and `result` of one job's reconciliation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    /// create, upgrade, delete...
+    pub action: String,
+    /// ok, failed, rolled_back...
+    pub result: String,
+}
+
+/// A single `kind` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// What kind.
+    pub kind: String,
+}
+
+/// A single `state` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// The recorded state of jobs.
+    pub state: String,
+}
+
+/// Every metric the service exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Duration of reconcile passes.
+    pub reconcile_duration: Histogram,
+    /// Job actions by kind and result.
+    pub actions: Family<ActionLabels, Counter>,
+    /// Jobs by recorded state.
+    pub jobs: Family<StateLabels, Gauge>,
+    /// Unix time of the last pass that applied the head.
+    pub last_sync: Gauge<f64, AtomicU64>,
+    /// Age of the head commit (commit time to now).
+    pub head_commit_age: Gauge<f64, AtomicU64>,
+    /// Refused heads by reason.
+    pub refusals: Family<KindLabels, Counter>,
+    /// 1 when the last contact with Flink succeeded.
+    pub flink_up: Gauge<i64, AtomicI64>,
+    /// 1 while the circuit breaker keeps the agent off the cluster.
+    pub circuit_open: Gauge<i64, AtomicI64>,
+    /// Polls by result.
+    pub polls: Family<KindLabels, Counter>,
+    /// Webhook requests by result.
+    pub webhooks: Family<KindLabels, Counter>,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("flink_gitops");
+        let reconcile_duration = Histogram::new(exponential_buckets(0.01, 2.0, 16));
+        let actions = Family::<ActionLabels, Counter>::default();
+        let jobs = Family::<StateLabels, Gauge>::default();
+        let last_sync = Gauge::<f64, AtomicU64>::default();
+        let head_commit_age = Gauge::<f64, AtomicU64>::default();
+        let refusals = Family::<KindLabels, Counter>::default();
+        let flink_up = Gauge::<i64, AtomicI64>::default();
+        let circuit_open = Gauge::<i64, AtomicI64>::default();
+        let polls = Family::<KindLabels, Counter>::default();
+        let webhooks = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of reconcile passes",
+            reconcile_duration.clone(),
+        );
+        registry.register("actions", "Job actions by kind and result", actions.clone());
+        registry.register("jobs", "Managed jobs by recorded state", jobs.clone());
+        registry.register(
+            "last_successful_sync_timestamp_seconds",
+            "Unix time of the last pass that applied the branch head",
+            last_sync.clone(),
+        );
+        registry.register(
+            "head_commit_age_seconds",
+            "Age of the branch head commit",
+            head_commit_age.clone(),
+        );
+        registry.register(
+            "refused_revisions",
+            "Heads refused, by reason (signature, rollback, spec...)",
+            refusals.clone(),
+        );
+        registry.register(
+            "flink_up",
+            "1 when the last contact with Flink succeeded",
+            flink_up.clone(),
+        );
+        registry.register(
+            "circuit_breaker_open",
+            "1 while the agent stays off an unreachable cluster",
+            circuit_open.clone(),
+        );
+        registry.register("polls", "Repository polls by result", polls.clone());
+        registry.register("webhooks", "Webhook requests by result", webhooks.clone());
+        Metrics {
+            registry,
+            reconcile_duration,
+            actions,
+            jobs,
+            last_sync,
+            head_commit_age,
+            refusals,
+            flink_up,
+            circuit_open,
+            polls,
+            webhooks,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+
+    /// Counts one more of `kind` in a single-label family.
+    pub fn count(family: &Family<KindLabels, Counter>, kind: &str) {
+        family
+            .get_or_create(&KindLabels {
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,427 @@
+//! `flink-gitops run`: the long-running service (poll loop, webhook triggers, HTTP endpoints,
+//! systemd notification, signals).
+
+pub mod http;
+pub mod metrics;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Notify;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::reconcile::{Agent, AgentError, ApplyReport, Outcome};
+
+/// How long a shutdown waits for the step in progress before exiting anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+/// Consecutive failed contacts with Flink that open the circuit breaker.
+const BREAKER_THRESHOLD: u32 = 3;
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// What the service knows about itself, for `/readyz`, `/api/v1/status` and `STATUS=`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServiceStatus {
+    /// Branch head at the last successful poll.
+    pub head: Option<String>,
+    /// Unix time of the last successful poll.
+    pub last_poll_ok: Option<f64>,
+    /// Why the last poll failed, if it did.
+    pub last_poll_error: Option<String>,
+    /// Unix time of the last successful contact with Flink.
+    pub last_cluster_ok: Option<f64>,
+    /// Why the last contact with Flink failed, if it did.
+    pub last_cluster_error: Option<String>,
+    /// Unix time until which the circuit breaker keeps the agent off the cluster.
+    pub circuit_open_until: Option<f64>,
+    /// The last reconcile pass.
+    pub last_report: Option<ApplyReport>,
+    /// The head last applied with every job converged.
+    pub last_applied: Option<String>,
+}
+
+/// State shared by the loop and the HTTP server.
+pub struct Shared {
+    /// Status.
+    pub status: RwLock<ServiceStatus>,
+    /// Metrics.
+    pub metrics: metrics::Metrics,
+    /// Triggers a poll at once (webhooks, the repo watcher); several triggers coalesce into one.
+    pub trigger: Notify,
+    /// The webhook HMAC secret.
+    pub webhook_secret: RwLock<Option<Vec<u8>>>,
+    /// The agent, replaced on SIGHUP.
+    pub agent: RwLock<Option<Arc<Agent>>>,
+    /// How recent polls and cluster contact must be for `/readyz`.
+    pub ready_window: RwLock<Duration>,
+}
+
+impl Shared {
+    fn status(&self) -> std::sync::RwLockReadGuard<'_, ServiceStatus> {
+        self.status.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut ServiceStatus)) {
+        f(&mut self.status.write().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// The current agent.
+    pub fn agent(&self) -> Option<Arc<Agent>> {
+        self.agent.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+fn read_secret(path: &Option<PathBuf>) -> Result<Option<Vec<u8>>, AgentError> {
+    path.as_ref()
+        .map(|p| {
+            crate::util::read_file_limited(p, 64 * 1024)
+                .map(|bytes| String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec())
+                .map_err(|e| {
+                    AgentError::Config(format!("server.webhook_secret_file {}: {e}", p.display()))
+                })
+        })
+        .transpose()
+}
+
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        warn!(error = %e, "systemd notification failed");
+    }
+}
+
+/// Runs the service until SIGTERM or SIGINT. Returns when shut down cleanly.
+pub async fn run(config_path: &Path) -> Result<(), AgentError> {
+    let config = Config::load(config_path).map_err(|e| AgentError::Config(e.to_string()))?;
+    let agent = Arc::new(Agent::open(config.clone())?);
+    let shared = Arc::new(Shared {
+        status: RwLock::new(ServiceStatus::default()),
+        metrics: metrics::Metrics::new(),
+        trigger: Notify::new(),
+        webhook_secret: RwLock::new(read_secret(&config.server.webhook_secret_file)?),
+        agent: RwLock::new(Some(Arc::clone(&agent))),
+        ready_window: RwLock::new(config.server.ready_window),
+    });
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| AgentError::Config(format!("server.listen {}: {e}", config.server.listen)))?;
+    info!(listen = %config.server.listen, "HTTP server listening");
+    let server = tokio::spawn(http::serve(listener, Arc::clone(&shared)));
+    if let Some(watchdog) = sd_notify::watchdog_enabled() {
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(watchdog / 2).await;
+                if shared.agent().is_some() {
+                    notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+        });
+    }
+
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(|e| AgentError::Config(e.to_string()))?;
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|e| AgentError::Config(e.to_string()))?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(|e| AgentError::Config(e.to_string()))?;
+
+    let mut config = config;
+    let mut agent = agent;
+    let mut ready_sent = false;
+    let mut next_reconcile = tokio::time::Instant::now();
+    let mut failures: u32 = 0;
+    loop {
+        // One poll, and a pass when the head moved or the reconcile interval came round.
+        let stopped = {
+            let pass =
+                poll_and_reconcile(&agent, &shared, &config, &mut next_reconcile, &mut failures);
+            tokio::pin!(pass);
+            let stopped = tokio::select! {
+                _ = &mut pass => false,
+                _ = terminate.recv() => true,
+                _ = interrupt.recv() => true,
+            };
+            if stopped {
+                info!("shutting down: finishing the step in progress");
+                notify(&[
+                    sd_notify::NotifyState::Stopping,
+                    sd_notify::NotifyState::Status("finishing the step in progress"),
+                ]);
+                agent.shutdown_token().cancel();
+                if tokio::time::timeout(SHUTDOWN_GRACE, &mut pass)
+                    .await
+                    .is_err()
+                {
+                    warn!(
+                        "the step in progress did not finish in time; the next start recovers it"
+                    );
+                }
+            }
+            stopped
+        };
+        if stopped {
+            break;
+        }
+        if !ready_sent {
+            notify(&[sd_notify::NotifyState::Ready]);
+            ready_sent = true;
+        }
+        notify(&[sd_notify::NotifyState::Status(&status_line(&shared))]);
+
+        let jitter = Duration::from_millis(u64::from(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.subsec_millis())
+                .unwrap_or(0)
+                % (config.repo.poll_interval.as_millis().clamp(1, 1000) as u32 / 10 + 1),
+        ));
+        let wait = tokio::time::sleep(config.repo.poll_interval + jitter);
+        let stopped = tokio::select! {
+            _ = wait => false,
+            _ = shared.trigger.notified() => { info!("triggered: polling now"); false }
+            _ = hangup.recv() => {
+                let (new_config, new_agent, problem) = reload(config_path, &config, &shared, agent)?;
+                match problem {
+                    None => {
+                        info!("configuration reloaded");
+                        next_reconcile = tokio::time::Instant::now();
+                    }
+                    Some(e) => error!(error = %e, "new configuration refused; keeping the running one"),
+                }
+                config = new_config;
+                agent = new_agent;
+                false
+            }
+            _ = terminate.recv() => true,
+            _ = interrupt.recv() => true,
+        };
+        if stopped {
+            notify(&[sd_notify::NotifyState::Stopping]);
+            break;
+        }
+    }
+    server.abort();
+    info!("stopped");
+    Ok(())
+}
+
+/// Loads and checks the new configuration completely before the running agent is replaced.
+fn reload(
+    path: &Path,
+    old: &Config,
+    shared: &Shared,
+    agent: Arc<Agent>,
+) -> Result<(Config, Arc<Agent>, Option<String>), AgentError> {
+    let checked = (|| -> Result<(Config, Option<Vec<u8>>), String> {
+        let config = Config::load(path).map_err(|e| e.to_string())?;
+        if config.state.dir != old.state.dir {
+            return Err("state.dir cannot change while running; restart the service".into());
+        }
+        if config.server.listen != old.server.listen {
+            return Err("server.listen cannot change while running; restart the service".into());
+        }
+        crate::revision::TrustMaterial::load(&config).map_err(|e| e.to_string())?;
+        let secret = read_secret(&config.server.webhook_secret_file).map_err(|e| e.to_string())?;
+        Ok((config, secret))
+    })();
+    let (config, secret) = match checked {
+        Ok(found) => found,
+        Err(e) => return Ok((old.clone(), agent, Some(e))),
+    };
+    // The new agent takes the state directory's lock over from the old one.
+    *shared.agent.write().unwrap_or_else(|p| p.into_inner()) = None;
+    let mut agent = agent;
+    for _ in 0..200 {
+        match Arc::try_unwrap(agent) {
+            Ok(only) => {
+                drop(only);
+                break;
+            }
+            Err(still_shared) => {
+                agent = still_shared;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    match Agent::open(config.clone()) {
+        Ok(new_agent) => {
+            let new_agent = Arc::new(new_agent);
+            *shared.agent.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&new_agent));
+            *shared
+                .webhook_secret
+                .write()
+                .unwrap_or_else(|p| p.into_inner()) = secret;
+            *shared
+                .ready_window
+                .write()
+                .unwrap_or_else(|p| p.into_inner()) = config.server.ready_window;
+            Ok((config, new_agent, None))
+        }
+        Err(e) => {
+            let previous = Arc::new(Agent::open(old.clone())?);
+            *shared.agent.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&previous));
+            Ok((old.clone(), previous, Some(e.to_string())))
+        }
+    }
+}
+
+fn status_line(shared: &Shared) -> String {
+    let status = shared.status();
+    if let Some(error) = &status.last_cluster_error {
+        return format!("Flink unreachable: {error}");
+    }
+    match (&status.head, &status.last_report) {
+        (Some(head), Some(report)) => {
+            let jobs = report.jobs.len();
+            let short = crate::spec::source::short_id(head);
+            match &report.refused {
+                Some((kind, _)) => {
+                    format!("head {short} refused ({kind}); cluster keeps the last verified state")
+                }
+                None if report.converged() => format!("applied {short}; {jobs} jobs in sync"),
+                None => format!("head {short}: not every job converged"),
+            }
+        }
+        _ => "starting".into(),
+    }
+}
+
+async fn poll_and_reconcile(
+    agent: &Arc<Agent>,
+    shared: &Shared,
+    config: &Config,
+    next_reconcile: &mut tokio::time::Instant,
+    failures: &mut u32,
+) {
+    let head = match agent.fetch_head().await {
+        Ok(head) => {
+            metrics::Metrics::count(&shared.metrics.polls, "ok");
+            shared.update(|s| {
+                s.last_poll_ok = Some(unix_now());
+                s.last_poll_error = None;
+            });
+            head
+        }
+        Err(e) => {
+            metrics::Metrics::count(&shared.metrics.polls, "failed");
+            warn!(error = %e, "poll failed");
+            shared.update(|s| s.last_poll_error = Some(e.to_string()));
+            return;
+        }
+    };
+    let moved = shared.status().head.as_deref() != Some(head.as_str());
+    let due = tokio::time::Instant::now() >= *next_reconcile;
+    let breaker_open = shared
+        .status()
+        .circuit_open_until
+        .is_some_and(|until| unix_now() < until);
+    shared.update(|s| s.head = Some(head.clone()));
+    if !moved && !due {
+        return;
+    }
+    if breaker_open {
+        // Stay off the cluster, but still probe it cheaply so the breaker can close.
+        match agent.client().overview().await {
+            Ok(_) => shared.update(|s| s.circuit_open_until = None),
+            Err(e) => {
+                shared.update(|s| s.last_cluster_error = Some(e.to_string()));
+                return;
+            }
+        }
+    }
+    *next_reconcile = tokio::time::Instant::now() + config.reconcile.interval;
+    let started = std::time::Instant::now();
+    let result = agent.apply_once().await;
+    shared
+        .metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    let report = match result {
+        Ok(report) => report,
+        Err(e) => {
+            warn!(error = %e, "reconcile pass failed");
+            return;
+        }
+    };
+    for job in &report.jobs {
+        let result = match job.outcome {
+            Outcome::Ok => "ok",
+            Outcome::Unchanged => continue,
+            Outcome::RolledBack => "rolled_back",
+            Outcome::Skipped => "skipped",
+            Outcome::Deferred => "deferred",
+            Outcome::Failed => "failed",
+        };
+        shared
+            .metrics
+            .actions
+            .get_or_create(&metrics::ActionLabels {
+                action: job.action.as_str().to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+    if let Some((kind, _)) = &report.refused {
+        metrics::Metrics::count(&shared.metrics.refusals, kind);
+    }
+    match &report.cluster_error {
+        Some(error) => {
+            *failures += 1;
+            shared.metrics.flink_up.set(0);
+            let open = *failures >= BREAKER_THRESHOLD;
+            shared.metrics.circuit_open.set(i64::from(open));
+            shared.update(|s| {
+                s.last_cluster_error = Some(error.clone());
+                if open {
+                    s.circuit_open_until =
+                        Some(unix_now() + config.reconcile.interval.as_secs_f64());
+                }
+            });
+        }
+        None if report.refused.is_none() => {
+            *failures = 0;
+            shared.metrics.flink_up.set(1);
+            shared.metrics.circuit_open.set(0);
+            shared.update(|s| {
+                s.last_cluster_ok = Some(unix_now());
+                s.last_cluster_error = None;
+                s.circuit_open_until = None;
+            });
+        }
+        None => {}
+    }
+    if report.converged() {
+        shared.metrics.last_sync.set(unix_now());
+        shared.update(|s| s.last_applied = Some(head.clone()));
+    }
+    if let Ok(records) = agent.records() {
+        shared.metrics.jobs.clear();
+        for record in records {
+            shared
+                .metrics
+                .jobs
+                .get_or_create(&metrics::StateLabels {
+                    state: record.status,
+                })
+                .inc();
+        }
+    }
+    if let Some(age) = head_commit_age(config, &head) {
+        shared.metrics.head_commit_age.set(age);
+    }
+    shared.update(|s| s.last_report = Some(report));
+}
+
+fn head_commit_age(config: &Config, head: &str) -> Option<f64> {
+    let repo = git2::Repository::open_bare(config.state.dir.join("repo.git")).ok()?;
+    let commit = repo.find_commit(git2::Oid::from_str(head).ok()?).ok()?;
+    Some((unix_now() - commit.time().seconds() as f64).max(0.0))
+}
