@@ -1,0 +1,474 @@
+//! `flink-gitops run` as a child process against the real cluster: pushes deploy without a restart,
+//! webhooks, readiness, metrics, systemd notification, SIGTERM during an upgrade, secrets kept out of logs.
+
+mod support;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flink_gitops::plan::flink_job_prefix;
+use support::*;
+
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+    port: u16,
+}
+
+impl Daemon {
+    fn start(config: &Path, log: PathBuf, env: &[(&str, &str)]) -> Daemon {
+        let text = std::fs::read_to_string(config).unwrap();
+        let port: u16 = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("listen: 127.0.0.1:"))
+            .and_then(|p| p.trim().parse().ok())
+            .expect("config has server.listen");
+        let child = Command::new(env!("CARGO_BIN_EXE_flink-gitops"))
+            .args(["-vv", "run", "-c", config.to_str().unwrap()])
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Daemon { child, log, port }
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        let output = Command::new("curl")
+            .args(["-s", "--max-time", "5", "-w", "\n%{http_code}"])
+            .arg(format!("http://127.0.0.1:{}{path}", self.port))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.parse().unwrap_or(0), body.to_string())
+    }
+
+    fn post_webhook(&self, body: &str, headers: &[String]) -> u16 {
+        let mut command = Command::new("curl");
+        command.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            "--data-binary",
+            body,
+        ]);
+        for header in headers {
+            command.args(["-H", header]);
+        }
+        let output = command
+            .arg(format!("http://127.0.0.1:{}/webhook", self.port))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).parse().unwrap_or(0)
+    }
+
+    fn wait_for(&self, what: &str, timeout: Duration, mut check: impl FnMut(&Daemon) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if check(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!(
+            "timed out waiting for {what}; daemon log:\n{}",
+            self.log_text()
+        );
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, name: &str) {
+        Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn service_config(
+    work: &Path,
+    repo: &SpecRepo,
+    flink: &str,
+    extra_server: &str,
+    poll: &str,
+) -> PathBuf {
+    let path = write_config(work, repo, flink);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text = text.replace("poll_interval: 5s", &format!("poll_interval: {poll}"));
+    text.push_str(&format!(
+        "server:\n  listen: 127.0.0.1:{}\n  ready_window: 1m\n{extra_server}reconcile:\n  interval: 2s\n  poll_interval: 300ms\n  savepoint_timeout: 60s\n",
+        free_port()
+    ));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn running_instances(job_id: &str) -> Vec<String> {
+    cluster_jobs_with_prefix(&flink_job_prefix(job_id))
+        .into_iter()
+        .filter(|(_, s)| {
+            matches!(
+                s.as_str(),
+                "RUNNING" | "CREATED" | "INITIALIZING" | "RESTARTING"
+            )
+        })
+        .map(|(j, _)| j)
+        .collect()
+}
+
+fn hmac_hex(secret: &str, body: &str) -> String {
+    let output = Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", secret])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(body.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn pushes_deploy_without_restart_webhooks_metrics_notify_and_no_secrets_in_logs() {
+    let job = unique("svc");
+    let _cleanup = CancelOnDrop(vec![job.clone()]);
+    let repo = SpecRepo::new();
+    add_example_jars(&repo);
+    repo.write("jobs/placeholder.txt", "specs go here");
+    repo.commit("empty");
+    let work = tempfile::tempdir().unwrap();
+    let secret = "whsec-7f3a9-do-not-log";
+    let token = "flink-token-88c1-do-not-log";
+    std::fs::write(work.path().join("webhook-secret"), secret).unwrap();
+    std::fs::write(work.path().join("flink-token"), token).unwrap();
+    // A long poll interval: only the webhook makes the daemon look at the repo quickly.
+    let config = service_config(
+        work.path(),
+        &repo,
+        &flink_url(),
+        &format!(
+            "  webhook_secret_file: {}\n",
+            work.path().join("webhook-secret").display()
+        ),
+        "1h",
+    );
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text = text.replace(
+        "  request_timeout: 5s\n",
+        &format!(
+            "  request_timeout: 5s\n  auth:\n    bearer_token_file: {}\n",
+            work.path().join("flink-token").display()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+
+    let socket_dir = tempfile::tempdir().unwrap();
+    let socket_path = socket_dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let daemon = Daemon::start(
+        &config,
+        work.path().join("daemon.log"),
+        &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())],
+    );
+
+    let mut messages = String::new();
+    let mut buffer = [0u8; 4096];
+    while !messages.contains("READY=1") {
+        let n = socket
+            .recv(&mut buffer)
+            .expect("READY=1 over NOTIFY_SOCKET");
+        messages.push_str(&String::from_utf8_lossy(&buffer[..n]));
+        messages.push('\n');
+    }
+    let n = socket.recv(&mut buffer).unwrap();
+    let status = String::from_utf8_lossy(&buffer[..n]).into_owned();
+    assert!(status.starts_with("STATUS=applied "), "{status}");
+    daemon.wait_for("readiness", Duration::from_secs(30), |d| {
+        d.get("/readyz").0 == 200
+    });
+    assert_eq!(daemon.get("/healthz"), (200, "ok\n".to_string()));
+
+    // A signed commit, then a push webhook: deployed without restarting the daemon.
+    repo.write(
+        &format!("jobs/{job}.yaml"),
+        counter_spec(&job, "artifacts/counter-v1.jar", ""),
+    );
+    repo.commit("add a job");
+    let body = r#"{"ref":"refs/heads/main"}"#;
+    assert_eq!(daemon.post_webhook(body, &[]), 401, "unsigned webhook");
+    assert_eq!(
+        daemon.post_webhook(body, &["X-Hub-Signature-256: sha256=00ff".to_string()]),
+        401,
+        "wrong signature"
+    );
+    assert_eq!(
+        daemon.post_webhook(
+            body,
+            &[format!(
+                "X-Hub-Signature-256: sha256={}",
+                hmac_hex("not-the-secret", body)
+            )]
+        ),
+        401
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        running_instances(&job).is_empty(),
+        "a refused webhook must not trigger anything"
+    );
+    assert_eq!(
+        daemon.post_webhook(
+            body,
+            &[format!(
+                "X-Hub-Signature-256: sha256={}",
+                hmac_hex(secret, body)
+            )]
+        ),
+        202
+    );
+    daemon.wait_for("the job deployed", Duration::from_secs(90), |_| {
+        running_instances(&job).len() == 1
+    });
+    daemon.wait_for("status reporting it", Duration::from_secs(30), |d| {
+        let (_, body) = d.get("/api/v1/status");
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        status["jobs"].as_array().is_some_and(|jobs| {
+            jobs.iter()
+                .any(|j| j["job_id"] == job.as_str() && j["recorded_status"] == "running")
+        })
+    });
+
+    let (code, metrics) = daemon.get("/metrics");
+    assert_eq!(code, 200);
+    let parsed = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_string())))
+        .expect("Prometheus text");
+    let names: Vec<&str> = parsed.samples.iter().map(|s| s.metric.as_str()).collect();
+    for expected in [
+        "flink_gitops_reconcile_duration_seconds_count",
+        "flink_gitops_actions_total",
+        "flink_gitops_flink_up",
+        "flink_gitops_last_successful_sync_timestamp_seconds",
+        "flink_gitops_webhooks_total",
+        "flink_gitops_jobs",
+        "flink_gitops_head_commit_age_seconds",
+        "flink_gitops_circuit_breaker_open",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    assert!(
+        parsed
+            .samples
+            .iter()
+            .any(|s| s.metric == "flink_gitops_webhooks_total"
+                && s.labels.get("kind") == Some("unauthorized"))
+    );
+
+    daemon.signal("TERM");
+    let log = daemon.log_text();
+    assert!(
+        !log.contains(secret) && !log.contains(token),
+        "a secret leaked into the logs"
+    );
+    assert!(
+        log.contains(&format!("job_id={job}")),
+        "reconcile log lines carry the job id"
+    );
+    assert!(
+        log.contains("revision="),
+        "reconcile log lines carry the revision"
+    );
+}
+
+#[test]
+fn readyz_follows_the_cluster_and_nothing_is_applied_while_it_is_down() {
+    let flink_dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let local = |args: &[&str]| {
+        let status = Command::new(root.join("scripts/flink-local"))
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "flink-local {args:?}");
+    };
+    let dir = flink_dir.path().join("cluster");
+    let dir_arg = dir.to_str().unwrap().to_string();
+    struct StopCluster(String, PathBuf);
+    impl Drop for StopCluster {
+        fn drop(&mut self) {
+            let _ = Command::new(self.1.join("scripts/flink-local"))
+                .args(["stop", "--dir", &self.0])
+                .status();
+        }
+    }
+    let _stop = StopCluster(dir_arg.clone(), root.to_path_buf());
+    local(&["start", "--dir", &dir_arg, "--port", &port.to_string()]);
+
+    let repo = SpecRepo::new();
+    repo.write("jobs/placeholder.txt", "nothing to run");
+    repo.commit("no jobs");
+    let work = tempfile::tempdir().unwrap();
+    let config = service_config(
+        work.path(),
+        &repo,
+        &format!("http://127.0.0.1:{port}"),
+        "",
+        "1s",
+    );
+    let daemon = Daemon::start(&config, work.path().join("daemon.log"), &[]);
+    daemon.wait_for("ready", Duration::from_secs(30), |d| {
+        d.get("/readyz").0 == 200
+    });
+
+    local(&["stop", "--dir", &dir_arg]);
+    repo.write("jobs/note.txt", "a new head while the cluster is down");
+    let during = repo.commit("change while down");
+    daemon.wait_for("503", Duration::from_secs(30), |d| {
+        d.get("/readyz").0 == 503
+    });
+    let (_, body) = daemon.get("/readyz");
+    assert!(body.contains("Flink unreachable"), "{body}");
+    std::thread::sleep(Duration::from_secs(3));
+    {
+        let store = flink_gitops::state::StateStore::open_read_only(&work.path().join("state"))
+            .unwrap()
+            .unwrap();
+        let revision = store.revision(&during).unwrap();
+        assert!(
+            revision.is_none_or(|r| r.applied_at.is_none()),
+            "nothing may be marked applied while Flink is down"
+        );
+    }
+
+    local(&["start", "--dir", &dir_arg, "--port", &port.to_string()]);
+    daemon.wait_for("200 again", Duration::from_secs(60), |d| {
+        d.get("/readyz").0 == 200
+    });
+    daemon.wait_for("the head applied", Duration::from_secs(30), |_| {
+        let store = flink_gitops::state::StateStore::open_read_only(&work.path().join("state"))
+            .unwrap()
+            .unwrap();
+        store
+            .revision(&during)
+            .unwrap()
+            .is_some_and(|r| r.applied_at.is_some())
+    });
+}
+
+#[test]
+fn sigterm_during_an_upgrade_leaves_state_the_next_start_completes() {
+    let job = unique("term");
+    let _cleanup = CancelOnDrop(vec![job.clone()]);
+    let repo = SpecRepo::new();
+    add_example_jars(&repo);
+    let slow_gate = "health:\n  stable_for: 8s\n  timeout: 60s\n";
+    let spec = |jar: &str| {
+        counter_spec(&job, jar, "").replace(
+            "health:\n  stable_for: 2s\n  max_restarts: 0\n  timeout: 60s\n",
+            slow_gate,
+        )
+    };
+    repo.write(
+        &format!("jobs/{job}.yaml"),
+        spec("artifacts/counter-v1.jar"),
+    );
+    repo.commit("v1");
+    let work = tempfile::tempdir().unwrap();
+    let config = service_config(work.path(), &repo, &flink_url(), "", "1s");
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report:#}");
+    let v1 = running_instances(&job);
+
+    let mut daemon = Daemon::start(&config, work.path().join("daemon.log"), &[]);
+    daemon.wait_for("ready", Duration::from_secs(30), |d| {
+        d.get("/readyz").0 == 200
+    });
+    repo.write(
+        &format!("jobs/{job}.yaml"),
+        spec("artifacts/counter-v2.jar"),
+    );
+    repo.commit("v2");
+    // Wait until the new version runs and waits for its health gate, then stop the daemon.
+    daemon.wait_for("the v2 job", Duration::from_secs(60), |_| {
+        running_instances(&job).iter().any(|jid| !v1.contains(jid))
+    });
+    let stopped_at = Instant::now();
+    daemon.signal("TERM");
+    let status = daemon.child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "clean exit; log:\n{}",
+        daemon.log_text()
+    );
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(30),
+        "exit within a bound"
+    );
+    let log = daemon.log_text();
+    assert!(log.contains("shutting down"), "{log}");
+    {
+        let store = flink_gitops::state::StateStore::open_read_only(&work.path().join("state"))
+            .unwrap()
+            .unwrap();
+        let record = store.job(&job).unwrap().unwrap();
+        assert!(
+            record.last_savepoint.is_some(),
+            "the upgrade savepoint is recorded"
+        );
+        assert!(
+            record.pending_json.is_some() || record.spec_json.contains("counter-v2"),
+            "either promoted or pending"
+        );
+    }
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report:#}");
+    let running = running_instances(&job);
+    assert_eq!(running.len(), 1, "{running:?}");
+    let store = flink_gitops::state::StateStore::open_read_only(&work.path().join("state"))
+        .unwrap()
+        .unwrap();
+    let record = store.job(&job).unwrap().unwrap();
+    assert!(record.spec_json.contains("counter-v2"));
+    assert_eq!(record.flink_job_id.as_deref(), Some(running[0].as_str()));
+    assert!(store.open_intents().unwrap().is_empty());
+}
