@@ -309,7 +309,12 @@ fn pushes_deploy_without_restart_webhooks_metrics_notify_and_no_secrets_in_logs(
     );
     assert!(
         log.contains(&format!("job_id={job}")),
-        "reconcile log lines carry the job id"
+        "reconcile log lines carry the job id: {}",
+        log.lines()
+            .filter(|l| l.contains("job"))
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert!(
         log.contains("revision="),
