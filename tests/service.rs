@@ -477,3 +477,29 @@ fn sigterm_during_an_upgrade_leaves_state_the_next_start_completes() {
     assert_eq!(record.flink_job_id.as_deref(), Some(running[0].as_str()));
     assert!(store.open_intents().unwrap().is_empty());
 }
+
+#[test]
+fn a_commit_to_a_local_repo_is_seen_at_once_by_the_watcher() {
+    let job = unique("watch");
+    let _cleanup = CancelOnDrop(vec![job.clone()]);
+    let repo = SpecRepo::new();
+    add_example_jars(&repo);
+    repo.write("jobs/placeholder.txt", "specs go here");
+    repo.commit("empty");
+    let work = tempfile::tempdir().unwrap();
+    // Polling alone would take an hour.
+    let config = service_config(work.path(), &repo, &flink_url(), "", "1h");
+    let daemon = Daemon::start(&config, work.path().join("daemon.log"), &[]);
+    daemon.wait_for("ready", Duration::from_secs(30), |d| {
+        d.get("/readyz").0 == 200
+    });
+    repo.write(
+        &format!("jobs/{job}.yaml"),
+        counter_spec(&job, "artifacts/counter-v1.jar", ""),
+    );
+    repo.commit("add a job");
+    daemon.wait_for("the job deployed", Duration::from_secs(60), |_| {
+        running_instances(&job).len() == 1
+    });
+    assert!(daemon.log_text().contains("watching the local repository"));
+}

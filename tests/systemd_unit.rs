@@ -3,7 +3,11 @@
 use std::process::Command;
 
 fn unit() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/flink-gitops.service")).unwrap()
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/flink-gitops.service"
+    ))
+    .unwrap()
 }
 
 fn analyze(args: &[&str]) -> std::process::Output {
@@ -15,11 +19,18 @@ fn analyze(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn the_unit_is_hardened_to_2_or_lower() {
-    let output = analyze(&["security", "--offline=yes", concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/flink-gitops.service")]);
+    let output = analyze(&[
+        "security",
+        "--offline=yes",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/flink-gitops.service"),
+    ]);
     let text = String::from_utf8_lossy(&output.stdout);
     let score: f64 = text
         .lines()
-        .find_map(|l| l.split("Overall exposure level for flink-gitops.service: ").nth(1))
+        .find_map(|l| {
+            l.split("Overall exposure level for flink-gitops.service: ")
+                .nth(1)
+        })
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no score in: {text}"));
@@ -30,7 +41,10 @@ fn the_unit_is_hardened_to_2_or_lower() {
 fn the_unit_verifies_cleanly_with_the_real_binary() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("flink-gitops.service");
-    let text = unit().replace("/usr/local/bin/flink-gitops", env!("CARGO_BIN_EXE_flink-gitops"));
+    let text = unit().replace(
+        "/usr/local/bin/flink-gitops",
+        env!("CARGO_BIN_EXE_flink-gitops"),
+    );
     std::fs::write(&path, text).unwrap();
     let output = analyze(&["verify", path.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -41,7 +55,13 @@ fn the_unit_verifies_cleanly_with_the_real_binary() {
         .collect();
     assert!(output.status.success() && problems.is_empty(), "{stderr}");
     let unit = unit();
-    for needed in ["Type=notify", "WatchdogSec=", "StateDirectory=flink-gitops", "LoadCredential=", "ExecReload="] {
+    for needed in [
+        "Type=notify",
+        "WatchdogSec=",
+        "StateDirectory=flink-gitops",
+        "LoadCredential=",
+        "ExecReload=",
+    ] {
         assert!(unit.contains(needed), "{needed} missing");
     }
 }
@@ -49,14 +69,21 @@ fn the_unit_verifies_cleanly_with_the_real_binary() {
 #[test]
 fn the_deploy_examples_parse() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let signers = flink_gitops::trust::AllowedSigners::load(&root.join("deploy/allowed_signers")).unwrap();
+    let signers =
+        flink_gitops::trust::AllowedSigners::load(&root.join("deploy/allowed_signers")).unwrap();
     assert_eq!(signers.signers.len(), 3);
     let text = std::fs::read_to_string(root.join("deploy/config.yaml")).unwrap();
     // `credential:` paths need $CREDENTIALS_DIRECTORY, which systemd sets; without it they are refused by name.
-    let error = flink_gitops::config::Config::parse(&text, &root.join("deploy/config.yaml")).unwrap_err();
-    assert!(error.to_string().contains("needs $CREDENTIALS_DIRECTORY"), "{error}");
+    let error =
+        flink_gitops::config::Config::parse(&text, &root.join("deploy/config.yaml")).unwrap_err();
+    assert!(
+        error.to_string().contains("needs $CREDENTIALS_DIRECTORY"),
+        "{error}"
+    );
     let with_credentials = text.replace("credential:", "/run/credentials/flink-gitops/");
-    let config = flink_gitops::config::Config::parse(&with_credentials, &root.join("deploy/config.yaml")).unwrap();
+    let config =
+        flink_gitops::config::Config::parse(&with_credentials, &root.join("deploy/config.yaml"))
+            .unwrap();
     assert_eq!(config.trust.owners.len(), 1);
     assert!(config.server.webhook_secret_file.is_some());
 }

@@ -213,6 +213,8 @@ fn generation_of(flink_job_id: &str) -> i64 {
 /// The agent: the only writer of its state directory.
 pub struct Agent {
     shutdown: tokio_util::sync::CancellationToken,
+    /// The last verified revision: an unchanged head is neither verified nor parsed again.
+    verified: Arc<Mutex<Option<VerifiedRevision>>>,
     config: Config,
     client: FlinkClient,
     store: Arc<Mutex<StateStore>>,
@@ -236,6 +238,7 @@ impl Agent {
             .map_err(|e| AgentError::Config(format!("{}: {e}", cache_dir.display())))?;
         Ok(Agent {
             shutdown: tokio_util::sync::CancellationToken::new(),
+            verified: Arc::new(Mutex::new(None)),
             config,
             client,
             store: Arc::new(Mutex::new(store)),
@@ -391,9 +394,18 @@ impl Agent {
         let store = Arc::clone(&self.store);
         let trust = Arc::clone(&self.trust);
         let cache_dir = self.cache_dir.clone();
+        let verified_cache = Arc::clone(&self.verified);
         tokio::task::spawn_blocking(move || -> Result<_, AgentError> {
             let source = GitSource::open(&config.state.dir.join("repo.git"), &config.repo)?;
             let head = source.fetch()?;
+            let cached = verified_cache
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone()
+                .filter(|revision| revision.head == head);
+            if let Some(revision) = cached {
+                return Ok((head.to_string(), Ok(revision)));
+            }
             let guard = store
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -413,6 +425,9 @@ impl Agent {
                     record_verified(&guard, revision)?;
                     guard.set_meta("watermark", &head.to_string())?;
                     cache_jars(source.repo(), revision, &cache_dir).map_err(AgentError::Config)?;
+                    *verified_cache
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(revision.clone());
                 }
                 Err(error) => {
                     guard.record_revision_seen(&head.to_string())?;

@@ -127,6 +127,7 @@ pub async fn run(config_path: &Path) -> Result<(), AgentError> {
         });
     }
 
+    let _watcher = watch_local_repo(&config, Arc::clone(&shared));
     let mut terminate =
         signal(SignalKind::terminate()).map_err(|e| AgentError::Config(e.to_string()))?;
     let mut interrupt =
@@ -271,6 +272,51 @@ fn reload(
             Ok((old.clone(), previous, Some(e.to_string())))
         }
     }
+}
+
+/// For a repository on this machine: watch its refs and poll at once (debounced) when they change.
+fn watch_local_repo(config: &Config, shared: Arc<Shared>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    if !config.repo.watch {
+        return None;
+    }
+    let url = &config.repo.url;
+    let path = match url.strip_prefix("file://") {
+        Some(rest) => PathBuf::from(rest),
+        None if !url.contains("://") && !url.contains('@') => PathBuf::from(url),
+        None => return None,
+    };
+    let git_dir = if path.join(".git").is_dir() {
+        path.join(".git")
+    } else {
+        path
+    };
+    if !git_dir.join("refs").is_dir() {
+        return None;
+    }
+    let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = sender.send(());
+        }
+    })
+    .map_err(|e| warn!(error = %e, "cannot watch the repository; polling only"))
+    .ok()?;
+    // Branch updates land in refs/ or packed-refs; watching the directory covers both.
+    if let Err(e) = watcher.watch(&git_dir, notify::RecursiveMode::Recursive) {
+        warn!(error = %e, dir = %git_dir.display(), "cannot watch the repository; polling only");
+        return None;
+    }
+    info!(dir = %git_dir.display(), "watching the local repository for new commits");
+    tokio::spawn(async move {
+        while receiver.recv().await.is_some() {
+            // Debounce: a commit touches many files; poll once when they settle.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            while receiver.try_recv().is_ok() {}
+            shared.trigger.notify_one();
+        }
+    });
+    Some(watcher)
 }
 
 fn status_line(shared: &Shared) -> String {
