@@ -11,7 +11,11 @@ use flink_gitops::testing::FakeFlink;
 
 fn run(command: &mut Command) -> String {
     let output = command.output().expect("spawn");
-    assert!(output.status.success(), "{command:?}: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
@@ -20,7 +24,11 @@ fn git(repo: &Path, args: &[&str]) -> String {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn http(method: &str, url: &str, headers: &[String], body: &str) -> String {
@@ -36,13 +44,23 @@ fn http(method: &str, url: &str, headers: &[String], body: &str) -> String {
 }
 
 fn status_head(port: u16) -> Option<String> {
-    let body = http("GET", &format!("http://127.0.0.1:{port}/api/v1/status"), &[], "");
+    let body = http(
+        "GET",
+        &format!("http://127.0.0.1:{port}/api/v1/status"),
+        &[],
+        "",
+    );
     let value: serde_json::Value = serde_json::from_str(&body).ok()?;
     value["head"].as_str().map(str::to_string)
 }
 
 fn last_applied(port: u16) -> Option<String> {
-    let body = http("GET", &format!("http://127.0.0.1:{port}/api/v1/status"), &[], "");
+    let body = http(
+        "GET",
+        &format!("http://127.0.0.1:{port}/api/v1/status"),
+        &[],
+        "",
+    );
     let value: serde_json::Value = serde_json::from_str(&body).ok()?;
     value["last_applied"].as_str().map(str::to_string)
 }
@@ -52,7 +70,10 @@ fn proc_cpu_seconds(pid: u32) -> f64 {
     let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
     ticks / 100.0
 }
 
@@ -61,7 +82,11 @@ fn proc_rss_mib(pid: u32, key: &str) -> f64 {
         .unwrap_or_default()
         .lines()
         .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<f64>().ok())
+        })
         .unwrap_or(0.0)
         / 1024.0
 }
@@ -100,23 +125,60 @@ fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let jobs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
-    let idle: u64 = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(60);
-    let binary: PathBuf = std::env::current_exe().unwrap().parent().and_then(Path::parent).unwrap().join("flink-gitops");
-    assert!(binary.exists(), "build the agent first: cargo build --release");
+    let jobs: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1000);
+    let idle: u64 = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(60);
+    let binary: PathBuf = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("flink-gitops");
+    assert!(
+        binary.exists(),
+        "build the agent first: cargo build --release"
+    );
     let fake = FakeFlink::new();
     let address = fake.serve().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     std::fs::create_dir_all(repo.join("artifacts")).unwrap();
     let key = dir.path().join("key");
-    run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "bench@example.com", "-f"]).arg(&key));
+    run(Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "bench@example.com",
+            "-f",
+        ])
+        .arg(&key));
     let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
     let public: Vec<&str> = public.split_whitespace().collect();
-    std::fs::write(dir.path().join("allowed_signers"), format!("bench@example.com namespaces=\"git\" {} {}\n", public[0], public[1])).unwrap();
+    std::fs::write(
+        dir.path().join("allowed_signers"),
+        format!(
+            "bench@example.com namespaces=\"git\" {} {}\n",
+            public[0], public[1]
+        ),
+    )
+    .unwrap();
     std::fs::write(dir.path().join("secret"), "bench-secret").unwrap();
     git(&repo, &["init", "-q", "-b", "main"]);
-    for (k, v) in [("user.name", "Bench"), ("user.email", "bench@example.com"), ("gpg.format", "ssh"), ("commit.gpgsign", "true")] {
+    for (k, v) in [
+        ("user.name", "Bench"),
+        ("user.email", "bench@example.com"),
+        ("gpg.format", "ssh"),
+        ("commit.gpgsign", "true"),
+    ] {
         git(&repo, &["config", k, v]);
     }
     git(&repo, &["config", "user.signingkey", key.to_str().unwrap()]);
@@ -153,7 +215,11 @@ async fn main() {
     let head = git(&repo, &["rev-parse", "HEAD"]).trim().to_string();
     let (daemon, port) = start("30s", "state");
     let pid = daemon.0.id();
-    let took = tokio::task::block_in_place(|| wait_until(Duration::from_secs(120), || last_applied(port).as_deref() == Some(head.as_str())));
+    let took = tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(120), || {
+            last_applied(port).as_deref() == Some(head.as_str())
+        })
+    });
     println!("service started and created {jobs} jobs in {took:.2?}");
     let cpu_before = proc_cpu_seconds(pid);
     let calls_before = fake.total_requests();
@@ -174,24 +240,50 @@ async fn main() {
         let new_head = git(&repo, &["rev-parse", "HEAD"]).trim().to_string();
         let body = r#"{"ref":"refs/heads/main"}"#;
         let started = Instant::now();
-        http("POST", &format!("http://127.0.0.1:{port}/webhook"), &[format!("X-Hub-Signature-256: sha256={}", hmac("bench-secret", body))], body);
-        tokio::task::block_in_place(|| wait_until(Duration::from_secs(30), || status_head(port).as_deref() == Some(new_head.as_str())));
+        http(
+            "POST",
+            &format!("http://127.0.0.1:{port}/webhook"),
+            &[format!(
+                "X-Hub-Signature-256: sha256={}",
+                hmac("bench-secret", body)
+            )],
+            body,
+        );
+        tokio::task::block_in_place(|| {
+            wait_until(Duration::from_secs(30), || {
+                status_head(port).as_deref() == Some(new_head.as_str())
+            })
+        });
         webhook.push(started.elapsed());
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     drop(daemon);
     let (_polling, port) = start("5s", "state-poll");
-    tokio::task::block_in_place(|| wait_until(Duration::from_secs(120), || status_head(port).is_some()));
+    tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(120), || status_head(port).is_some())
+    });
     let mut polling = Vec::new();
     for round in 0..3 {
         std::fs::write(repo.join("jobs/team-8/job-8.yaml"), spec(8, 2 + round)).unwrap();
         git(&repo, &["commit", "-q", "-am", "change"]);
         let new_head = git(&repo, &["rev-parse", "HEAD"]).trim().to_string();
         let started = Instant::now();
-        tokio::task::block_in_place(|| wait_until(Duration::from_secs(30), || status_head(port).as_deref() == Some(new_head.as_str())));
+        tokio::task::block_in_place(|| {
+            wait_until(Duration::from_secs(30), || {
+                status_head(port).as_deref() == Some(new_head.as_str())
+            })
+        });
         polling.push(started.elapsed());
     }
     let mean = |v: &[Duration]| v.iter().map(Duration::as_secs_f64).sum::<f64>() / v.len() as f64;
-    println!("commit to reconcile start, webhook: {:?} (mean {:.3} s)", webhook, mean(&webhook));
-    println!("commit to reconcile start, polling every 5s: {:?} (mean {:.3} s)", polling, mean(&polling));
+    println!(
+        "commit to reconcile start, webhook: {:?} (mean {:.3} s)",
+        webhook,
+        mean(&webhook)
+    );
+    println!(
+        "commit to reconcile start, polling every 5s: {:?} (mean {:.3} s)",
+        polling,
+        mean(&polling)
+    );
 }

@@ -1,6 +1,7 @@
 //! flink-gitops: keeps an Apache Flink session cluster in step with a Git repository of signed job specs.
 #![deny(missing_docs)]
 
+pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod flink;

@@ -502,4 +502,42 @@ fn a_commit_to_a_local_repo_is_seen_at_once_by_the_watcher() {
         running_instances(&job).len() == 1
     });
     assert!(daemon.log_text().contains("watching the local repository"));
+
+    // SIGHUP: a bad new config is refused and the running one kept; a good one is taken.
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        good.replace("trust:", "trust:\n  commits: sometimes"),
+    )
+    .unwrap();
+    daemon.signal("HUP");
+    daemon.wait_for("the refusal", Duration::from_secs(10), |d| {
+        d.log_text().contains("new configuration refused")
+    });
+    assert!(
+        daemon.log_text().contains("trust.commits"),
+        "the refusal names the field"
+    );
+    assert_eq!(
+        daemon.get("/readyz").0,
+        200,
+        "still serving with the old config"
+    );
+    std::fs::write(
+        &config,
+        good.replace("ready_window: 1m", "ready_window: 2m"),
+    )
+    .unwrap();
+    daemon.signal("HUP");
+    daemon.wait_for("the reload", Duration::from_secs(10), |d| {
+        d.log_text().contains("configuration reloaded")
+    });
+    daemon.wait_for("ready after the reload", Duration::from_secs(30), |d| {
+        d.get("/readyz").0 == 200
+    });
+    assert_eq!(
+        running_instances(&job).len(),
+        1,
+        "a reload never starts a second instance"
+    );
 }

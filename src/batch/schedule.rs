@@ -1,0 +1,139 @@
+//! When a batch job is due: cron in an IANA time zone, correct across DST changes, with missed
+//! runs collapsed into one (no burst after downtime).
+
+use chrono::{DateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+
+/// A parsed schedule.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    cron: cron::Schedule,
+    zone: Tz,
+}
+
+/// How many fire times are scanned at most when catching up after downtime.
+const CATCH_UP_LIMIT: usize = 1_000_000;
+
+impl Schedule {
+    /// Parses a 5- or 6-field cron expression in the IANA time zone `zone`.
+    pub fn parse(expression: &str, zone: &str) -> Result<Schedule, String> {
+        let normalized = crate::spec::normalize_cron(expression)?;
+        let cron = normalized
+            .parse::<cron::Schedule>()
+            .map_err(|e| format!("`{expression}`: {e}"))?;
+        let zone = zone
+            .parse::<Tz>()
+            .map_err(|_| format!("`{zone}` is not an IANA time zone"))?;
+        Ok(Schedule { cron, zone })
+    }
+
+    /// The first fire time strictly after `after`.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = self.zone.from_utc_datetime(&after.naive_utc());
+        self.cron
+            .after(&local)
+            .next()
+            .map(|t| t.with_timezone(&Utc))
+    }
+
+    /// The latest fire time in `(since, now]`: the one run to make up after downtime, however many
+    /// were missed, together with how many were missed in all.
+    pub fn latest_due(
+        &self,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Option<(DateTime<Utc>, usize)> {
+        let local = self.zone.from_utc_datetime(&since.naive_utc());
+        let mut latest = None;
+        let mut count = 0;
+        for time in self.cron.after(&local).take(CATCH_UP_LIMIT) {
+            let utc = time.with_timezone(&Utc);
+            if utc > now {
+                break;
+            }
+            latest = Some(utc);
+            count += 1;
+        }
+        latest.map(|t| (t, count))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn daily_at_two_in_berlin_follows_summer_and_winter_time() {
+        let schedule = Schedule::parse("0 2 * * *", "Europe/Berlin").unwrap();
+        // Winter (UTC+1): 02:00 local is 01:00 UTC.
+        assert_eq!(
+            schedule.next_after(utc("2026-01-10T12:00:00Z")),
+            Some(utc("2026-01-11T01:00:00Z"))
+        );
+        // Summer (UTC+2): 02:00 local is 00:00 UTC.
+        assert_eq!(
+            schedule.next_after(utc("2026-07-10T12:00:00Z")),
+            Some(utc("2026-07-11T00:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn the_spring_gap_and_the_autumn_overlap() {
+        // 2026-03-29 02:00 Berlin jumps to 03:00: 02:30 does not exist that day and is not run.
+        let schedule = Schedule::parse("30 2 * * *", "Europe/Berlin").unwrap();
+        let next = schedule.next_after(utc("2026-03-28T12:00:00Z")).unwrap();
+        assert_eq!(
+            next,
+            utc("2026-03-30T00:30:00Z"),
+            "the nonexistent 02:30 is skipped, not run twice the next day"
+        );
+        // 2026-10-25 02:30 Berlin happens twice (CEST then CET): the job runs once.
+        let runs: Vec<_> = {
+            let mut at = utc("2026-10-24T12:00:00Z");
+            let mut found = Vec::new();
+            while let Some(next) = schedule.next_after(at) {
+                if next > utc("2026-10-26T12:00:00Z") {
+                    break;
+                }
+                found.push(next);
+                at = next;
+            }
+            found
+        };
+        let on_the_25th = runs
+            .iter()
+            .filter(|t| t.date_naive().to_string() == "2026-10-25")
+            .count();
+        assert_eq!(on_the_25th, 1, "{runs:?}");
+    }
+
+    #[test]
+    fn missed_runs_collapse_into_the_latest() {
+        let schedule = Schedule::parse("*/10 * * * * *", "UTC").unwrap();
+        let (latest, missed) = schedule
+            .latest_due(utc("2026-05-01T00:00:00Z"), utc("2026-05-01T01:00:05Z"))
+            .unwrap();
+        assert_eq!(latest, utc("2026-05-01T01:00:00Z"));
+        assert_eq!(missed, 360);
+        assert_eq!(
+            schedule.latest_due(utc("2026-05-01T00:00:01Z"), utc("2026-05-01T00:00:09Z")),
+            None
+        );
+    }
+
+    #[test]
+    fn bad_input_is_refused_by_name() {
+        assert!(
+            Schedule::parse("0 2 * * *", "Mars/Base")
+                .unwrap_err()
+                .contains("Mars/Base")
+        );
+        assert!(Schedule::parse("0 25 * * *", "UTC").is_err());
+    }
+}
