@@ -6,36 +6,8 @@ mod support;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 
-use flink_gitops::plan::flink_job_prefix;
 use flink_gitops::state::StateStore;
 use support::*;
-
-fn alive(job_id: &str) -> Vec<String> {
-    cluster_jobs_with_prefix(&flink_job_prefix(job_id))
-        .into_iter()
-        .filter(|(_, state)| {
-            matches!(
-                state.as_str(),
-                "RUNNING" | "CREATED" | "INITIALIZING" | "RESTARTING"
-            )
-        })
-        .map(|(jid, _)| jid)
-        .collect()
-}
-
-fn one_alive(job_id: &str) -> String {
-    for _ in 0..20 {
-        let running = alive(job_id);
-        if running.len() == 1 {
-            return running[0].clone();
-        }
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    }
-    panic!(
-        "expected exactly one running instance of {job_id}, found {:?}",
-        alive(job_id)
-    );
-}
 
 fn normalized(path: &str) -> String {
     path.trim_start_matches("file:")
@@ -95,7 +67,7 @@ fn a_killed_upgrade_is_completed_by_the_next_start() {
 
         let (code, report) = apply(&config);
         assert_eq!(code, Some(0), "{step}: {report:#}");
-        let running = one_alive(&job);
+        let running = one_running(&job);
         let store = StateStore::open_read_only(&work.path().join("state"))
             .unwrap()
             .unwrap();

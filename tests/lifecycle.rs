@@ -2,7 +2,6 @@
 
 mod support;
 
-use flink_gitops::plan::flink_job_prefix;
 use flink_gitops::state::StateStore;
 use serde_json::Value;
 use support::*;
@@ -11,47 +10,6 @@ fn restored_from(jid: &str) -> Option<String> {
     flink_json(&format!("/jobs/{jid}/checkpoints"))["latest"]["restored"]["external_path"]
         .as_str()
         .map(str::to_string)
-}
-
-fn alive(job_id: &str) -> Vec<String> {
-    cluster_jobs_with_prefix(&flink_job_prefix(job_id))
-        .into_iter()
-        .filter(|(_, state)| {
-            matches!(
-                state.as_str(),
-                "RUNNING" | "CREATED" | "INITIALIZING" | "RESTARTING"
-            )
-        })
-        .map(|(jid, _)| jid)
-        .collect()
-}
-
-fn assert_one_alive(job_id: &str) -> String {
-    // The REST cache may show a just-stopped job as RUNNING for ~3 s.
-    for _ in 0..20 {
-        let running = alive(job_id);
-        if running.len() == 1 {
-            return running[0].clone();
-        }
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    }
-    panic!(
-        "expected exactly one running instance of {job_id}, found {:?}",
-        alive(job_id)
-    );
-}
-
-fn assert_none_alive(job_id: &str) {
-    for _ in 0..20 {
-        if alive(job_id).is_empty() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(300));
-    }
-    panic!(
-        "expected no running instance of {job_id}, found {:?}",
-        alive(job_id)
-    );
 }
 
 fn same_savepoint(a: &str, b: &str) -> bool {
@@ -88,7 +46,7 @@ fn create_upgrade_rollback_revert_suspend_resume_delete() {
     let (code, report) = apply(&config);
     assert_eq!(code, Some(0), "{report:#}");
     let created = expect(&report, &job, "create", "ok");
-    let v1_jid = assert_one_alive(&job);
+    let v1_jid = one_running(&job);
     assert_eq!(created["flink_job_id"], v1_jid.as_str());
 
     // upgrade v1 → v2 through a savepoint: the new job restored exactly that savepoint
@@ -101,7 +59,7 @@ fn create_upgrade_rollback_revert_suspend_resume_delete() {
     assert_eq!(code, Some(0), "{report:#}");
     let upgraded = expect(&report, &job, "upgrade", "ok");
     let savepoint = upgraded["savepoint"].as_str().unwrap().to_string();
-    let v2_jid = assert_one_alive(&job);
+    let v2_jid = one_running(&job);
     assert_ne!(v2_jid, v1_jid);
     assert!(
         same_savepoint(&restored_from(&v2_jid).unwrap(), &savepoint),
@@ -125,7 +83,7 @@ fn create_upgrade_rollback_revert_suspend_resume_delete() {
             .contains("counter-broken: simulated start-up failure"),
         "{rolled:#}"
     );
-    let back_jid = assert_one_alive(&job);
+    let back_jid = one_running(&job);
     let rollback_savepoint = rolled["savepoint"].as_str().unwrap();
     assert!(same_savepoint(
         &restored_from(&back_jid).unwrap(),
@@ -152,7 +110,7 @@ fn create_upgrade_rollback_revert_suspend_resume_delete() {
             .unwrap()
             .contains("not retried until the head changes")
     );
-    assert_eq!(assert_one_alive(&job), back_jid);
+    assert_eq!(one_running(&job), back_jid);
 
     // git revert of the broken commit: the head's spec is the one running; nothing to do
     repo.git(&["revert", "--no-edit", "HEAD"]);
@@ -172,7 +130,7 @@ fn create_upgrade_rollback_revert_suspend_resume_delete() {
         )),
         "{reverted:#}"
     );
-    let v1_again = assert_one_alive(&job);
+    let v1_again = one_running(&job);
 
     // suspend: stopped with a savepoint that is kept
     let spec = std::fs::read_to_string(repo.path().join(&spec_path)).unwrap();
@@ -182,7 +140,7 @@ fn create_upgrade_rollback_revert_suspend_resume_delete() {
     assert_eq!(code, Some(0), "{report:#}");
     let suspended = expect(&report, &job, "suspend", "ok");
     let kept = suspended["savepoint"].as_str().unwrap().to_string();
-    assert_none_alive(&job);
+    none_running(&job);
     assert_eq!(
         flink_json(&format!("/jobs/{v1_again}"))["state"],
         "FINISHED"
@@ -194,7 +152,7 @@ fn create_upgrade_rollback_revert_suspend_resume_delete() {
     let (code, report) = apply(&config);
     assert_eq!(code, Some(0), "{report:#}");
     expect(&report, &job, "resume", "ok");
-    let resumed = assert_one_alive(&job);
+    let resumed = one_running(&job);
     assert!(same_savepoint(&restored_from(&resumed).unwrap(), &kept));
 
     // delete: stopped with a final savepoint, recorded
@@ -226,7 +184,7 @@ fn create_upgrade_rollback_revert_suspend_resume_delete() {
         state.open_intents().unwrap().is_empty(),
         "every intent has its outcome"
     );
-    assert_none_alive(&job);
+    none_running(&job);
 }
 
 #[test]
@@ -244,7 +202,7 @@ fn adoption_after_losing_the_state_db_and_drift_repair() {
     let config = write_apply_config(work.path(), &repo);
     let (code, report) = apply(&config);
     assert_eq!(code, Some(0), "{report:#}");
-    let first = assert_one_alive(&job);
+    let first = one_running(&job);
 
     // The state DB is lost: the agent finds its job by id and never starts a second copy.
     let state_dir = work.path().join("state");
@@ -261,7 +219,7 @@ fn adoption_after_losing_the_state_db_and_drift_repair() {
             .contains("runs the head's spec"),
         "{adopted:#}"
     );
-    assert_eq!(assert_one_alive(&job), first);
+    assert_eq!(one_running(&job), first);
     let (code, report) = apply(&config);
     assert_eq!(code, Some(0), "{report:#}");
     expect(&report, &job, "unchanged", "unchanged");
@@ -285,7 +243,7 @@ fn adoption_after_losing_the_state_db_and_drift_repair() {
             .contains("CANCELED"),
         "{restarted:#}"
     );
-    let second = assert_one_alive(&job);
+    let second = one_running(&job);
     assert_ne!(second, first);
     let restored = restored_from(&second).expect("restored from a checkpoint");
     assert!(

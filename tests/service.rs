@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flink_gitops::plan::flink_job_prefix;
 use support::*;
 
 struct Daemon {
@@ -126,19 +125,6 @@ fn service_config(
     ));
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn running_instances(job_id: &str) -> Vec<String> {
-    cluster_jobs_with_prefix(&flink_job_prefix(job_id))
-        .into_iter()
-        .filter(|(_, s)| {
-            matches!(
-                s.as_str(),
-                "RUNNING" | "CREATED" | "INITIALIZING" | "RESTARTING"
-            )
-        })
-        .map(|(j, _)| j)
-        .collect()
 }
 
 fn hmac_hex(secret: &str, body: &str) -> String {

@@ -402,3 +402,46 @@ pub fn outcome_of<'a>(report: &'a serde_json::Value, job_id: &str) -> &'a serde_
         .find(|j| j["job_id"] == job_id)
         .unwrap_or_else(|| panic!("{job_id} not in {report}"))
 }
+
+/// The instances of a spec's job that are alive on the cluster.
+pub fn running_instances(job_id: &str) -> Vec<String> {
+    cluster_jobs_with_prefix(&flink_gitops::plan::flink_job_prefix(job_id))
+        .into_iter()
+        .filter(|(_, state)| {
+            matches!(
+                state.as_str(),
+                "RUNNING" | "CREATED" | "INITIALIZING" | "RESTARTING"
+            )
+        })
+        .map(|(jid, _)| jid)
+        .collect()
+}
+
+/// Exactly one alive instance (waiting out the ~3 s REST cache); returns its Flink job id.
+pub fn one_running(job_id: &str) -> String {
+    for _ in 0..20 {
+        let running = running_instances(job_id);
+        if running.len() == 1 {
+            return running[0].clone();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    panic!(
+        "expected exactly one running instance of {job_id}, found {:?}",
+        running_instances(job_id)
+    );
+}
+
+/// No alive instance (waiting out the REST cache).
+pub fn none_running(job_id: &str) {
+    for _ in 0..20 {
+        if running_instances(job_id).is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    panic!(
+        "expected no running instance of {job_id}, found {:?}",
+        running_instances(job_id)
+    );
+}
