@@ -171,6 +171,13 @@ fn pushes_deploy_without_restart_webhooks_metrics_notify_and_no_secrets_in_logs(
         "1h",
     );
     let mut text = std::fs::read_to_string(&config).unwrap();
+    // Only the webhook may make this daemon look at the repo: no watcher, no periodic pass.
+    text = text
+        .replace(
+            "  poll_interval: 1h\n",
+            "  poll_interval: 1h\n  watch: false\n",
+        )
+        .replace("  interval: 2s\n", "  interval: 1h\n");
     text = text.replace(
         "  request_timeout: 5s\n",
         &format!(
@@ -475,6 +482,10 @@ fn a_commit_to_a_local_repo_is_seen_at_once_by_the_watcher() {
     let work = tempfile::tempdir().unwrap();
     // Polling alone would take an hour.
     let config = service_config(work.path(), &repo, &flink_url(), "", "1h");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("  interval: 2s\n", "  interval: 1h\n");
+    std::fs::write(&config, text).unwrap();
     let daemon = Daemon::start(&config, work.path().join("daemon.log"), &[]);
     daemon.wait_for("ready", Duration::from_secs(30), |d| {
         d.get("/readyz").0 == 200

@@ -184,7 +184,12 @@ pub async fn run(config_path: &Path) -> Result<(), AgentError> {
                 .unwrap_or(0)
                 % (config.repo.poll_interval.as_millis().clamp(1, 1000) as u32 / 10 + 1),
         ));
-        let wait = tokio::time::sleep(config.repo.poll_interval + jitter);
+        // Wake for the next poll, or earlier when the reconcile interval comes round first.
+        let until_reconcile = next_reconcile.saturating_duration_since(tokio::time::Instant::now());
+        let wait = tokio::time::sleep(
+            (config.repo.poll_interval + jitter)
+                .min(until_reconcile.max(Duration::from_millis(100))),
+        );
         let stopped = tokio::select! {
             _ = wait => false,
             _ = shared.trigger.notified() => { info!("triggered: polling now"); false }
