@@ -3,25 +3,14 @@
 //!
 //! Run: `cargo build --release && cargo run --release --example bench_reconcile [JOBS]`
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
 use flink_gitops::testing::FakeFlink;
 
-fn run(command: &mut Command) -> String {
-    let output = command.output().expect("spawn");
-    assert!(
-        output.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn git(repo: &Path, args: &[&str]) -> String {
-    run(Command::new("git").arg("-C").arg(repo).args(args))
-}
+mod common;
+use common::{agent_binary, git, signed_repo, spec};
 
 /// Runs the agent under `/usr/bin/time`; returns (exit code, seconds, peak RSS MiB).
 fn timed_agent(binary: &Path, args: &[&str]) -> (i32, f64, f64) {
@@ -46,75 +35,17 @@ fn timed_agent(binary: &Path, args: &[&str]) -> (i32, f64, f64) {
     )
 }
 
-fn spec(n: usize, parallelism: u32) -> String {
-    format!(
-        "job_id: job-{n}\njob_type: stream\nartifact_path: artifacts/job.jar\ndeployment:\n  parallelism: {parallelism}\n  checkpoint_interval: 1000\nhealth:\n  stable_for: 0s\n  timeout: 10s\n"
-    )
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let jobs: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(1000);
-    let binary: PathBuf = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("flink-gitops"))
-        .unwrap();
-    assert!(
-        binary.exists(),
-        "build the agent first: cargo build --release"
-    );
-
+    let binary = agent_binary();
     let fake = FakeFlink::new();
     let address = fake.serve().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    std::fs::create_dir_all(repo.join("artifacts")).unwrap();
-    let key = dir.path().join("key");
-    run(Command::new("ssh-keygen")
-        .args([
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "bench@example.com",
-            "-f",
-        ])
-        .arg(&key));
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-    let public: Vec<&str> = public.split_whitespace().collect();
-    std::fs::write(
-        dir.path().join("allowed_signers"),
-        format!(
-            "bench@example.com namespaces=\"git,flink-gitops-artifact\" {} {}\n",
-            public[0], public[1]
-        ),
-    )
-    .unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    for (k, v) in [
-        ("user.name", "Bench"),
-        ("user.email", "bench@example.com"),
-        ("gpg.format", "ssh"),
-        ("commit.gpgsign", "true"),
-    ] {
-        git(&repo, &["config", k, v]);
-    }
-    git(&repo, &["config", "user.signingkey", key.to_str().unwrap()]);
-    std::fs::write(repo.join("artifacts/job.jar"), b"PK\x03\x04 bench").unwrap();
-    for n in 0..jobs {
-        let folder = repo.join(format!("jobs/team-{}", n % 20));
-        std::fs::create_dir_all(&folder).unwrap();
-        std::fs::write(folder.join(format!("job-{n}.yaml")), spec(n, 1)).unwrap();
-    }
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "jobs"]);
+    let repo = signed_repo(dir.path(), jobs);
     let config = dir.path().join("config.yaml");
     std::fs::write(
         &config,

@@ -3,25 +3,13 @@
 //!
 //! Run: `cargo build --release && cargo run --release --example bench_service [JOBS] [IDLE_SECONDS]`
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flink_gitops::testing::FakeFlink;
 
-fn run(command: &mut Command) -> String {
-    let output = command.output().expect("spawn");
-    assert!(
-        output.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn git(repo: &Path, args: &[&str]) -> String {
-    run(Command::new("git").arg("-C").arg(repo).args(args))
-}
+mod common;
+use common::{agent_binary, git, signed_repo, spec};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -99,12 +87,6 @@ impl Drop for Daemon {
     }
 }
 
-fn spec(n: usize, parallelism: u32) -> String {
-    format!(
-        "job_id: job-{n}\njob_type: stream\nartifact_path: artifacts/job.jar\ndeployment:\n  parallelism: {parallelism}\n  checkpoint_interval: 1000\nhealth:\n  stable_for: 0s\n  timeout: 10s\n"
-    )
-}
-
 fn hmac(secret: &str, body: &str) -> String {
     use hmac::{KeyInit, Mac};
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
@@ -133,63 +115,12 @@ async fn main() {
         .nth(2)
         .and_then(|a| a.parse().ok())
         .unwrap_or(60);
-    let binary: PathBuf = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("flink-gitops");
-    assert!(
-        binary.exists(),
-        "build the agent first: cargo build --release"
-    );
+    let binary = agent_binary();
     let fake = FakeFlink::new();
     let address = fake.serve().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    std::fs::create_dir_all(repo.join("artifacts")).unwrap();
-    let key = dir.path().join("key");
-    run(Command::new("ssh-keygen")
-        .args([
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "bench@example.com",
-            "-f",
-        ])
-        .arg(&key));
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-    let public: Vec<&str> = public.split_whitespace().collect();
-    std::fs::write(
-        dir.path().join("allowed_signers"),
-        format!(
-            "bench@example.com namespaces=\"git\" {} {}\n",
-            public[0], public[1]
-        ),
-    )
-    .unwrap();
+    let repo = signed_repo(dir.path(), jobs);
     std::fs::write(dir.path().join("secret"), "bench-secret").unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    for (k, v) in [
-        ("user.name", "Bench"),
-        ("user.email", "bench@example.com"),
-        ("gpg.format", "ssh"),
-        ("commit.gpgsign", "true"),
-    ] {
-        git(&repo, &["config", k, v]);
-    }
-    git(&repo, &["config", "user.signingkey", key.to_str().unwrap()]);
-    std::fs::write(repo.join("artifacts/job.jar"), b"PK\x03\x04 bench").unwrap();
-    for n in 0..jobs {
-        let folder = repo.join(format!("jobs/team-{}", n % 20));
-        std::fs::create_dir_all(&folder).unwrap();
-        std::fs::write(folder.join(format!("job-{n}.yaml")), spec(n, 1)).unwrap();
-    }
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "jobs"]);
 
     let start = |poll: &str, state: &str| -> (Daemon, u16) {
         let port = free_port();
