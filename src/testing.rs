@@ -38,6 +38,7 @@ struct FakeJob {
     state: String,
     start: i64,
     restored_from: Option<String>,
+    user_config: BTreeMap<String, String>,
 }
 
 #[derive(Default)]
@@ -89,6 +90,7 @@ impl FakeFlink {
                     state: "RUNNING".into(),
                     start: now_ms(),
                     restored_from: None,
+                    user_config: BTreeMap::new(),
                 },
             );
         }
@@ -257,8 +259,15 @@ async fn checkpoint_config() -> Json<Value> {
 }
 
 async fn job_config(State(fake): State<FakeFlink>, Path(jid): Path<String>) -> Json<Value> {
-    let _ = fake.lock().jobs.get(&jid).cloned();
-    Json(json!({"jid": jid, "execution-config": {"job-parallelism": 1, "user-config": {}}}))
+    let user_config = fake
+        .lock()
+        .jobs
+        .get(&jid)
+        .map(|j| j.user_config.clone())
+        .unwrap_or_default();
+    Json(
+        json!({"jid": jid, "execution-config": {"job-parallelism": 1, "user-config": user_config}}),
+    )
 }
 
 async fn exceptions(State(fake): State<FakeFlink>, Path(jid): Path<String>) -> Json<Value> {
@@ -379,6 +388,14 @@ async fn run(
             state: state.into(),
             start: now_ms(),
             restored_from: body["savepointPath"].as_str().map(str::to_string),
+            // Like Flink, hand the global job parameters back in the job's user config.
+            user_config: body["flinkConfiguration"]["pipeline.global-job-parameters"]
+                .as_str()
+                .unwrap_or_default()
+                .split(',')
+                .filter_map(|pair| pair.split_once(':'))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         },
     );
     Json(json!({"jobid": jid, "applicationId": jid})).into_response()
