@@ -1,5 +1,6 @@
 //! The command line: `validate`, `plan`, `status`, with text or JSON output and stable exit codes.
 
+mod history;
 mod output;
 
 use std::path::PathBuf;
@@ -97,6 +98,18 @@ pub enum Command {
         /// Use the last fetched head instead of fetching.
         #[arg(long)]
         no_fetch: bool,
+    },
+    /// List deployments and batch runs from the state database: time, revision, signer, action, result, savepoint.
+    History {
+        /// Configuration file.
+        #[arg(short, long, env = "FLINK_GITOPS_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Only this job.
+        #[arg(long)]
+        job: Option<String>,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t)]
+        output: OutputFormat,
     },
     /// Run as a service: poll the repo, reconcile, serve health, metrics, status and webhooks (systemd-ready).
     Run {
@@ -209,6 +222,11 @@ pub async fn run(cli: Cli) -> ExitCode {
             output,
             no_fetch,
         } => status(&config, output, no_fetch).await,
+        Command::History {
+            config,
+            job,
+            output,
+        } => history(&config, job.as_deref(), output),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -358,6 +376,23 @@ struct Snapshot {
     revision: Result<VerifiedRevision, Refusal>,
     records: Vec<JobRecord>,
     cluster: Result<(ClusterOverview, Vec<JobOverview>), String>,
+}
+
+fn history(
+    config_path: &std::path::Path,
+    job: Option<&str>,
+    format: OutputFormat,
+) -> Result<u8, Failure> {
+    let config = load_config(config_path)?;
+    let entries = match StateStore::open_read_only(&config.state.dir)? {
+        Some(store) => history::entries(&store, job)?,
+        None => Vec::new(),
+    };
+    match format {
+        OutputFormat::Json => output::print_json(&entries)?,
+        OutputFormat::Text => history::print(&entries),
+    }
+    Ok(EXIT_OK)
 }
 
 fn load_config(path: &std::path::Path) -> Result<Config, Failure> {

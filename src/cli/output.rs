@@ -206,7 +206,6 @@ pub fn print_apply(report: &crate::reconcile::ApplyReport) {
             Outcome::Unchanged => "unchanged",
             Outcome::RolledBack => "ROLLED BACK",
             Outcome::Skipped => "skipped",
-            Outcome::Deferred => "deferred",
             Outcome::Failed => "FAILED",
         };
         println!(

@@ -5,6 +5,7 @@
 //! lives in `pending_json` until the health gate promotes it or a rollback replaces it, so a crash at
 //! any point is finished or undone by the next pass (`recover`).
 
+mod batch;
 pub mod deployment;
 pub mod health;
 
@@ -70,8 +71,6 @@ pub enum Outcome {
     RolledBack,
     /// Not attempted (why is in the message).
     Skipped,
-    /// Left to another part of the agent (batch jobs wait for the scheduler).
-    Deferred,
     /// Failed; the message and root cause say why.
     Failed,
 }
@@ -139,12 +138,10 @@ impl ApplyReport {
     pub fn converged(&self) -> bool {
         self.refused.is_none()
             && self.cluster_error.is_none()
-            && self.jobs.iter().all(|j| {
-                matches!(
-                    j.outcome,
-                    Outcome::Ok | Outcome::Unchanged | Outcome::Deferred
-                )
-            })
+            && self
+                .jobs
+                .iter()
+                .all(|j| matches!(j.outcome, Outcome::Ok | Outcome::Unchanged))
     }
 }
 
@@ -220,6 +217,8 @@ pub struct Agent {
     store: Arc<Mutex<StateStore>>,
     trust: Arc<TrustMaterial>,
     cache_dir: PathBuf,
+    /// When the batch scheduler needs the next pass; recomputed by every pass.
+    batch_wakeup: Mutex<Option<chrono::DateTime<chrono::Utc>>>,
 }
 
 struct PassContext {
@@ -244,6 +243,7 @@ impl Agent {
             store: Arc::new(Mutex::new(store)),
             trust: Arc::new(trust),
             cache_dir,
+            batch_wakeup: Mutex::new(None),
         })
     }
 
@@ -345,6 +345,10 @@ impl Agent {
                 head: head.clone(),
                 default_parallelism,
             };
+            *self
+                .batch_wakeup
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
             report.recovered = self.recover(&pass).await;
             let cluster_jobs = match self.client.jobs().await {
                 Ok(jobs) => jobs,
@@ -375,7 +379,7 @@ impl Agent {
             let failed: Vec<String> = report
                 .jobs
                 .iter()
-                .filter(|j| !matches!(j.outcome, Outcome::Ok | Outcome::Unchanged | Outcome::Deferred))
+                .filter(|j| !matches!(j.outcome, Outcome::Ok | Outcome::Unchanged))
                 .map(|j| format!("{}: {}", j.job_id, j.message))
                 .collect();
             let (outcome, detail) = if failed.is_empty() { ("applied", None) } else { ("failed", Some(failed.join("; "))) };
@@ -482,15 +486,29 @@ impl Agent {
         instance: Option<JobOverview>,
     ) -> JobOutcome {
         let desired = revision.desired.jobs.get(&entry.job_id);
+        let recorded_batch = record.as_ref().is_some_and(|r| {
+            r.deployment_json
+                .as_deref()
+                .and_then(|j| serde_json::from_str::<Deployment>(j).ok())
+                .is_some_and(|d| d.job_type == JobType::Batch)
+        });
+        let batch = match desired {
+            Some(job) => job.spec.job_type == JobType::Batch,
+            None => recorded_batch,
+        };
+        if batch {
+            return self
+                .batch_pass(pass, entry, desired, revision, record)
+                .await
+                .unwrap_or_else(|error| {
+                    warn!(error = %error.message, "batch job failed");
+                    let mut outcome = JobOutcome::new(entry, Outcome::Failed, error.message);
+                    outcome.root_cause = error.root_cause;
+                    outcome
+                });
+        }
         if entry.action == Action::Unchanged {
             return JobOutcome::new(entry, Outcome::Unchanged, "in sync");
-        }
-        if desired.is_some_and(|d| d.spec.job_type == JobType::Batch) {
-            return JobOutcome::new(
-                entry,
-                Outcome::Deferred,
-                "batch job: runs are left to the batch scheduler (not part of apply yet)",
-            );
         }
         if matches!(
             entry.action,
@@ -1582,11 +1600,19 @@ impl Agent {
             Ok(found) => found,
             Err(_) => return Vec::new(),
         };
+        let runs = self.with_store(|s| s.runs(None)).unwrap_or_default();
         let mut used: BTreeMap<String, ()> = BTreeMap::new();
+        for run in runs.iter().filter(|r| r.status.is_active()) {
+            used.insert(run.jar_sha256.clone(), ());
+        }
         for row in &rows {
-            if matches!(row.status.as_str(), "running" | "suspended" | "failed")
-                && let Some(sha) = &row.jar_sha256
-            {
+            let keeps_jar = match row.status.as_str() {
+                "running" | "suspended" | "failed" => true,
+                // A batch job between runs keeps its JAR unless it asked for clean-up.
+                batch::SCHEDULED => !cleanup_on_completion(&row.spec_json),
+                _ => false,
+            };
+            if keeps_jar && let Some(sha) = &row.jar_sha256 {
                 used.insert(sha.clone(), ());
             }
             if let Some(pending) = row
@@ -1625,6 +1651,13 @@ impl Agent {
         }
         deleted
     }
+}
+
+fn cleanup_on_completion(spec_json: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(spec_json)
+        .ok()
+        .and_then(|v| v["spec"]["batch"]["cleanup_on_completion"].as_bool())
+        .unwrap_or(false)
 }
 
 /// Writes each verified in-repo JAR of the revision into the cache, named by its sha256.

@@ -301,7 +301,8 @@ fn watch_local_repo(config: &Config, shared: Arc<Shared>) -> Option<notify::Reco
     }
     let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Reads (our own fetch opens the repository's files) must not trigger another poll.
+        if event.is_ok_and(|e| !e.kind.is_access() && !e.kind.is_other()) {
             let _ = sender.send(());
         }
     })
@@ -395,6 +396,10 @@ async fn poll_and_reconcile(
         .metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
+    if let Some(wakeup) = agent.next_batch_wakeup() {
+        let until = (wakeup - chrono::Utc::now()).to_std().unwrap_or_default();
+        *next_reconcile = (*next_reconcile).min(tokio::time::Instant::now() + until);
+    }
     let report = match result {
         Ok(report) => report,
         Err(e) => {
@@ -408,7 +413,6 @@ async fn poll_and_reconcile(
             Outcome::Unchanged => continue,
             Outcome::RolledBack => "rolled_back",
             Outcome::Skipped => "skipped",
-            Outcome::Deferred => "deferred",
             Outcome::Failed => "failed",
         };
         shared

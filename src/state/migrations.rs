@@ -69,6 +69,31 @@ const MIGRATIONS: &[&str] = &[
         at        TEXT NOT NULL,
         PRIMARY KEY (job_id, commit_id)
     );",
+    // 3: batch runs and where each batch schedule stands.
+    "CREATE TABLE runs (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id          TEXT NOT NULL,
+        flink_job_id    TEXT NOT NULL UNIQUE,
+        commit_id       TEXT NOT NULL,
+        spec_commit     TEXT NOT NULL,
+        spec_hash       TEXT NOT NULL,
+        jar_sha256      TEXT NOT NULL,
+        trigger         TEXT NOT NULL,
+        scheduled_for   TEXT,
+        status          TEXT NOT NULL,
+        submitted_at_ms INTEGER NOT NULL,
+        deadline_ms     INTEGER,
+        ended_at_ms     INTEGER,
+        flink_state     TEXT,
+        root_cause      TEXT
+    );
+    CREATE INDEX runs_by_job ON runs(job_id, id);
+    CREATE TABLE batch_schedules (
+        job_id    TEXT PRIMARY KEY,
+        cron      TEXT NOT NULL,
+        timezone  TEXT NOT NULL,
+        cursor_ms INTEGER NOT NULL
+    );",
 ];
 
 /// The schema version this binary writes.

@@ -1,6 +1,9 @@
 //! SQLite state: what was applied, per job and per revision, and the append-only audit log.
 
 mod migrations;
+mod runs;
+
+pub use runs::{RunRecord, RunStatus, ScheduleCursor};
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
@@ -227,6 +230,10 @@ impl StateStore {
             .query_row("PRAGMA user_version", [], |row| row.get(0))
             .map_err(sqlite(&path, "read schema version"))?;
         let supported = migrations::LATEST;
+        if found == 0 {
+            // Created but not yet migrated (an agent is starting): nothing has been recorded.
+            return Ok(None);
+        }
         if found > supported {
             return Err(StateError::TooNew {
                 path,

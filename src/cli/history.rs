@@ -1,0 +1,178 @@
+//! `flink-gitops history`: deployments and batch runs from SQLite, with the revision and its signer.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, SecondsFormat};
+use serde::Serialize;
+
+use crate::state::{AuditEntry, RunRecord, StateStore};
+
+/// Audit actions that changed what runs on the cluster (uploads, health probes and stops are steps of these).
+const DEPLOYMENT_ACTIONS: &[&str] = &[
+    "promote",
+    "rollback",
+    "rollback-by-revert",
+    "suspend",
+    "delete",
+    "adopt",
+    "schedule",
+];
+
+/// One line of history.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    /// When it happened (RFC 3339, UTC).
+    pub at: String,
+    /// The spec's job id.
+    pub job_id: String,
+    /// `deployment` or `run`.
+    pub kind: &'static str,
+    /// What was done: `promote`, `rollback`, `suspend`... or the run's trigger.
+    pub action: String,
+    /// How it ended.
+    pub result: String,
+    /// The revision applied or run.
+    pub revision: Option<String>,
+    /// The principal that signed that revision.
+    pub signer: Option<String>,
+    /// The Flink job.
+    pub flink_job_id: Option<String>,
+    /// The savepoint taken or restored.
+    pub savepoint: Option<String>,
+    /// Duration, schedule, root cause.
+    pub detail: Option<String>,
+}
+
+fn millis_rfc3339(ms: i64) -> String {
+    DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+fn field(detail: &serde_json::Value, key: &str) -> Option<String> {
+    detail[key].as_str().map(str::to_string)
+}
+
+fn parse(detail: Option<&str>) -> serde_json::Value {
+    detail
+        .and_then(|d| serde_json::from_str(d).ok())
+        .unwrap_or_default()
+}
+
+fn deployment_entries(log: &[AuditEntry]) -> Vec<HistoryEntry> {
+    let intents: BTreeMap<i64, &AuditEntry> = log
+        .iter()
+        .filter(|e| e.phase == "intent")
+        .map(|e| (e.id, e))
+        .collect();
+    log.iter()
+        .filter(|e| e.phase == "outcome" && DEPLOYMENT_ACTIONS.contains(&e.action.as_str()))
+        .filter_map(|outcome| {
+            let intent = intents.get(&outcome.intent_id?)?;
+            let before = parse(intent.detail.as_deref());
+            let after = parse(outcome.detail.as_deref());
+            Some(HistoryEntry {
+                at: outcome.at.clone(),
+                job_id: outcome.job_id.clone()?,
+                kind: "deployment",
+                action: outcome.action.clone(),
+                result: outcome.result.clone().unwrap_or_default(),
+                revision: outcome.commit_id.clone(),
+                signer: None,
+                flink_job_id: field(&before, "flink_job_id")
+                    .or_else(|| field(&after, "flink_job_id")),
+                savepoint: field(&before, "savepoint")
+                    .or_else(|| field(&after, "savepoint"))
+                    .or_else(|| field(&before, "from_savepoint")),
+                detail: field(&before, "reason")
+                    .or_else(|| field(&before, "to_commit").map(|c| format!("to commit {c}"))),
+            })
+        })
+        .collect()
+}
+
+fn run_entry(run: &RunRecord) -> HistoryEntry {
+    let mut detail = Vec::new();
+    if let Some(at) = &run.scheduled_for {
+        detail.push(format!("scheduled for {at}"));
+    }
+    if let Some(ended) = run.ended_at_ms {
+        detail.push(format!(
+            "took {:.1} s",
+            (ended - run.submitted_at_ms) as f64 / 1000.0
+        ));
+    }
+    if let Some(cause) = &run.root_cause {
+        detail.push(cause.clone());
+    }
+    HistoryEntry {
+        at: millis_rfc3339(run.submitted_at_ms),
+        job_id: run.job_id.clone(),
+        kind: "run",
+        action: format!("run ({})", run.trigger),
+        result: run.status.as_str().to_string(),
+        revision: Some(run.commit_id.clone()),
+        signer: None,
+        flink_job_id: Some(run.flink_job_id.clone()),
+        savepoint: None,
+        detail: (!detail.is_empty()).then(|| detail.join("; ")),
+    }
+}
+
+/// Every deployment and run recorded, oldest first; of one job when `job_id` is given.
+pub fn entries(
+    store: &StateStore,
+    job_id: Option<&str>,
+) -> Result<Vec<HistoryEntry>, crate::state::StateError> {
+    let mut entries = deployment_entries(&store.audit_log()?);
+    entries.extend(store.runs(job_id)?.iter().map(run_entry));
+    entries.retain(|e| job_id.is_none_or(|id| e.job_id == id));
+    let mut signers: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for entry in &mut entries {
+        if let Some(commit) = &entry.revision {
+            if !signers.contains_key(commit) {
+                let signer = store.revision(commit)?.and_then(|r| r.signer);
+                signers.insert(commit.clone(), signer);
+            }
+            entry.signer = signers.get(commit).cloned().flatten();
+        }
+    }
+    entries.sort_by(|a, b| a.at.cmp(&b.at));
+    Ok(entries)
+}
+
+/// Prints history as a table.
+pub fn print(entries: &[HistoryEntry]) {
+    if entries.is_empty() {
+        println!("no deployments or runs recorded");
+        return;
+    }
+    println!(
+        "{:<24} {:<24} {:<10} {:<20} {:<11} {:<9} {:<24} {:<32} DETAIL",
+        "TIME", "JOB", "KIND", "ACTION", "RESULT", "REVISION", "SIGNER", "FLINK JOB"
+    );
+    let dash = || "-".to_string();
+    for e in entries {
+        let detail = match (&e.savepoint, &e.detail) {
+            (Some(s), Some(d)) => format!("savepoint {s}; {d}"),
+            (Some(s), None) => format!("savepoint {s}"),
+            (None, Some(d)) => d.clone(),
+            (None, None) => String::new(),
+        };
+        println!(
+            "{:<24} {:<24} {:<10} {:<20} {:<11} {:<9} {:<24} {:<32} {}",
+            e.at,
+            e.job_id,
+            e.kind,
+            e.action,
+            e.result,
+            e.revision
+                .as_deref()
+                .map(|r| crate::spec::source::short_id(r).to_string())
+                .unwrap_or_else(dash),
+            e.signer.clone().unwrap_or_else(dash),
+            e.flink_job_id.clone().unwrap_or_else(dash),
+            detail
+        );
+    }
+}

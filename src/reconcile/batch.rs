@@ -1,0 +1,487 @@
+//! Batch jobs in a pass: record the spec revision, watch the runs on the cluster, start the one that is due.
+//!
+//! A run is written to SQLite (`submitting`) before the submit call and its Flink job id is derived
+//! from the job's generation, so a crash between the two is resolved by asking the cluster for that id:
+//! a run that got there is re-attached, never submitted twice.
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{Agent, JobOutcome, Outcome, PassContext, StepError, generation_of, now_ms};
+use crate::batch::{Decision, RunCounts, Trigger, decide};
+use crate::flink::FlinkError;
+use crate::plan::{Action, JobPlan, flink_job_id, flink_job_prefix, is_alive};
+use crate::revision::VerifiedRevision;
+use crate::spec::{DesiredJob, DesiredRunState};
+use crate::state::{JobRecord, RunRecord, RunStatus, StateStore};
+
+use super::Deployment;
+
+/// The row status of a batch job whose schedule is live.
+pub(super) const SCHEDULED: &str = "scheduled";
+
+impl Agent {
+    /// One pass over a batch job: the plan's action on its record, then its runs and schedule.
+    pub(super) async fn batch_pass(
+        &self,
+        pass: &PassContext,
+        entry: &JobPlan,
+        job: Option<&DesiredJob>,
+        revision: &VerifiedRevision,
+        record: Option<JobRecord>,
+    ) -> Result<JobOutcome, StepError> {
+        let mut notes = Vec::new();
+        let mut outcome_kind = Outcome::Unchanged;
+        let row = match (entry.action, job) {
+            (Action::Create | Action::Upgrade | Action::Resume | Action::Adopt, Some(job)) => {
+                let deployment = self.deployment_for(job, revision)?;
+                let row = self.record_batch_revision(pass, entry, record, &deployment, job)?;
+                notes.push(match entry.action {
+                    Action::Create | Action::Adopt => "scheduled".to_string(),
+                    Action::Resume => "resumed its schedule".to_string(),
+                    _ => format!(
+                        "new spec revision from {}",
+                        crate::spec::source::short_id(&pass.head)
+                    ),
+                });
+                outcome_kind = Outcome::Ok;
+                Some(row)
+            }
+            (Action::Suspend, _) => {
+                let mut row = record.ok_or_else(|| StepError::new("no record to suspend"))?;
+                row.status = "suspended".into();
+                row.commit_id = pass.head.clone();
+                self.audited_put(pass, &row, "suspend")?;
+                notes.push("schedule suspended; a run in progress finishes".to_string());
+                outcome_kind = Outcome::Ok;
+                Some(row)
+            }
+            (Action::Delete, _) => {
+                let mut row = record.ok_or_else(|| StepError::new("no record to delete"))?;
+                for run in self.active_runs(&row.job_id)? {
+                    self.cancel_run(pass, run, RunStatus::Canceled, "its spec was deleted")
+                        .await?;
+                }
+                row.status = "deleted".into();
+                row.commit_id = pass.head.clone();
+                self.audited_put(pass, &row, "delete")?;
+                self.with_store(|s| s.remove_schedule_cursor(&row.job_id))?;
+                notes.push("deleted; its runs were cancelled".to_string());
+                outcome_kind = Outcome::Ok;
+                None
+            }
+            _ => record,
+        };
+        let mut failure: Option<(String, Option<String>)> = None;
+        for (run, note) in self.watch_runs(pass, &entry.job_id).await? {
+            if run.status == RunStatus::Failed {
+                failure = Some((note.clone(), run.root_cause.clone()));
+            }
+            notes.push(note);
+            outcome_kind = Outcome::Ok;
+        }
+        let mut started = None;
+        if let (Some(row), Some(job)) = (row, job)
+            && row.status == SCHEDULED
+            && job.spec.state == DesiredRunState::Running
+            && let Some(batch) = &job.spec.batch
+        {
+            let runs = self.with_store(|s| s.runs(Some(&row.job_id)))?;
+            let counts = RunCounts {
+                of_revision: runs
+                    .iter()
+                    .filter(|r| r.spec_commit == row.commit_id && r.spec_hash == row.spec_hash)
+                    .count() as u32,
+                active: runs.iter().filter(|r| r.status.is_active()).count() as u32,
+            };
+            let cursor = self.with_store(|s| s.schedule_cursor(&row.job_id))?;
+            let now = Utc::now();
+            let tick = decide(batch, cursor.as_ref(), counts, now).map_err(StepError::new)?;
+            match &tick.cursor {
+                Some(cursor) => self.with_store(|s| s.set_schedule_cursor(&row.job_id, cursor))?,
+                None => self.with_store(|s| s.remove_schedule_cursor(&row.job_id))?,
+            }
+            match tick.decision {
+                Decision::Run {
+                    trigger,
+                    scheduled_for,
+                    missed,
+                    replace_active,
+                } => {
+                    if trigger == Trigger::CatchUp {
+                        warn!(
+                            missed,
+                            scheduled_for = ?scheduled_for,
+                            "{missed} scheduled runs were missed while the agent was not running; running the latest once"
+                        );
+                        notes.push(format!(
+                            "{missed} runs were missed while the agent was down; ran the latest once"
+                        ));
+                    }
+                    if replace_active {
+                        for run in self.active_runs(&row.job_id)? {
+                            self.cancel_run(
+                                pass,
+                                run,
+                                RunStatus::Replaced,
+                                "replaced by a newer run",
+                            )
+                            .await?;
+                        }
+                    }
+                    let deployment: Deployment = row
+                        .deployment_json
+                        .as_deref()
+                        .and_then(|j| serde_json::from_str(j).ok())
+                        .ok_or_else(|| StepError::new("no recorded deployment to run"))?;
+                    let run = self
+                        .start_run(
+                            pass,
+                            &row,
+                            &deployment,
+                            trigger,
+                            scheduled_for,
+                            batch.ttl_seconds,
+                        )
+                        .await?;
+                    notes.push(format!(
+                        "run started as {} ({}{})",
+                        run.flink_job_id,
+                        trigger.as_str(),
+                        scheduled_for
+                            .map(|t| format!(", scheduled for {}", t.to_rfc3339()))
+                            .unwrap_or_default()
+                    ));
+                    outcome_kind = Outcome::Ok;
+                    started = Some(run.flink_job_id);
+                }
+                Decision::Wait { why, next } => {
+                    if let Some(next) = next {
+                        self.wake_batch_at(next);
+                    }
+                    let next_text = next.map(|t| t.to_rfc3339()).unwrap_or_default();
+                    if why == "not due" {
+                        tracing::debug!(next = %next_text, "batch job not due");
+                    } else {
+                        info!(next = %next_text, "no batch run: {why}");
+                    }
+                    notes.push(match next {
+                        Some(next) => format!("{why}; next run at {}", next.to_rfc3339()),
+                        None => why,
+                    });
+                }
+            }
+        }
+        if !self.active_runs(&entry.job_id)?.is_empty() {
+            self.wake_batch_at(
+                Utc::now()
+                    + chrono::Duration::from_std(
+                        self.config
+                            .reconcile
+                            .poll_interval
+                            .max(std::time::Duration::from_secs(1)),
+                    )
+                    .unwrap_or_default(),
+            );
+        }
+        if let Some((message, root_cause)) = failure {
+            let mut outcome = JobOutcome::new(entry, Outcome::Failed, message);
+            outcome.root_cause = root_cause;
+            return Ok(outcome);
+        }
+        let mut outcome = JobOutcome::new(entry, outcome_kind, notes.join("; "));
+        if started.is_some() {
+            outcome.flink_job_id = started;
+        }
+        Ok(outcome)
+    }
+
+    /// Stores the spec revision a batch job now runs; `max_runs` counts from its commit.
+    fn record_batch_revision(
+        &self,
+        pass: &PassContext,
+        entry: &JobPlan,
+        record: Option<JobRecord>,
+        deployment: &Deployment,
+        job: &DesiredJob,
+    ) -> Result<JobRecord, StepError> {
+        let mut row = record.unwrap_or_else(|| JobRecord {
+            job_id: entry.job_id.clone(),
+            ..JobRecord::default()
+        });
+        if row.spec_hash != deployment.spec_hash {
+            row.commit_id = pass.head.clone();
+        }
+        row.spec_json = deployment.spec_json.clone();
+        row.spec_hash = deployment.spec_hash.clone();
+        row.jar_sha256 = Some(deployment.jar_sha256.clone());
+        row.deployment_json =
+            Some(serde_json::to_string(deployment).map_err(|e| StepError::new(e.to_string()))?);
+        row.status = if job.spec.state == DesiredRunState::Running {
+            SCHEDULED.into()
+        } else {
+            "suspended".into()
+        };
+        self.audited_put(pass, &row, "schedule")?;
+        Ok(row)
+    }
+
+    fn audited_put(
+        &self,
+        pass: &PassContext,
+        row: &JobRecord,
+        action: &str,
+    ) -> Result<(), StepError> {
+        let intent = self.intent(
+            &pass.head,
+            &row.job_id,
+            action,
+            json!({"spec_hash": row.spec_hash, "commit": row.commit_id, "status": row.status}),
+        )?;
+        self.with_store(|s| s.put_job(row))?;
+        self.outcome(action, intent, "ok", json!({"status": row.status}))?;
+        Ok(())
+    }
+
+    fn active_runs(&self, job_id: &str) -> Result<Vec<RunRecord>, StepError> {
+        Ok(self
+            .with_store(|s| s.runs(Some(job_id)))?
+            .into_iter()
+            .filter(|r| r.status.is_active())
+            .collect())
+    }
+
+    /// Brings every active run of the job up to date with the cluster: finished, failed, timed out, lost.
+    async fn watch_runs(
+        &self,
+        pass: &PassContext,
+        job_id: &str,
+    ) -> Result<Vec<(RunRecord, String)>, StepError> {
+        let mut changed = Vec::new();
+        for mut run in self.active_runs(job_id)? {
+            let jid = run.flink_job_id.clone();
+            match self.client.job(&jid).await {
+                Ok(detail) if !is_alive(&detail.state) => {
+                    run.status = match detail.state.as_str() {
+                        "FINISHED" => RunStatus::Finished,
+                        "FAILED" => RunStatus::Failed,
+                        _ => RunStatus::Canceled,
+                    };
+                    run.flink_state = Some(detail.state.clone());
+                    run.ended_at_ms = Some(if detail.end_time > 0 {
+                        detail.end_time
+                    } else {
+                        now_ms()
+                    });
+                    if run.status == RunStatus::Failed {
+                        run.root_cause =
+                            super::health::newest_failure(&self.client, &jid, run.submitted_at_ms)
+                                .await;
+                    }
+                    self.with_store(|s| s.update_run(&run))?;
+                    let seconds = (run.ended_at_ms.unwrap_or_default()
+                        - detail.start_time.max(run.submitted_at_ms))
+                        as f64
+                        / 1000.0;
+                    info!(flink_job_id = %jid, state = %detail.state, seconds, "batch run ended");
+                    let note = format!("run {jid} {} after {seconds:.1} s", detail.state);
+                    changed.push((run, note));
+                }
+                Ok(detail) => {
+                    if run.status == RunStatus::Submitting {
+                        run.status = RunStatus::Running;
+                        self.with_store(|s| s.update_run(&run))?;
+                        warn!(flink_job_id = %jid, "re-attached to a run whose submission was interrupted");
+                        changed.push((
+                            run.clone(),
+                            format!("re-attached to run {jid} ({})", detail.state),
+                        ));
+                    }
+                    if let Some(deadline) = run.deadline_ms {
+                        if now_ms() >= deadline {
+                            let ttl = (deadline - run.submitted_at_ms) / 1000;
+                            let note = format!(
+                                "run {jid} cancelled: still going at its ttl_seconds deadline ({ttl} s)"
+                            );
+                            let run = self
+                                .cancel_run(pass, run, RunStatus::TimedOut, &note)
+                                .await?;
+                            changed.push((run, note));
+                        } else if let Some(at) = DateTime::from_timestamp_millis(deadline) {
+                            self.wake_batch_at(at);
+                        }
+                    }
+                }
+                Err(error) if error.is_not_found() => {
+                    let never_submitted = run.status == RunStatus::Submitting;
+                    run.status = RunStatus::Lost;
+                    run.ended_at_ms = Some(now_ms());
+                    run.root_cause = Some(if never_submitted {
+                        "the submission never reached the cluster".into()
+                    } else {
+                        "the run is no longer known to the cluster (JobManager restarted?)".into()
+                    });
+                    self.with_store(|s| s.update_run(&run))?;
+                    warn!(flink_job_id = %jid, "batch run lost");
+                    let note = format!(
+                        "run {jid} lost: {}",
+                        run.root_cause.clone().unwrap_or_default()
+                    );
+                    changed.push((run, note));
+                }
+                Err(error) => {
+                    warn!(flink_job_id = %jid, %error, "cannot check batch run; will look again");
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    async fn cancel_run(
+        &self,
+        pass: &PassContext,
+        mut run: RunRecord,
+        status: RunStatus,
+        why: &str,
+    ) -> Result<RunRecord, StepError> {
+        warn!(flink_job_id = %run.flink_job_id, why, "cancelling batch run");
+        self.cancel(&pass.head, &run.job_id, &run.flink_job_id)
+            .await?;
+        run.status = status;
+        run.ended_at_ms = Some(now_ms());
+        run.flink_state = Some("CANCELED".into());
+        run.root_cause = Some(why.to_string());
+        self.with_store(|s| s.update_run(&run))?;
+        Ok(run)
+    }
+
+    async fn start_run(
+        &self,
+        pass: &PassContext,
+        row: &JobRecord,
+        deployment: &Deployment,
+        trigger: Trigger,
+        scheduled_for: Option<DateTime<Utc>>,
+        ttl_seconds: Option<u64>,
+    ) -> Result<RunRecord, StepError> {
+        let jar_id = self.ensure_jar(&pass.head, deployment).await?;
+        let prefix = flink_job_prefix(&row.job_id);
+        let highest_on_cluster = self
+            .client
+            .jobs()
+            .await?
+            .iter()
+            .filter(|j| j.jid.starts_with(&prefix))
+            .map(|j| generation_of(&j.jid))
+            .max()
+            .unwrap_or(0);
+        let mut updated = self
+            .with_store(|s| s.job(&row.job_id))?
+            .unwrap_or_else(|| row.clone());
+        let highest_recorded = self
+            .with_store(|s| s.runs(Some(&row.job_id)))?
+            .iter()
+            .map(|r| generation_of(&r.flink_job_id))
+            .max()
+            .unwrap_or(0);
+        let generation = updated
+            .generation
+            .max(highest_on_cluster)
+            .max(highest_recorded)
+            + 1;
+        let jid = flink_job_id(&row.job_id, generation);
+        updated.generation = generation;
+        updated.flink_job_id = Some(jid.clone());
+        self.with_store(|s| s.put_job(&updated))?;
+        let submitted_at_ms = now_ms();
+        let mut run = RunRecord {
+            id: 0,
+            job_id: row.job_id.clone(),
+            flink_job_id: jid.clone(),
+            commit_id: pass.head.clone(),
+            spec_commit: row.commit_id.clone(),
+            spec_hash: row.spec_hash.clone(),
+            jar_sha256: deployment.jar_sha256.clone(),
+            trigger: trigger.as_str().to_string(),
+            scheduled_for: scheduled_for.map(|t| t.to_rfc3339()),
+            status: RunStatus::Submitting,
+            submitted_at_ms,
+            deadline_ms: ttl_seconds.map(|ttl| submitted_at_ms + ttl as i64 * 1000),
+            ended_at_ms: None,
+            flink_state: None,
+            root_cause: None,
+        };
+        run.id = self.with_store(|s| s.insert_run(&run))?;
+        let intent = self.intent(
+            &pass.head,
+            &row.job_id,
+            "batch-run",
+            json!({"flink_job_id": jid, "trigger": trigger.as_str(), "scheduled_for": run.scheduled_for, "jar_sha256": deployment.jar_sha256}),
+        )?;
+        let request = deployment.run_request(&jid, None, pass.default_parallelism);
+        let result = match self.client.run_jar(&jar_id, &request).await {
+            Err(FlinkError::Status { root_cause, .. }) if root_cause.contains("does not exist") => {
+                self.with_store(|s| s.remove_jar(&deployment.jar_sha256))?;
+                let jar_id = self.ensure_jar(&pass.head, deployment).await?;
+                self.client.run_jar(&jar_id, &request).await
+            }
+            other => other,
+        };
+        match result {
+            Ok(_) => {
+                // A crash before the next line leaves the run `submitting`; the next pass finds it on the cluster.
+                self.outcome("batch-run", intent, "ok", json!({"flink_job_id": jid}))?;
+                run.status = RunStatus::Running;
+                self.with_store(|s| s.update_run(&run))?;
+                info!(flink_job_id = %jid, trigger = trigger.as_str(), "batch run submitted");
+                if let Some(deadline) = run.deadline_ms.and_then(DateTime::from_timestamp_millis) {
+                    self.wake_batch_at(deadline);
+                }
+                Ok(run)
+            }
+            Err(error) => {
+                let step: StepError = error.into();
+                run.status = RunStatus::Failed;
+                run.ended_at_ms = Some(now_ms());
+                run.root_cause = Some(
+                    step.root_cause
+                        .clone()
+                        .unwrap_or_else(|| step.message.clone()),
+                );
+                self.with_store(|s| s.update_run(&run))?;
+                self.outcome(
+                    "batch-run",
+                    intent,
+                    "failed",
+                    json!({"error": step.message}),
+                )?;
+                Err(StepError {
+                    message: format!("batch run submit failed: {}", step.message),
+                    root_cause: step.root_cause,
+                })
+            }
+        }
+    }
+
+    fn wake_batch_at(&self, at: DateTime<Utc>) {
+        let mut wakeup = self
+            .batch_wakeup
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *wakeup = Some(wakeup.map_or(at, |current| current.min(at)));
+    }
+
+    /// When the batch scheduler next needs a pass (a fire time, a TTL deadline, a run to watch).
+    pub fn next_batch_wakeup(&self) -> Option<DateTime<Utc>> {
+        *self
+            .batch_wakeup
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs of every job, for `history` and status endpoints.
+    pub fn runs(&self) -> Result<Vec<RunRecord>, crate::state::StateError> {
+        self.with_store(|s: &StateStore| s.runs(None))
+    }
+}

@@ -1,0 +1,234 @@
+//! Batch runs and schedule cursors.
+
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use super::{StateError, StateStore, sqlite};
+
+/// Where a batch run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Recorded before the submit call; after a crash the cluster says whether it got there.
+    Submitting,
+    /// On the cluster and not finished.
+    Running,
+    /// Flink reported FINISHED.
+    Finished,
+    /// Flink reported FAILED (the root cause is recorded).
+    Failed,
+    /// Cancelled by someone else, or because its spec was deleted.
+    Canceled,
+    /// Cancelled by the agent at its `ttl_seconds` deadline.
+    TimedOut,
+    /// Cancelled because a newer run replaced it (`concurrency: replace`).
+    Replaced,
+    /// The submission never reached the cluster.
+    Lost,
+}
+
+impl RunStatus {
+    /// The text stored in SQLite.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Submitting => "submitting",
+            RunStatus::Running => "running",
+            RunStatus::Finished => "finished",
+            RunStatus::Failed => "failed",
+            RunStatus::Canceled => "canceled",
+            RunStatus::TimedOut => "timed_out",
+            RunStatus::Replaced => "replaced",
+            RunStatus::Lost => "lost",
+        }
+    }
+
+    fn parse(text: &str) -> RunStatus {
+        match text {
+            "submitting" => RunStatus::Submitting,
+            "running" => RunStatus::Running,
+            "finished" => RunStatus::Finished,
+            "failed" => RunStatus::Failed,
+            "canceled" => RunStatus::Canceled,
+            "timed_out" => RunStatus::TimedOut,
+            "replaced" => RunStatus::Replaced,
+            _ => RunStatus::Lost,
+        }
+    }
+
+    /// Still needs watching.
+    pub fn is_active(self) -> bool {
+        matches!(self, RunStatus::Submitting | RunStatus::Running)
+    }
+}
+
+/// One run of a batch job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunRecord {
+    /// Row id (0 before insertion).
+    pub id: i64,
+    /// The spec's job id.
+    pub job_id: String,
+    /// The Flink job id of this run.
+    pub flink_job_id: String,
+    /// The head when it was submitted.
+    pub commit_id: String,
+    /// The commit that introduced the spec revision it ran (`max_runs` counts per revision).
+    pub spec_commit: String,
+    /// Hash of that spec revision.
+    pub spec_hash: String,
+    /// The JAR it ran.
+    pub jar_sha256: String,
+    /// `cron`, `catch-up` or `revision`.
+    pub trigger: String,
+    /// The schedule time it answers (RFC 3339), for cron runs.
+    pub scheduled_for: Option<String>,
+    /// Where it stands.
+    pub status: RunStatus,
+    /// When it was submitted (Unix ms).
+    pub submitted_at_ms: i64,
+    /// When `ttl_seconds` cancels it (Unix ms).
+    pub deadline_ms: Option<i64>,
+    /// When it ended (Unix ms).
+    pub ended_at_ms: Option<i64>,
+    /// Flink's final state.
+    pub flink_state: Option<String>,
+    /// Why it failed.
+    pub root_cause: Option<String>,
+}
+
+/// Where a cron schedule stands: fire times up to `cursor_ms` have been handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleCursor {
+    /// The cron expression the cursor belongs to.
+    pub cron: String,
+    /// Its time zone.
+    pub timezone: String,
+    /// Fire times at or before this (Unix ms) are done.
+    pub cursor_ms: i64,
+}
+
+const RUN_COLUMNS: &str = "id, job_id, flink_job_id, commit_id, spec_commit, spec_hash, jar_sha256, trigger, scheduled_for, status, submitted_at_ms, deadline_ms, ended_at_ms, flink_state, root_cause";
+
+fn run_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
+    let status: String = row.get(9)?;
+    Ok(RunRecord {
+        id: row.get(0)?,
+        job_id: row.get(1)?,
+        flink_job_id: row.get(2)?,
+        commit_id: row.get(3)?,
+        spec_commit: row.get(4)?,
+        spec_hash: row.get(5)?,
+        jar_sha256: row.get(6)?,
+        trigger: row.get(7)?,
+        scheduled_for: row.get(8)?,
+        status: RunStatus::parse(&status),
+        submitted_at_ms: row.get(10)?,
+        deadline_ms: row.get(11)?,
+        ended_at_ms: row.get(12)?,
+        flink_state: row.get(13)?,
+        root_cause: row.get(14)?,
+    })
+}
+
+impl StateStore {
+    /// Records a run before it is submitted; returns its id.
+    pub fn insert_run(&self, run: &RunRecord) -> Result<i64, StateError> {
+        self.connection
+            .execute(
+                "INSERT INTO runs (job_id, flink_job_id, commit_id, spec_commit, spec_hash, jar_sha256, trigger, scheduled_for, status, submitted_at_ms, deadline_ms, ended_at_ms, flink_state, root_cause)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                params![
+                    run.job_id,
+                    run.flink_job_id,
+                    run.commit_id,
+                    run.spec_commit,
+                    run.spec_hash,
+                    run.jar_sha256,
+                    run.trigger,
+                    run.scheduled_for,
+                    run.status.as_str(),
+                    run.submitted_at_ms,
+                    run.deadline_ms,
+                    run.ended_at_ms,
+                    run.flink_state,
+                    run.root_cause
+                ],
+            )
+            .map_err(sqlite(&self.path, "record run"))?;
+        Ok(self.connection.last_insert_rowid())
+    }
+
+    /// Updates where a run stands.
+    pub fn update_run(&self, run: &RunRecord) -> Result<(), StateError> {
+        self.connection
+            .execute(
+                "UPDATE runs SET status = ?2, ended_at_ms = ?3, flink_state = ?4, root_cause = ?5 WHERE id = ?1",
+                params![
+                    run.id,
+                    run.status.as_str(),
+                    run.ended_at_ms,
+                    run.flink_state,
+                    run.root_cause
+                ],
+            )
+            .map_err(sqlite(&self.path, "update run"))?;
+        Ok(())
+    }
+
+    /// Runs, oldest first; of one job when `job_id` is given.
+    pub fn runs(&self, job_id: Option<&str>) -> Result<Vec<RunRecord>, StateError> {
+        let sql =
+            format!("SELECT {RUN_COLUMNS} FROM runs WHERE ?1 IS NULL OR job_id = ?1 ORDER BY id");
+        let mut statement = self
+            .connection
+            .prepare(&sql)
+            .map_err(sqlite(&self.path, "read runs"))?;
+        let rows = statement
+            .query_map([job_id], run_from_row)
+            .map_err(sqlite(&self.path, "read runs"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sqlite(&self.path, "read runs"))
+    }
+
+    /// Where the job's cron schedule stands.
+    pub fn schedule_cursor(&self, job_id: &str) -> Result<Option<ScheduleCursor>, StateError> {
+        self.connection
+            .query_row(
+                "SELECT cron, timezone, cursor_ms FROM batch_schedules WHERE job_id = ?1",
+                [job_id],
+                |row| {
+                    Ok(ScheduleCursor {
+                        cron: row.get(0)?,
+                        timezone: row.get(1)?,
+                        cursor_ms: row.get(2)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(sqlite(&self.path, "read schedule"))
+    }
+
+    /// Moves the job's cron schedule forward.
+    pub fn set_schedule_cursor(
+        &self,
+        job_id: &str,
+        cursor: &ScheduleCursor,
+    ) -> Result<(), StateError> {
+        self.connection
+            .execute(
+                "INSERT INTO batch_schedules (job_id, cron, timezone, cursor_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(job_id) DO UPDATE SET cron = excluded.cron, timezone = excluded.timezone, cursor_ms = excluded.cursor_ms",
+                params![job_id, cursor.cron, cursor.timezone, cursor.cursor_ms],
+            )
+            .map_err(sqlite(&self.path, "write schedule"))?;
+        Ok(())
+    }
+
+    /// Forgets the job's cron schedule (its spec was deleted or lost its cron).
+    pub fn remove_schedule_cursor(&self, job_id: &str) -> Result<(), StateError> {
+        self.connection
+            .execute("DELETE FROM batch_schedules WHERE job_id = ?1", [job_id])
+            .map_err(sqlite(&self.path, "delete schedule"))?;
+        Ok(())
+    }
+}

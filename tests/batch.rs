@@ -1,0 +1,262 @@
+//! Batch jobs against the real Flink 2.3 cluster: cron runs recorded FINISHED, `max_runs`,
+//! `ttl_seconds`, a crash right after a submit re-attached instead of resubmitted, and `history`.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+fn batch_spec(job_id: &str, extra_args: &str, batch_config: &str) -> String {
+    format!(
+        "job_id: {job_id}\njob_type: batch\nartifact_path: artifacts/batch-report.jar\ndeployment:\n  parallelism: 1\nargs: [\"--name\", \"{job_id}\", \"--records\", \"200\"{extra_args}]\nbatch_config:\n{batch_config}"
+    )
+}
+
+fn history(config: &Path, job_id: &str) -> Vec<Value> {
+    let report = flink_gitops_json(
+        &[
+            "history",
+            "-c",
+            config.to_str().unwrap(),
+            "--job",
+            job_id,
+            "--output",
+            "json",
+        ],
+        0,
+    );
+    report.as_array().unwrap().clone()
+}
+
+fn runs(config: &Path, job_id: &str) -> Vec<Value> {
+    history(config, job_id)
+        .into_iter()
+        .filter(|e| e["kind"] == "run")
+        .collect()
+}
+
+/// Applies every half second until `done` says so; returns the last report.
+fn apply_until(
+    config: &Path,
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (_, report) = apply(config);
+        if done(&report) {
+            return report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last report {report:#}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn flink_state(jid: &str) -> String {
+    flink_json(&format!("/jobs/{jid}"))["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn the_service_runs_a_cron_job_records_it_finished_and_stops_at_max_runs() {
+    let job = unique("cron");
+    let _cleanup = CancelOnDrop(vec![job.clone()]);
+    let repo = SpecRepo::new();
+    add_example_jars(&repo);
+    repo.write(
+        &format!("jobs/{job}.yaml"),
+        batch_spec(
+            &job,
+            "",
+            "  cron: \"*/4 * * * * *\"\n  timezone: Europe/Berlin\n  max_runs: 2\n",
+        ),
+    );
+    let commit = repo.commit("nightly report, every 4 s for the test");
+    let work = tempfile::tempdir().unwrap();
+    let config = write_apply_config(work.path(), &repo);
+    // The reconcile interval is long: only the batch schedule can wake the service in time.
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text = text.replace("poll_interval: 5s", "poll_interval: 1m");
+    text.push_str("  interval: 10m\n");
+    std::fs::write(&config, text).unwrap();
+    let log = work.path().join("service.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flink-gitops"))
+        .args(["-vv", "run", "-c", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let guard = Kill(&mut child);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let finished = loop {
+        let runs = runs(&config, &job);
+        if runs.iter().filter(|r| r["result"] == "finished").count() == 2 {
+            break runs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "two finished runs expected within 60 s; runs {runs:#?}\nlog:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    for run in &finished {
+        assert_eq!(run["revision"], commit.as_str());
+        assert_eq!(run["signer"], "author@example.com", "{run:#}");
+        assert_eq!(run["action"], "run (cron)");
+        let jid = run["flink_job_id"].as_str().unwrap();
+        assert_eq!(
+            flink_state(jid),
+            "FINISHED",
+            "Flink agrees the run finished"
+        );
+    }
+    // Two more fire times pass: max_runs holds the schedule.
+    std::thread::sleep(Duration::from_secs(9));
+    assert_eq!(runs(&config, &job).len(), 2, "max_runs: 2 stops scheduling");
+    drop(guard);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("max_runs reached"), "{text}");
+
+    // A new revision of the spec resets the count.
+    repo.write(
+        &format!("jobs/{job}.yaml"),
+        batch_spec(
+            &job,
+            ", \"--sleep-ms\", \"10\"",
+            "  cron: \"*/4 * * * * *\"\n  timezone: Europe/Berlin\n  max_runs: 1\n",
+        ),
+    );
+    let second = repo.commit("one more run with the new revision");
+    apply_until(
+        &config,
+        "a run of the new revision",
+        Duration::from_secs(30),
+        |_| {
+            runs(&config, &job)
+                .iter()
+                .any(|r| r["revision"] == second.as_str() && r["result"] == "finished")
+        },
+    );
+}
+
+#[test]
+fn ttl_cancels_a_run_that_is_still_going() {
+    let job = unique("ttl");
+    let _cleanup = CancelOnDrop(vec![job.clone()]);
+    let repo = SpecRepo::new();
+    add_example_jars(&repo);
+    repo.write(
+        &format!("jobs/{job}.yaml"),
+        batch_spec(&job, ", \"--sleep-ms\", \"120000\"", "  ttl_seconds: 3\n"),
+    );
+    repo.commit("a report that hangs");
+    let work = tempfile::tempdir().unwrap();
+    let config = write_apply_config(work.path(), &repo);
+
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report:#}");
+    let started = outcome_of(&report, &job).clone();
+    assert!(
+        started["message"].as_str().unwrap().contains("run started"),
+        "no cron: one run per revision starts at once: {started:#}"
+    );
+    let jid = started["flink_job_id"].as_str().unwrap().to_string();
+
+    apply_until(
+        &config,
+        "the TTL to cancel the run",
+        Duration::from_secs(30),
+        |report| {
+            outcome_of(report, &job)["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("ttl_seconds"))
+        },
+    );
+    let run = runs(&config, &job).pop().unwrap();
+    assert_eq!(run["result"], "timed_out", "{run:#}");
+    assert_eq!(run["flink_job_id"], jid.as_str());
+    for _ in 0..20 {
+        if flink_state(&jid) == "CANCELED" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(flink_state(&jid), "CANCELED");
+    // The revision ran once: nothing new starts.
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(runs(&config, &job).len(), 1);
+}
+
+#[test]
+fn a_crash_right_after_submitting_a_run_is_reattached_not_resubmitted() {
+    let job = unique("reattach");
+    let _cleanup = CancelOnDrop(vec![job.clone()]);
+    let repo = SpecRepo::new();
+    add_example_jars(&repo);
+    repo.write(
+        &format!("jobs/{job}.yaml"),
+        batch_spec(&job, ", \"--sleep-ms\", \"6000\"", "  ttl_seconds: 120\n"),
+    );
+    repo.commit("a slow report");
+    let work = tempfile::tempdir().unwrap();
+    let config = write_apply_config(work.path(), &repo);
+
+    let killed = Command::new(env!("CARGO_BIN_EXE_flink-gitops"))
+        .args(["apply", "-c", config.to_str().unwrap()])
+        .env("FLINK_GITOPS_FAILPOINT", "after:batch-run")
+        .output()
+        .unwrap();
+    assert_eq!(killed.status.code(), None, "killed by the failpoint");
+    let recorded = runs(&config, &job);
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(
+        recorded[0]["result"], "submitting",
+        "the outcome was never written"
+    );
+    let jid = recorded[0]["flink_job_id"].as_str().unwrap().to_string();
+
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report:#}");
+    let message = outcome_of(&report, &job)["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains(&format!("re-attached to run {jid}")),
+        "{message}"
+    );
+    apply_until(
+        &config,
+        "the re-attached run to finish",
+        Duration::from_secs(40),
+        |_| runs(&config, &job)[0]["result"] == "finished",
+    );
+    let all_runs = runs(&config, &job);
+    assert_eq!(all_runs.len(), 1, "{all_runs:#?}");
+    let instances = cluster_jobs_with_prefix(&flink_gitops::plan::flink_job_prefix(&job));
+    assert_eq!(
+        instances,
+        vec![(jid, "FINISHED".to_string())],
+        "one Flink job, never two"
+    );
+}
