@@ -1,7 +1,7 @@
 //! When a batch job is due: cron in an IANA time zone, correct across DST changes, with missed
 //! runs collapsed into one (no burst after downtime).
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, LocalResult, TimeZone, Utc};
 use chrono_tz::Tz;
 
 /// A parsed schedule.
@@ -29,11 +29,24 @@ impl Schedule {
 
     /// The first fire time strictly after `after`.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.fire_times(after).next()
+    }
+
+    /// Fire times strictly after `after`. A wall-clock time that happens twice when clocks go back
+    /// fires only the first time, as cron does; otherwise one overlap could run a job twice.
+    fn fire_times(&self, after: DateTime<Utc>) -> impl Iterator<Item = DateTime<Utc>> + '_ {
         let local = self.zone.from_utc_datetime(&after.naive_utc());
         self.cron
             .after(&local)
-            .next()
+            .filter(|time| {
+                !matches!(
+                    self.zone.from_local_datetime(&time.naive_local()),
+                    LocalResult::Ambiguous(_, later) if later == *time
+                )
+            })
             .map(|t| t.with_timezone(&Utc))
+            // Inside the overlap hour the crate may map a later wall-clock time to its first, earlier instant.
+            .filter(move |t| *t > after)
     }
 
     /// The latest fire time in `(since, now]`: the one run to make up after downtime, however many
@@ -43,11 +56,9 @@ impl Schedule {
         since: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Option<(DateTime<Utc>, usize)> {
-        let local = self.zone.from_utc_datetime(&since.naive_utc());
         let mut latest = None;
         let mut count = 0;
-        for time in self.cron.after(&local).take(CATCH_UP_LIMIT) {
-            let utc = time.with_timezone(&Utc);
+        for utc in self.fire_times(since).take(CATCH_UP_LIMIT) {
             if utc > now {
                 break;
             }
@@ -111,6 +122,24 @@ mod tests {
             .filter(|t| t.date_naive().to_string() == "2026-10-25")
             .count();
         assert_eq!(on_the_25th, 1, "{runs:?}");
+    }
+
+    #[test]
+    fn a_look_between_the_two_occurrences_does_not_fire_the_second() {
+        // 02:30 CEST is 00:30Z; 02:30 CET is 01:30Z. Looking at 01:00Z must not find 01:30Z.
+        let schedule = Schedule::parse("30 2 * * *", "Europe/Berlin").unwrap();
+        assert_eq!(
+            schedule.latest_due(utc("2026-10-25T00:00:00Z"), utc("2026-10-25T01:00:00Z")),
+            Some((utc("2026-10-25T00:30:00Z"), 1))
+        );
+        assert_eq!(
+            schedule.latest_due(utc("2026-10-25T01:00:00Z"), utc("2026-10-25T12:00:00Z")),
+            None
+        );
+        assert_eq!(
+            schedule.next_after(utc("2026-10-25T01:00:00Z")),
+            Some(utc("2026-10-26T01:30:00Z"))
+        );
     }
 
     #[test]
