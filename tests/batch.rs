@@ -60,6 +60,26 @@ fn apply_until(
     }
 }
 
+fn uploaded_jars(work: &Path) -> Vec<String> {
+    flink_gitops::state::StateStore::open_read_only(&work.join("state"))
+        .unwrap()
+        .unwrap()
+        .jars()
+        .unwrap()
+        .into_iter()
+        .map(|j| j.jar_id)
+        .collect()
+}
+
+fn jars_on_cluster() -> Vec<String> {
+    flink_json("/jars")["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["id"].as_str().map(str::to_string))
+        .collect()
+}
+
 fn flink_state(jid: &str) -> String {
     flink_json(&format!("/jobs/{jid}"))["state"]
         .as_str()
@@ -201,6 +221,13 @@ fn ttl_cancels_a_run_that_is_still_going() {
         std::thread::sleep(Duration::from_millis(300));
     }
     assert_eq!(flink_state(&jid), "CANCELED");
+    let kept = uploaded_jars(work.path());
+    assert_eq!(
+        kept.len(),
+        1,
+        "without cleanup_on_completion the JAR stays for the next run"
+    );
+    assert!(jars_on_cluster().contains(&kept[0]));
     // The revision ran once: nothing new starts.
     let (code, report) = apply(&config);
     assert_eq!(code, Some(0), "{report:#}");
@@ -215,7 +242,11 @@ fn a_crash_right_after_submitting_a_run_is_reattached_not_resubmitted() {
     add_example_jars(&repo);
     repo.write(
         &format!("jobs/{job}.yaml"),
-        batch_spec(&job, ", \"--sleep-ms\", \"6000\"", "  ttl_seconds: 120\n"),
+        batch_spec(
+            &job,
+            ", \"--sleep-ms\", \"6000\"",
+            "  ttl_seconds: 120\n  cleanup_on_completion: true\n",
+        ),
     );
     repo.commit("a slow report");
     let work = tempfile::tempdir().unwrap();
@@ -245,12 +276,20 @@ fn a_crash_right_after_submitting_a_run_is_reattached_not_resubmitted() {
         message.contains(&format!("re-attached to run {jid}")),
         "{message}"
     );
-    apply_until(
+    let uploaded = uploaded_jars(work.path());
+    assert_eq!(uploaded.len(), 1);
+    let finished = apply_until(
         &config,
         "the re-attached run to finish",
         Duration::from_secs(40),
         |_| runs(&config, &job)[0]["result"] == "finished",
     );
+    assert_eq!(
+        finished["jars_deleted"],
+        serde_json::json!(uploaded),
+        "cleanup_on_completion deletes the JAR once nothing needs it"
+    );
+    assert!(!jars_on_cluster().contains(&uploaded[0]));
     let all_runs = runs(&config, &job);
     assert_eq!(all_runs.len(), 1, "{all_runs:#?}");
     let instances = cluster_jobs_with_prefix(&flink_gitops::plan::flink_job_prefix(&job));
@@ -258,5 +297,63 @@ fn a_crash_right_after_submitting_a_run_is_reattached_not_resubmitted() {
         instances,
         vec![(jid, "FINISHED".to_string())],
         "one Flink job, never two"
+    );
+}
+
+#[test]
+fn replace_cancels_the_run_still_going_and_deleting_the_spec_cancels_its_runs() {
+    let job = unique("replace");
+    let _cleanup = CancelOnDrop(vec![job.clone()]);
+    let repo = SpecRepo::new();
+    add_example_jars(&repo);
+    let spec_path = format!("jobs/{job}.yaml");
+    repo.write(
+        &spec_path,
+        batch_spec(
+            &job,
+            ", \"--sleep-ms\", \"120000\"",
+            "  cron: \"*/3 * * * * *\"\n  concurrency: replace\n",
+        ),
+    );
+    repo.commit("a slow report every 3 s, newest wins");
+    let work = tempfile::tempdir().unwrap();
+    let config = write_apply_config(work.path(), &repo);
+
+    apply_until(
+        &config,
+        "a second run replacing the first",
+        Duration::from_secs(40),
+        |_| runs(&config, &job).len() >= 2,
+    );
+    let recorded = runs(&config, &job);
+    assert_eq!(recorded[0]["result"], "replaced", "{recorded:#?}");
+    let first = recorded[0]["flink_job_id"].as_str().unwrap().to_string();
+    let second = recorded[1]["flink_job_id"].as_str().unwrap().to_string();
+    for _ in 0..20 {
+        if flink_state(&first) == "CANCELED" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(flink_state(&first), "CANCELED");
+
+    repo.remove(&spec_path);
+    repo.commit("retire the report");
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(outcome_of(&report, &job)["action"], "delete");
+    none_running(&job);
+    let last = runs(&config, &job)
+        .into_iter()
+        .find(|r| r["flink_job_id"] == second.as_str())
+        .unwrap();
+    assert!(
+        matches!(last["result"].as_str(), Some("canceled" | "replaced")),
+        "{last:#}"
+    );
+    let (_, report) = apply(&config);
+    assert!(
+        report["jobs"].as_array().unwrap().is_empty(),
+        "a deleted batch job is gone from the plan: {report:#}"
     );
 }

@@ -185,6 +185,47 @@ fn create_upgrade_rollback_revert_suspend_resume_delete() {
         "every intent has its outcome"
     );
     none_running(&job);
+
+    // the history an auditor reads: every deployment with its revision, signer and savepoint
+    let config_arg = config.to_str().unwrap();
+    let history = flink_gitops_json(
+        &[
+            "history", "-c", config_arg, "--job", &job, "--output", "json",
+        ],
+        0,
+    );
+    let entries = history.as_array().unwrap();
+    let actions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "promote",
+            "promote",
+            "promote",
+            "rollback",
+            "promote",
+            "rollback-by-revert",
+            "suspend",
+            "promote",
+            "delete"
+        ],
+        "{history:#}"
+    );
+    assert_eq!(entries[0]["revision"], v1_commit.as_str());
+    assert!(entries.iter().all(|e| e["signer"] == "author@example.com"));
+    assert_eq!(
+        entries[1]["savepoint"],
+        savepoint.as_str(),
+        "v2 restored the upgrade savepoint"
+    );
+    assert_eq!(entries[6]["savepoint"], kept.as_str());
+    assert_eq!(entries[8]["savepoint"], final_savepoint.as_str());
+    let table = flink_gitops(&["history", "-c", config_arg, "--job", &job]);
+    assert!(table.status.success());
+    assert!(String::from_utf8_lossy(&table.stdout).contains("rollback-by-revert"));
 }
 
 #[test]

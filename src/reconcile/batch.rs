@@ -37,6 +37,9 @@ impl Agent {
             (Action::Create | Action::Upgrade | Action::Resume | Action::Adopt, Some(job)) => {
                 let deployment = self.deployment_for(job, revision)?;
                 let row = self.record_batch_revision(pass, entry, record, &deployment, job)?;
+                if entry.action == Action::Adopt {
+                    self.adopt_run(pass, entry, &row, &deployment)?;
+                }
                 notes.push(match entry.action {
                     Action::Create | Action::Adopt => "scheduled".to_string(),
                     Action::Resume => "resumed its schedule".to_string(),
@@ -225,6 +228,54 @@ impl Agent {
         };
         self.audited_put(pass, &row, "schedule")?;
         Ok(row)
+    }
+
+    /// A run of ours is on the cluster but the state database does not know it (it was lost or
+    /// replaced): record it as a run so it is watched and counted, never started a second time.
+    fn adopt_run(
+        &self,
+        pass: &PassContext,
+        entry: &JobPlan,
+        row: &JobRecord,
+        deployment: &Deployment,
+    ) -> Result<(), StepError> {
+        let Some(jid) = entry.flink_job_id.clone() else {
+            return Ok(());
+        };
+        let known = self
+            .with_store(|s| s.runs(Some(&row.job_id)))?
+            .iter()
+            .any(|r| r.flink_job_id == jid);
+        if known {
+            return Ok(());
+        }
+        let run = RunRecord {
+            id: 0,
+            job_id: row.job_id.clone(),
+            flink_job_id: jid.clone(),
+            commit_id: pass.head.clone(),
+            spec_commit: row.commit_id.clone(),
+            spec_hash: row.spec_hash.clone(),
+            jar_sha256: deployment.jar_sha256.clone(),
+            trigger: "adopted".into(),
+            scheduled_for: None,
+            status: RunStatus::Running,
+            submitted_at_ms: now_ms(),
+            deadline_ms: None,
+            ended_at_ms: None,
+            flink_state: None,
+            root_cause: None,
+        };
+        let intent = self.intent(
+            &pass.head,
+            &row.job_id,
+            "adopt",
+            json!({"flink_job_id": jid}),
+        )?;
+        self.with_store(|s| s.insert_run(&run))?;
+        self.outcome("adopt", intent, "ok", json!({"run": true}))?;
+        warn!(flink_job_id = %jid, "adopted a batch run the state database did not know");
+        Ok(())
     }
 
     fn audited_put(
