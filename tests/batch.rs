@@ -357,3 +357,51 @@ fn replace_cancels_the_run_still_going_and_deleting_the_spec_cancels_its_runs() 
         "a deleted batch job is gone from the plan: {report:#}"
     );
 }
+
+#[test]
+fn runs_missed_while_the_agent_was_down_run_once_not_in_a_burst() {
+    let job = unique("missed");
+    let _cleanup = CancelOnDrop(vec![job.clone()]);
+    let repo = SpecRepo::new();
+    add_example_jars(&repo);
+    repo.write(
+        &format!("jobs/{job}.yaml"),
+        batch_spec(
+            &job,
+            "",
+            "  cron: \"*/2 * * * * *\"\n  concurrency: allow\n",
+        ),
+    );
+    repo.commit("every 2 s");
+    let work = tempfile::tempdir().unwrap();
+    let config = write_apply_config(work.path(), &repo);
+
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert!(
+        outcome_of(&report, &job)["message"]
+            .as_str()
+            .unwrap()
+            .contains("schedule started"),
+        "{report:#}"
+    );
+    // No agent runs for 9 s: four or five fire times pass.
+    std::thread::sleep(Duration::from_secs(9));
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report:#}");
+    let message = outcome_of(&report, &job)["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("runs were missed while the agent was down; ran the latest once"),
+        "{message}"
+    );
+    let recorded = runs(&config, &job);
+    assert_eq!(
+        recorded.len(),
+        1,
+        "one catch-up run, no burst: {recorded:#?}"
+    );
+    assert_eq!(recorded[0]["action"], "run (catch-up)");
+}

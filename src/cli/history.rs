@@ -148,7 +148,7 @@ pub fn print(entries: &[HistoryEntry]) {
         return;
     }
     println!(
-        "{:<24} {:<24} {:<10} {:<20} {:<11} {:<9} {:<24} {:<32} DETAIL",
+        "{:<24} {:<24} {:<10} {:<20} {:<11} {:<12} {:<24} {:<32} DETAIL",
         "TIME", "JOB", "KIND", "ACTION", "RESULT", "REVISION", "SIGNER", "FLINK JOB"
     );
     let dash = || "-".to_string();
@@ -160,7 +160,7 @@ pub fn print(entries: &[HistoryEntry]) {
             (None, None) => String::new(),
         };
         println!(
-            "{:<24} {:<24} {:<10} {:<20} {:<11} {:<9} {:<24} {:<32} {}",
+            "{:<24} {:<24} {:<10} {:<20} {:<11} {:<12} {:<24} {:<32} {}",
             e.at,
             e.job_id,
             e.kind,

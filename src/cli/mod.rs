@@ -570,8 +570,12 @@ pub struct JobStatus {
     pub desired_commit: Option<String>,
     /// The revision last applied.
     pub applied_commit: Option<String>,
-    /// What the agent recorded (`running`, `suspended`, `deleted`...).
+    /// What the agent recorded (`running`, `scheduled`, `suspended`, `deleted`...).
     pub recorded_status: Option<String>,
+    /// Batch jobs: the newest run (status, Flink job id, when it was submitted).
+    pub last_run: Option<String>,
+    /// Batch jobs on a cron schedule: the next fire time.
+    pub next_run: Option<String>,
     /// The Flink job id.
     pub flink_job_id: Option<String>,
     /// Its state on the cluster.
@@ -608,10 +612,37 @@ async fn status(
     ids.extend(snap.records.iter().map(|r| &r.job_id));
     ids.sort();
     ids.dedup();
+    let runs = match StateStore::open_read_only(&snap.config.state.dir)? {
+        Some(store) => store.runs(None)?,
+        None => Vec::new(),
+    };
     let jobs = ids
         .into_iter()
         .map(|id| {
             let record = snap.records.iter().find(|r| &r.job_id == id);
+            let last_run = runs.iter().rev().find(|r| &r.job_id == id).map(|run| {
+                format!(
+                    "{} {} (submitted {})",
+                    run.status.as_str(),
+                    run.flink_job_id,
+                    chrono::DateTime::from_timestamp_millis(run.submitted_at_ms)
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                        .unwrap_or_default()
+                )
+            });
+            let next_run = snap
+                .revision
+                .as_ref()
+                .ok()
+                .and_then(|r| r.desired.jobs.get(id))
+                .and_then(|job| job.spec.batch.as_ref())
+                .filter(|_| record.is_some_and(|r| r.status == "scheduled"))
+                .and_then(|batch| {
+                    let cron = batch.cron.as_deref()?;
+                    crate::batch::schedule::Schedule::parse(cron, &batch.timezone).ok()
+                })
+                .and_then(|schedule| schedule.next_after(chrono::Utc::now()))
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
             let prefix = crate::plan::flink_job_prefix(id);
             let instance = record
                 .and_then(|r| r.flink_job_id.as_deref())
@@ -626,6 +657,8 @@ async fn status(
                 desired_commit: desired_ids.contains(&id).then(|| snap.head.clone()),
                 applied_commit: record.map(|r| r.commit_id.clone()),
                 recorded_status: record.map(|r| r.status.clone()),
+                last_run,
+                next_run,
                 flink_job_id: instance
                     .map(|j| j.jid.clone())
                     .or_else(|| record.and_then(|r| r.flink_job_id.clone())),

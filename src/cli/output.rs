@@ -178,6 +178,14 @@ pub fn print_status(
             job.flink_state.clone().unwrap_or_else(dash),
             job.last_savepoint.clone().unwrap_or_else(dash),
         );
+        if job.last_run.is_some() || job.next_run.is_some() {
+            println!(
+                "  {:<28} last run: {}  next run: {}",
+                "",
+                job.last_run.clone().unwrap_or_else(dash),
+                job.next_run.clone().unwrap_or_else(dash)
+            );
+        }
     }
 }
 

@@ -18,6 +18,18 @@ use crate::state::{JobRecord, RunRecord, RunStatus, StateStore};
 
 use super::Deployment;
 
+/// A time as the spec's author reads it: in the schedule's zone.
+fn in_zone(time: DateTime<Utc>, zone: &str) -> String {
+    match zone.parse::<chrono_tz::Tz>() {
+        Ok(tz) if tz != chrono_tz::UTC => format!(
+            "{} ({zone})",
+            time.with_timezone(&tz)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+        _ => time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    }
+}
+
 /// The row status of a batch job whose schedule is live.
 pub(super) const SCHEDULED: &str = "scheduled";
 
@@ -41,7 +53,7 @@ impl Agent {
                     self.adopt_run(pass, entry, &row, &deployment)?;
                 }
                 notes.push(match entry.action {
-                    Action::Create | Action::Adopt => "scheduled".to_string(),
+                    Action::Create | Action::Adopt => "new batch job".to_string(),
                     Action::Resume => "resumed its schedule".to_string(),
                     _ => format!(
                         "new spec revision from {}",
@@ -153,7 +165,7 @@ impl Agent {
                         run.flink_job_id,
                         trigger.as_str(),
                         scheduled_for
-                            .map(|t| format!(", scheduled for {}", t.to_rfc3339()))
+                            .map(|t| format!(", scheduled for {}", in_zone(t, &batch.timezone)))
                             .unwrap_or_default()
                     ));
                     outcome_kind = Outcome::Ok;
@@ -170,7 +182,9 @@ impl Agent {
                         info!(next = %next_text, "no batch run: {why}");
                     }
                     notes.push(match next {
-                        Some(next) => format!("{why}; next run at {}", next.to_rfc3339()),
+                        Some(next) => {
+                            format!("{why}; next run at {}", in_zone(next, &batch.timezone))
+                        }
                         None => why,
                     });
                 }
