@@ -44,6 +44,13 @@ pub struct Deployment {
     pub spec_json: String,
     /// The commit this came from.
     pub commit: String,
+    /// Where the JAR is fetched from when it is not in the spec repo; checked against `jar_sha256`
+    /// (the spec's pin) and its detached signature before it is cached or uploaded.
+    #[serde(default)]
+    pub artifact_url: Option<String>,
+    /// The spec demands a detached signature whatever the agent's policy.
+    #[serde(default)]
+    pub artifact_verification: bool,
 }
 
 /// The health gate, in milliseconds so it round-trips through JSON.
@@ -138,6 +145,11 @@ impl Deployment {
             checkpointing: spec.checkpointing_enabled(),
             spec_hash,
             spec_json: job.canonical_json(),
+            artifact_url: match &spec.artifact {
+                crate::spec::Artifact::Url(url) => Some(url.clone()),
+                crate::spec::Artifact::Path(_) => None,
+            },
+            artifact_verification: spec.artifact_verification,
             commit: commit.to_string(),
         }
     }

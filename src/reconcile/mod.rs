@@ -7,6 +7,7 @@
 
 mod batch;
 pub mod deployment;
+mod download;
 pub mod health;
 
 use std::collections::BTreeMap;
@@ -217,6 +218,8 @@ pub struct Agent {
     store: Arc<Mutex<StateStore>>,
     trust: Arc<TrustMaterial>,
     cache_dir: PathBuf,
+    /// Fetches `artifact_url` JARs (system roots, rustls).
+    downloads: reqwest::Client,
     /// When the batch scheduler needs the next pass; recomputed by every pass.
     batch_wakeup: Mutex<Option<chrono::DateTime<chrono::Utc>>>,
 }
@@ -235,7 +238,14 @@ impl Agent {
         let cache_dir = config.state.dir.join("artifacts");
         std::fs::create_dir_all(&cache_dir)
             .map_err(|e| AgentError::Config(format!("{}: {e}", cache_dir.display())))?;
+        let downloads = reqwest::Client::builder()
+            .connect_timeout(config.flink.request_timeout.min(Duration::from_secs(30)))
+            .read_timeout(Duration::from_secs(120))
+            .user_agent(concat!("flink-gitops/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| AgentError::Config(format!("HTTP client for artifact_url: {e}")))?;
         Ok(Agent {
+            downloads,
             shutdown: tokio_util::sync::CancellationToken::new(),
             verified: Arc::new(Mutex::new(None)),
             config,
@@ -460,11 +470,11 @@ impl Agent {
     ) -> Result<Deployment, StepError> {
         let sha = match (&job.spec.artifact, revision.artifacts.get(&job.spec.job_id)) {
             (Artifact::Path(_), Some(check)) => check.sha256.clone(),
-            (Artifact::Url(url), _) => {
-                return Err(StepError::new(format!(
-                    "artifact_url {url}: downloading JARs is not supported yet; commit the JAR to the repo"
-                )));
-            }
+            (Artifact::Url(url), _) => job
+                .spec
+                .artifact_sha256
+                .clone()
+                .ok_or_else(|| StepError::new(format!("artifact_url {url}: no sha256 pin")))?,
             (Artifact::Path(path), None) => {
                 return Err(StepError::new(format!("{path}: JAR was not verified")));
             }
@@ -1263,6 +1273,11 @@ impl Agent {
             }
         }
         let path = self.cache_path(sha);
+        if let Some(url) = &deployment.artifact_url
+            && !path.exists()
+        {
+            self.download_jar(head, deployment, url, &path).await?;
+        }
         let check_path = path.clone();
         let digest = tokio::task::spawn_blocking(move || {
             let file = std::fs::File::open(&check_path)?;
