@@ -85,7 +85,13 @@ fn deployment_entries(log: &[AuditEntry]) -> Vec<HistoryEntry> {
                     .or_else(|| field(&after, "savepoint"))
                     .or_else(|| field(&before, "from_savepoint")),
                 detail: field(&before, "reason")
-                    .or_else(|| field(&before, "to_commit").map(|c| format!("to commit {c}"))),
+                    .or_else(|| field(&before, "to_commit").map(|c| format!("to commit {c}")))
+                    .or_else(|| {
+                        // A rollback promotes an older commit's spec while the head is the failed one.
+                        field(&before, "commit")
+                            .filter(|c| Some(c) != outcome.commit_id.as_ref())
+                            .map(|c| format!("runs the spec of commit {c}"))
+                    }),
             })
         })
         .collect()
