@@ -108,6 +108,12 @@ fn the_service_runs_a_cron_job_records_it_finished_and_stops_at_max_runs() {
     let mut text = std::fs::read_to_string(&config).unwrap();
     text = text.replace("poll_interval: 5s", "poll_interval: 1m");
     text.push_str("  interval: 10m\n");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    text.push_str(&format!("server:\n  listen: 127.0.0.1:{port}\n"));
     std::fs::write(&config, text).unwrap();
     let log = work.path().join("service.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_flink-gitops"))
@@ -152,6 +158,16 @@ fn the_service_runs_a_cron_job_records_it_finished_and_stops_at_max_runs() {
     // Two more fire times pass: max_runs holds the schedule.
     std::thread::sleep(Duration::from_secs(9));
     assert_eq!(runs(&config, &job).len(), 2, "max_runs: 2 stops scheduling");
+    let metrics = Command::new("curl")
+        .args(["-s", "--max-time", "5"])
+        .arg(format!("http://127.0.0.1:{port}/metrics"))
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        metrics.contains("flink_gitops_batch_runs{state=\"finished\"} 2"),
+        "{metrics}"
+    );
     drop(guard);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("max_runs reached"), "{text}");

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub polls: Family<KindLabels, Counter>,
     /// Webhook requests by result.
     pub webhooks: Family<KindLabels, Counter>,
+    /// Batch runs recorded, by status.
+    pub batch_runs: Family<StateLabels, Gauge>,
 }
 
 impl Metrics {
@@ -70,6 +72,7 @@ impl Metrics {
         let circuit_open = Gauge::<i64, AtomicI64>::default();
         let polls = Family::<KindLabels, Counter>::default();
         let webhooks = Family::<KindLabels, Counter>::default();
+        let batch_runs = Family::<StateLabels, Gauge>::default();
         registry.register(
             "reconcile_duration_seconds",
             "Duration of reconcile passes",
@@ -104,6 +107,11 @@ impl Metrics {
         );
         registry.register("polls", "Repository polls by result", polls.clone());
         registry.register("webhooks", "Webhook requests by result", webhooks.clone());
+        registry.register(
+            "batch_runs",
+            "Batch runs recorded, by status (running, finished, failed, timed_out...)",
+            batch_runs.clone(),
+        );
         Metrics {
             registry,
             reconcile_duration,
@@ -116,6 +124,7 @@ impl Metrics {
             circuit_open,
             polls,
             webhooks,
+            batch_runs,
         }
     }
 

@@ -469,6 +469,18 @@ async fn poll_and_reconcile(
                 .inc();
         }
     }
+    if let Ok(runs) = agent.runs() {
+        shared.metrics.batch_runs.clear();
+        for run in runs {
+            shared
+                .metrics
+                .batch_runs
+                .get_or_create(&metrics::StateLabels {
+                    state: run.status.as_str().to_string(),
+                })
+                .inc();
+        }
+    }
     if let Some(age) = head_commit_age(config, &head) {
         shared.metrics.head_commit_age.set(age);
     }
