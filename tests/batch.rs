@@ -421,3 +421,70 @@ fn runs_missed_while_the_agent_was_down_run_once_not_in_a_burst() {
     );
     assert_eq!(recorded[0]["action"], "run (catch-up)");
 }
+
+#[test]
+fn a_stream_job_that_becomes_a_batch_job_and_back_never_runs_twice() {
+    let job = unique("switch");
+    let _cleanup = CancelOnDrop(vec![job.clone()]);
+    let repo = SpecRepo::new();
+    add_example_jars(&repo);
+    let spec_path = format!("jobs/{job}.yaml");
+    repo.write(
+        &spec_path,
+        counter_spec(&job, "artifacts/counter-v1.jar", ""),
+    );
+    repo.commit("a stream job");
+    let work = tempfile::tempdir().unwrap();
+    let config = write_apply_config(work.path(), &repo);
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report:#}");
+    let stream_jid = one_running(&job);
+
+    // stream → batch: the stream stops with a savepoint first, then the batch run starts
+    repo.write(&spec_path, batch_spec(&job, "", "  max_runs: 1\n"));
+    repo.commit("the same job_id as a batch job");
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert!(
+        outcome_of(&report, &job)["message"]
+            .as_str()
+            .unwrap()
+            .contains("run started"),
+        "{report:#}"
+    );
+    assert_eq!(
+        flink_state(&stream_jid),
+        "FINISHED",
+        "stopped with a savepoint"
+    );
+    let state = flink_gitops::state::StateStore::open_read_only(&work.path().join("state"))
+        .unwrap()
+        .unwrap();
+    assert!(
+        state.job(&job).unwrap().unwrap().last_savepoint.is_some(),
+        "the stream's final savepoint is kept"
+    );
+    drop(state);
+    apply_until(
+        &config,
+        "the batch run to finish",
+        Duration::from_secs(40),
+        |_| {
+            runs(&config, &job)
+                .first()
+                .is_some_and(|r| r["result"] == "finished")
+        },
+    );
+
+    // batch → stream: no run is left, one stream instance runs
+    repo.write(
+        &spec_path,
+        counter_spec(&job, "artifacts/counter-v1.jar", ""),
+    );
+    repo.commit("back to streaming");
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report:#}");
+    let again = one_running(&job);
+    assert_ne!(again, stream_jid);
+    assert!(runs(&config, &job).iter().all(|r| r["result"] != "running"));
+}

@@ -74,10 +74,8 @@ impl Agent {
             }
             (Action::Delete, _) => {
                 let mut row = record.ok_or_else(|| StepError::new("no record to delete"))?;
-                for run in self.active_runs(&row.job_id)? {
-                    self.cancel_run(pass, run, RunStatus::Canceled, "its spec was deleted")
-                        .await?;
-                }
+                self.cancel_all_runs(pass, &row.job_id, "its spec was deleted")
+                    .await?;
                 row.status = "deleted".into();
                 row.commit_id = pass.head.clone();
                 self.audited_put(pass, &row, "delete")?;
@@ -306,6 +304,19 @@ impl Agent {
         )?;
         self.with_store(|s| s.put_job(row))?;
         self.outcome(action, intent, "ok", json!({"status": row.status}))?;
+        Ok(())
+    }
+
+    /// Cancels every run of the job still on the cluster.
+    pub(super) async fn cancel_all_runs(
+        &self,
+        pass: &PassContext,
+        job_id: &str,
+        why: &str,
+    ) -> Result<(), StepError> {
+        for run in self.active_runs(job_id)? {
+            self.cancel_run(pass, run, RunStatus::Canceled, why).await?;
+        }
         Ok(())
     }
 

@@ -496,27 +496,63 @@ impl Agent {
         instance: Option<JobOverview>,
     ) -> JobOutcome {
         let desired = revision.desired.jobs.get(&entry.job_id);
-        let recorded_batch = record.as_ref().is_some_and(|r| {
+        let recorded_type = record.as_ref().and_then(|r| {
             r.deployment_json
                 .as_deref()
                 .and_then(|j| serde_json::from_str::<Deployment>(j).ok())
-                .is_some_and(|d| d.job_type == JobType::Batch)
+                .map(|d| d.job_type)
         });
         let batch = match desired {
             Some(job) => job.spec.job_type == JobType::Batch,
-            None => recorded_batch,
+            None => recorded_type == Some(JobType::Batch),
+        };
+        let failed = |error: StepError| {
+            warn!(error = %error.message, "job failed");
+            let mut outcome = JobOutcome::new(entry, Outcome::Failed, error.message);
+            outcome.root_cause = error.root_cause;
+            outcome
         };
         if batch {
+            if recorded_type == Some(JobType::Stream)
+                && let Some(running) = instance.as_ref().filter(|i| is_alive(&i.state))
+                && let Some(row) = &record
+            {
+                // A stream job that became a batch job keeps its state in a savepoint.
+                let target = row
+                    .deployment_json
+                    .as_deref()
+                    .and_then(|j| serde_json::from_str::<Deployment>(j).ok())
+                    .map(|d| d.savepoint_dir)
+                    .unwrap_or_default();
+                if let Err(error) = self
+                    .stop_with_savepoint(&pass.head, &entry.job_id, &running.jid, &target)
+                    .await
+                {
+                    return failed(error);
+                }
+            }
+            let record = match self.with_store(|s| s.job(&entry.job_id)) {
+                Ok(fresh) => fresh.or(record),
+                Err(error) => return failed(error.into()),
+            };
             return self
                 .batch_pass(pass, entry, desired, revision, record)
                 .await
-                .unwrap_or_else(|error| {
-                    warn!(error = %error.message, "batch job failed");
-                    let mut outcome = JobOutcome::new(entry, Outcome::Failed, error.message);
-                    outcome.root_cause = error.root_cause;
-                    outcome
-                });
+                .unwrap_or_else(failed);
         }
+        let instance = if recorded_type == Some(JobType::Batch) {
+            // A batch job that became a stream job: its runs end here, and the stream starts fresh.
+            if let Err(error) = self
+                .cancel_all_runs(pass, &entry.job_id, "the job became a stream job")
+                .await
+                .and_then(|()| Ok(self.with_store(|s| s.remove_schedule_cursor(&entry.job_id))?))
+            {
+                return failed(error);
+            }
+            None
+        } else {
+            instance
+        };
         if entry.action == Action::Unchanged {
             return JobOutcome::new(entry, Outcome::Unchanged, "in sync");
         }
