@@ -10,7 +10,6 @@ use tracing::{info, warn};
 
 use super::{Agent, JobOutcome, Outcome, PassContext, StepError, generation_of, now_ms};
 use crate::batch::{Decision, RunCounts, Trigger, decide};
-use crate::flink::FlinkError;
 use crate::plan::{Action, JobPlan, flink_job_id, flink_job_prefix, is_alive};
 use crate::revision::VerifiedRevision;
 use crate::spec::{DesiredJob, DesiredRunState};
@@ -27,6 +26,34 @@ fn in_zone(time: DateTime<Utc>, zone: &str) -> String {
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         ),
         _ => time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    }
+}
+
+/// A run of the job's current spec revision, submitted now.
+fn new_run(
+    pass: &PassContext,
+    row: &JobRecord,
+    deployment: &Deployment,
+    flink_job_id: &str,
+    trigger: &str,
+    status: RunStatus,
+) -> RunRecord {
+    RunRecord {
+        id: 0,
+        job_id: row.job_id.clone(),
+        flink_job_id: flink_job_id.to_string(),
+        commit_id: pass.head.clone(),
+        spec_commit: row.commit_id.clone(),
+        spec_hash: row.spec_hash.clone(),
+        jar_sha256: deployment.jar_sha256.clone(),
+        trigger: trigger.to_string(),
+        scheduled_for: None,
+        status,
+        submitted_at_ms: now_ms(),
+        deadline_ms: None,
+        ended_at_ms: None,
+        flink_state: None,
+        root_cause: None,
     }
 }
 
@@ -261,23 +288,7 @@ impl Agent {
         if known {
             return Ok(());
         }
-        let run = RunRecord {
-            id: 0,
-            job_id: row.job_id.clone(),
-            flink_job_id: jid.clone(),
-            commit_id: pass.head.clone(),
-            spec_commit: row.commit_id.clone(),
-            spec_hash: row.spec_hash.clone(),
-            jar_sha256: deployment.jar_sha256.clone(),
-            trigger: "adopted".into(),
-            scheduled_for: None,
-            status: RunStatus::Running,
-            submitted_at_ms: now_ms(),
-            deadline_ms: None,
-            ended_at_ms: None,
-            flink_state: None,
-            root_cause: None,
-        };
+        let run = new_run(pass, row, deployment, &jid, "adopted", RunStatus::Running);
         let intent = self.intent(
             &pass.head,
             &row.job_id,
@@ -470,24 +481,16 @@ impl Agent {
         updated.generation = generation;
         updated.flink_job_id = Some(jid.clone());
         self.with_store(|s| s.put_job(&updated))?;
-        let submitted_at_ms = now_ms();
-        let mut run = RunRecord {
-            id: 0,
-            job_id: row.job_id.clone(),
-            flink_job_id: jid.clone(),
-            commit_id: pass.head.clone(),
-            spec_commit: row.commit_id.clone(),
-            spec_hash: row.spec_hash.clone(),
-            jar_sha256: deployment.jar_sha256.clone(),
-            trigger: trigger.as_str().to_string(),
-            scheduled_for: scheduled_for.map(|t| t.to_rfc3339()),
-            status: RunStatus::Submitting,
-            submitted_at_ms,
-            deadline_ms: ttl_seconds.map(|ttl| submitted_at_ms + ttl as i64 * 1000),
-            ended_at_ms: None,
-            flink_state: None,
-            root_cause: None,
-        };
+        let mut run = new_run(
+            pass,
+            row,
+            deployment,
+            &jid,
+            trigger.as_str(),
+            RunStatus::Submitting,
+        );
+        run.scheduled_for = scheduled_for.map(|t| t.to_rfc3339());
+        run.deadline_ms = ttl_seconds.map(|ttl| run.submitted_at_ms + ttl as i64 * 1000);
         run.id = self.with_store(|s| s.insert_run(&run))?;
         let intent = self.intent(
             &pass.head,
@@ -496,14 +499,9 @@ impl Agent {
             json!({"flink_job_id": jid, "trigger": trigger.as_str(), "scheduled_for": run.scheduled_for, "jar_sha256": deployment.jar_sha256}),
         )?;
         let request = deployment.run_request(&jid, None, pass.default_parallelism);
-        let result = match self.client.run_jar(&jar_id, &request).await {
-            Err(FlinkError::Status { root_cause, .. }) if root_cause.contains("does not exist") => {
-                self.with_store(|s| s.remove_jar(&deployment.jar_sha256))?;
-                let jar_id = self.ensure_jar(&pass.head, deployment).await?;
-                self.client.run_jar(&jar_id, &request).await
-            }
-            other => other,
-        };
+        let result = self
+            .run_jar_reuploading(&pass.head, deployment, &jar_id, &request)
+            .await?;
         match result {
             Ok(_) => {
                 // A crash before the next line leaves the run `submitting`; the next pass finds it on the cluster.

@@ -1260,15 +1260,9 @@ impl Agent {
             "submit",
             json!({"flink_job_id": pending.flink_job_id, "kind": pending.kind, "restore": pending.restored_from, "jar_sha256": deployment.jar_sha256}),
         )?;
-        let result = match self.client.run_jar(&jar_id, &request).await {
-            Err(FlinkError::Status { root_cause, .. }) if root_cause.contains("does not exist") => {
-                // The JobManager restarted and forgot its uploads: upload again, once.
-                self.with_store(|s| s.remove_jar(&deployment.jar_sha256))?;
-                let jar_id = self.ensure_jar(&pass.head, deployment).await?;
-                self.client.run_jar(&jar_id, &request).await
-            }
-            other => other,
-        };
+        let result = self
+            .run_jar_reuploading(&pass.head, deployment, &jar_id, &request)
+            .await?;
         match result {
             Ok(returned) if returned == pending.flink_job_id => {
                 self.outcome("submit", intent, "ok", json!({"flink_job_id": returned}))?;
@@ -1296,6 +1290,25 @@ impl Agent {
                 )?;
                 Err(error.into())
             }
+        }
+    }
+
+    /// Runs the uploaded JAR. The outer error is ours (state, upload); the inner one is Flink's answer.
+    async fn run_jar_reuploading(
+        &self,
+        head: &str,
+        deployment: &Deployment,
+        jar_id: &str,
+        request: &crate::flink::RunRequest,
+    ) -> Result<Result<String, FlinkError>, StepError> {
+        match self.client.run_jar(jar_id, request).await {
+            Err(FlinkError::Status { root_cause, .. }) if root_cause.contains("does not exist") => {
+                // The JobManager restarted and forgot its uploads: upload again, once.
+                self.with_store(|s| s.remove_jar(&deployment.jar_sha256))?;
+                let jar_id = self.ensure_jar(head, deployment).await?;
+                Ok(self.client.run_jar(&jar_id, request).await)
+            }
+            other => Ok(other),
         }
     }
 
