@@ -131,3 +131,69 @@ fn a_signed_pinned_url_jar_runs_and_a_tampered_or_unsigned_one_is_refused() {
         "a refused JAR is not cached"
     );
 }
+
+#[test]
+fn an_https_artifact_url_is_fetched_only_from_a_trusted_server() {
+    let job = unique("https");
+    let _cleanup = CancelOnDrop(vec![job.clone()]);
+    let repo = SpecRepo::new();
+    let store = tempfile::tempdir().unwrap();
+    support::tls::make_pki(store.path());
+    let bytes = std::fs::read(example_jar("batch-report.jar")).unwrap();
+    let jar = store.path().join("batch-report.jar");
+    std::fs::write(&jar, &bytes).unwrap();
+    let signature = repo.signer.sign(&jar, "flink-gitops-artifact", &[]);
+    std::fs::write(store.path().join("batch-report.jar.sig"), signature).unwrap();
+    let (_server, port) = support::tls::serve(store.path(), false);
+    let url = format!("https://127.0.0.1:{port}/batch-report.jar");
+    repo.write(
+        &format!("jobs/{job}.yaml"),
+        url_spec(&job, &url, &hex::encode(Sha256::digest(&bytes)), ""),
+    );
+    repo.commit("report from an https artifact store");
+    let work = tempfile::tempdir().unwrap();
+    let config = write_apply_config(work.path(), &repo);
+    let apply_trusting = |ca: Option<&Path>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_flink-gitops"));
+        command.args(["apply", "-c", config.to_str().unwrap(), "--output", "json"]);
+        if let Some(ca) = ca {
+            command.env("SSL_CERT_FILE", ca);
+        }
+        let output = command.output().unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        (output.status.code(), report)
+    };
+
+    // The server's CA is not in the trust store: nothing is downloaded.
+    let (code, report) = apply_trusting(None);
+    assert_eq!(code, Some(1), "{report:#}");
+    let message = outcome_of(&report, &job)["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("UnknownIssuer"), "{message}");
+    assert_eq!(audit_results(work.path(), "upload"), vec![]);
+
+    // Trusted (SSL_CERT_FILE is how the system store is pointed elsewhere): fetched, verified, run.
+    let (code, report) = apply_trusting(Some(&store.path().join("ca.pem")));
+    assert_eq!(code, Some(0), "{report:#}");
+    assert!(
+        outcome_of(&report, &job)["message"]
+            .as_str()
+            .unwrap()
+            .contains("run started"),
+        "{report:#}"
+    );
+    let downloads = audit_results(work.path(), "download");
+    assert_eq!(downloads.last().unwrap().0, "ok", "{downloads:?}");
+    assert!(
+        downloads
+            .last()
+            .unwrap()
+            .1
+            .as_deref()
+            .unwrap()
+            .contains("author@example.com"),
+        "the .sig came over https too: {downloads:?}"
+    );
+}

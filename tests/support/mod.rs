@@ -1,6 +1,8 @@
 //! Shared test fixtures: real git repositories, the shared real Flink cluster, the binary.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
