@@ -57,6 +57,9 @@ fn new_run(
     }
 }
 
+/// How often a running run is looked at between other wake-ups (its TTL deadline wakes the agent on time).
+const ACTIVE_RUN_CHECK: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+
 /// The row status of a batch job whose schedule is live.
 pub(super) const SCHEDULED: &str = "scheduled";
 
@@ -127,13 +130,11 @@ impl Agent {
             && job.spec.state == DesiredRunState::Running
             && let Some(batch) = &job.spec.batch
         {
-            let runs = self.with_store(|s| s.runs(Some(&row.job_id)))?;
             let counts = RunCounts {
-                of_revision: runs
-                    .iter()
-                    .filter(|r| r.spec_commit == row.commit_id && r.spec_hash == row.spec_hash)
-                    .count() as u32,
-                active: runs.iter().filter(|r| r.status.is_active()).count() as u32,
+                of_revision: self.with_store(|s| {
+                    s.count_runs_of_revision(&row.job_id, &row.commit_id, &row.spec_hash)
+                })?,
+                active: self.active_runs(&row.job_id)?.len() as u32,
             };
             let cursor = self.with_store(|s| s.schedule_cursor(&row.job_id))?;
             let now = Utc::now();
@@ -216,16 +217,7 @@ impl Agent {
             }
         }
         if !self.active_runs(&entry.job_id)?.is_empty() {
-            self.wake_batch_at(
-                Utc::now()
-                    + chrono::Duration::from_std(
-                        self.config
-                            .reconcile
-                            .poll_interval
-                            .max(std::time::Duration::from_secs(1)),
-                    )
-                    .unwrap_or_default(),
-            );
+            self.wake_batch_at(Utc::now() + ACTIVE_RUN_CHECK);
         }
         if let Some((message, root_cause)) = failure {
             let mut outcome = JobOutcome::new(entry, Outcome::Failed, message);
@@ -281,11 +273,7 @@ impl Agent {
         let Some(jid) = entry.flink_job_id.clone() else {
             return Ok(());
         };
-        let known = self
-            .with_store(|s| s.runs(Some(&row.job_id)))?
-            .iter()
-            .any(|r| r.flink_job_id == jid);
-        if known {
+        if self.with_store(|s| s.run_known(&jid))? {
             return Ok(());
         }
         let run = new_run(pass, row, deployment, &jid, "adopted", RunStatus::Running);
@@ -295,7 +283,15 @@ impl Agent {
             "adopt",
             json!({"flink_job_id": jid}),
         )?;
-        self.with_store(|s| s.insert_run(&run))?;
+        self.with_store(|s| {
+            s.insert_run(&run)?;
+            // Later runs must take later ids than the adopted one.
+            if let Some(mut fresh) = s.job(&row.job_id)? {
+                fresh.generation = fresh.generation.max(generation_of(&jid));
+                s.put_job(&fresh)?;
+            }
+            Ok(())
+        })?;
         self.outcome("adopt", intent, "ok", json!({"run": true}))?;
         warn!(flink_job_id = %jid, "adopted a batch run the state database did not know");
         Ok(())
@@ -332,11 +328,7 @@ impl Agent {
     }
 
     fn active_runs(&self, job_id: &str) -> Result<Vec<RunRecord>, StepError> {
-        Ok(self
-            .with_store(|s| s.runs(Some(job_id)))?
-            .into_iter()
-            .filter(|r| r.status.is_active())
-            .collect())
+        Ok(self.with_store(|s| s.active_runs(Some(job_id)))?)
     }
 
     /// Brings every active run of the job up to date with the cluster: finished, failed, timed out, lost.
@@ -466,17 +458,7 @@ impl Agent {
         let mut updated = self
             .with_store(|s| s.job(&row.job_id))?
             .unwrap_or_else(|| row.clone());
-        let highest_recorded = self
-            .with_store(|s| s.runs(Some(&row.job_id)))?
-            .iter()
-            .map(|r| generation_of(&r.flink_job_id))
-            .max()
-            .unwrap_or(0);
-        let generation = updated
-            .generation
-            .max(highest_on_cluster)
-            .max(highest_recorded)
-            + 1;
+        let generation = updated.generation.max(highest_on_cluster) + 1;
         let jid = flink_job_id(&row.job_id, generation);
         updated.generation = generation;
         updated.flink_job_id = Some(jid.clone());
@@ -554,8 +536,8 @@ impl Agent {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs of every job, for `history` and status endpoints.
-    pub fn runs(&self) -> Result<Vec<RunRecord>, crate::state::StateError> {
-        self.with_store(|s: &StateStore| s.runs(None))
+    /// How many runs are recorded in each status (for metrics).
+    pub fn run_status_counts(&self) -> Result<Vec<(String, i64)>, crate::state::StateError> {
+        self.with_store(StateStore::run_status_counts)
     }
 }

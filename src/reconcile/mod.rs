@@ -1664,9 +1664,9 @@ impl Agent {
             Ok(found) => found,
             Err(_) => return Vec::new(),
         };
-        let runs = self.with_store(|s| s.runs(None)).unwrap_or_default();
+        let runs = self.with_store(|s| s.active_runs(None)).unwrap_or_default();
         let mut used: BTreeMap<String, ()> = BTreeMap::new();
-        for run in runs.iter().filter(|r| r.status.is_active()) {
+        for run in &runs {
             used.insert(run.jar_sha256.clone(), ());
         }
         for row in &rows {

@@ -469,16 +469,14 @@ async fn poll_and_reconcile(
                 .inc();
         }
     }
-    if let Ok(runs) = agent.runs() {
+    if let Ok(counts) = agent.run_status_counts() {
         shared.metrics.batch_runs.clear();
-        for run in runs {
+        for (status, count) in counts {
             shared
                 .metrics
                 .batch_runs
-                .get_or_create(&metrics::StateLabels {
-                    state: run.status.as_str().to_string(),
-                })
-                .inc();
+                .get_or_create(&metrics::StateLabels { state: status })
+                .set(count);
         }
     }
     if let Some(age) = head_commit_age(config, &head) {

@@ -88,6 +88,7 @@ const MIGRATIONS: &[&str] = &[
         root_cause      TEXT
     );
     CREATE INDEX runs_by_job ON runs(job_id, id);
+    CREATE INDEX runs_by_status ON runs(status);
     CREATE TABLE batch_schedules (
         job_id    TEXT PRIMARY KEY,
         cron      TEXT NOT NULL,

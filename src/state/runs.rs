@@ -190,6 +190,62 @@ impl StateStore {
             .map_err(sqlite(&self.path, "read runs"))
     }
 
+    /// Runs still on the cluster (`submitting` or `running`); of one job when `job_id` is given.
+    pub fn active_runs(&self, job_id: Option<&str>) -> Result<Vec<RunRecord>, StateError> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE status IN ('submitting', 'running') AND (?1 IS NULL OR job_id = ?1) ORDER BY id"
+        );
+        let mut statement = self
+            .connection
+            .prepare(&sql)
+            .map_err(sqlite(&self.path, "read active runs"))?;
+        let rows = statement
+            .query_map([job_id], run_from_row)
+            .map_err(sqlite(&self.path, "read active runs"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sqlite(&self.path, "read active runs"))
+    }
+
+    /// How many runs one spec revision of a job has made (what `max_runs` limits).
+    pub fn count_runs_of_revision(
+        &self,
+        job_id: &str,
+        spec_commit: &str,
+        spec_hash: &str,
+    ) -> Result<u32, StateError> {
+        self.connection
+            .query_row(
+                "SELECT COUNT(*) FROM runs WHERE job_id = ?1 AND spec_commit = ?2 AND spec_hash = ?3",
+                [job_id, spec_commit, spec_hash],
+                |row| row.get(0),
+            )
+            .map_err(sqlite(&self.path, "count runs"))
+    }
+
+    /// Whether a run with this Flink job id is recorded.
+    pub fn run_known(&self, flink_job_id: &str) -> Result<bool, StateError> {
+        self.connection
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM runs WHERE flink_job_id = ?1)",
+                [flink_job_id],
+                |row| row.get(0),
+            )
+            .map_err(sqlite(&self.path, "find run"))
+    }
+
+    /// How many runs are recorded in each status.
+    pub fn run_status_counts(&self) -> Result<Vec<(String, i64)>, StateError> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT status, COUNT(*) FROM runs GROUP BY status ORDER BY status")
+            .map_err(sqlite(&self.path, "count runs"))?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(sqlite(&self.path, "count runs"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sqlite(&self.path, "count runs"))
+    }
+
     /// Where the job's cron schedule stands.
     pub fn schedule_cursor(&self, job_id: &str) -> Result<Option<ScheduleCursor>, StateError> {
         self.connection
