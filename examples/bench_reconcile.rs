@@ -3,37 +3,10 @@
 //!
 //! Run: `cargo build --release && cargo run --release --example bench_reconcile [JOBS]`
 
-use std::path::Path;
-use std::process::Command;
-use std::time::Instant;
-
 use flink_gitops::testing::FakeFlink;
 
 mod common;
-use common::{agent_binary, git, signed_repo, spec};
-
-/// Runs the agent under `/usr/bin/time`; returns (exit code, seconds, peak RSS MiB).
-fn timed_agent(binary: &Path, args: &[&str]) -> (i32, f64, f64) {
-    let started = Instant::now();
-    let output = Command::new("/usr/bin/time")
-        .args(["-f", "%M"])
-        .arg(binary)
-        .args(args)
-        .output()
-        .expect("/usr/bin/time");
-    let seconds = started.elapsed().as_secs_f64();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let rss_kib: f64 = stderr
-        .lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or(0.0);
-    (
-        output.status.code().unwrap_or(-1),
-        seconds,
-        rss_kib / 1024.0,
-    )
-}
+use common::{agent_binary, git, signed_repo, spec, timed_agent};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {

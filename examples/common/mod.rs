@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
 
 /// Runs a command, panicking with its stderr on failure.
 pub fn run(command: &mut Command) -> String {
@@ -88,4 +89,27 @@ pub fn signed_repo(dir: &Path, jobs: usize) -> PathBuf {
     git(&repo, &["add", "-A"]);
     git(&repo, &["commit", "-q", "-m", "jobs"]);
     repo
+}
+
+/// Runs the agent under `/usr/bin/time`; returns (exit code, seconds, peak RSS MiB).
+pub fn timed_agent(binary: &Path, args: &[&str]) -> (i32, f64, f64) {
+    let started = Instant::now();
+    let output = Command::new("/usr/bin/time")
+        .args(["-f", "%M"])
+        .arg(binary)
+        .args(args)
+        .output()
+        .expect("/usr/bin/time");
+    let seconds = started.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let rss_kib: f64 = stderr
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0.0);
+    (
+        output.status.code().unwrap_or(-1),
+        seconds,
+        rss_kib / 1024.0,
+    )
 }

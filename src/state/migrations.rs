@@ -89,6 +89,7 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX runs_by_job ON runs(job_id, id);
     CREATE INDEX runs_by_status ON runs(status);
+    CREATE INDEX runs_by_revision ON runs(job_id, spec_commit, spec_hash);
     CREATE TABLE batch_schedules (
         job_id    TEXT PRIMARY KEY,
         cron      TEXT NOT NULL,
