@@ -223,6 +223,47 @@ fn create_upgrade_rollback_revert_suspend_resume_delete() {
     );
     assert_eq!(entries[6]["savepoint"], kept.as_str());
     assert_eq!(entries[8]["savepoint"], final_savepoint.as_str());
+    let newest = flink_gitops_json(
+        &[
+            "history", "-c", config_arg, "--job", &job, "--limit", "2", "--output", "json",
+        ],
+        0,
+    );
+    let newest: Vec<&str> = newest
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(newest, ["promote", "delete"]);
+    let since = entries[6]["at"].as_str().unwrap();
+    let window = flink_gitops_json(
+        &[
+            "history", "-c", config_arg, "--job", &job, "--since", since, "--output", "json",
+        ],
+        0,
+    );
+    assert_eq!(
+        window.as_array().unwrap().len(),
+        3,
+        "suspend, promote, delete"
+    );
+    let future = flink_gitops_json(
+        &[
+            "history",
+            "-c",
+            config_arg,
+            "--since",
+            "2999-01-01T00:00:00Z",
+            "--output",
+            "json",
+        ],
+        0,
+    );
+    assert_eq!(future, serde_json::json!([]));
+    let bad = flink_gitops(&["history", "-c", config_arg, "--since", "last tuesday"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--since `last tuesday`"));
     let table = flink_gitops(&["history", "-c", config_arg, "--job", &job]);
     assert!(table.status.success());
     assert!(String::from_utf8_lossy(&table.stdout).contains("rollback-by-revert"));

@@ -68,8 +68,12 @@ fn deployment_entries(log: &[AuditEntry]) -> Vec<HistoryEntry> {
     log.iter()
         .filter(|e| e.phase == "outcome" && DEPLOYMENT_ACTIONS.contains(&e.action.as_str()))
         .filter_map(|outcome| {
-            let intent = intents.get(&outcome.intent_id?)?;
-            let before = parse(intent.detail.as_deref());
+            // With `--since` an outcome's intent may lie before the window; the outcome still counts.
+            let before = outcome
+                .intent_id
+                .and_then(|id| intents.get(&id))
+                .map(|intent| parse(intent.detail.as_deref()))
+                .unwrap_or_default();
             let after = parse(outcome.detail.as_deref());
             Some(HistoryEntry {
                 at: outcome.at.clone(),
@@ -125,13 +129,18 @@ fn run_entry(run: &RunRecord) -> HistoryEntry {
     }
 }
 
-/// Every deployment and run recorded, oldest first; of one job when `job_id` is given.
+/// Every deployment and run recorded from `since` on, oldest first; of one job when `job_id` is given.
 pub fn entries(
     store: &StateStore,
     job_id: Option<&str>,
+    since: Option<DateTime<chrono::Utc>>,
 ) -> Result<Vec<HistoryEntry>, crate::state::StateError> {
-    let mut entries = deployment_entries(&store.audit_log()?);
-    entries.extend(store.runs(job_id)?.iter().map(run_entry));
+    let audit_since = since
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
+        .unwrap_or_default();
+    let runs_since = since.map_or(i64::MIN, |t| t.timestamp_millis());
+    let mut entries = deployment_entries(&store.audit_log_since(&audit_since)?);
+    entries.extend(store.runs_since(job_id, runs_since)?.iter().map(run_entry));
     entries.retain(|e| job_id.is_none_or(|id| e.job_id == id));
     let mut signers: BTreeMap<String, Option<String>> = BTreeMap::new();
     for entry in &mut entries {

@@ -107,6 +107,12 @@ pub enum Command {
         /// Only this job.
         #[arg(long)]
         job: Option<String>,
+        /// Only entries from this time on: an RFC 3339 time, or how long ago (`7d`, `12h`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only the newest N entries.
+        #[arg(long)]
+        limit: Option<usize>,
         /// Output format.
         #[arg(long, short, value_enum, default_value_t)]
         output: OutputFormat,
@@ -225,8 +231,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::History {
             config,
             job,
+            since,
+            limit,
             output,
-        } => history(&config, job.as_deref(), output),
+        } => history(&config, job.as_deref(), since.as_deref(), limit, output),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -381,13 +389,36 @@ struct Snapshot {
 fn history(
     config_path: &std::path::Path,
     job: Option<&str>,
+    since: Option<&str>,
+    limit: Option<usize>,
     format: OutputFormat,
 ) -> Result<u8, Failure> {
+    let since = since
+        .map(|text| {
+            chrono::DateTime::parse_from_rfc3339(text)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .or_else(|_| {
+                    crate::util::parse_duration(text)
+                        .ok()
+                        .and_then(|ago| chrono::Duration::from_std(ago).ok())
+                        .map(|ago| chrono::Utc::now() - ago)
+                        .ok_or(())
+                })
+                .map_err(|()| {
+                    usage(anyhow::anyhow!(
+                        "--since `{text}`: give an RFC 3339 time (2026-11-01T00:00:00Z) or how long ago (7d, 12h)"
+                    ))
+                })
+        })
+        .transpose()?;
     let config = load_config(config_path)?;
-    let entries = match StateStore::open_read_only(&config.state.dir)? {
-        Some(store) => history::entries(&store, job)?,
+    let mut entries = match StateStore::open_read_only(&config.state.dir)? {
+        Some(store) => history::entries(&store, job, since)?,
         None => Vec::new(),
     };
+    if let Some(limit) = limit {
+        entries.drain(..entries.len().saturating_sub(limit));
+    }
     match format {
         OutputFormat::Json => output::print_json(&entries)?,
         OutputFormat::Text => history::print(&entries),

@@ -177,14 +177,24 @@ impl StateStore {
 
     /// Runs, oldest first; of one job when `job_id` is given.
     pub fn runs(&self, job_id: Option<&str>) -> Result<Vec<RunRecord>, StateError> {
-        let sql =
-            format!("SELECT {RUN_COLUMNS} FROM runs WHERE ?1 IS NULL OR job_id = ?1 ORDER BY id");
+        self.runs_since(job_id, i64::MIN)
+    }
+
+    /// Runs submitted at or after `since_ms` (Unix ms), oldest first; of one job when `job_id` is given.
+    pub fn runs_since(
+        &self,
+        job_id: Option<&str>,
+        since_ms: i64,
+    ) -> Result<Vec<RunRecord>, StateError> {
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE (?1 IS NULL OR job_id = ?1) AND submitted_at_ms >= ?2 ORDER BY id"
+        );
         let mut statement = self
             .connection
             .prepare(&sql)
             .map_err(sqlite(&self.path, "read runs"))?;
         let rows = statement
-            .query_map([job_id], run_from_row)
+            .query_map(params![job_id, since_ms], run_from_row)
             .map_err(sqlite(&self.path, "read runs"))?;
         rows.collect::<Result<_, _>>()
             .map_err(sqlite(&self.path, "read runs"))
