@@ -488,3 +488,48 @@ fn a_stream_job_that_becomes_a_batch_job_and_back_never_runs_twice() {
     assert_ne!(again, stream_jid);
     assert!(runs(&config, &job).iter().all(|r| r["result"] != "running"));
 }
+
+#[test]
+fn a_failed_run_is_recorded_with_flinks_root_cause() {
+    let job = unique("failing");
+    let _cleanup = CancelOnDrop(vec![job.clone()]);
+    let repo = SpecRepo::new();
+    add_example_jars(&repo);
+    repo.write(
+        &format!("jobs/{job}.yaml"),
+        format!(
+            "job_id: {job}\njob_type: batch\nartifact_path: artifacts/counter-broken.jar\ndeployment:\n  parallelism: 1\n  restart_strategy: none\nargs: [\"--name\", \"{job}\"]\n"
+        ),
+    );
+    repo.commit("a report whose build is broken");
+    let work = tempfile::tempdir().unwrap();
+    let config = write_apply_config(work.path(), &repo);
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "the run starts: {report:#}");
+    let report = apply_until(
+        &config,
+        "the run to fail",
+        Duration::from_secs(40),
+        |report| outcome_of(report, &job)["outcome"] == "failed",
+    );
+    let failed = outcome_of(&report, &job);
+    assert!(
+        failed["root_cause"]
+            .as_str()
+            .is_some_and(|c| c.contains("counter-broken: simulated start-up failure")),
+        "{failed:#}"
+    );
+    let run = runs(&config, &job).pop().unwrap();
+    assert_eq!(run["result"], "failed");
+    assert!(
+        run["detail"]
+            .as_str()
+            .unwrap()
+            .contains("counter-broken: simulated start-up failure"),
+        "{run:#}"
+    );
+    // One run per revision: a failed run is not retried until the spec changes.
+    let (code, _) = apply(&config);
+    assert_eq!(code, Some(0));
+    assert_eq!(runs(&config, &job).len(), 1);
+}
