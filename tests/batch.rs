@@ -401,6 +401,24 @@ fn runs_missed_while_the_agent_was_down_run_once_not_in_a_burst() {
             .contains("schedule started"),
         "{report:#}"
     );
+    let plan = flink_gitops_json(
+        &["plan", "-c", config.to_str().unwrap(), "--output", "json"],
+        0,
+    );
+    let entry = plan["plan"]["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_id"] == job.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(entry["action"], "unchanged");
+    assert!(
+        entry["reasons"][0]
+            .as_str()
+            .is_some_and(|r| r.starts_with("next run at ")),
+        "plan says when the next run is: {entry:#}"
+    );
     // No agent runs for 9 s: four or five fire times pass.
     std::thread::sleep(Duration::from_secs(9));
     let (code, report) = apply(&config);

@@ -69,6 +69,18 @@ impl Schedule {
     }
 }
 
+/// A time as the spec's author reads it: in the schedule's zone.
+pub fn in_zone(time: DateTime<Utc>, zone: &str) -> String {
+    match zone.parse::<chrono_tz::Tz>() {
+        Ok(tz) if tz != chrono_tz::UTC => format!(
+            "{} ({zone})",
+            time.with_timezone(&tz)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+        _ => time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ use tracing::{info, instrument, warn};
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::flink::{ClusterOverview, FlinkClient, JobOverview};
 use crate::git::GitSource;
-use crate::plan::{Observed, Plan};
+use crate::plan::{Action, Observed, Plan};
 use crate::revision::{
     ArtifactCheck, RevisionError, TrustMaterial, VerifiedRevision, verify_revision,
 };
@@ -536,7 +536,30 @@ async fn plan(config_path: &std::path::Path, format: OutputFormat) -> Result<u8,
             Ok((_, jobs)) => Observed::Jobs(jobs),
             Err(reason) => Observed::Unreachable(reason.clone()),
         };
-        crate::plan::plan(&revision.desired, observed, &snap.records)
+        let mut plan = crate::plan::plan(&revision.desired, observed, &snap.records);
+        for entry in &mut plan.jobs {
+            if matches!(entry.action, Action::Delete | Action::Suspend) {
+                continue;
+            }
+            let next = revision
+                .desired
+                .jobs
+                .get(&entry.job_id)
+                .and_then(|job| job.spec.batch.as_ref())
+                .and_then(|batch| {
+                    let schedule = crate::batch::schedule::Schedule::parse(
+                        batch.cron.as_deref()?,
+                        &batch.timezone,
+                    )
+                    .ok()?;
+                    let next = schedule.next_after(chrono::Utc::now())?;
+                    Some(crate::batch::schedule::in_zone(next, &batch.timezone))
+                });
+            if let Some(next) = next {
+                entry.reasons.push(format!("next run at {next}"));
+            }
+        }
+        plan
     });
     let trust = snap.revision.as_ref().ok().map(|r| TrustSummary {
         verified_from: snap.watermark.as_deref(),

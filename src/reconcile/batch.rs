@@ -9,6 +9,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::{Agent, JobOutcome, Outcome, PassContext, StepError, generation_of, now_ms};
+use crate::batch::schedule::in_zone;
 use crate::batch::{Decision, RunCounts, Trigger, decide};
 use crate::plan::{Action, JobPlan, flink_job_id, flink_job_prefix, is_alive};
 use crate::revision::VerifiedRevision;
@@ -16,18 +17,6 @@ use crate::spec::{DesiredJob, DesiredRunState};
 use crate::state::{JobRecord, RunRecord, RunStatus, StateStore};
 
 use super::Deployment;
-
-/// A time as the spec's author reads it: in the schedule's zone.
-fn in_zone(time: DateTime<Utc>, zone: &str) -> String {
-    match zone.parse::<chrono_tz::Tz>() {
-        Ok(tz) if tz != chrono_tz::UTC => format!(
-            "{} ({zone})",
-            time.with_timezone(&tz)
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        ),
-        _ => time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    }
-}
 
 /// A run of the job's current spec revision, submitted now.
 fn new_run(
