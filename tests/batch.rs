@@ -168,6 +168,15 @@ fn the_service_runs_a_cron_job_records_it_finished_and_stops_at_max_runs() {
         metrics.contains("flink_gitops_batch_runs{state=\"finished\"} 2"),
         "{metrics}"
     );
+    let status = Command::new("curl")
+        .args(["-s", "--max-time", "5"])
+        .arg(format!("http://127.0.0.1:{port}/api/v1/status"))
+        .output()
+        .unwrap();
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    let entry = &status["jobs"][0];
+    assert_eq!(entry["recorded_status"], "scheduled", "{status:#}");
+    assert_eq!(entry["active_runs"], serde_json::json!([]), "{status:#}");
     drop(guard);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("max_runs reached"), "{text}");

@@ -525,6 +525,11 @@ impl Agent {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Batch runs still on the cluster, of every job (for the status endpoint).
+    pub fn active_runs_all(&self) -> Result<Vec<RunRecord>, crate::state::StateError> {
+        self.with_store(|s| s.active_runs(None))
+    }
+
     /// How many runs are recorded in each status (for metrics).
     pub fn run_status_counts(&self) -> Result<Vec<(String, i64)>, crate::state::StateError> {
         self.with_store(StateStore::run_status_counts)

@@ -91,9 +91,18 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
         .agent()
         .and_then(|a| a.records().ok())
         .unwrap_or_default();
+    let active_runs = shared
+        .agent()
+        .and_then(|a| a.active_runs_all().ok())
+        .unwrap_or_default();
     let jobs: Vec<_> = records
         .iter()
         .map(|r| {
+            let running: Vec<_> = active_runs
+                .iter()
+                .filter(|run| run.job_id == r.job_id)
+                .map(|run| json!({"flink_job_id": run.flink_job_id, "status": run.status, "submitted_at_ms": run.submitted_at_ms, "deadline_ms": run.deadline_ms}))
+                .collect();
             let outcome = status
                 .last_report
                 .as_ref()
@@ -107,6 +116,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
                 "last_savepoint": r.last_savepoint,
                 "last_action": outcome.map(|o| o.action),
                 "health": outcome.map(|o| o.outcome),
+                "active_runs": running,
                 "last_error": outcome.and_then(|o| o.root_cause.clone().or_else(|| (o.outcome == crate::reconcile::Outcome::Failed).then(|| o.message.clone()))),
             })
         })
