@@ -560,3 +560,40 @@ fn a_failed_run_is_recorded_with_flinks_root_cause() {
     assert_eq!(code, Some(0));
     assert_eq!(runs(&config, &job).len(), 1);
 }
+
+#[test]
+fn a_crash_before_the_submit_call_loses_that_run_instead_of_risking_two() {
+    let job = unique("lost");
+    let _cleanup = CancelOnDrop(vec![job.clone()]);
+    let repo = SpecRepo::new();
+    add_example_jars(&repo);
+    repo.write(&format!("jobs/{job}.yaml"), batch_spec(&job, "", ""));
+    repo.commit("one run for this revision");
+    let work = tempfile::tempdir().unwrap();
+    let config = write_apply_config(work.path(), &repo);
+
+    let killed = Command::new(env!("CARGO_BIN_EXE_flink-gitops"))
+        .args(["apply", "-c", config.to_str().unwrap()])
+        .env("FLINK_GITOPS_FAILPOINT", "before:batch-run")
+        .output()
+        .unwrap();
+    assert_eq!(killed.status.code(), None, "killed by the failpoint");
+    assert_eq!(runs(&config, &job)[0]["result"], "submitting");
+
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report:#}");
+    let recorded = runs(&config, &job);
+    assert_eq!(recorded.len(), 1, "{recorded:#?}");
+    assert_eq!(recorded[0]["result"], "lost");
+    assert!(
+        recorded[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the submission never reached the cluster"),
+        "{recorded:#?}"
+    );
+    assert!(
+        cluster_jobs_with_prefix(&flink_gitops::plan::flink_job_prefix(&job)).is_empty(),
+        "nothing reached Flink"
+    );
+}

@@ -46,6 +46,16 @@ fn new_run(
     }
 }
 
+/// A run that is due, and how to start it.
+struct Due {
+    trigger: Trigger,
+    scheduled_for: Option<DateTime<Utc>>,
+    ttl_seconds: Option<u64>,
+    replace_active: bool,
+    /// Where the schedule cursor goes once the run is recorded.
+    cursor: Option<crate::state::ScheduleCursor>,
+}
+
 /// How often a running run is looked at between other wake-ups (its TTL deadline wakes the agent on time).
 const ACTIVE_RUN_CHECK: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
 
@@ -128,9 +138,15 @@ impl Agent {
             let cursor = self.with_store(|s| s.schedule_cursor(&row.job_id))?;
             let now = Utc::now();
             let tick = decide(batch, cursor.as_ref(), counts, now).map_err(StepError::new)?;
-            match &tick.cursor {
-                Some(cursor) => self.with_store(|s| s.set_schedule_cursor(&row.job_id, cursor))?,
-                None => self.with_store(|s| s.remove_schedule_cursor(&row.job_id))?,
+            // A due tick moves the cursor in the same transaction that records its run (see `start_run`),
+            // so a crash in between neither loses the tick nor runs it twice.
+            if !matches!(tick.decision, Decision::Run { .. }) {
+                match &tick.cursor {
+                    Some(cursor) => {
+                        self.with_store(|s| s.set_schedule_cursor(&row.job_id, cursor))?
+                    }
+                    None => self.with_store(|s| s.remove_schedule_cursor(&row.job_id))?,
+                }
             }
             match tick.decision {
                 Decision::Run {
@@ -149,17 +165,6 @@ impl Agent {
                             "{missed} runs were missed while the agent was down; ran the latest once"
                         ));
                     }
-                    if replace_active {
-                        for run in self.active_runs(&row.job_id)? {
-                            self.cancel_run(
-                                pass,
-                                run,
-                                RunStatus::Replaced,
-                                "replaced by a newer run",
-                            )
-                            .await?;
-                        }
-                    }
                     let deployment: Deployment = row
                         .deployment_json
                         .as_deref()
@@ -170,9 +175,13 @@ impl Agent {
                             pass,
                             &row,
                             &deployment,
-                            trigger,
-                            scheduled_for,
-                            batch.ttl_seconds,
+                            Due {
+                                trigger,
+                                scheduled_for,
+                                ttl_seconds: batch.ttl_seconds,
+                                replace_active,
+                                cursor: tick.cursor,
+                            },
                         )
                         .await?;
                     notes.push(format!(
@@ -429,11 +438,23 @@ impl Agent {
         pass: &PassContext,
         row: &JobRecord,
         deployment: &Deployment,
-        trigger: Trigger,
-        scheduled_for: Option<DateTime<Utc>>,
-        ttl_seconds: Option<u64>,
+        due: Due,
     ) -> Result<RunRecord, StepError> {
+        let Due {
+            trigger,
+            scheduled_for,
+            ttl_seconds,
+            replace_active,
+            cursor,
+        } = due;
+        // The JAR first: when it cannot be had, the run going is not replaced and the tick is tried again.
         let jar_id = self.ensure_jar(&pass.head, deployment).await?;
+        if replace_active {
+            for run in self.active_runs(&row.job_id)? {
+                self.cancel_run(pass, run, RunStatus::Replaced, "replaced by a newer run")
+                    .await?;
+            }
+        }
         let prefix = flink_job_prefix(&row.job_id);
         let highest_on_cluster = self
             .client
@@ -462,7 +483,7 @@ impl Agent {
         );
         run.scheduled_for = scheduled_for.map(|t| t.to_rfc3339());
         run.deadline_ms = ttl_seconds.map(|ttl| run.submitted_at_ms + ttl as i64 * 1000);
-        run.id = self.with_store(|s| s.insert_run(&run))?;
+        run.id = self.with_store(|s| s.insert_run_moving_cursor(&run, cursor.as_ref()))?;
         let intent = self.intent(
             &pass.head,
             &row.job_id,

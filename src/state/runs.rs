@@ -158,6 +158,27 @@ impl StateStore {
         Ok(self.connection.last_insert_rowid())
     }
 
+    /// Records a run and moves its job's schedule cursor in one transaction: after a crash either
+    /// both happened or neither did.
+    pub fn insert_run_moving_cursor(
+        &self,
+        run: &RunRecord,
+        cursor: Option<&ScheduleCursor>,
+    ) -> Result<i64, StateError> {
+        let transaction = self
+            .connection
+            .unchecked_transaction()
+            .map_err(sqlite(&self.path, "begin run"))?;
+        let id = self.insert_run(run)?;
+        if let Some(cursor) = cursor {
+            self.set_schedule_cursor(&run.job_id, cursor)?;
+        }
+        transaction
+            .commit()
+            .map_err(sqlite(&self.path, "commit run"))?;
+        Ok(id)
+    }
+
     /// Updates where a run stands.
     pub fn update_run(&self, run: &RunRecord) -> Result<(), StateError> {
         self.connection
