@@ -8,7 +8,7 @@ use flink_gitops::state::{RunRecord, RunStatus, StateStore};
 use flink_gitops::testing::FakeFlink;
 
 mod common;
-use common::{agent_binary, git, signed_repo, timed_agent};
+use common::{agent_binary, fake_flink_config, git, signed_repo, timed_agent};
 
 fn batch_spec(n: usize) -> String {
     format!(
@@ -37,15 +37,7 @@ async fn main() {
     }
     git(&repo, &["add", "-A"]);
     git(&repo, &["commit", "-q", "-m", "reports"]);
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "repo: {{ url: {} }}\ntrust: {{ allowed_signers: allowed_signers, artifacts: optional }}\nflink: {{ url: http://{address}, savepoint_dir: file:///tmp/sp }}\nstate: {{ dir: state }}\n",
-            repo.display()
-        ),
-    )
-    .unwrap();
+    let config = fake_flink_config(dir.path(), &repo, address, "");
     let config_arg = config.to_str().unwrap();
     let apply = ["apply", "-c", config_arg, "--output", "json"];
 

@@ -6,7 +6,7 @@
 use flink_gitops::testing::FakeFlink;
 
 mod common;
-use common::{agent_binary, git, signed_repo, spec, timed_agent};
+use common::{agent_binary, fake_flink_config, git, signed_repo, spec, timed_agent};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -19,15 +19,12 @@ async fn main() {
     let address = fake.serve().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let repo = signed_repo(dir.path(), jobs);
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "repo: {{ url: {} }}\ntrust: {{ allowed_signers: allowed_signers, artifacts: optional }}\nflink: {{ url: http://{address}, savepoint_dir: file:///tmp/sp }}\nstate: {{ dir: state }}\nreconcile: {{ max_concurrency: 16, poll_interval: 100ms }}\n",
-            repo.display()
-        ),
-    )
-    .unwrap();
+    let config = fake_flink_config(
+        dir.path(),
+        &repo,
+        address,
+        "reconcile: { max_concurrency: 16, poll_interval: 100ms }\n",
+    );
     let config_arg = config.to_str().unwrap();
     let apply = ["apply", "-c", config_arg, "--output", "json"];
 

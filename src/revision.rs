@@ -38,6 +38,25 @@ impl TrustMaterial {
         })?;
         Ok(TrustMaterial { signers, owners })
     }
+
+    /// What a job's JAR must satisfy: a detached signature is required by the agent's policy, or by
+    /// the spec's `security.artifact_verification`.
+    pub fn artifact_policy<'a>(
+        &'a self,
+        config: &'a Config,
+        spec_demands_signature: bool,
+    ) -> ArtifactPolicy<'a> {
+        let signature_required = match (config.trust.artifacts, spec_demands_signature) {
+            (ArtifactRule::Required, _) => Some("trust.artifacts is `required`"),
+            (ArtifactRule::Optional, true) => Some("the spec sets security.artifact_verification"),
+            (ArtifactRule::Optional, false) => None,
+        };
+        ArtifactPolicy {
+            signers: &self.signers,
+            namespace: &config.trust.artifact_namespace,
+            signature_required,
+        }
+    }
 }
 
 /// What was established about one in-repo JAR.
@@ -157,16 +176,7 @@ pub fn verify_revision(
         let Artifact::Path(path) = &job.spec.artifact else {
             continue;
         };
-        let required = match (config.trust.artifacts, job.spec.artifact_verification) {
-            (ArtifactRule::Required, _) => Some("trust.artifacts is `required`"),
-            (ArtifactRule::Optional, true) => Some("the spec sets security.artifact_verification"),
-            (ArtifactRule::Optional, false) => None,
-        };
-        let artifact_policy = ArtifactPolicy {
-            signers: &trust.signers,
-            namespace: &config.trust.artifact_namespace,
-            signature_required: required,
-        };
+        let artifact_policy = trust.artifact_policy(config, job.spec.artifact_verification);
         let check = check_in_repo_jar(
             repo,
             &tree,

@@ -23,6 +23,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("`{trimmed}` is not a duration ({e}); use e.g. `30s`, `5m`, `1h`"))
 }
 
+/// An error and every `source()` under it, joined by `: ` (transport errors hide the useful part there).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Formats a duration the way users write it in config files (`30s`, `5m`).
 pub fn format_duration(duration: Duration) -> String {
     humantime::format_duration(duration).to_string()

@@ -113,3 +113,22 @@ pub fn timed_agent(binary: &Path, args: &[&str]) -> (i32, f64, f64) {
         rss_kib / 1024.0,
     )
 }
+
+/// Writes `dir/config.yaml` for an agent on `repo` and the fake Flink at `address`, plus `extra` lines.
+pub fn fake_flink_config(
+    dir: &Path,
+    repo: &Path,
+    address: std::net::SocketAddr,
+    extra: &str,
+) -> PathBuf {
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "repo: {{ url: {} }}\ntrust: {{ allowed_signers: allowed_signers, artifacts: optional }}\nflink: {{ url: http://{address}, savepoint_dir: file:///tmp/sp }}\nstate: {{ dir: state }}\n{extra}",
+            repo.display()
+        ),
+    )
+    .unwrap();
+    config
+}

@@ -74,6 +74,13 @@ pub struct Tick {
     pub cursor: Option<ScheduleCursor>,
 }
 
+/// The next fire time of a cron batch spec after `now` (`None` without cron).
+pub fn next_run(batch: &BatchSpec, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    Schedule::parse(batch.cron.as_deref()?, &batch.timezone)
+        .ok()?
+        .next_after(now)
+}
+
 /// Decides whether a run of a batch job is due at `now`.
 pub fn decide(
     batch: &BatchSpec,

@@ -547,13 +547,8 @@ async fn plan(config_path: &std::path::Path, format: OutputFormat) -> Result<u8,
                 .get(&entry.job_id)
                 .and_then(|job| job.spec.batch.as_ref())
                 .and_then(|batch| {
-                    let schedule = crate::batch::schedule::Schedule::parse(
-                        batch.cron.as_deref()?,
-                        &batch.timezone,
-                    )
-                    .ok()?;
-                    let next = schedule.next_after(chrono::Utc::now())?;
-                    Some(crate::batch::schedule::in_zone(next, &batch.timezone))
+                    crate::batch::next_run(batch, chrono::Utc::now())
+                        .map(|next| crate::batch::schedule::in_zone(next, &batch.timezone))
                 });
             if let Some(next) = next {
                 entry.reasons.push(format!("next run at {next}"));
@@ -666,15 +661,15 @@ async fn status(
     ids.extend(snap.records.iter().map(|r| &r.job_id));
     ids.sort();
     ids.dedup();
-    let runs = match StateStore::open_read_only(&snap.config.state.dir)? {
-        Some(store) => store.runs(None)?,
+    let last_runs = match StateStore::open_read_only(&snap.config.state.dir)? {
+        Some(store) => store.last_runs()?,
         None => Vec::new(),
     };
     let jobs = ids
         .into_iter()
         .map(|id| {
             let record = snap.records.iter().find(|r| &r.job_id == id);
-            let last_run = runs.iter().rev().find(|r| &r.job_id == id).map(|run| {
+            let last_run = last_runs.iter().find(|r| &r.job_id == id).map(|run| {
                 format!(
                     "{} {} (submitted {})",
                     run.status.as_str(),
@@ -691,11 +686,7 @@ async fn status(
                 .and_then(|r| r.desired.jobs.get(id))
                 .and_then(|job| job.spec.batch.as_ref())
                 .filter(|_| record.is_some_and(|r| r.status == "scheduled"))
-                .and_then(|batch| {
-                    let cron = batch.cron.as_deref()?;
-                    crate::batch::schedule::Schedule::parse(cron, &batch.timezone).ok()
-                })
-                .and_then(|schedule| schedule.next_after(chrono::Utc::now()))
+                .and_then(|batch| crate::batch::next_run(batch, chrono::Utc::now()))
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
             let prefix = crate::plan::flink_job_prefix(id);
             let instance = record

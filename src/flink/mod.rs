@@ -309,15 +309,9 @@ impl FlinkClient {
                 after: self.timeout,
             }
         } else {
-            let mut reason = error.to_string();
-            let mut source = std::error::Error::source(&error);
-            while let Some(inner) = source {
-                reason = format!("{reason}: {inner}");
-                source = inner.source();
-            }
             FlinkError::Unreachable {
                 url: url.to_string(),
-                reason,
+                reason: crate::util::error_chain(&error),
             }
         }
     }

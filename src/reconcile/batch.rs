@@ -46,6 +46,14 @@ fn new_run(
     }
 }
 
+/// What watching a job's runs found.
+struct Watched {
+    /// Runs whose state changed, with a note for people.
+    changed: Vec<(RunRecord, String)>,
+    /// Runs still on the cluster afterwards.
+    still_active: u32,
+}
+
 /// A run that is due, and how to start it.
 struct Due {
     trigger: Trigger,
@@ -116,7 +124,8 @@ impl Agent {
             _ => record,
         };
         let mut failure: Option<(String, Option<String>)> = None;
-        for (run, note) in self.watch_runs(pass, &entry.job_id).await? {
+        let watched = self.watch_runs(pass, &entry.job_id).await?;
+        for (run, note) in watched.changed {
             if run.status == RunStatus::Failed {
                 failure = Some((note.clone(), run.root_cause.clone()));
             }
@@ -133,7 +142,7 @@ impl Agent {
                 of_revision: self.with_store(|s| {
                     s.count_runs_of_revision(&row.job_id, &row.commit_id, &row.spec_hash)
                 })?,
-                active: self.active_runs(&row.job_id)?.len() as u32,
+                active: watched.still_active,
             };
             let cursor = self.with_store(|s| s.schedule_cursor(&row.job_id))?;
             let now = Utc::now();
@@ -214,7 +223,7 @@ impl Agent {
                 }
             }
         }
-        if !self.active_runs(&entry.job_id)?.is_empty() {
+        if watched.still_active > 0 || started.is_some() {
             self.wake_batch_at(Utc::now() + ACTIVE_RUN_CHECK);
         }
         if let Some((message, root_cause)) = failure {
@@ -330,12 +339,9 @@ impl Agent {
     }
 
     /// Brings every active run of the job up to date with the cluster: finished, failed, timed out, lost.
-    async fn watch_runs(
-        &self,
-        pass: &PassContext,
-        job_id: &str,
-    ) -> Result<Vec<(RunRecord, String)>, StepError> {
+    async fn watch_runs(&self, pass: &PassContext, job_id: &str) -> Result<Watched, StepError> {
         let mut changed = Vec::new();
+        let mut still_active = 0;
         for mut run in self.active_runs(job_id)? {
             let jid = run.flink_job_id.clone();
             match self.client.job(&jid).await {
@@ -385,10 +391,13 @@ impl Agent {
                                 .cancel_run(pass, run, RunStatus::TimedOut, &note)
                                 .await?;
                             changed.push((run, note));
-                        } else if let Some(at) = DateTime::from_timestamp_millis(deadline) {
+                            continue;
+                        }
+                        if let Some(at) = DateTime::from_timestamp_millis(deadline) {
                             self.wake_batch_at(at);
                         }
                     }
+                    still_active += 1;
                 }
                 Err(error) if error.is_not_found() => {
                     let never_submitted = run.status == RunStatus::Submitting;
@@ -409,10 +418,14 @@ impl Agent {
                 }
                 Err(error) => {
                     warn!(flink_job_id = %jid, %error, "cannot check batch run; will look again");
+                    still_active += 1;
                 }
             }
         }
-        Ok(changed)
+        Ok(Watched {
+            changed,
+            still_active,
+        })
     }
 
     async fn cancel_run(

@@ -8,8 +8,7 @@ use tokio::io::AsyncWriteExt;
 use tracing::info;
 
 use super::{Agent, Deployment, StepError};
-use crate::config::ArtifactPolicy as ArtifactRule;
-use crate::trust::artifacts::{ArtifactPolicy, JAR_SIZE_LIMIT, hash_jar, verify_jar};
+use crate::trust::artifacts::{JAR_SIZE_LIMIT, hash_jar, verify_jar};
 
 /// Detached signatures are small; anything bigger is not one.
 const SIGNATURE_LIMIT: u64 = 16 * 1024;
@@ -73,19 +72,9 @@ impl Agent {
         })
         .await
         .map_err(|e| StepError::new(e.to_string()))?;
-        let required = match (
-            self.config.trust.artifacts,
-            deployment.artifact_verification,
-        ) {
-            (ArtifactRule::Required, _) => Some("trust.artifacts is `required`"),
-            (ArtifactRule::Optional, true) => Some("the spec sets security.artifact_verification"),
-            (ArtifactRule::Optional, false) => None,
-        };
-        let policy = ArtifactPolicy {
-            signers: &self.trust.signers,
-            namespace: &self.config.trust.artifact_namespace,
-            signature_required: required,
-        };
+        let policy = self
+            .trust
+            .artifact_policy(&self.config, deployment.artifact_verification);
         let checked = digest.map_err(StepError::new).and_then(|digest| {
             verify_jar(
                 url,
@@ -150,12 +139,20 @@ async fn fetch_to_file(
             }
         }
         None => {
-            let mut response = client.get(url).send().await.map_err(|e| error_chain(&e))?;
+            let mut response = client
+                .get(url)
+                .send()
+                .await
+                .map_err(|e| crate::util::error_chain(&e))?;
             if !response.status().is_success() {
                 return Err(format!("HTTP {}", response.status()));
             }
             loop {
-                match response.chunk().await.map_err(|e| error_chain(&e))? {
+                match response
+                    .chunk()
+                    .await
+                    .map_err(|e| crate::util::error_chain(&e))?
+                {
                     Some(chunk) => write(&chunk).await?,
                     None => break Ok(()),
                 }
@@ -177,7 +174,11 @@ async fn fetch_to_memory(client: &reqwest::Client, url: &str) -> Result<Option<V
             Err(e) => return Err(format!("{}: {e}", local.display())),
         },
         None => {
-            let response = client.get(url).send().await.map_err(|e| error_chain(&e))?;
+            let response = client
+                .get(url)
+                .send()
+                .await
+                .map_err(|e| crate::util::error_chain(&e))?;
             if response.status() == reqwest::StatusCode::NOT_FOUND {
                 return Ok(None);
             }
@@ -187,7 +188,7 @@ async fn fetch_to_memory(client: &reqwest::Client, url: &str) -> Result<Option<V
             response
                 .bytes()
                 .await
-                .map_err(|e| error_chain(&e))?
+                .map_err(|e| crate::util::error_chain(&e))?
                 .to_vec()
         }
     };
@@ -207,15 +208,4 @@ fn local_path(url: &str) -> Result<Option<std::path::PathBuf>, String> {
         "https" => Ok(None),
         other => Err(format!("scheme `{other}` is not allowed")),
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

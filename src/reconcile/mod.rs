@@ -496,12 +496,12 @@ impl Agent {
         instance: Option<JobOverview>,
     ) -> JobOutcome {
         let desired = revision.desired.jobs.get(&entry.job_id);
-        let recorded_type = record.as_ref().and_then(|r| {
+        let recorded: Option<Deployment> = record.as_ref().and_then(|r| {
             r.deployment_json
                 .as_deref()
-                .and_then(|j| serde_json::from_str::<Deployment>(j).ok())
-                .map(|d| d.job_type)
+                .and_then(|j| serde_json::from_str(j).ok())
         });
+        let recorded_type = recorded.as_ref().map(|d| d.job_type);
         let batch = match desired {
             Some(job) => job.spec.job_type == JobType::Batch,
             None => recorded_type == Some(JobType::Batch),
@@ -513,19 +513,17 @@ impl Agent {
             outcome
         };
         if batch {
-            if recorded_type == Some(JobType::Stream)
+            if let Some(stream) = recorded.filter(|d| d.job_type == JobType::Stream)
                 && let Some(running) = instance.as_ref().filter(|i| is_alive(&i.state))
-                && let Some(row) = &record
             {
                 // A stream job that became a batch job keeps its state in a savepoint.
-                let target = row
-                    .deployment_json
-                    .as_deref()
-                    .and_then(|j| serde_json::from_str::<Deployment>(j).ok())
-                    .map(|d| d.savepoint_dir)
-                    .unwrap_or_default();
                 if let Err(error) = self
-                    .stop_with_savepoint(&pass.head, &entry.job_id, &running.jid, &target)
+                    .stop_with_savepoint(
+                        &pass.head,
+                        &entry.job_id,
+                        &running.jid,
+                        &stream.savepoint_dir,
+                    )
                     .await
                 {
                     return failed(error);

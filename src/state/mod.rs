@@ -450,8 +450,8 @@ impl StateStore {
     pub fn open_intents(&self) -> Result<Vec<AuditEntry>, StateError> {
         self.audit_query(
             "SELECT id, at, commit_id, job_id, action, phase, intent_id, result, detail FROM audit_log i
-             WHERE phase = 'intent' AND at >= ?1 AND NOT EXISTS (SELECT 1 FROM audit_log o WHERE o.intent_id = i.id) ORDER BY id",
-            "",
+             WHERE phase = 'intent' AND NOT EXISTS (SELECT 1 FROM audit_log o WHERE o.intent_id = i.id) ORDER BY id",
+            [],
         )
     }
 
@@ -464,17 +464,21 @@ impl StateStore {
     pub fn audit_log_since(&self, since: &str) -> Result<Vec<AuditEntry>, StateError> {
         self.audit_query(
             "SELECT id, at, commit_id, job_id, action, phase, intent_id, result, detail FROM audit_log WHERE at >= ?1 ORDER BY id",
-            since,
+            [since],
         )
     }
 
-    fn audit_query(&self, sql: &str, since: &str) -> Result<Vec<AuditEntry>, StateError> {
+    fn audit_query(
+        &self,
+        sql: &str,
+        parameters: impl rusqlite::Params,
+    ) -> Result<Vec<AuditEntry>, StateError> {
         let mut statement = self
             .connection
             .prepare(sql)
             .map_err(sqlite(&self.path, "read audit log"))?;
         let rows = statement
-            .query_map([since], |row| {
+            .query_map(parameters, |row| {
                 Ok(AuditEntry {
                     id: row.get(0)?,
                     at: row.get(1)?,

@@ -54,11 +54,6 @@ impl RunStatus {
             _ => RunStatus::Lost,
         }
     }
-
-    /// Still needs watching.
-    pub fn is_active(self) -> bool {
-        matches!(self, RunStatus::Submitting | RunStatus::Running)
-    }
 }
 
 /// One run of a batch job.
@@ -196,6 +191,24 @@ impl StateStore {
         Ok(())
     }
 
+    fn select_runs(
+        &self,
+        condition: &str,
+        parameters: impl rusqlite::Params,
+        operation: &'static str,
+    ) -> Result<Vec<RunRecord>, StateError> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE {condition}");
+        let mut statement = self
+            .connection
+            .prepare(&sql)
+            .map_err(sqlite(&self.path, operation))?;
+        let rows = statement
+            .query_map(parameters, run_from_row)
+            .map_err(sqlite(&self.path, operation))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sqlite(&self.path, operation))
+    }
+
     /// Runs, oldest first; of one job when `job_id` is given.
     pub fn runs(&self, job_id: Option<&str>) -> Result<Vec<RunRecord>, StateError> {
         self.runs_since(job_id, i64::MIN)
@@ -207,34 +220,29 @@ impl StateStore {
         job_id: Option<&str>,
         since_ms: i64,
     ) -> Result<Vec<RunRecord>, StateError> {
-        let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE (?1 IS NULL OR job_id = ?1) AND submitted_at_ms >= ?2 ORDER BY id"
-        );
-        let mut statement = self
-            .connection
-            .prepare(&sql)
-            .map_err(sqlite(&self.path, "read runs"))?;
-        let rows = statement
-            .query_map(params![job_id, since_ms], run_from_row)
-            .map_err(sqlite(&self.path, "read runs"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(sqlite(&self.path, "read runs"))
+        self.select_runs(
+            "(?1 IS NULL OR job_id = ?1) AND submitted_at_ms >= ?2 ORDER BY id",
+            params![job_id, since_ms],
+            "read runs",
+        )
+    }
+
+    /// The newest run of every job.
+    pub fn last_runs(&self) -> Result<Vec<RunRecord>, StateError> {
+        self.select_runs(
+            "id IN (SELECT MAX(id) FROM runs GROUP BY job_id) ORDER BY job_id",
+            [],
+            "read last runs",
+        )
     }
 
     /// Runs still on the cluster (`submitting` or `running`); of one job when `job_id` is given.
     pub fn active_runs(&self, job_id: Option<&str>) -> Result<Vec<RunRecord>, StateError> {
-        let sql = format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE status IN ('submitting', 'running') AND (?1 IS NULL OR job_id = ?1) ORDER BY id"
-        );
-        let mut statement = self
-            .connection
-            .prepare(&sql)
-            .map_err(sqlite(&self.path, "read active runs"))?;
-        let rows = statement
-            .query_map([job_id], run_from_row)
-            .map_err(sqlite(&self.path, "read active runs"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(sqlite(&self.path, "read active runs"))
+        self.select_runs(
+            "status IN ('submitting', 'running') AND (?1 IS NULL OR job_id = ?1) ORDER BY id",
+            [job_id],
+            "read active runs",
+        )
     }
 
     /// How many runs one spec revision of a job has made (what `max_runs` limits).
