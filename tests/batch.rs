@@ -89,23 +89,27 @@ fn flink_state(jid: &str) -> String {
 
 #[test]
 fn the_service_runs_a_cron_job_records_it_finished_and_stops_at_max_runs() {
-    let job = unique("cron");
-    let _cleanup = CancelOnDrop(vec![job.clone()]);
-    let repo = SpecRepo::new();
-    add_example_jars(&repo);
-    repo.write(
-        &format!("jobs/{job}.yaml"),
-        batch_spec(
-            &job,
-            "",
-            "  cron: \"*/4 * * * * *\"\n  timezone: Europe/Berlin\n  max_runs: 2\n",
-        ),
+    let fixture = JobFixture::new(
+        "cron",
+        |job| {
+            batch_spec(
+                job,
+                "",
+                "  cron: \"*/4 * * * * *\"\n  timezone: Europe/Berlin\n  max_runs: 2\n",
+            )
+        },
+        "nightly report, every 4 s for the test",
     );
-    let commit = repo.commit("nightly report, every 4 s for the test");
-    let work = tempfile::tempdir().unwrap();
-    let config = write_apply_config(work.path(), &repo);
+    let JobFixture {
+        job,
+        repo,
+        commit,
+        work,
+        config,
+        ..
+    } = &fixture;
     // The reconcile interval is long: only the batch schedule can wake the service in time.
-    let mut text = std::fs::read_to_string(&config).unwrap();
+    let mut text = std::fs::read_to_string(config).unwrap();
     text = text.replace("poll_interval: 5s", "poll_interval: 1m");
     text.push_str("  interval: 10m\n");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -114,7 +118,7 @@ fn the_service_runs_a_cron_job_records_it_finished_and_stops_at_max_runs() {
         .unwrap()
         .port();
     text.push_str(&format!("server:\n  listen: 127.0.0.1:{port}\n"));
-    std::fs::write(&config, text).unwrap();
+    std::fs::write(config, text).unwrap();
     let log = work.path().join("service.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_flink-gitops"))
         .args(["-vv", "run", "-c", config.to_str().unwrap()])
@@ -133,7 +137,7 @@ fn the_service_runs_a_cron_job_records_it_finished_and_stops_at_max_runs() {
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let finished = loop {
-        let runs = runs(&config, &job);
+        let runs = runs(config, job);
         if runs.iter().filter(|r| r["result"] == "finished").count() == 2 {
             break runs;
         }
@@ -157,7 +161,7 @@ fn the_service_runs_a_cron_job_records_it_finished_and_stops_at_max_runs() {
     }
     // Two more fire times pass: max_runs holds the schedule.
     std::thread::sleep(Duration::from_secs(9));
-    assert_eq!(runs(&config, &job).len(), 2, "max_runs: 2 stops scheduling");
+    assert_eq!(runs(config, job).len(), 2, "max_runs: 2 stops scheduling");
     let metrics = Command::new("curl")
         .args(["-s", "--max-time", "5"])
         .arg(format!("http://127.0.0.1:{port}/metrics"))
@@ -185,18 +189,18 @@ fn the_service_runs_a_cron_job_records_it_finished_and_stops_at_max_runs() {
     repo.write(
         &format!("jobs/{job}.yaml"),
         batch_spec(
-            &job,
+            job,
             ", \"--sleep-ms\", \"10\"",
             "  cron: \"*/4 * * * * *\"\n  timezone: Europe/Berlin\n  max_runs: 1\n",
         ),
     );
     let second = repo.commit("one more run with the new revision");
     apply_until(
-        &config,
+        config,
         "a run of the new revision",
         Duration::from_secs(30),
         |_| {
-            runs(&config, &job)
+            runs(config, job)
                 .iter()
                 .any(|r| r["revision"] == second.as_str() && r["result"] == "finished")
         },
@@ -205,21 +209,18 @@ fn the_service_runs_a_cron_job_records_it_finished_and_stops_at_max_runs() {
 
 #[test]
 fn ttl_cancels_a_run_that_is_still_going() {
-    let job = unique("ttl");
-    let _cleanup = CancelOnDrop(vec![job.clone()]);
-    let repo = SpecRepo::new();
-    add_example_jars(&repo);
-    repo.write(
-        &format!("jobs/{job}.yaml"),
-        batch_spec(&job, ", \"--sleep-ms\", \"120000\"", "  ttl_seconds: 3\n"),
+    let fixture = JobFixture::new(
+        "ttl",
+        |job| batch_spec(job, ", \"--sleep-ms\", \"120000\"", "  ttl_seconds: 3\n"),
+        "a report that hangs",
     );
-    repo.commit("a report that hangs");
-    let work = tempfile::tempdir().unwrap();
-    let config = write_apply_config(work.path(), &repo);
+    let JobFixture {
+        job, work, config, ..
+    } = &fixture;
 
-    let (code, report) = apply(&config);
+    let (code, report) = apply(config);
     assert_eq!(code, Some(0), "{report:#}");
-    let started = outcome_of(&report, &job).clone();
+    let started = outcome_of(&report, job).clone();
     assert!(
         started["message"].as_str().unwrap().contains("run started"),
         "no cron: one run per revision starts at once: {started:#}"
@@ -227,16 +228,16 @@ fn ttl_cancels_a_run_that_is_still_going() {
     let jid = started["flink_job_id"].as_str().unwrap().to_string();
 
     apply_until(
-        &config,
+        config,
         "the TTL to cancel the run",
         Duration::from_secs(30),
         |report| {
-            outcome_of(report, &job)["message"]
+            outcome_of(report, job)["message"]
                 .as_str()
                 .is_some_and(|m| m.contains("ttl_seconds"))
         },
     );
-    let run = runs(&config, &job).pop().unwrap();
+    let run = runs(config, job).pop().unwrap();
     assert_eq!(run["result"], "timed_out", "{run:#}");
     assert_eq!(run["flink_job_id"], jid.as_str());
     for _ in 0..20 {
@@ -254,36 +255,30 @@ fn ttl_cancels_a_run_that_is_still_going() {
     );
     assert!(jars_on_cluster().contains(&kept[0]));
     // The revision ran once: nothing new starts.
-    let (code, report) = apply(&config);
+    let (code, report) = apply(config);
     assert_eq!(code, Some(0), "{report:#}");
-    assert_eq!(runs(&config, &job).len(), 1);
+    assert_eq!(runs(config, job).len(), 1);
 }
 
 #[test]
 fn a_crash_right_after_submitting_a_run_is_reattached_not_resubmitted() {
-    let job = unique("reattach");
-    let _cleanup = CancelOnDrop(vec![job.clone()]);
-    let repo = SpecRepo::new();
-    add_example_jars(&repo);
-    repo.write(
-        &format!("jobs/{job}.yaml"),
-        batch_spec(
-            &job,
-            ", \"--sleep-ms\", \"6000\"",
-            "  ttl_seconds: 120\n  cleanup_on_completion: true\n",
-        ),
+    let fixture = JobFixture::new(
+        "reattach",
+        |job| {
+            batch_spec(
+                job,
+                ", \"--sleep-ms\", \"6000\"",
+                "  ttl_seconds: 120\n  cleanup_on_completion: true\n",
+            )
+        },
+        "a slow report",
     );
-    repo.commit("a slow report");
-    let work = tempfile::tempdir().unwrap();
-    let config = write_apply_config(work.path(), &repo);
+    let JobFixture {
+        job, work, config, ..
+    } = &fixture;
 
-    let killed = Command::new(env!("CARGO_BIN_EXE_flink-gitops"))
-        .args(["apply", "-c", config.to_str().unwrap()])
-        .env("FLINK_GITOPS_FAILPOINT", "after:batch-run")
-        .output()
-        .unwrap();
-    assert_eq!(killed.status.code(), None, "killed by the failpoint");
-    let recorded = runs(&config, &job);
+    apply_killed_at(config, "after:batch-run");
+    let recorded = runs(config, job);
     assert_eq!(recorded.len(), 1);
     assert_eq!(
         recorded[0]["result"], "submitting",
@@ -291,9 +286,9 @@ fn a_crash_right_after_submitting_a_run_is_reattached_not_resubmitted() {
     );
     let jid = recorded[0]["flink_job_id"].as_str().unwrap().to_string();
 
-    let (code, report) = apply(&config);
+    let (code, report) = apply(config);
     assert_eq!(code, Some(0), "{report:#}");
-    let message = outcome_of(&report, &job)["message"]
+    let message = outcome_of(&report, job)["message"]
         .as_str()
         .unwrap()
         .to_string();
@@ -304,10 +299,10 @@ fn a_crash_right_after_submitting_a_run_is_reattached_not_resubmitted() {
     let uploaded = uploaded_jars(work.path());
     assert_eq!(uploaded.len(), 1);
     let finished = apply_until(
-        &config,
+        config,
         "the re-attached run to finish",
         Duration::from_secs(40),
-        |_| runs(&config, &job)[0]["result"] == "finished",
+        |_| runs(config, job)[0]["result"] == "finished",
     );
     assert_eq!(
         finished["jars_deleted"],
@@ -315,9 +310,9 @@ fn a_crash_right_after_submitting_a_run_is_reattached_not_resubmitted() {
         "cleanup_on_completion deletes the JAR once nothing needs it"
     );
     assert!(!jars_on_cluster().contains(&uploaded[0]));
-    let all_runs = runs(&config, &job);
+    let all_runs = runs(config, job);
     assert_eq!(all_runs.len(), 1, "{all_runs:#?}");
-    let instances = cluster_jobs_with_prefix(&flink_gitops::plan::flink_job_prefix(&job));
+    let instances = cluster_jobs_with_prefix(&flink_gitops::plan::flink_job_prefix(job));
     assert_eq!(
         instances,
         vec![(jid, "FINISHED".to_string())],
@@ -327,30 +322,32 @@ fn a_crash_right_after_submitting_a_run_is_reattached_not_resubmitted() {
 
 #[test]
 fn replace_cancels_the_run_still_going_and_deleting_the_spec_cancels_its_runs() {
-    let job = unique("replace");
-    let _cleanup = CancelOnDrop(vec![job.clone()]);
-    let repo = SpecRepo::new();
-    add_example_jars(&repo);
-    let spec_path = format!("jobs/{job}.yaml");
-    repo.write(
-        &spec_path,
-        batch_spec(
-            &job,
-            ", \"--sleep-ms\", \"120000\"",
-            "  cron: \"*/3 * * * * *\"\n  concurrency: replace\n",
-        ),
+    let fixture = JobFixture::new(
+        "replace",
+        |job| {
+            batch_spec(
+                job,
+                ", \"--sleep-ms\", \"120000\"",
+                "  cron: \"*/3 * * * * *\"\n  concurrency: replace\n",
+            )
+        },
+        "a slow report every 3 s, newest wins",
     );
-    repo.commit("a slow report every 3 s, newest wins");
-    let work = tempfile::tempdir().unwrap();
-    let config = write_apply_config(work.path(), &repo);
+    let JobFixture {
+        job,
+        spec_path,
+        repo,
+        config,
+        ..
+    } = &fixture;
 
     apply_until(
-        &config,
+        config,
         "a second run replacing the first",
         Duration::from_secs(40),
-        |_| runs(&config, &job).len() >= 2,
+        |_| runs(config, job).len() >= 2,
     );
-    let recorded = runs(&config, &job);
+    let recorded = runs(config, job);
     assert_eq!(recorded[0]["result"], "replaced", "{recorded:#?}");
     let first = recorded[0]["flink_job_id"].as_str().unwrap().to_string();
     let second = recorded[1]["flink_job_id"].as_str().unwrap().to_string();
@@ -362,13 +359,13 @@ fn replace_cancels_the_run_still_going_and_deleting_the_spec_cancels_its_runs() 
     }
     assert_eq!(flink_state(&first), "CANCELED");
 
-    repo.remove(&spec_path);
+    repo.remove(spec_path);
     repo.commit("retire the report");
-    let (code, report) = apply(&config);
+    let (code, report) = apply(config);
     assert_eq!(code, Some(0), "{report:#}");
-    assert_eq!(outcome_of(&report, &job)["action"], "delete");
-    none_running(&job);
-    let last = runs(&config, &job)
+    assert_eq!(outcome_of(&report, job)["action"], "delete");
+    none_running(job);
+    let last = runs(config, job)
         .into_iter()
         .find(|r| r["flink_job_id"] == second.as_str())
         .unwrap();
@@ -376,7 +373,7 @@ fn replace_cancels_the_run_still_going_and_deleting_the_spec_cancels_its_runs() 
         matches!(last["result"].as_str(), Some("canceled" | "replaced")),
         "{last:#}"
     );
-    let (_, report) = apply(&config);
+    let (_, report) = apply(config);
     assert!(
         report["jobs"].as_array().unwrap().is_empty(),
         "a deleted batch job is gone from the plan: {report:#}"
@@ -385,26 +382,17 @@ fn replace_cancels_the_run_still_going_and_deleting_the_spec_cancels_its_runs() 
 
 #[test]
 fn runs_missed_while_the_agent_was_down_run_once_not_in_a_burst() {
-    let job = unique("missed");
-    let _cleanup = CancelOnDrop(vec![job.clone()]);
-    let repo = SpecRepo::new();
-    add_example_jars(&repo);
-    repo.write(
-        &format!("jobs/{job}.yaml"),
-        batch_spec(
-            &job,
-            "",
-            "  cron: \"*/2 * * * * *\"\n  concurrency: allow\n",
-        ),
+    let fixture = JobFixture::new(
+        "missed",
+        |job| batch_spec(job, "", "  cron: \"*/2 * * * * *\"\n  concurrency: allow\n"),
+        "every 2 s",
     );
-    repo.commit("every 2 s");
-    let work = tempfile::tempdir().unwrap();
-    let config = write_apply_config(work.path(), &repo);
+    let JobFixture { job, config, .. } = &fixture;
 
-    let (code, report) = apply(&config);
+    let (code, report) = apply(config);
     assert_eq!(code, Some(0), "{report:#}");
     assert!(
-        outcome_of(&report, &job)["message"]
+        outcome_of(&report, job)["message"]
             .as_str()
             .unwrap()
             .contains("schedule started"),
@@ -430,9 +418,9 @@ fn runs_missed_while_the_agent_was_down_run_once_not_in_a_burst() {
     );
     // No agent runs for 9 s: four or five fire times pass.
     std::thread::sleep(Duration::from_secs(9));
-    let (code, report) = apply(&config);
+    let (code, report) = apply(config);
     assert_eq!(code, Some(0), "{report:#}");
-    let message = outcome_of(&report, &job)["message"]
+    let message = outcome_of(&report, job)["message"]
         .as_str()
         .unwrap()
         .to_string();
@@ -440,7 +428,7 @@ fn runs_missed_while_the_agent_was_down_run_once_not_in_a_burst() {
         message.contains("runs were missed while the agent was down; ran the latest once"),
         "{message}"
     );
-    let recorded = runs(&config, &job);
+    let recorded = runs(config, job);
     assert_eq!(
         recorded.len(),
         1,
@@ -451,29 +439,30 @@ fn runs_missed_while_the_agent_was_down_run_once_not_in_a_burst() {
 
 #[test]
 fn a_stream_job_that_becomes_a_batch_job_and_back_never_runs_twice() {
-    let job = unique("switch");
-    let _cleanup = CancelOnDrop(vec![job.clone()]);
-    let repo = SpecRepo::new();
-    add_example_jars(&repo);
-    let spec_path = format!("jobs/{job}.yaml");
-    repo.write(
-        &spec_path,
-        counter_spec(&job, "artifacts/counter-v1.jar", ""),
+    let fixture = JobFixture::new(
+        "switch",
+        |job| counter_spec(job, "artifacts/counter-v1.jar", ""),
+        "a stream job",
     );
-    repo.commit("a stream job");
-    let work = tempfile::tempdir().unwrap();
-    let config = write_apply_config(work.path(), &repo);
-    let (code, report) = apply(&config);
+    let JobFixture {
+        job,
+        spec_path,
+        repo,
+        work,
+        config,
+        ..
+    } = &fixture;
+    let (code, report) = apply(config);
     assert_eq!(code, Some(0), "{report:#}");
-    let stream_jid = one_running(&job);
+    let stream_jid = one_running(job);
 
     // stream → batch: the stream stops with a savepoint first, then the batch run starts
-    repo.write(&spec_path, batch_spec(&job, "", "  max_runs: 1\n"));
+    repo.write(spec_path, batch_spec(job, "", "  max_runs: 1\n"));
     repo.commit("the same job_id as a batch job");
-    let (code, report) = apply(&config);
+    let (code, report) = apply(config);
     assert_eq!(code, Some(0), "{report:#}");
     assert!(
-        outcome_of(&report, &job)["message"]
+        outcome_of(&report, job)["message"]
             .as_str()
             .unwrap()
             .contains("run started"),
@@ -488,65 +477,59 @@ fn a_stream_job_that_becomes_a_batch_job_and_back_never_runs_twice() {
         .unwrap()
         .unwrap();
     assert!(
-        state.job(&job).unwrap().unwrap().last_savepoint.is_some(),
+        state.job(job).unwrap().unwrap().last_savepoint.is_some(),
         "the stream's final savepoint is kept"
     );
     drop(state);
     apply_until(
-        &config,
+        config,
         "the batch run to finish",
         Duration::from_secs(40),
         |_| {
-            runs(&config, &job)
+            runs(config, job)
                 .first()
                 .is_some_and(|r| r["result"] == "finished")
         },
     );
 
     // batch → stream: no run is left, one stream instance runs
-    repo.write(
-        &spec_path,
-        counter_spec(&job, "artifacts/counter-v1.jar", ""),
-    );
+    repo.write(spec_path, counter_spec(job, "artifacts/counter-v1.jar", ""));
     repo.commit("back to streaming");
-    let (code, report) = apply(&config);
+    let (code, report) = apply(config);
     assert_eq!(code, Some(0), "{report:#}");
-    let again = one_running(&job);
+    let again = one_running(job);
     assert_ne!(again, stream_jid);
-    assert!(runs(&config, &job).iter().all(|r| r["result"] != "running"));
+    assert!(runs(config, job).iter().all(|r| r["result"] != "running"));
 }
 
 #[test]
 fn a_failed_run_is_recorded_with_flinks_root_cause() {
-    let job = unique("failing");
-    let _cleanup = CancelOnDrop(vec![job.clone()]);
-    let repo = SpecRepo::new();
-    add_example_jars(&repo);
-    repo.write(
-        &format!("jobs/{job}.yaml"),
-        format!(
-            "job_id: {job}\njob_type: batch\nartifact_path: artifacts/counter-broken.jar\ndeployment:\n  parallelism: 1\n  restart_strategy: none\nargs: [\"--name\", \"{job}\"]\n"
-        ),
+    let fixture = JobFixture::new(
+        "failing",
+        |job| {
+            format!(
+                "job_id: {job}\njob_type: batch\nartifact_path: artifacts/counter-broken.jar\ndeployment:\n  parallelism: 1\n  restart_strategy: none\nargs: [\"--name\", \"{job}\"]\n"
+            )
+        },
+        "a report whose build is broken",
     );
-    repo.commit("a report whose build is broken");
-    let work = tempfile::tempdir().unwrap();
-    let config = write_apply_config(work.path(), &repo);
-    let (code, report) = apply(&config);
+    let JobFixture { job, config, .. } = &fixture;
+    let (code, report) = apply(config);
     assert_eq!(code, Some(0), "the run starts: {report:#}");
     let report = apply_until(
-        &config,
+        config,
         "the run to fail",
         Duration::from_secs(40),
-        |report| outcome_of(report, &job)["outcome"] == "failed",
+        |report| outcome_of(report, job)["outcome"] == "failed",
     );
-    let failed = outcome_of(&report, &job);
+    let failed = outcome_of(&report, job);
     assert!(
         failed["root_cause"]
             .as_str()
             .is_some_and(|c| c.contains("counter-broken: simulated start-up failure")),
         "{failed:#}"
     );
-    let run = runs(&config, &job).pop().unwrap();
+    let run = runs(config, job).pop().unwrap();
     assert_eq!(run["result"], "failed");
     assert!(
         run["detail"]
@@ -556,33 +539,26 @@ fn a_failed_run_is_recorded_with_flinks_root_cause() {
         "{run:#}"
     );
     // One run per revision: a failed run is not retried until the spec changes.
-    let (code, _) = apply(&config);
+    let (code, _) = apply(config);
     assert_eq!(code, Some(0));
-    assert_eq!(runs(&config, &job).len(), 1);
+    assert_eq!(runs(config, job).len(), 1);
 }
 
 #[test]
 fn a_crash_before_the_submit_call_loses_that_run_instead_of_risking_two() {
-    let job = unique("lost");
-    let _cleanup = CancelOnDrop(vec![job.clone()]);
-    let repo = SpecRepo::new();
-    add_example_jars(&repo);
-    repo.write(&format!("jobs/{job}.yaml"), batch_spec(&job, "", ""));
-    repo.commit("one run for this revision");
-    let work = tempfile::tempdir().unwrap();
-    let config = write_apply_config(work.path(), &repo);
+    let fixture = JobFixture::new(
+        "lost",
+        |job| batch_spec(job, "", ""),
+        "one run for this revision",
+    );
+    let JobFixture { job, config, .. } = &fixture;
 
-    let killed = Command::new(env!("CARGO_BIN_EXE_flink-gitops"))
-        .args(["apply", "-c", config.to_str().unwrap()])
-        .env("FLINK_GITOPS_FAILPOINT", "before:batch-run")
-        .output()
-        .unwrap();
-    assert_eq!(killed.status.code(), None, "killed by the failpoint");
-    assert_eq!(runs(&config, &job)[0]["result"], "submitting");
+    apply_killed_at(config, "before:batch-run");
+    assert_eq!(runs(config, job)[0]["result"], "submitting");
 
-    let (code, report) = apply(&config);
+    let (code, report) = apply(config);
     assert_eq!(code, Some(0), "{report:#}");
-    let recorded = runs(&config, &job);
+    let recorded = runs(config, job);
     assert_eq!(recorded.len(), 1, "{recorded:#?}");
     assert_eq!(recorded[0]["result"], "lost");
     assert!(
@@ -593,7 +569,7 @@ fn a_crash_before_the_submit_call_loses_that_run_instead_of_risking_two() {
         "{recorded:#?}"
     );
     assert!(
-        cluster_jobs_with_prefix(&flink_gitops::plan::flink_job_prefix(&job)).is_empty(),
+        cluster_jobs_with_prefix(&flink_gitops::plan::flink_job_prefix(job)).is_empty(),
         "nothing reached Flink"
     );
 }

@@ -3,9 +3,6 @@
 
 mod support;
 
-use std::os::unix::process::ExitStatusExt;
-use std::process::Command;
-
 use flink_gitops::state::StateStore;
 use support::*;
 
@@ -17,19 +14,20 @@ fn normalized(path: &str) -> String {
 
 #[test]
 fn a_killed_upgrade_is_completed_by_the_next_start() {
-    let job = unique("crash");
-    let _cleanup = CancelOnDrop(vec![job.clone()]);
-    let repo = SpecRepo::new();
-    add_example_jars(&repo);
-    let spec_path = format!("jobs/{job}.yaml");
-    repo.write(
-        &spec_path,
-        counter_spec(&job, "artifacts/counter-v1.jar", ""),
+    let fixture = JobFixture::new(
+        "crash",
+        |job| counter_spec(job, "artifacts/counter-v1.jar", ""),
+        "create",
     );
-    repo.commit("create");
-    let work = tempfile::tempdir().unwrap();
-    let config = write_apply_config(work.path(), &repo);
-    let (code, report) = apply(&config);
+    let JobFixture {
+        job,
+        spec_path,
+        repo,
+        work,
+        config,
+        ..
+    } = &fixture;
+    let (code, report) = apply(config);
     assert_eq!(code, Some(0), "{report:#}");
 
     let steps = [
@@ -49,29 +47,19 @@ fn a_killed_upgrade_is_completed_by_the_next_start() {
             "counter-v1.jar"
         };
         repo.write(
-            &spec_path,
-            counter_spec(&job, &format!("artifacts/{jar}"), ""),
+            spec_path,
+            counter_spec(job, &format!("artifacts/{jar}"), ""),
         );
         repo.commit(&format!("upgrade {round} to {jar}"));
-        let killed = Command::new(env!("CARGO_BIN_EXE_flink-gitops"))
-            .args(["apply", "-c", config.to_str().unwrap(), "--output", "json"])
-            .env("FLINK_GITOPS_FAILPOINT", step)
-            .output()
-            .unwrap();
-        assert_eq!(
-            killed.status.signal(),
-            Some(9),
-            "{step}: the agent was not killed: {}",
-            String::from_utf8_lossy(&killed.stderr)
-        );
+        apply_killed_at(config, step);
 
-        let (code, report) = apply(&config);
+        let (code, report) = apply(config);
         assert_eq!(code, Some(0), "{step}: {report:#}");
-        let running = one_running(&job);
+        let running = one_running(job);
         let store = StateStore::open_read_only(&work.path().join("state"))
             .unwrap()
             .unwrap();
-        let record = store.job(&job).unwrap().unwrap();
+        let record = store.job(job).unwrap().unwrap();
         assert_eq!(
             record.flink_job_id.as_deref(),
             Some(running.as_str()),

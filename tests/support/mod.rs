@@ -447,3 +447,60 @@ pub fn none_running(job_id: &str) {
         running_instances(job_id)
     );
 }
+
+/// One job's spec committed to a fresh signed repo that holds the example JARs, with an apply config
+/// beside it. The job's Flink jobs are cancelled when the fixture is dropped, also when a test fails.
+pub struct JobFixture {
+    _cleanup: CancelOnDrop,
+    /// The spec's `job_id`.
+    pub job: String,
+    /// `jobs/<job>.yaml`.
+    pub spec_path: String,
+    /// The spec repository.
+    pub repo: SpecRepo,
+    /// The commit that added the spec.
+    pub commit: String,
+    /// Holds the config and the agent's state.
+    pub work: tempfile::TempDir,
+    /// The agent's config (see [`write_apply_config`]).
+    pub config: PathBuf,
+}
+
+impl JobFixture {
+    /// A job named after `prefix` whose spec is `spec(job_id)`, committed with `message`.
+    pub fn new(prefix: &str, spec: impl FnOnce(&str) -> String, message: &str) -> JobFixture {
+        let job = unique(prefix);
+        let cleanup = CancelOnDrop(vec![job.clone()]);
+        let repo = SpecRepo::new();
+        add_example_jars(&repo);
+        let spec_path = format!("jobs/{job}.yaml");
+        repo.write(&spec_path, spec(&job));
+        let commit = repo.commit(message);
+        let work = tempfile::tempdir().unwrap();
+        let config = write_apply_config(work.path(), &repo);
+        JobFixture {
+            _cleanup: cleanup,
+            job,
+            spec_path,
+            repo,
+            commit,
+            work,
+            config,
+        }
+    }
+}
+
+/// Runs `apply` with `FLINK_GITOPS_FAILPOINT=failpoint` and checks that the failpoint killed it.
+pub fn apply_killed_at(config: &Path, failpoint: &str) {
+    let killed = Command::new(env!("CARGO_BIN_EXE_flink-gitops"))
+        .args(["apply", "-c", config.to_str().unwrap(), "--output", "json"])
+        .env("FLINK_GITOPS_FAILPOINT", failpoint)
+        .output()
+        .expect("cannot run flink-gitops");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&killed.status),
+        Some(9),
+        "{failpoint}: the agent was not killed: {}",
+        String::from_utf8_lossy(&killed.stderr)
+    );
+}
