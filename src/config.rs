@@ -71,6 +71,9 @@ struct RawReconcile {
     max_concurrency: Option<u32>,
     savepoint_timeout: Option<String>,
     poll_interval: Option<String>,
+    retry_base: Option<String>,
+    retry_max: Option<String>,
+    max_failures: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,6 +180,13 @@ pub struct ReconcileConfig {
     pub savepoint_timeout: Duration,
     /// How often job state is polled while waiting (health gate, savepoints).
     pub poll_interval: Duration,
+    /// The first wait before a job whose step failed is tried again; doubled per failure.
+    pub retry_base: Duration,
+    /// The longest wait between two tries of a failing job.
+    pub retry_max: Duration,
+    /// Permanent failures of one operation (a savepoint Flink refuses, a restart that stays unhealthy)
+    /// before the job is `blocked` until a new commit or `flink-gitops retry`.
+    pub max_failures: u32,
 }
 
 /// Where the spec repository lives and how it is read.
@@ -556,6 +566,24 @@ impl Config {
             ));
         }
 
+        let retry_base = duration_field(raw.reconcile.retry_base, "5s")
+            .map_err(|reason| invalid("reconcile.retry_base", reason))?;
+        let retry_max = duration_field(raw.reconcile.retry_max, "5m")
+            .map_err(|reason| invalid("reconcile.retry_max", reason))?;
+        if retry_max < retry_base || retry_max > Duration::from_secs(24 * 3600) {
+            return Err(invalid(
+                "reconcile.retry_max",
+                "must be at least reconcile.retry_base and at most 24h".into(),
+            ));
+        }
+        let max_failures = raw.reconcile.max_failures.unwrap_or(3);
+        if !(1..=100).contains(&max_failures) {
+            return Err(invalid(
+                "reconcile.max_failures",
+                "must be between 1 and 100".into(),
+            ));
+        }
+
         Ok(Config {
             source: path.to_path_buf(),
             repo: RepoConfig {
@@ -585,6 +613,9 @@ impl Config {
                 max_concurrency: max_concurrency as usize,
                 savepoint_timeout,
                 poll_interval: reconcile_poll,
+                retry_base,
+                retry_max,
+                max_failures,
             },
         })
     }

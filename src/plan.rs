@@ -27,6 +27,12 @@ pub enum Action {
     Restart,
     /// A job of ours runs on the cluster but the state database has no record of it.
     Adopt,
+    /// An operation was interrupted (crash, restart, transient error): continue it from its phase.
+    Continue,
+    /// A step failed lately: the job is tried again after its backoff.
+    Wait,
+    /// The agent will not act on this job until its spec changes or an operator runs `retry`.
+    Blocked,
     /// Nothing to do.
     Unchanged,
 }
@@ -42,6 +48,9 @@ impl Action {
             Action::Delete => "delete",
             Action::Restart => "restart",
             Action::Adopt => "adopt",
+            Action::Continue => "continue",
+            Action::Wait => "wait",
+            Action::Blocked => "blocked",
             Action::Unchanged => "unchanged",
         }
     }
@@ -60,6 +69,8 @@ pub struct JobPlan {
     pub flink_job_id: Option<String>,
     /// Its state on the cluster, when the cluster was reachable and still lists it.
     pub flink_state: Option<String>,
+    /// The lifecycle phase the agent recorded for it (`steady` when nothing is in flight).
+    pub phase: String,
 }
 
 /// The whole plan for one revision.
@@ -99,19 +110,36 @@ pub fn flink_job_id(job_id: &str, generation: i64) -> String {
     format!("{}{:016x}", flink_job_prefix(job_id), generation)
 }
 
-/// Job states in which a streaming job is alive (or recovering by itself).
+/// Job states in which a job may still run tasks: alive, recovering by itself, or being cancelled.
+/// Nothing new of the same job starts while one of its instances is in one of these.
 pub fn is_alive(state: &str) -> bool {
     matches!(
         state,
-        "RUNNING" | "CREATED" | "INITIALIZING" | "RESTARTING" | "RECONCILING" | "FAILING"
+        "RUNNING"
+            | "CREATED"
+            | "INITIALIZING"
+            | "RESTARTING"
+            | "RECONCILING"
+            | "FAILING"
+            | "CANCELLING"
     )
 }
 
-/// Compares desired, observed and recorded state. No I/O.
-pub fn plan(desired: &DesiredState, observed: Observed<'_>, recorded: &[JobRecord]) -> Plan {
+fn is_steady(record: &JobRecord) -> bool {
+    record.phase.is_empty() || record.phase == "steady"
+}
+
+/// Compares desired, observed and recorded state at `now_ms`. No I/O.
+pub fn plan(
+    desired: &DesiredState,
+    observed: Observed<'_>,
+    recorded: &[JobRecord],
+    now_ms: i64,
+) -> Plan {
+    // A job not deployed yet (`new`) is planned as new, but its phase and backoff count.
     let records: BTreeMap<&str, &JobRecord> = recorded
         .iter()
-        .filter(|r| r.status != "deleted" && r.status != "new")
+        .filter(|r| r.status != "deleted" || !is_steady(r))
         .map(|r| (r.job_id.as_str(), r))
         .collect();
     let (cluster_jobs, cluster_unreachable) = match observed {
@@ -147,8 +175,23 @@ pub fn plan(desired: &DesiredState, observed: Observed<'_>, recorded: &[JobRecor
                 .map(|j| j.jid.clone())
                 .or_else(|| record.and_then(|r| r.flink_job_id.clone())),
             flink_state: instance.map(|j| j.state.clone()),
+            phase: record
+                .filter(|r| !is_steady(r))
+                .map(|r| r.phase.clone())
+                .unwrap_or_else(|| "steady".into()),
         };
-        match (desired.jobs.get(job_id), record) {
+        let desired_job = desired.jobs.get(job_id);
+        if let Some(record) = record
+            && let Some((action, reasons)) = lifecycle_decision(record, desired_job, instance, now_ms)
+        {
+            entry.action = action;
+            entry.reasons = reasons;
+            jobs.push(entry);
+            continue;
+        }
+        let tracked = record;
+        let record = record.filter(|r| r.status != "new");
+        match (desired_job, record) {
             (Some(job), None) => match live_instance {
                 Some(found) => {
                     entry.action = Action::Adopt;
@@ -225,6 +268,48 @@ pub fn plan(desired: &DesiredState, observed: Observed<'_>, recorded: &[JobRecor
             }
             (None, None) => continue,
         }
+        if let (Some(job), Some(record)) = (desired_job, record)
+            && record.rejected_spec_hash.as_deref() == Some(job.spec_hash().as_str())
+            && entry.action == Action::Upgrade
+        {
+            // The spec was rolled back before: the last good one keeps running (or is brought back).
+            let alive = instance.is_some_and(|j| is_alive(&j.state));
+            entry.action = if alive || cluster_jobs.is_none() {
+                Action::Blocked
+            } else {
+                Action::Restart
+            };
+            entry.reasons = vec![format!(
+                "this spec failed and was rolled back{}; the last good spec (commit {}) {}; a commit that changes the spec, or `flink-gitops retry {job_id}`, tries it again",
+                record
+                    .last_error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default(),
+                short(&record.commit_id),
+                if entry.action == Action::Blocked {
+                    "keeps running"
+                } else {
+                    "is not running and is restarted"
+                }
+            )];
+        }
+        if let Some(record) = tracked
+            && let Some(retry_at) = record.retry_at_ms.filter(|at| *at > now_ms)
+            && !matches!(entry.action, Action::Unchanged | Action::Blocked)
+        {
+            entry.reasons.insert(
+                0,
+                format!(
+                    "{} planned; waiting {:.1} s before try {} after: {}",
+                    entry.action.as_str(),
+                    (retry_at - now_ms) as f64 / 1000.0,
+                    record.failures + 1,
+                    record.last_error.as_deref().unwrap_or("a failure")
+                ),
+            );
+            entry.action = Action::Wait;
+        }
         jobs.push(entry);
     }
 
@@ -246,6 +331,49 @@ pub fn plan(desired: &DesiredState, observed: Observed<'_>, recorded: &[JobRecor
         unmanaged,
         cluster_unreachable,
     }
+}
+
+/// The decision for a job whose recorded phase is not steady: continue it, wait for its backoff,
+/// or stay blocked; `None` when the normal comparison decides (steady, or blocked on a spec that
+/// has since changed).
+fn lifecycle_decision(
+    record: &JobRecord,
+    desired: Option<&DesiredJob>,
+    instance: Option<&JobOverview>,
+    now_ms: i64,
+) -> Option<(Action, Vec<String>)> {
+    if is_steady(record) {
+        return None;
+    }
+    let phase: crate::reconcile::lifecycle::Phase = record
+        .phase_json
+        .as_deref()
+        .and_then(|json| serde_json::from_str(json).ok())
+        .unwrap_or_default();
+    if record.phase == "blocked" {
+        let desired_hash = desired.map(|job| job.spec_hash());
+        if desired_hash.is_some() && desired_hash != record.rejected_spec_hash {
+            return None;
+        }
+        if desired.is_none() && instance.is_none_or(|j| !is_alive(&j.state)) {
+            // A blocked job whose spec was removed has nothing left to stop: its record goes.
+            return None;
+        }
+        return Some((Action::Blocked, vec![phase.describe()]));
+    }
+    let mut reasons = vec![format!("interrupted: {}", phase.describe())];
+    if let Some(error) = &record.last_error {
+        reasons.push(format!("last failure: {error}"));
+    }
+    let waiting = record.retry_at_ms.is_some_and(|at| at > now_ms);
+    Some((
+        if waiting {
+            Action::Wait
+        } else {
+            Action::Continue
+        },
+        reasons,
+    ))
 }
 
 fn short(id: &str) -> &str {
@@ -316,6 +444,11 @@ fn flatten(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<String, S
 mod tests {
     use super::*;
     use crate::spec::parse_spec;
+
+    /// The plan at a fixed time (the tests use no backoff).
+    fn plan(desired: &DesiredState, observed: Observed<'_>, recorded: &[JobRecord]) -> Plan {
+        super::plan(desired, observed, recorded, 0)
+    }
 
     fn job(yaml: &str) -> DesiredJob {
         let spec = parse_spec("jobs/x.yaml", yaml).unwrap();

@@ -41,6 +41,24 @@ struct FakeJob {
     user_config: BTreeMap<String, String>,
 }
 
+/// A fault for the next requests matching a `METHOD /path-pattern` (job ids, trigger ids and JAR
+/// ids appear as `:id`, e.g. `POST /jars/:id/run`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this HTTP status (and a Flink-style error body) without handling the request.
+    Status(u16),
+    /// Handle the request only after this delay (a client that timed out never sees the answer,
+    /// but the request still takes effect, like a slow JobManager).
+    Delay(Duration),
+}
+
+#[derive(Debug, Clone)]
+struct FaultRule {
+    pattern: String,
+    remaining: u32,
+    fault: Fault,
+}
+
 #[derive(Default)]
 struct Inner {
     jobs: BTreeMap<String, FakeJob>,
@@ -48,6 +66,8 @@ struct Inner {
     triggers: HashMap<String, String>,
     scenario: Option<Scenario>,
     requests: BTreeMap<String, u64>,
+    rules: Vec<FaultRule>,
+    failing_arg: Option<String>,
 }
 
 /// The fake server's shared state.
@@ -77,6 +97,47 @@ impl FakeFlink {
     /// Sets the fault scenario.
     pub fn set_scenario(&self, scenario: Scenario) {
         self.lock().scenario = Some(scenario);
+    }
+
+    /// Injects `fault` into the next `times` requests matching `pattern` (`METHOD /path-pattern`).
+    pub fn fail_next(&self, pattern: &str, times: u32, fault: Fault) {
+        self.lock().rules.push(FaultRule {
+            pattern: pattern.to_string(),
+            remaining: times,
+            fault,
+        });
+    }
+
+    /// Injected faults not served yet (a test whose faults never fired proves nothing).
+    pub fn faults_pending(&self) -> u32 {
+        self.lock().rules.iter().map(|rule| rule.remaining).sum()
+    }
+
+    /// Jobs whose program arguments contain `marker` fail right after they start.
+    pub fn fail_jobs_with_arg(&self, marker: &str) {
+        self.lock().failing_arg = Some(marker.to_string());
+    }
+
+    /// A JobManager restart: every job and savepoint operation is forgotten; uploaded JARs stay.
+    pub fn forget_jobs(&self) {
+        let mut inner = self.lock();
+        inner.jobs.clear();
+        inner.triggers.clear();
+    }
+
+    /// Ids and states of the jobs whose id starts with `prefix`.
+    pub fn jobs_with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        self.lock()
+            .jobs
+            .iter()
+            .filter(|(jid, _)| jid.starts_with(prefix))
+            .map(|(jid, job)| (jid.clone(), job.state.clone()))
+            .collect()
+    }
+
+    /// The savepoint or checkpoint a job was started from.
+    pub fn restored_from(&self, jid: &str) -> Option<String> {
+        self.lock().jobs.get(jid).and_then(|j| j.restored_from.clone())
     }
 
     /// Adds `count` RUNNING jobs with the given ids.
@@ -157,17 +218,49 @@ async fn faults(
     let pattern = uri
         .path()
         .split('/')
-        .map(|part| if part.len() >= 32 { ":id" } else { part })
+        .map(|part| {
+            if part.len() >= 32 || part.ends_with(".jar") {
+                ":id"
+            } else {
+                part
+            }
+        })
         .collect::<Vec<_>>()
         .join("/");
-    let scenario = {
+    let key = format!("{method} {pattern}");
+    let (scenario, fault) = {
         let mut inner = fake.lock();
-        *inner
-            .requests
-            .entry(format!("{method} {pattern}"))
-            .or_default() += 1;
-        inner.scenario.clone()
+        *inner.requests.entry(key.clone()).or_default() += 1;
+        let fault = inner
+            .rules
+            .iter_mut()
+            .find(|rule| rule.pattern == key && rule.remaining > 0)
+            .map(|rule| {
+                rule.remaining -= 1;
+                rule.fault.clone()
+            });
+        (inner.scenario.clone(), fault)
     };
+    match fault {
+        Some(Fault::Status(status)) => {
+            return flink_error(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                "injected failure",
+            );
+        }
+        Some(Fault::Delay(delay)) => {
+            // Like a slow JobManager, the request takes effect even when the client gave up:
+            // it is handled on a task of its own that the dropped connection cannot cancel.
+            let handled = tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                next.run(request).await
+            });
+            return handled.await.unwrap_or_else(|_| {
+                flink_error(StatusCode::INTERNAL_SERVER_ERROR, "fake handler panicked")
+            });
+        }
+        None => {}
+    }
     match scenario {
         Some(Scenario::ServerError500) => {
             return flink_error(StatusCode::INTERNAL_SERVER_ERROR, "injected failure");
@@ -224,7 +317,7 @@ async fn job(State(fake): State<FakeFlink>, Path(jid): Path<String>) -> Response
 async fn cancel(State(fake): State<FakeFlink>, Path(jid): Path<String>) -> Response {
     let mut inner = fake.lock();
     match inner.jobs.get_mut(&jid) {
-        Some(j) if j.state == "RUNNING" || j.state == "CANCELED" => {
+        Some(j) if matches!(j.state.as_str(), "RUNNING" | "RESTARTING" | "CANCELED") => {
             j.state = "CANCELED".into();
             (StatusCode::ACCEPTED, Json(json!({}))).into_response()
         }
@@ -273,7 +366,7 @@ async fn job_config(State(fake): State<FakeFlink>, Path(jid): Path<String>) -> J
 async fn exceptions(State(fake): State<FakeFlink>, Path(jid): Path<String>) -> Json<Value> {
     let inner = fake.lock();
     let entries = match inner.jobs.get(&jid) {
-        Some(j) if j.state == "FAILED" => vec![
+        Some(j) if j.state == "FAILED" || j.state == "RESTARTING" => vec![
             json!({"exceptionName": "java.lang.IllegalStateException", "stacktrace": "java.lang.IllegalStateException: injected start-up failure\n\tat Fake.open(Fake.java:1)", "timestamp": now_ms()}),
         ],
         _ => Vec::new(),
@@ -373,8 +466,17 @@ async fn run(
             "DuplicateApplicationSubmissionException: Application has already been submitted.",
         );
     }
+    let failing_arg = inner.failing_arg.as_deref().is_some_and(|marker| {
+        body["programArgsList"]
+            .as_array()
+            .is_some_and(|args| args.iter().any(|a| a.as_str() == Some(marker)))
+    });
+    // A job that crashes at start keeps restarting (as Flink's default restart strategy does);
+    // one under `JobFailsAfterStart` fails for good.
     let state = if inner.scenario == Some(Scenario::JobFailsAfterStart) {
         "FAILED"
+    } else if failing_arg {
+        "RESTARTING"
     } else {
         "RUNNING"
     };

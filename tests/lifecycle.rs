@@ -100,15 +100,16 @@ fn create_upgrade_rollback_revert_suspend_resume_delete() {
     assert_eq!(record.flink_job_id.as_deref(), Some(back_jid.as_str()));
     drop(state);
 
-    // the same head is not retried
+    // the spec that failed is not tried again until the spec changes (or `retry`)
     let (code, report) = apply(&config);
     assert_eq!(code, Some(1));
-    let held = expect(&report, &job, "upgrade", "skipped");
+    let held = expect(&report, &job, "blocked", "blocked");
     assert!(
         held["message"]
             .as_str()
             .unwrap()
-            .contains("not retried until the head changes")
+            .contains("this spec failed and was rolled back"),
+        "{held:#}"
     );
     assert_eq!(one_running(&job), back_jid);
 
@@ -204,8 +205,8 @@ fn create_upgrade_rollback_revert_suspend_resume_delete() {
         [
             "promote",
             "promote",
-            "promote",
             "rollback",
+            "promote",
             "promote",
             "rollback-by-revert",
             "suspend",

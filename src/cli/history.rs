@@ -16,6 +16,8 @@ const DEPLOYMENT_ACTIONS: &[&str] = &[
     "delete",
     "adopt",
     "schedule",
+    "blocked",
+    "retry",
 ];
 
 /// One line of history.
@@ -89,6 +91,7 @@ fn deployment_entries(log: &[AuditEntry]) -> Vec<HistoryEntry> {
                     .or_else(|| field(&after, "savepoint"))
                     .or_else(|| field(&before, "from_savepoint")),
                 detail: field(&before, "reason")
+                    .or_else(|| field(&before, "by").map(|by| format!("requested by {by}")))
                     .or_else(|| field(&before, "to_commit").map(|c| format!("to commit {c}")))
                     .or_else(|| {
                         // A rollback promotes an older commit's spec while the head is the failed one.

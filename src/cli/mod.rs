@@ -132,6 +132,21 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value_t)]
         output: OutputFormat,
     },
+    /// Ask the agent to try a blocked or backing-off job again now, without a new commit (audited).
+    ///
+    /// The request is queued in the state database and handled at the start of the agent's next
+    /// pass (the running service's, or the next `apply`).
+    Retry {
+        /// Configuration file.
+        #[arg(short, long, env = "FLINK_GITOPS_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The job id.
+        job: String,
+        /// Start the job once without state when no savepoint or checkpoint can be restored
+        /// (its state is lost; the audit log records who allowed it).
+        #[arg(long)]
+        start_empty: bool,
+    },
     /// Verify commit signatures offline (for pull-request pipelines): one line per commit.
     Verify {
         /// The repository.
@@ -235,6 +250,11 @@ pub async fn run(cli: Cli) -> ExitCode {
             limit,
             output,
         } => history(&config, job.as_deref(), since.as_deref(), limit, output),
+        Command::Retry {
+            config,
+            job,
+            start_empty,
+        } => retry(&config, &job, start_empty),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -243,6 +263,53 @@ pub async fn run(cli: Cli) -> ExitCode {
             ExitCode::from(failure.code)
         }
     }
+}
+
+fn retry(config_path: &std::path::Path, job_id: &str, start_empty: bool) -> Result<u8, Failure> {
+    let config = Config::load(config_path).map_err(usage)?;
+    let store = StateStore::open_for_requests(&config.state.dir)?.ok_or_else(|| {
+        usage(anyhow::anyhow!(
+            "no state in {}: the agent has not run yet, so there is nothing to retry",
+            config.state.dir.display()
+        ))
+    })?;
+    let Some(record) = store.job(job_id)? else {
+        return Err(usage(anyhow::anyhow!(
+            "the agent has no record of job `{job_id}` (see `flink-gitops status`)"
+        )));
+    };
+    let by = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| format!("uid {}", current_uid()));
+    let kind = if start_empty {
+        "retry-start-empty"
+    } else {
+        "retry"
+    };
+    let id = store.queue_request(job_id, kind, &by)?;
+    println!(
+        "queued request {id}: {kind} {job_id} (now {}{}); the agent handles it at the start of its next pass",
+        record.phase,
+        record
+            .last_error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default()
+    );
+    Ok(EXIT_OK)
+}
+
+/// The user id, from `/proc`.
+fn current_uid() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        })
+        .unwrap_or_else(|| "?".into())
 }
 
 #[derive(Serialize)]
@@ -536,7 +603,12 @@ async fn plan(config_path: &std::path::Path, format: OutputFormat) -> Result<u8,
             Ok((_, jobs)) => Observed::Jobs(jobs),
             Err(reason) => Observed::Unreachable(reason.clone()),
         };
-        let mut plan = crate::plan::plan(&revision.desired, observed, &snap.records);
+        let mut plan = crate::plan::plan(
+            &revision.desired,
+            observed,
+            &snap.records,
+            chrono::Utc::now().timestamp_millis(),
+        );
         for entry in &mut plan.jobs {
             if matches!(entry.action, Action::Delete | Action::Suspend) {
                 continue;
@@ -631,6 +703,14 @@ pub struct JobStatus {
     pub flink_state: Option<String>,
     /// Latest savepoint known to hold this job's state.
     pub last_savepoint: Option<String>,
+    /// The lifecycle phase (`steady`, `stopping`, `stopped`, `submitted`, `verifying`, `blocked`).
+    pub phase: Option<String>,
+    /// What the phase is doing, or why the job is blocked and what unblocks it.
+    pub phase_detail: Option<String>,
+    /// The newest failure, with how many in a row.
+    pub last_error: Option<String>,
+    /// When a backing-off job is tried again (RFC 3339).
+    pub retry_at: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -709,6 +789,29 @@ async fn status(
                     .or_else(|| record.and_then(|r| r.flink_job_id.clone())),
                 flink_state: instance.map(|j| j.state.clone()),
                 last_savepoint: record.and_then(|r| r.last_savepoint.clone()),
+                phase: record.map(|r| {
+                    if r.phase.is_empty() {
+                        "steady".to_string()
+                    } else {
+                        r.phase.clone()
+                    }
+                }),
+                phase_detail: record
+                    .and_then(|r| r.phase_json.as_deref())
+                    .and_then(|json| {
+                        serde_json::from_str::<crate::reconcile::lifecycle::Phase>(json).ok()
+                    })
+                    .map(|phase| phase.describe()),
+                last_error: record.and_then(|r| {
+                    r.last_error
+                        .as_ref()
+                        .map(|e| format!("{e} ({} failure(s) in a row)", r.failures))
+                }),
+                retry_at: record
+                    .and_then(|r| r.retry_at_ms)
+                    .filter(|at| *at > chrono::Utc::now().timestamp_millis())
+                    .and_then(chrono::DateTime::from_timestamp_millis)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             }
         })
         .collect();
@@ -729,11 +832,23 @@ async fn status(
             &report.jobs,
         ),
     }
-    Ok(if snap.cluster.is_err() || snap.revision.is_err() {
-        EXIT_FINDINGS
-    } else {
-        EXIT_OK
-    })
+    // A job that is blocked, or recorded running while Flink does not run it, is a finding.
+    let unhealthy = report.jobs.iter().any(|job| {
+        job.phase.as_deref() == Some("blocked")
+            || (job.recorded_status.as_deref() == Some("running")
+                && job.phase.as_deref() == Some("steady")
+                && !job
+                    .flink_state
+                    .as_deref()
+                    .is_some_and(crate::plan::is_alive))
+    });
+    Ok(
+        if snap.cluster.is_err() || snap.revision.is_err() || unhealthy {
+            EXIT_FINDINGS
+        } else {
+            EXIT_OK
+        },
+    )
 }
 
 #[derive(Serialize)]

@@ -178,6 +178,19 @@ pub fn print_status(
             job.flink_state.clone().unwrap_or_else(dash),
             job.last_savepoint.clone().unwrap_or_else(dash),
         );
+        if let Some(phase) = job.phase.as_deref().filter(|p| *p != "steady") {
+            println!(
+                "  {:<28} phase {phase}: {}",
+                "",
+                job.phase_detail.clone().unwrap_or_else(dash)
+            );
+        }
+        if let Some(error) = &job.last_error {
+            println!("  {:<28} last failure: {error}", "");
+        }
+        if let Some(at) = &job.retry_at {
+            println!("  {:<28} tried again at {at}", "");
+        }
         if job.last_run.is_some() || job.next_run.is_some() {
             println!(
                 "  {:<28} last run: {}  next run: {}",
@@ -213,7 +226,8 @@ pub fn print_apply(report: &crate::reconcile::ApplyReport) {
             Outcome::Ok => "ok",
             Outcome::Unchanged => "unchanged",
             Outcome::RolledBack => "ROLLED BACK",
-            Outcome::Skipped => "skipped",
+            Outcome::Retrying => "RETRYING",
+            Outcome::Blocked => "BLOCKED",
             Outcome::Failed => "FAILED",
         };
         println!(

@@ -160,6 +160,26 @@ pub struct CheckpointStats {
     pub counts: CheckpointCounts,
     /// Latest of each kind.
     pub latest: LatestCheckpoints,
+    /// The most recent checkpoints and savepoints, newest first (Flink keeps a bounded number).
+    pub history: Vec<CheckpointHistoryEntry>,
+}
+
+/// One entry of a job's checkpoint history.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct CheckpointHistoryEntry {
+    /// Checkpoint id.
+    pub id: u64,
+    /// `COMPLETED`, `IN_PROGRESS` or `FAILED`.
+    pub status: String,
+    /// Whether it is a savepoint.
+    pub is_savepoint: bool,
+    /// Flink deleted its files (subsumed, or the job finished and did not retain it).
+    pub discarded: bool,
+    /// Where it is stored.
+    pub external_path: Option<String>,
+    /// When the last subtask acknowledged it, epoch ms.
+    pub latest_ack_timestamp: i64,
 }
 
 /// One `{key, value}` of `GET /jobmanager/config`.

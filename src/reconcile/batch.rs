@@ -101,7 +101,7 @@ impl Agent {
                 Some(row)
             }
             (Action::Suspend, _) => {
-                let mut row = record.ok_or_else(|| StepError::new("no record to suspend"))?;
+                let mut row = record.ok_or_else(|| StepError::permanent("no record to suspend"))?;
                 row.status = "suspended".into();
                 row.commit_id = pass.head.clone();
                 self.audited_put(pass, &row, "suspend")?;
@@ -110,7 +110,7 @@ impl Agent {
                 Some(row)
             }
             (Action::Delete, _) => {
-                let mut row = record.ok_or_else(|| StepError::new("no record to delete"))?;
+                let mut row = record.ok_or_else(|| StepError::permanent("no record to delete"))?;
                 self.cancel_all_runs(pass, &row.job_id, "its spec was deleted")
                     .await?;
                 row.status = "deleted".into();
@@ -146,7 +146,7 @@ impl Agent {
             };
             let cursor = self.with_store(|s| s.schedule_cursor(&row.job_id))?;
             let now = Utc::now();
-            let tick = decide(batch, cursor.as_ref(), counts, now).map_err(StepError::new)?;
+            let tick = decide(batch, cursor.as_ref(), counts, now).map_err(StepError::permanent)?;
             // A due tick moves the cursor in the same transaction that records its run (see `start_run`),
             // so a crash in between neither loses the tick nor runs it twice.
             if !matches!(tick.decision, Decision::Run { .. }) {
@@ -178,7 +178,7 @@ impl Agent {
                         .deployment_json
                         .as_deref()
                         .and_then(|j| serde_json::from_str(j).ok())
-                        .ok_or_else(|| StepError::new("no recorded deployment to run"))?;
+                        .ok_or_else(|| StepError::permanent("no recorded deployment to run"))?;
                     let run = self
                         .start_run(
                             pass,
@@ -258,7 +258,7 @@ impl Agent {
         row.spec_hash = deployment.spec_hash.clone();
         row.jar_sha256 = Some(deployment.jar_sha256.clone());
         row.deployment_json =
-            Some(serde_json::to_string(deployment).map_err(|e| StepError::new(e.to_string()))?);
+            Some(serde_json::to_string(deployment).map_err(|e| StepError::permanent(e.to_string()))?);
         row.status = if job.spec.state == DesiredRunState::Running {
             SCHEDULED.into()
         } else {
@@ -535,10 +535,7 @@ impl Agent {
                     "failed",
                     json!({"error": step.message}),
                 )?;
-                Err(StepError {
-                    message: format!("batch run submit failed: {}", step.message),
-                    root_cause: step.root_cause,
-                })
+                Err(step.context("batch run submit failed"))
             }
         }
     }

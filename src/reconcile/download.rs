@@ -53,7 +53,7 @@ impl Agent {
         target: &Path,
     ) -> Result<Option<String>, StepError> {
         let partial = target.with_extension("jar.download");
-        let fail = |message: String| StepError::new(format!("artifact_url {url}: {message}"));
+        let fail = |message: String| StepError::permanent(format!("artifact_url {url}: {message}"));
         fetch_to_file(&self.downloads, url, &partial, JAR_SIZE_LIMIT)
             .await
             .map_err(fail)?;
@@ -71,11 +71,11 @@ impl Agent {
             hash_jar(file, &name, JAR_SIZE_LIMIT).map_err(|e| e.to_string())
         })
         .await
-        .map_err(|e| StepError::new(e.to_string()))?;
+        .map_err(|e| StepError::permanent(e.to_string()))?;
         let policy = self
             .trust
             .artifact_policy(&self.config, deployment.artifact_verification);
-        let checked = digest.map_err(StepError::new).and_then(|digest| {
+        let checked = digest.map_err(StepError::permanent).and_then(|digest| {
             verify_jar(
                 url,
                 &digest,
@@ -84,7 +84,7 @@ impl Agent {
                 &policy,
                 Utc::now(),
             )
-            .map_err(|e| StepError::new(e.to_string()))
+            .map_err(|e| StepError::permanent(e.to_string()))
         });
         match checked {
             Ok(verified) => {

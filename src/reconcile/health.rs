@@ -53,7 +53,14 @@ pub async fn wait_healthy(
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Verdict {
     let health = &deployment.health;
-    let deadline = Instant::now() + health.timeout();
+    // The gate's clock started at submission, so a gate continued after a crash does not start
+    // over; it still gets long enough to see the job stable.
+    let elapsed = Duration::from_millis((chrono::Utc::now().timestamp_millis() - since_ms).max(0) as u64);
+    let deadline = Instant::now()
+        + health
+            .timeout()
+            .saturating_sub(elapsed)
+            .max(health.stable_for() + poll * 3);
     let mut stable_since: Option<Instant> = None;
     let mut last_state = String::from("unknown");
     let mut checkpoints = 0;

@@ -117,7 +117,11 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
                 "last_action": outcome.map(|o| o.action),
                 "health": outcome.map(|o| o.outcome),
                 "active_runs": running,
-                "last_error": outcome.and_then(|o| o.root_cause.clone().or_else(|| (o.outcome == crate::reconcile::Outcome::Failed).then(|| o.message.clone()))),
+                "phase": if r.phase.is_empty() { "steady" } else { r.phase.as_str() },
+                "phase_detail": r.phase_json.as_deref().and_then(|j| serde_json::from_str::<crate::reconcile::lifecycle::Phase>(j).ok()).map(|p| p.describe()),
+                "failures": r.failures,
+                "retry_at_ms": r.retry_at_ms,
+                "last_error": r.last_error.clone().or_else(|| outcome.and_then(|o| o.root_cause.clone().or_else(|| (o.outcome != crate::reconcile::Outcome::Ok && o.outcome != crate::reconcile::Outcome::Unchanged).then(|| o.message.clone())))),
             })
         })
         .collect();

@@ -56,6 +56,17 @@ pub struct Metrics {
     pub webhooks: Family<KindLabels, Counter>,
     /// Batch runs recorded, by status.
     pub batch_runs: Family<StateLabels, Gauge>,
+    /// Managed jobs by lifecycle phase (steady, stopping, ..., blocked).
+    pub job_phases: Family<StateLabels, Gauge>,
+    /// Failed tries in a row, per job that has any (0 is not exported).
+    pub job_failures: Family<JobLabels, Gauge>,
+}
+
+/// Labels of per-job series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    /// The spec's job id.
+    pub job_id: String,
 }
 
 impl Metrics {
@@ -73,6 +84,18 @@ impl Metrics {
         let polls = Family::<KindLabels, Counter>::default();
         let webhooks = Family::<KindLabels, Counter>::default();
         let batch_runs = Family::<StateLabels, Gauge>::default();
+        let job_phases = Family::<StateLabels, Gauge>::default();
+        let job_failures = Family::<JobLabels, Gauge>::default();
+        registry.register(
+            "job_phases",
+            "Managed jobs by lifecycle phase; blocked jobs wait for a commit or `flink-gitops retry`",
+            job_phases.clone(),
+        );
+        registry.register(
+            "job_failures",
+            "Failed tries in a row of a job that is backing off or blocked",
+            job_failures.clone(),
+        );
         registry.register(
             "reconcile_duration_seconds",
             "Duration of reconcile passes",
@@ -125,6 +148,8 @@ impl Metrics {
             polls,
             webhooks,
             batch_runs,
+            job_phases,
+            job_failures,
         }
     }
 

@@ -408,13 +408,10 @@ async fn poll_and_reconcile(
         }
     };
     for job in &report.jobs {
-        let result = match job.outcome {
-            Outcome::Ok => "ok",
-            Outcome::Unchanged => continue,
-            Outcome::RolledBack => "rolled_back",
-            Outcome::Skipped => "skipped",
-            Outcome::Failed => "failed",
-        };
+        if job.outcome == Outcome::Unchanged {
+            continue;
+        }
+        let result = job.outcome.as_str();
         shared
             .metrics
             .actions
@@ -459,6 +456,29 @@ async fn poll_and_reconcile(
     }
     if let Ok(records) = agent.records() {
         shared.metrics.jobs.clear();
+        shared.metrics.job_phases.clear();
+        shared.metrics.job_failures.clear();
+        for record in &records {
+            let phase = if record.phase.is_empty() {
+                "steady".to_string()
+            } else {
+                record.phase.clone()
+            };
+            shared
+                .metrics
+                .job_phases
+                .get_or_create(&metrics::StateLabels { state: phase })
+                .inc();
+            if record.failures > 0 {
+                shared
+                    .metrics
+                    .job_failures
+                    .get_or_create(&metrics::JobLabels {
+                        job_id: record.job_id.clone(),
+                    })
+                    .set(record.failures);
+            }
+        }
         for record in records {
             shared
                 .metrics

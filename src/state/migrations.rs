@@ -96,6 +96,37 @@ const MIGRATIONS: &[&str] = &[
         timezone  TEXT NOT NULL,
         cursor_ms INTEGER NOT NULL
     );",
+    // 4: the explicit lifecycle (phase per job, error policy counters), restore points the agent
+    // knows of, and operator requests (`retry`). Failed attempts become the rejected spec hash.
+    "ALTER TABLE jobs ADD COLUMN phase TEXT NOT NULL DEFAULT 'steady'
+        CHECK (phase IN ('steady', 'stopping', 'stopped', 'submitted', 'verifying', 'blocked'));
+    ALTER TABLE jobs ADD COLUMN phase_json TEXT;
+    ALTER TABLE jobs ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN permanent_failures INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN retry_at_ms INTEGER;
+    ALTER TABLE jobs ADD COLUMN last_error TEXT;
+    ALTER TABLE jobs ADD COLUMN rejected_spec_hash TEXT;
+    UPDATE jobs SET rejected_spec_hash = (
+        SELECT f.spec_hash FROM failed_attempts f WHERE f.job_id = jobs.job_id ORDER BY f.at DESC LIMIT 1
+    ) WHERE rejected_spec_hash IS NULL;
+    CREATE TABLE restore_points (
+        job_id       TEXT NOT NULL,
+        path         TEXT NOT NULL,
+        savepoint    INTEGER NOT NULL CHECK (savepoint IN (0, 1)),
+        flink_job_id TEXT,
+        taken_at_ms  INTEGER NOT NULL,
+        recorded_at  TEXT NOT NULL,
+        unusable     TEXT,
+        PRIMARY KEY (job_id, path)
+    );
+    CREATE TABLE requests (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        at      TEXT NOT NULL,
+        job_id  TEXT NOT NULL,
+        kind    TEXT NOT NULL CHECK (kind IN ('retry', 'retry-start-empty')),
+        by      TEXT NOT NULL,
+        done_at TEXT
+    );",
 ];
 
 /// The schema version this binary writes.

@@ -99,8 +99,55 @@ pub struct JobRecord {
     pub updated_at: String,
     /// How to redeploy this spec (JSON of `reconcile::Deployment`).
     pub deployment_json: Option<String>,
-    /// A deployment in flight (JSON of `reconcile::Pending`); finished or undone after a crash.
+    /// A deployment in flight from before the lifecycle phases (JSON of `reconcile::Pending`);
+    /// read once and turned into a phase.
     pub pending_json: Option<String>,
+    /// The lifecycle phase's name (`steady`, `stopping`, `stopped`, `submitted`, `verifying`, `blocked`).
+    pub phase: String,
+    /// The whole phase (JSON of `reconcile::lifecycle::Phase`); `None` when steady.
+    pub phase_json: Option<String>,
+    /// Consecutive failed tries of the job's current work (the backoff exponent).
+    pub failures: i64,
+    /// Of those, the ones that will fail again the same way; at `reconcile.max_failures` the job is blocked.
+    pub permanent_failures: i64,
+    /// Not tried again before this time (epoch ms).
+    pub retry_at_ms: Option<i64>,
+    /// The newest failure, for `status` and `plan`.
+    pub last_error: Option<String>,
+    /// A spec hash that failed and was rolled back (or blocked): not tried again until the spec changes.
+    pub rejected_spec_hash: Option<String>,
+}
+
+/// A savepoint or retained checkpoint the agent knows of for a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RestorePoint {
+    /// The job.
+    pub job_id: String,
+    /// The path, as Flink gave it.
+    pub path: String,
+    /// A savepoint rather than a checkpoint.
+    pub savepoint: bool,
+    /// The instance it belongs to.
+    pub flink_job_id: Option<String>,
+    /// When it was taken, epoch ms.
+    pub taken_at_ms: i64,
+    /// Why it cannot be restored (Flink said it does not exist, or discarded it).
+    pub unusable: Option<String>,
+}
+
+/// An operator's request, queued for the agent's next pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Request {
+    /// Sequence number.
+    pub id: i64,
+    /// When it was queued.
+    pub at: String,
+    /// The job.
+    pub job_id: String,
+    /// `retry` or `retry-start-empty`.
+    pub kind: String,
+    /// Who asked (the user running the command).
+    pub by: String,
 }
 
 /// A JAR the agent uploaded.
@@ -255,6 +302,26 @@ impl StateStore {
         }))
     }
 
+    /// Opens `dir/state.db` to queue an operator request while an agent may hold the directory:
+    /// writable, but without the agent's lock and without migrating (the agent owns the schema).
+    pub fn open_for_requests(dir: &Path) -> Result<Option<StateStore>, StateError> {
+        let Some(reader) = StateStore::open_read_only(dir)? else {
+            return Ok(None);
+        };
+        let path = reader.path.clone();
+        drop(reader);
+        let connection = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .map_err(sqlite(&path, "open for a request"))?;
+        connection
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(sqlite(&path, "configure"))?;
+        Ok(Some(StateStore {
+            connection,
+            path,
+            _lock: None,
+        }))
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -266,7 +333,8 @@ impl StateStore {
             .connection
             .prepare(
                 "SELECT job_id, spec_json, spec_hash, commit_id, flink_job_id, generation, jar_id, jar_sha256,
-                        last_savepoint, status, updated_at, deployment_json, pending_json FROM jobs ORDER BY job_id",
+                        last_savepoint, status, updated_at, deployment_json, pending_json, phase, phase_json,
+                        failures, permanent_failures, retry_at_ms, last_error, rejected_spec_hash FROM jobs ORDER BY job_id",
             )
             .map_err(sqlite(&self.path, "list jobs"))?;
         let rows = statement
@@ -281,7 +349,8 @@ impl StateStore {
         self.connection
             .query_row(
                 "SELECT job_id, spec_json, spec_hash, commit_id, flink_job_id, generation, jar_id, jar_sha256,
-                        last_savepoint, status, updated_at, deployment_json, pending_json FROM jobs WHERE job_id = ?1",
+                        last_savepoint, status, updated_at, deployment_json, pending_json, phase, phase_json,
+                        failures, permanent_failures, retry_at_ms, last_error, rejected_spec_hash FROM jobs WHERE job_id = ?1",
                 [job_id],
                 job_from_row,
             )
@@ -294,13 +363,18 @@ impl StateStore {
         self.connection
             .execute(
                 "INSERT INTO jobs (job_id, spec_json, spec_hash, commit_id, flink_job_id, generation, jar_id,
-                                   jar_sha256, last_savepoint, status, updated_at, deployment_json, pending_json)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                                   jar_sha256, last_savepoint, status, updated_at, deployment_json, pending_json,
+                                   phase, phase_json, failures, permanent_failures, retry_at_ms, last_error,
+                                   rejected_spec_hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)
                  ON CONFLICT(job_id) DO UPDATE SET spec_json=excluded.spec_json, spec_hash=excluded.spec_hash,
                    commit_id=excluded.commit_id, flink_job_id=excluded.flink_job_id, generation=excluded.generation,
                    jar_id=excluded.jar_id, jar_sha256=excluded.jar_sha256, last_savepoint=excluded.last_savepoint,
                    status=excluded.status, updated_at=excluded.updated_at, deployment_json=excluded.deployment_json,
-                   pending_json=excluded.pending_json",
+                   pending_json=excluded.pending_json, phase=excluded.phase, phase_json=excluded.phase_json,
+                   failures=excluded.failures, permanent_failures=excluded.permanent_failures,
+                   retry_at_ms=excluded.retry_at_ms, last_error=excluded.last_error,
+                   rejected_spec_hash=excluded.rejected_spec_hash",
                 params![
                     record.job_id,
                     record.spec_json,
@@ -315,6 +389,13 @@ impl StateStore {
                     now_rfc3339(),
                     record.deployment_json,
                     record.pending_json,
+                    if record.phase.is_empty() { "steady" } else { record.phase.as_str() },
+                    record.phase_json,
+                    record.failures,
+                    record.permanent_failures,
+                    record.retry_at_ms,
+                    record.last_error,
+                    record.rejected_spec_hash,
                 ],
             )
             .map_err(sqlite(&self.path, "write job"))?;
@@ -585,6 +666,130 @@ impl StateStore {
             .map_err(sqlite(&self.path, "read failed attempt"))
     }
 
+    /// Runs `f` in one immediate transaction: all of its writes land, or none.
+    pub fn atomically<T>(
+        &self,
+        f: impl FnOnce(&StateStore) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        self.connection
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(sqlite(&self.path, "begin transaction"))?;
+        match f(self) {
+            Ok(value) => {
+                self.connection
+                    .execute_batch("COMMIT")
+                    .map_err(sqlite(&self.path, "commit transaction"))?;
+                Ok(value)
+            }
+            Err(error) => {
+                let _ = self.connection.execute_batch("ROLLBACK");
+                Err(error)
+            }
+        }
+    }
+
+    /// Records a savepoint or checkpoint of a job (kept as it was if already known).
+    pub fn put_restore_point(
+        &self,
+        job_id: &str,
+        path: &str,
+        savepoint: bool,
+        flink_job_id: Option<&str>,
+        taken_at_ms: i64,
+    ) -> Result<(), StateError> {
+        self.connection
+            .execute(
+                "INSERT INTO restore_points (job_id, path, savepoint, flink_job_id, taken_at_ms, recorded_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(job_id, path) DO NOTHING",
+                params![job_id, path, savepoint, flink_job_id, taken_at_ms, now_rfc3339()],
+            )
+            .map_err(sqlite(&self.path, "record restore point"))?;
+        Ok(())
+    }
+
+    /// Marks a path as not restorable (recording it if it was not known).
+    pub fn mark_unusable(&self, job_id: &str, path: &str, why: &str) -> Result<(), StateError> {
+        self.connection
+            .execute(
+                "INSERT INTO restore_points (job_id, path, savepoint, taken_at_ms, recorded_at, unusable)
+                 VALUES (?1, ?2, 0, 0, ?3, ?4)
+                 ON CONFLICT(job_id, path) DO UPDATE SET unusable = excluded.unusable",
+                params![job_id, path, now_rfc3339(), why],
+            )
+            .map_err(sqlite(&self.path, "mark restore point unusable"))?;
+        Ok(())
+    }
+
+    /// Every restore point of a job, newest first.
+    pub fn restore_points(&self, job_id: &str) -> Result<Vec<RestorePoint>, StateError> {
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT job_id, path, savepoint, flink_job_id, taken_at_ms, unusable FROM restore_points
+                 WHERE job_id = ?1 ORDER BY taken_at_ms DESC",
+            )
+            .map_err(sqlite(&self.path, "read restore points"))?;
+        let rows = statement
+            .query_map([job_id], |row| {
+                Ok(RestorePoint {
+                    job_id: row.get(0)?,
+                    path: row.get(1)?,
+                    savepoint: row.get(2)?,
+                    flink_job_id: row.get(3)?,
+                    taken_at_ms: row.get(4)?,
+                    unusable: row.get(5)?,
+                })
+            })
+            .map_err(sqlite(&self.path, "read restore points"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sqlite(&self.path, "read restore points"))
+    }
+
+    /// Queues an operator request for the agent's next pass.
+    pub fn queue_request(&self, job_id: &str, kind: &str, by: &str) -> Result<i64, StateError> {
+        self.connection
+            .execute(
+                "INSERT INTO requests (at, job_id, kind, by) VALUES (?1, ?2, ?3, ?4)",
+                params![now_rfc3339(), job_id, kind, by],
+            )
+            .map_err(sqlite(&self.path, "queue request"))?;
+        Ok(self.connection.last_insert_rowid())
+    }
+
+    /// Requests not yet handled, oldest first.
+    pub fn open_requests(&self) -> Result<Vec<Request>, StateError> {
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT id, at, job_id, kind, by FROM requests WHERE done_at IS NULL ORDER BY id",
+            )
+            .map_err(sqlite(&self.path, "read requests"))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok(Request {
+                    id: row.get(0)?,
+                    at: row.get(1)?,
+                    job_id: row.get(2)?,
+                    kind: row.get(3)?,
+                    by: row.get(4)?,
+                })
+            })
+            .map_err(sqlite(&self.path, "read requests"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sqlite(&self.path, "read requests"))
+    }
+
+    /// Marks a request handled.
+    pub fn finish_request(&self, id: i64) -> Result<(), StateError> {
+        self.connection
+            .execute(
+                "UPDATE requests SET done_at = ?2 WHERE id = ?1",
+                params![id, now_rfc3339()],
+            )
+            .map_err(sqlite(&self.path, "finish request"))?;
+        Ok(())
+    }
+
     /// Raw access for statements not (yet) wrapped here; used by tests to prove invariants.
     pub fn connection(&self) -> &Connection {
         &self.connection
@@ -606,6 +811,13 @@ fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
         updated_at: row.get(10)?,
         deployment_json: row.get(11)?,
         pending_json: row.get(12)?,
+        phase: row.get(13)?,
+        phase_json: row.get(14)?,
+        failures: row.get(15)?,
+        permanent_failures: row.get(16)?,
+        retry_at_ms: row.get(17)?,
+        last_error: row.get(18)?,
+        rejected_spec_hash: row.get(19)?,
     })
 }
 

@@ -1,0 +1,213 @@
+//! JARs on the cluster: cached by digest, checked again before every upload, uploaded once,
+//! uploaded again when the JobManager forgot them, deleted when nothing needs them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use super::policy::StepError;
+use super::{Agent, Deployment, batch};
+use crate::flink::FlinkError;
+use crate::revision::VerifiedRevision;
+use crate::spec::{Artifact, DesiredJob};
+use crate::trust::artifacts::{JAR_SIZE_LIMIT, hash_jar};
+
+impl Agent {
+    pub(super) fn cache_path(&self, sha256: &str) -> PathBuf {
+        self.cache_dir.join(format!("{sha256}.jar"))
+    }
+
+    /// The deployment of a desired job, if its JAR is known.
+    pub(super) fn deployment_for(
+        &self,
+        job: &DesiredJob,
+        revision: &VerifiedRevision,
+    ) -> Result<Deployment, StepError> {
+        let sha = match (&job.spec.artifact, revision.artifacts.get(&job.spec.job_id)) {
+            (Artifact::Path(_), Some(check)) => check.sha256.clone(),
+            (Artifact::Url(url), _) => job
+                .spec
+                .artifact_sha256
+                .clone()
+                .ok_or_else(|| StepError::permanent(format!("artifact_url {url}: no sha256 pin")))?,
+            (Artifact::Path(path), None) => {
+                return Err(StepError::permanent(format!("{path}: JAR was not verified")));
+            }
+        };
+        Ok(Deployment::of(
+            job,
+            &revision.head.to_string(),
+            &sha,
+            &self.config,
+        ))
+    }
+
+    /// Runs the uploaded JAR. The outer error is ours (state, upload); the inner one is Flink's answer.
+    pub(super) async fn run_jar_reuploading(
+        &self,
+        head: &str,
+        deployment: &Deployment,
+        jar_id: &str,
+        request: &crate::flink::RunRequest,
+    ) -> Result<Result<String, FlinkError>, StepError> {
+        match self.client.run_jar(jar_id, request).await {
+            Err(FlinkError::Status { root_cause, .. }) if root_cause.contains("does not exist") => {
+                // The JobManager restarted and forgot its uploads: upload again, once.
+                self.with_store(|s| s.remove_jar(&deployment.jar_sha256))?;
+                let jar_id = self.ensure_jar(head, deployment).await?;
+                Ok(self.client.run_jar(&jar_id, request).await)
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// Makes sure the JAR is on the cluster: reuse an upload with the same digest, else check the cached file again and upload it.
+    pub(super) async fn ensure_jar(&self, head: &str, deployment: &Deployment) -> Result<String, StepError> {
+        let sha = &deployment.jar_sha256;
+        if let Some(known) = self.with_store(|s| s.jar(sha))? {
+            let on_cluster = self.client.jars().await?;
+            if on_cluster.iter().any(|j| j.id == known.jar_id) {
+                return Ok(known.jar_id);
+            }
+        }
+        let path = self.cache_path(sha);
+        if let Some(url) = &deployment.artifact_url
+            && !path.exists()
+        {
+            self.download_jar(head, deployment, url, &path).await?;
+        }
+        let check_path = path.clone();
+        let digest = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&check_path)?;
+            hash_jar(file, &check_path.display().to_string(), JAR_SIZE_LIMIT)
+                .map_err(std::io::Error::other)
+        })
+        .await
+        .map_err(|e| StepError::permanent(e.to_string()))?
+        .map_err(|e| StepError::permanent(format!("JAR cache {}: {e}", path.display())))?;
+        if &digest.sha256 != sha {
+            return Err(StepError::permanent(format!(
+                "JAR cache {} has sha256 {}, expected {sha}: refusing to upload",
+                path.display(),
+                digest.sha256
+            )));
+        }
+        let intent = self.intent(
+            head,
+            &deployment.job_id,
+            "upload",
+            json!({"jar_sha256": sha, "name": deployment.jar_name}),
+        )?;
+        match self.client.upload_jar_as(&path, &deployment.jar_name).await {
+            Ok(jar_id) => {
+                self.with_store(|s| s.put_jar(sha, &jar_id))?;
+                self.outcome("upload", intent, "ok", json!({"jar_id": jar_id}))?;
+                Ok(jar_id)
+            }
+            Err(error) => {
+                self.outcome(
+                    "upload",
+                    intent,
+                    "failed",
+                    json!({"error": error.to_string()}),
+                )?;
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Deletes uploaded JARs that no job record or pending deployment uses.
+    pub(super) async fn delete_unused_jars(&self, head: &str) -> Vec<String> {
+        let (jars, rows) = match self.with_store(|s| Ok((s.jars()?, s.jobs()?))) {
+            Ok(found) => found,
+            Err(_) => return Vec::new(),
+        };
+        let runs = self.with_store(|s| s.active_runs(None)).unwrap_or_default();
+        let mut used: BTreeMap<String, ()> = BTreeMap::new();
+        for run in &runs {
+            used.insert(run.jar_sha256.clone(), ());
+        }
+        for row in &rows {
+            let keeps_jar = match row.status.as_str() {
+                "running" | "suspended" | "failed" => true,
+                // A job being created keeps the JAR its phase is about to run.
+                "new" => false,
+                // A batch job between runs keeps its JAR unless it asked for clean-up.
+                batch::SCHEDULED => !cleanup_on_completion(&row.spec_json),
+                _ => false,
+            };
+            if keeps_jar && let Some(sha) = &row.jar_sha256 {
+                used.insert(sha.clone(), ());
+            }
+            if let Some(target) = super::executor::phase_of(row)
+                .operation()
+                .and_then(|op| op.target.as_ref())
+            {
+                used.insert(target.jar_sha256.clone(), ());
+            }
+        }
+        let mut deleted = Vec::new();
+        for jar in jars.into_iter().filter(|j| !used.contains_key(&j.sha256)) {
+            let Ok(intent) = self.with_store(|s| {
+                s.audit_intent(
+                    Some(head),
+                    None,
+                    "delete-jar",
+                    &json!({"jar_id": jar.jar_id}).to_string(),
+                )
+            }) else {
+                continue;
+            };
+            let result = match self.client.delete_jar(&jar.jar_id).await {
+                // 400: Flink says the file no longer exists.
+                Ok(())
+                | Err(FlinkError::Status {
+                    status: 400 | 404, ..
+                }) => "ok",
+                Err(_) => "failed",
+            };
+            let _ = self.with_store(|s| s.audit_outcome(intent, result, "{}"));
+            if result == "ok" {
+                let _ = self.with_store(|s| s.remove_jar(&jar.sha256));
+                deleted.push(jar.jar_id);
+            }
+        }
+        deleted
+    }
+}
+
+pub(super) fn cleanup_on_completion(spec_json: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(spec_json)
+        .ok()
+        .and_then(|v| v["spec"]["batch"]["cleanup_on_completion"].as_bool())
+        .unwrap_or(false)
+}
+
+/// Writes each verified in-repo JAR of the revision into the cache, named by its sha256.
+pub(super) fn cache_jars(
+    repo: &git2::Repository,
+    revision: &VerifiedRevision,
+    cache_dir: &std::path::Path,
+) -> Result<(), String> {
+    let tree = crate::spec::GitTree::new(repo, revision.head).map_err(|e| e.to_string())?;
+    for check in revision.artifacts.values() {
+        let target = cache_dir.join(format!("{}.jar", check.sha256));
+        if target.exists() {
+            continue;
+        }
+        let path = crate::spec::RepoPath::parse(&check.path)?;
+        let resolved = crate::spec::SpecTree::resolve_file(&tree, &path)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("{} vanished", check.path))?;
+        let blob_id = tree.blob_id(&resolved).map_err(|e| e.to_string())?;
+        let blob = repo
+            .find_blob(blob_id)
+            .map_err(|e| e.message().to_string())?;
+        let partial = cache_dir.join(format!("{}.jar.partial", check.sha256));
+        std::fs::write(&partial, blob.content())
+            .map_err(|e| format!("{}: {e}", partial.display()))?;
+        std::fs::rename(&partial, &target).map_err(|e| format!("{}: {e}", target.display()))?;
+    }
+    Ok(())
+}
