@@ -246,9 +246,10 @@ impl Agent {
             self.ensure_jar(&pass.head, target).await?;
         }
         let alive = instance.as_ref().filter(|i| is_alive(&i.state));
+        // A create starts a new lineage: a deleted job of the same id does not pass its state on.
         let recorded_instance = record
             .as_ref()
-            .filter(|r| r.status != "new")
+            .filter(|r| r.status != "new" && kind != OpKind::Create)
             .and_then(|r| r.flink_job_id.clone());
         let predecessor = alive.map(|i| i.jid.clone()).or(recorded_instance);
         let start_empty = self
@@ -468,19 +469,26 @@ impl Agent {
                         },
                 },
             ) => {
+                // The savepoint is recorded the moment Flink names it, before anything else.
+                let stop_and_record = async {
+                    let location = self
+                        .poll_stop(&flink_job_id, &target_dir, &trigger_id)
+                        .await?;
+                    self.with_store(|s| {
+                        s.put_restore_point(&job_id, &location, true, Some(&flink_job_id), now_ms())
+                    })?;
+                    Ok(location)
+                };
                 let location = self
                     .audited(
                         &pass.head,
                         &job_id,
                         "stop",
                         json!({"flink_job_id": flink_job_id, "trigger_id": trigger_id, "target": target_dir, "operation": op.kind}),
-                        self.poll_stop(&flink_job_id, &target_dir, &trigger_id),
+                        stop_and_record,
                         |location| json!({"savepoint": location}),
                     )
                     .await?;
-                self.with_store(|s| {
-                    s.put_restore_point(&job_id, &location, true, Some(&flink_job_id), now_ms())
-                })?;
                 info!(savepoint = %location, flink_job_id = %flink_job_id, "stopped with savepoint");
                 outcome.savepoint = Some(location);
                 self.wait_terminal(&flink_job_id).await;
@@ -629,6 +637,21 @@ impl Agent {
                 && let Some(found) = restore::scan_checkpoint_storage(&dir, pred)
             {
                 candidates.push(found);
+            }
+        }
+        let mut savepoint_dirs: Vec<&str> = Vec::new();
+        if let StopMethod::Savepoint { target_dir, .. } = stop {
+            savepoint_dirs.push(target_dir);
+        }
+        if let Some(target) = &op.target {
+            savepoint_dirs.push(&target.savepoint_dir);
+        }
+        savepoint_dirs.dedup();
+        if let Some(pred) = predecessor {
+            for dir in savepoint_dirs {
+                if let Some(found) = restore::scan_savepoint_storage(dir, pred) {
+                    candidates.push(found);
+                }
             }
         }
         let recorded = self.with_store(|s| s.restore_points(job_id))?;

@@ -26,6 +26,8 @@ pub enum Source {
     FlinkCheckpoint,
     /// A `chk-N/_metadata` in the instance's local checkpoint folder.
     CheckpointStorage,
+    /// A `savepoint-<job>-*/_metadata` in the job's local savepoint folder.
+    SavepointStorage,
     /// Recorded by the agent earlier (savepoints of its stops, checkpoints it saw).
     Recorded,
     /// What the operation asked to prefer (a rollback restores what the upgrade restored).
@@ -40,6 +42,7 @@ impl Source {
             Source::FlinkSavepoint => "latest savepoint",
             Source::FlinkCheckpoint => "retained checkpoint",
             Source::CheckpointStorage => "checkpoint on storage",
+            Source::SavepointStorage => "savepoint on storage",
             Source::Recorded => "recorded",
             Source::Hint => "rollback state",
         }
@@ -175,6 +178,39 @@ pub fn scan_checkpoint_storage(checkpoint_dir: &str, flink_job_id: &str) -> Opti
             taken_at_ms,
             savepoint: false,
             source: Source::CheckpointStorage,
+        })
+}
+
+/// The newest complete savepoint of the job in a local `file:` savepoint folder. Flink names a
+/// savepoint `savepoint-<first 6 characters of the job id>-<random>`, and the agent's job ids of
+/// one job share their first 16, so this finds a savepoint whose completion the agent never saw
+/// (killed while Flink took it, then the JobManager forgot the operation).
+pub fn scan_savepoint_storage(savepoint_dir: &str, flink_job_id: &str) -> Option<Candidate> {
+    if !(savepoint_dir.starts_with("file:") || savepoint_dir.starts_with('/')) {
+        return None;
+    }
+    let prefix = format!("savepoint-{}-", flink_job_id.get(..6)?);
+    let entries = std::fs::read_dir(normalize(savepoint_dir)).ok()?;
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with(&prefix))
+        .filter_map(|entry| {
+            let modified = std::fs::metadata(entry.path().join("_metadata"))
+                .ok()?
+                .modified()
+                .ok()?;
+            let taken_at_ms = modified
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?
+                .as_millis() as i64;
+            Some((taken_at_ms, entry.path()))
+        })
+        .max_by_key(|(taken_at_ms, _)| *taken_at_ms)
+        .map(|(taken_at_ms, path)| Candidate {
+            path: format!("file:{}", path.display()),
+            taken_at_ms,
+            savepoint: true,
+            source: Source::SavepointStorage,
         })
 }
 
@@ -324,6 +360,27 @@ mod tests {
         assert!(found.taken_at_ms > 0);
         assert_eq!(scan_checkpoint_storage(&uri, "other"), None);
         assert_eq!(scan_checkpoint_storage("s3://bucket/ck", "abc"), None);
+    }
+
+    #[test]
+    fn the_savepoint_scan_finds_the_jobs_newest_complete_savepoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let jid = "abcdef0123456789000000000000000a";
+        for (name, complete) in [
+            ("savepoint-abcdef-111", true),
+            ("savepoint-abcdef-222", false),
+            ("savepoint-123456-333", true),
+        ] {
+            std::fs::create_dir_all(dir.path().join(name)).unwrap();
+            if complete {
+                std::fs::write(dir.path().join(name).join("_metadata"), b"m").unwrap();
+            }
+        }
+        let uri = format!("file://{}", dir.path().display());
+        let found = scan_savepoint_storage(&uri, jid).unwrap();
+        assert!(found.path.ends_with("savepoint-abcdef-111"), "{}", found.path);
+        assert_eq!(found.source, Source::SavepointStorage);
+        assert_eq!(scan_savepoint_storage(&uri, "0000000000000000"), None);
     }
 
     #[test]
