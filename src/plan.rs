@@ -182,7 +182,8 @@ pub fn plan(
         };
         let desired_job = desired.jobs.get(job_id);
         if let Some(record) = record
-            && let Some((action, reasons)) = lifecycle_decision(record, desired_job, instance, now_ms)
+            && let Some((action, reasons)) =
+                lifecycle_decision(record, desired_job, instance, now_ms)
         {
             entry.action = action;
             entry.reasons = reasons;
@@ -570,6 +571,92 @@ mod tests {
         );
         assert_eq!(unknown.jobs[0].action, Action::Unchanged);
         assert_eq!(unknown.cluster_unreachable.as_deref(), Some("down"));
+    }
+
+    #[test]
+    fn a_cancelling_instance_counts_as_alive() {
+        let v1 = job(V1);
+        let rec = record_of(&v1, "running");
+        let jid = rec.flink_job_id.clone().unwrap();
+        let cancelling = plan(
+            &desired(std::slice::from_ref(&v1)),
+            Observed::Jobs(&[running(&jid, "CANCELLING")]),
+            std::slice::from_ref(&rec),
+        );
+        assert_eq!(
+            cancelling.jobs[0].action,
+            Action::Unchanged,
+            "no restart while the old instance may still run"
+        );
+        assert!(is_alive("CANCELLING"));
+    }
+
+    #[test]
+    fn phases_backoff_and_rejected_specs_decide_the_plan() {
+        let v1 = job(V1);
+        let v2 = job(&V1.replace("parallelism: 2", "parallelism: 4"));
+        let mut rec = record_of(&v1, "running");
+        let jid = rec.flink_job_id.clone().unwrap();
+        let alive = [running(&jid, "RUNNING")];
+        // An operation in flight is continued, whatever the spec says now.
+        rec.phase = "stopping".into();
+        let p = super::plan(
+            &desired(std::slice::from_ref(&v2)),
+            Observed::Jobs(&alive),
+            std::slice::from_ref(&rec),
+            0,
+        );
+        assert_eq!(p.jobs[0].action, Action::Continue);
+        assert_eq!(p.jobs[0].phase, "stopping");
+        // ... after its backoff.
+        rec.retry_at_ms = Some(10_000);
+        let p = super::plan(
+            &desired(std::slice::from_ref(&v2)),
+            Observed::Jobs(&alive),
+            std::slice::from_ref(&rec),
+            5_000,
+        );
+        assert_eq!(p.jobs[0].action, Action::Wait);
+        // A rolled-back spec is held while the last good one runs, and the job is brought back
+        // when it does not.
+        rec.phase = "steady".into();
+        rec.retry_at_ms = None;
+        rec.rejected_spec_hash = Some(v2.spec_hash());
+        let p = super::plan(
+            &desired(std::slice::from_ref(&v2)),
+            Observed::Jobs(&alive),
+            std::slice::from_ref(&rec),
+            0,
+        );
+        assert_eq!(p.jobs[0].action, Action::Blocked);
+        let p = super::plan(
+            &desired(std::slice::from_ref(&v2)),
+            Observed::Jobs(&[]),
+            std::slice::from_ref(&rec),
+            0,
+        );
+        assert_eq!(
+            p.jobs[0].action,
+            Action::Restart,
+            "drift repair is never shadowed"
+        );
+        // A blocked job waits for a new spec; a changed spec is planned normally.
+        rec.phase = "blocked".into();
+        let p = super::plan(
+            &desired(std::slice::from_ref(&v2)),
+            Observed::Jobs(&alive),
+            std::slice::from_ref(&rec),
+            0,
+        );
+        assert_eq!(p.jobs[0].action, Action::Blocked);
+        let v3 = job(&V1.replace("parallelism: 2", "parallelism: 3"));
+        let p = super::plan(
+            &desired(&[v3]),
+            Observed::Jobs(&alive),
+            std::slice::from_ref(&rec),
+            0,
+        );
+        assert_eq!(p.jobs[0].action, Action::Upgrade);
     }
 
     #[test]

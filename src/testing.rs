@@ -68,6 +68,7 @@ struct Inner {
     requests: BTreeMap<String, u64>,
     rules: Vec<FaultRule>,
     failing_arg: Option<String>,
+    missing_paths: Vec<String>,
 }
 
 /// The fake server's shared state.
@@ -113,6 +114,12 @@ impl FakeFlink {
         self.lock().rules.iter().map(|rule| rule.remaining).sum()
     }
 
+    /// Submissions restoring from `path` are refused as Flink refuses a savepoint or checkpoint
+    /// that no longer exists: HTTP 400 with `FileNotFoundException`, and a FAILED job under that id.
+    pub fn delete_state(&self, path: &str) {
+        self.lock().missing_paths.push(path.to_string());
+    }
+
     /// Jobs whose program arguments contain `marker` fail right after they start.
     pub fn fail_jobs_with_arg(&self, marker: &str) {
         self.lock().failing_arg = Some(marker.to_string());
@@ -137,7 +144,10 @@ impl FakeFlink {
 
     /// The savepoint or checkpoint a job was started from.
     pub fn restored_from(&self, jid: &str) -> Option<String> {
-        self.lock().jobs.get(jid).and_then(|j| j.restored_from.clone())
+        self.lock()
+            .jobs
+            .get(jid)
+            .and_then(|j| j.restored_from.clone())
     }
 
     /// Adds `count` RUNNING jobs with the given ids.
@@ -464,6 +474,27 @@ async fn run(
         return flink_error(
             StatusCode::BAD_REQUEST,
             "DuplicateApplicationSubmissionException: Application has already been submitted.",
+        );
+    }
+    if let Some(path) = body["savepointPath"].as_str()
+        && inner.missing_paths.iter().any(|missing| missing == path)
+    {
+        // Flink 2.3 registers the job (FAILED) before it finds the state missing.
+        inner.jobs.insert(
+            jid.clone(),
+            FakeJob {
+                name: "job".into(),
+                state: "FAILED".into(),
+                start: now_ms(),
+                restored_from: None,
+                user_config: BTreeMap::new(),
+            },
+        );
+        return flink_error(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "java.io.FileNotFoundException: Cannot find checkpoint or savepoint file/directory '{path}' on file system 'file'."
+            ),
         );
     }
     let failing_arg = inner.failing_arg.as_deref().is_some_and(|marker| {

@@ -88,7 +88,10 @@ fn a_jobmanager_restart_mid_upgrade_and_under_a_running_job_loses_no_state() {
     add_example_jars(&repo);
     let path = |job: &str| format!("jobs/{job}.yaml");
     for job in [&upgrading, &running] {
-        repo.write(&path(job), counter_spec(job, "artifacts/counter-v1.jar", ""));
+        repo.write(
+            &path(job),
+            counter_spec(job, "artifacts/counter-v1.jar", ""),
+        );
     }
     repo.commit("two jobs");
     let work = tempfile::tempdir().unwrap();
@@ -140,12 +143,11 @@ fn a_jobmanager_restart_mid_upgrade_and_under_a_running_job_loses_no_state() {
     );
     let (newest_time, newest_checkpoint) =
         newest_checkpoint_on_disk(&running_jid).expect("retained checkpoints stay on disk");
-    let savepoint_time = std::fs::metadata(
-        PathBuf::from(normalized(&upgrade_savepoint)).join("_metadata"),
-    )
-    .unwrap()
-    .modified()
-    .unwrap();
+    let savepoint_time =
+        std::fs::metadata(PathBuf::from(normalized(&upgrade_savepoint)).join("_metadata"))
+            .unwrap()
+            .modified()
+            .unwrap();
     assert!(
         newest_time > savepoint_time,
         "the test needs a checkpoint newer than the upgrade savepoint"

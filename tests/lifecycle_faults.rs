@@ -13,7 +13,7 @@ use flink_gitops::config::Config;
 use flink_gitops::plan::{flink_job_prefix, is_alive};
 use flink_gitops::reconcile::{Agent, ApplyReport, Outcome};
 use flink_gitops::state::{JobRecord, StateStore};
-use flink_gitops::testing::{Fault, FakeFlink, Scenario};
+use flink_gitops::testing::{FakeFlink, Fault, Scenario};
 use support::*;
 
 const JOB: &str = "orders";
@@ -141,7 +141,10 @@ const ROLLBACK_STEPS: &[&str] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_faults_at_every_step_of_an_upgrade_never_leave_the_job_down() {
     for step in UPGRADE_STEPS {
-        for fault in [Fault::Status(503), Fault::Delay(Duration::from_millis(1500))] {
+        for fault in [
+            Fault::Status(503),
+            Fault::Delay(Duration::from_millis(1500)),
+        ] {
             let context = format!("{step} {fault:?}");
             let s = setup().await;
             let agent = Agent::open(s.config.clone()).unwrap();
@@ -151,7 +154,10 @@ async fn transient_faults_at_every_step_of_an_upgrade_never_leave_the_job_down()
             s.repo.commit("orders v2");
             s.fake.fail_next(step, 4, fault.clone());
             let report = settle(&agent, &s, &context).await;
-            assert!(s.fake.faults_pending() < 4, "{context}: the fault was served");
+            assert!(
+                s.fake.faults_pending() < 4,
+                "{context}: the fault was served"
+            );
             assert!(report.converged(), "{context}: {report:#?}");
             let live = alive(&s);
             assert_eq!(live.len(), 1, "{context}");
@@ -182,7 +188,10 @@ async fn transient_faults_at_every_step_of_a_rollback_never_leave_the_job_down()
         // The faults hit the upgrade's calls and then the rollback's (cancel, state, submit).
         s.fake.fail_next(step, 4, Fault::Status(503));
         let report = settle(&agent, &s, &context).await;
-        assert!(s.fake.faults_pending() < 4, "{context}: the fault was served");
+        assert!(
+            s.fake.faults_pending() < 4,
+            "{context}: the fault was served"
+        );
         let job = report.jobs.iter().find(|j| j.job_id == JOB).unwrap();
         let live = alive(&s);
         assert_eq!(live.len(), 1, "{context}: {report:#?}");
@@ -212,7 +221,8 @@ async fn transient_faults_at_every_step_of_a_rollback_never_leave_the_job_down()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_500_on_create_is_retried_without_a_new_commit() {
     let s = setup().await;
-    s.fake.fail_next("POST /jars/:id/run", 1, Fault::Status(500));
+    s.fake
+        .fail_next("POST /jars/:id/run", 1, Fault::Status(500));
     let agent = Agent::open(s.config.clone()).unwrap();
     let first = agent.apply_once().await.unwrap();
     let job = first.jobs.iter().find(|j| j.job_id == JOB).unwrap();
@@ -231,19 +241,34 @@ async fn a_submit_that_timed_out_but_reached_flink_is_verified_not_sent_twice() 
     s.repo.write(SPEC, spec(2, &[]));
     s.repo.commit("orders v2");
     // Flink takes the submission, but only answers after the client gave up.
-    s.fake
-        .fail_next("POST /jars/:id/run", 1, Fault::Delay(Duration::from_millis(1500)));
+    s.fake.fail_next(
+        "POST /jars/:id/run",
+        1,
+        Fault::Delay(Duration::from_millis(1500)),
+    );
     let first = agent.apply_once().await.unwrap();
     assert_eq!(first.jobs[0].outcome, Outcome::Retrying, "{first:#?}");
     assert!(first.jobs[0].message.contains("timed out"), "{first:#?}");
-    assert_eq!(record(&s).phase, "submitted", "the submission stays recorded");
+    assert_eq!(
+        record(&s).phase,
+        "submitted",
+        "the submission stays recorded"
+    );
     // Flink took it after all; the next pass finds it and verifies it.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let report = settle(&agent, &s, "slow submit").await;
     assert!(report.converged(), "{report:#?}");
     let ours = s.fake.jobs_with_prefix(&flink_job_prefix(JOB));
-    assert_eq!(ours.len(), 2, "v1 finished and one v2, never a second v2: {ours:?}");
-    assert_eq!(s.fake.requests()["POST /jars/:id/run"], 2, "create + one upgrade submit");
+    assert_eq!(
+        ours.len(),
+        2,
+        "v1 finished and one v2, never a second v2: {ours:?}"
+    );
+    assert_eq!(
+        s.fake.requests()["POST /jars/:id/run"],
+        2,
+        "create + one upgrade submit"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,7 +285,12 @@ async fn a_savepoint_flink_keeps_refusing_blocks_the_job_and_retry_brings_it_bac
         tokio::time::sleep(Duration::from_millis(30)).await;
         let report = agent.apply_once().await.unwrap();
         assert_never_left_down(&s, "savepoint fails", &report);
-        let job = report.jobs.iter().find(|j| j.job_id == JOB).unwrap().clone();
+        let job = report
+            .jobs
+            .iter()
+            .find(|j| j.job_id == JOB)
+            .unwrap()
+            .clone();
         outcomes.push(job.outcome);
         assert_eq!(alive(&s), running, "the old job keeps running");
     }
@@ -283,7 +313,10 @@ async fn a_savepoint_flink_keeps_refusing_blocks_the_job_and_retry_brings_it_bac
     let report = agent.apply_once().await.unwrap();
     assert_eq!(report.jobs[0].outcome, Outcome::Blocked);
     assert!(report.jobs[0].message.contains("flink-gitops retry orders"));
-    assert_eq!(s.fake.requests().get("POST /jobs/:id/stop").copied(), before);
+    assert_eq!(
+        s.fake.requests().get("POST /jobs/:id/stop").copied(),
+        before
+    );
 
     // The operator fixes the storage and asks for a retry, through the command line.
     s.fake.set_scenario(Scenario::Healthy);
@@ -293,7 +326,12 @@ async fn a_savepoint_flink_keeps_refusing_blocks_the_job_and_retry_brings_it_bac
     assert!(String::from_utf8_lossy(&queued.stdout).contains("queued request"));
     let report = agent.apply_once().await.unwrap();
     assert!(report.converged(), "{report:#?}");
-    assert!(report.recovered.iter().any(|n| n.contains("retry requested")));
+    assert!(
+        report
+            .recovered
+            .iter()
+            .any(|n| n.contains("retry requested"))
+    );
     assert!(record(&s).spec_json.contains("\"parallelism\":2"));
     assert_eq!(alive(&s).len(), 1);
     let audit = StateStore::open_read_only(&s.work.path().join("state"))
@@ -320,12 +358,19 @@ async fn a_create_that_fails_is_blocked_until_the_spec_changes() {
     let job = report.jobs.iter().find(|j| j.job_id == JOB).unwrap();
     assert_eq!(job.outcome, Outcome::Blocked, "{job:#?}");
     assert!(
-        job.root_cause.as_deref().unwrap_or_default().contains("injected start-up failure"),
+        job.root_cause
+            .as_deref()
+            .unwrap_or_default()
+            .contains("injected start-up failure"),
         "{job:#?}"
     );
     assert!(alive(&s).is_empty());
     let again = agent.apply_once().await.unwrap();
-    assert_eq!(again.jobs[0].outcome, Outcome::Blocked, "not retried at the same spec");
+    assert_eq!(
+        again.jobs[0].outcome,
+        Outcome::Blocked,
+        "not retried at the same spec"
+    );
     s.repo.write(SPEC, spec(1, &[]));
     s.repo.commit("fix the crash");
     let fixed = agent.apply_once().await.unwrap();
@@ -349,7 +394,10 @@ async fn a_forgotten_job_restarts_from_its_newest_recorded_state_never_empty() {
     let live = alive(&s);
     assert_eq!(live.len(), 1);
     let restored = s.fake.restored_from(&live[0]).unwrap_or_default();
-    assert!(!restored.is_empty(), "a stateful job is never restarted empty");
+    assert!(
+        !restored.is_empty(),
+        "a stateful job is never restarted empty"
+    );
     assert_ne!(upgraded.flink_job_id.as_deref(), Some(live[0].as_str()));
 
     // All of its state is gone too: blocked with the reason, not started empty.
@@ -357,14 +405,20 @@ async fn a_forgotten_job_restarts_from_its_newest_recorded_state_never_empty() {
         .unwrap()
         .unwrap();
     for point in store.restore_points(JOB).unwrap() {
-        store.mark_unusable(JOB, &point.path, "deleted by the test").unwrap();
+        store
+            .mark_unusable(JOB, &point.path, "deleted by the test")
+            .unwrap();
     }
     drop(store);
     s.fake.forget_jobs();
     let report = agent.apply_once().await.unwrap();
     let job = &report.jobs[0];
     assert_eq!(job.outcome, Outcome::Blocked, "{job:#?}");
-    assert!(job.message.contains("no restorable state"), "{}", job.message);
+    assert!(
+        job.message.contains("no restorable state"),
+        "{}",
+        job.message
+    );
     assert!(job.message.contains("--start-empty"), "{}", job.message);
     assert!(alive(&s).is_empty(), "not started empty");
     let config_path = s.work.path().join("config.yaml");
@@ -379,5 +433,54 @@ async fn a_forgotten_job_restarts_from_its_newest_recorded_state_never_empty() {
     let report = agent.apply_once().await.unwrap();
     assert!(report.converged(), "{report:#?}");
     let live = alive(&s);
-    assert_eq!(s.fake.restored_from(&live[0]), None, "started empty, once, as asked");
+    assert_eq!(
+        s.fake.restored_from(&live[0]),
+        None,
+        "started empty, once, as asked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_flink_cannot_find_is_marked_and_the_next_newest_is_restored() {
+    let s = setup().await;
+    let agent = Agent::open(s.config.clone()).unwrap();
+    assert!(agent.apply_once().await.unwrap().converged());
+    s.repo.write(SPEC, spec(2, &[]));
+    s.repo.commit("orders v2");
+    let upgraded = agent.apply_once().await.unwrap();
+    assert!(upgraded.converged());
+    let savepoint = upgraded.jobs[0].savepoint.clone().unwrap();
+    let points = StateStore::open_read_only(&s.work.path().join("state"))
+        .unwrap()
+        .unwrap()
+        .restore_points(JOB)
+        .unwrap();
+    // The newest known state is v2's checkpoint (recorded when it was promoted); it is gone.
+    let newest = points.first().unwrap().path.clone();
+    assert_ne!(newest, savepoint);
+    s.fake.delete_state(&newest);
+    s.fake.forget_jobs();
+    let report = agent.apply_once().await.unwrap();
+    assert!(report.converged(), "{report:#?}");
+    let live = alive(&s);
+    assert_eq!(live.len(), 1);
+    assert_eq!(
+        s.fake.restored_from(&live[0]).as_deref(),
+        Some(savepoint.as_str()),
+        "the next newest state"
+    );
+    let points = StateStore::open_read_only(&s.work.path().join("state"))
+        .unwrap()
+        .unwrap()
+        .restore_points(JOB)
+        .unwrap();
+    let marked = points.iter().find(|p| p.path == newest).unwrap();
+    assert!(
+        marked
+            .unusable
+            .as_deref()
+            .unwrap()
+            .contains("Cannot find checkpoint or savepoint"),
+        "{marked:?}"
+    );
 }

@@ -460,7 +460,10 @@ fn sigterm_during_an_upgrade_leaves_state_the_next_start_completes() {
             .expect("the upgrade savepoint is recorded")
             .path;
         assert!(phase.contains(&savepoint), "v2 restores it: {phase}");
-        assert!(record.spec_json.contains("counter-v1"), "v1 is still the last good spec");
+        assert!(
+            record.spec_json.contains("counter-v1"),
+            "v1 is still the last good spec"
+        );
     }
     let (code, report) = apply(&config);
     assert_eq!(code, Some(0), "{report:#}");

@@ -86,10 +86,13 @@ fn batch_spec(job: &str, revision: usize) -> String {
     )
 }
 
+/// Per job, the most live instances (id, state) seen in one sample.
+type Worst = Arc<Mutex<BTreeMap<String, Vec<(String, String)>>>>;
+
 /// Watches the cluster for a second live instance of any of the jobs, the whole time.
 struct Sampler {
     stop: Arc<AtomicBool>,
-    worst: Arc<Mutex<BTreeMap<String, Vec<(String, String)>>>>,
+    worst: Worst,
     samples: Arc<Mutex<u64>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -97,7 +100,7 @@ struct Sampler {
 impl Sampler {
     fn start(jobs: Vec<String>) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
-        let worst: Arc<Mutex<BTreeMap<String, Vec<(String, String)>>>> = Arc::default();
+        let worst: Worst = Arc::default();
         let samples = Arc::new(Mutex::new(0u64));
         let thread = {
             let (stop, worst, samples) = (stop.clone(), worst.clone(), samples.clone());
@@ -258,7 +261,9 @@ fn randomized_sigkills_never_leave_a_job_down_or_doubled() {
                 .unwrap()
                 .as_nanos() as u64
         });
-    eprintln!("soak: seed {seed} (replay with FLINK_GITOPS_SOAK_SEED={seed}), {kills_wanted} kills");
+    eprintln!(
+        "soak: seed {seed} (replay with FLINK_GITOPS_SOAK_SEED={seed}), {kills_wanted} kills"
+    );
     let mut rng = Rng(seed);
 
     let stream = unique("soak");
@@ -298,7 +303,10 @@ fn randomized_sigkills_never_leave_a_job_down_or_doubled() {
                     repo.write(&stream_path, stream_spec(&stream, "counter-v2.jar", false));
                 }
                 Op::BrokenUpgrade => {
-                    repo.write(&stream_path, stream_spec(&stream, "counter-broken.jar", false));
+                    repo.write(
+                        &stream_path,
+                        stream_spec(&stream, "counter-broken.jar", false),
+                    );
                 }
                 Op::FixingUpgrade => {
                     repo.write(&stream_path, stream_spec(&stream, "counter-v1.jar", false));
@@ -334,7 +342,11 @@ fn randomized_sigkills_never_leave_a_job_down_or_doubled() {
                     "killed at {:.2} s of {:.2} s{}",
                     at.as_secs_f64(),
                     whole.as_secs_f64(),
-                    if was_running { "" } else { " (it had already exited)" }
+                    if was_running {
+                        ""
+                    } else {
+                        " (it had already exited)"
+                    }
                 );
             }
             let mut passes = 0;
@@ -373,7 +385,11 @@ fn randomized_sigkills_never_leave_a_job_down_or_doubled() {
                 _ => {
                     let jid = one_running(&stream);
                     let record = store.job(&stream).unwrap().unwrap();
-                    assert_eq!(record.flink_job_id.as_deref(), Some(jid.as_str()), "{context}");
+                    assert_eq!(
+                        record.flink_job_id.as_deref(),
+                        Some(jid.as_str()),
+                        "{context}"
+                    );
                     assert!(!record.spec_json.contains("counter-broken"), "{context}");
                     let restored = restored_from(&jid);
                     if op == Op::Create {
@@ -413,7 +429,10 @@ fn randomized_sigkills_never_leave_a_job_down_or_doubled() {
             "seed {seed}: two live instances of {job} at once: {live:?}"
         );
     }
-    assert!(samples > 50, "the sampler watched the whole run ({samples} samples)");
+    assert!(
+        samples > 50,
+        "the sampler watched the whole run ({samples} samples)"
+    );
     eprintln!(
         "soak: seed {seed}: {kills} kills over {} operations {killed_per_op:?}; at most {max_passes} pass(es) to settle; {samples} cluster samples, never two instances",
         killed_per_op.len()

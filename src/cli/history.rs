@@ -5,19 +5,19 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, SecondsFormat};
 use serde::Serialize;
 
-use crate::state::{AuditEntry, RunRecord, StateStore};
+use crate::state::{AuditAction, AuditEntry, RunRecord, StateStore};
 
 /// Audit actions that changed what runs on the cluster (uploads, health probes and stops are steps of these).
-const DEPLOYMENT_ACTIONS: &[&str] = &[
-    "promote",
-    "rollback",
-    "rollback-by-revert",
-    "suspend",
-    "delete",
-    "adopt",
-    "schedule",
-    "blocked",
-    "retry",
+const DEPLOYMENT_ACTIONS: &[AuditAction] = &[
+    AuditAction::Promote,
+    AuditAction::Rollback,
+    AuditAction::RollbackByRevert,
+    AuditAction::Suspend,
+    AuditAction::Delete,
+    AuditAction::Adopt,
+    AuditAction::Schedule,
+    AuditAction::Blocked,
+    AuditAction::Retry,
 ];
 
 /// One line of history.
@@ -68,7 +68,9 @@ fn deployment_entries(log: &[AuditEntry]) -> Vec<HistoryEntry> {
         .map(|e| (e.id, e))
         .collect();
     log.iter()
-        .filter(|e| e.phase == "outcome" && DEPLOYMENT_ACTIONS.contains(&e.action.as_str()))
+        .filter(|e| {
+            e.phase == "outcome" && DEPLOYMENT_ACTIONS.iter().any(|a| a.as_str() == e.action)
+        })
         .filter_map(|outcome| {
             // With `--since` an outcome's intent may lie before the window; the outcome still counts.
             let before = outcome

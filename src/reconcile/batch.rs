@@ -4,6 +4,7 @@
 //! from the job's generation, so a crash between the two is resolved by asking the cluster for that id:
 //! a run that got there is re-attached, never submitted twice.
 
+use crate::state::AuditAction;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use tracing::{info, warn};
@@ -104,7 +105,7 @@ impl Agent {
                 let mut row = record.ok_or_else(|| StepError::permanent("no record to suspend"))?;
                 row.status = "suspended".into();
                 row.commit_id = pass.head.clone();
-                self.audited_put(pass, &row, "suspend")?;
+                self.audited_put(pass, &row, AuditAction::Suspend)?;
                 notes.push("schedule suspended; a run in progress finishes".to_string());
                 outcome_kind = Outcome::Ok;
                 Some(row)
@@ -115,7 +116,7 @@ impl Agent {
                     .await?;
                 row.status = "deleted".into();
                 row.commit_id = pass.head.clone();
-                self.audited_put(pass, &row, "delete")?;
+                self.audited_put(pass, &row, AuditAction::Delete)?;
                 self.with_store(|s| s.remove_schedule_cursor(&row.job_id))?;
                 notes.push("deleted; its runs were cancelled".to_string());
                 outcome_kind = Outcome::Ok;
@@ -257,14 +258,15 @@ impl Agent {
         row.spec_json = deployment.spec_json.clone();
         row.spec_hash = deployment.spec_hash.clone();
         row.jar_sha256 = Some(deployment.jar_sha256.clone());
-        row.deployment_json =
-            Some(serde_json::to_string(deployment).map_err(|e| StepError::permanent(e.to_string()))?);
+        row.deployment_json = Some(
+            serde_json::to_string(deployment).map_err(|e| StepError::permanent(e.to_string()))?,
+        );
         row.status = if job.spec.state == DesiredRunState::Running {
             SCHEDULED.into()
         } else {
             "suspended".into()
         };
-        self.audited_put(pass, &row, "schedule")?;
+        self.audited_put(pass, &row, AuditAction::Schedule)?;
         Ok(row)
     }
 
@@ -287,7 +289,7 @@ impl Agent {
         let intent = self.intent(
             &pass.head,
             &row.job_id,
-            "adopt",
+            AuditAction::Adopt,
             json!({"flink_job_id": jid}),
         )?;
         self.with_store(|s| {
@@ -299,7 +301,7 @@ impl Agent {
             }
             Ok(())
         })?;
-        self.outcome("adopt", intent, "ok", json!({"run": true}))?;
+        self.outcome(AuditAction::Adopt, intent, "ok", json!({"run": true}))?;
         warn!(flink_job_id = %jid, "adopted a batch run the state database did not know");
         Ok(())
     }
@@ -308,7 +310,7 @@ impl Agent {
         &self,
         pass: &PassContext,
         row: &JobRecord,
-        action: &str,
+        action: AuditAction,
     ) -> Result<(), StepError> {
         let intent = self.intent(
             &pass.head,
@@ -495,12 +497,15 @@ impl Agent {
             RunStatus::Submitting,
         );
         run.scheduled_for = scheduled_for.map(|t| t.to_rfc3339());
-        run.deadline_ms = ttl_seconds.map(|ttl| run.submitted_at_ms + ttl as i64 * 1000);
+        run.deadline_ms = ttl_seconds.map(|ttl| {
+            run.submitted_at_ms
+                .saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX).saturating_mul(1000))
+        });
         run.id = self.with_store(|s| s.insert_run_moving_cursor(&run, cursor.as_ref()))?;
         let intent = self.intent(
             &pass.head,
             &row.job_id,
-            "batch-run",
+            AuditAction::BatchRun,
             json!({"flink_job_id": jid, "trigger": trigger.as_str(), "scheduled_for": run.scheduled_for, "jar_sha256": deployment.jar_sha256}),
         )?;
         let request = deployment.run_request(&jid, None, pass.default_parallelism);
@@ -510,7 +515,12 @@ impl Agent {
         match result {
             Ok(_) => {
                 // A crash before the next line leaves the run `submitting`; the next pass finds it on the cluster.
-                self.outcome("batch-run", intent, "ok", json!({"flink_job_id": jid}))?;
+                self.outcome(
+                    AuditAction::BatchRun,
+                    intent,
+                    "ok",
+                    json!({"flink_job_id": jid}),
+                )?;
                 run.status = RunStatus::Running;
                 self.with_store(|s| s.update_run(&run))?;
                 info!(flink_job_id = %jid, trigger = trigger.as_str(), "batch run submitted");
@@ -530,7 +540,7 @@ impl Agent {
                 );
                 self.with_store(|s| s.update_run(&run))?;
                 self.outcome(
-                    "batch-run",
+                    AuditAction::BatchRun,
                     intent,
                     "failed",
                     json!({"error": step.message}),

@@ -1,5 +1,6 @@
 //! JARs named by `artifact_url`: fetched into the cache only after their pin and signature pass.
 
+use crate::state::AuditAction;
 use std::path::Path;
 
 use chrono::Utc;
@@ -25,18 +26,23 @@ impl Agent {
         let intent = self.intent(
             head,
             &deployment.job_id,
-            "download",
+            AuditAction::Download,
             json!({"url": url, "jar_sha256": deployment.jar_sha256}),
         )?;
         match self.fetch_and_check(deployment, url, target).await {
             Ok(signer) => {
-                self.outcome("download", intent, "ok", json!({"signer": signer}))?;
+                self.outcome(
+                    AuditAction::Download,
+                    intent,
+                    "ok",
+                    json!({"signer": signer}),
+                )?;
                 info!(url, signer = ?signer, "artifact downloaded and verified");
                 Ok(())
             }
             Err(error) => {
                 self.outcome(
-                    "download",
+                    AuditAction::Download,
                     intent,
                     "failed",
                     json!({"error": error.message}),

@@ -4,6 +4,7 @@
 //! records the phase that follows *before* the Flink call that leads to it. A failed step goes to
 //! the error policy ([`Agent::on_error`]); a crash leaves the recorded phase for the next pass.
 
+use crate::state::AuditAction;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -113,7 +114,7 @@ pub(super) fn apply_request(
         let intent = store.audit_intent(
             Some(head),
             Some(&request.job_id),
-            "retry",
+            AuditAction::Retry,
             &json!({"by": request.by, "kind": request.kind}).to_string(),
         )?;
         store.audit_outcome(intent, "unknown-job", "{}")?;
@@ -126,7 +127,7 @@ pub(super) fn apply_request(
     let intent = store.audit_intent(
         Some(head),
         Some(&request.job_id),
-        "retry",
+        AuditAction::Retry,
         &json!({"by": request.by, "kind": request.kind, "phase": was}).to_string(),
     )?;
     if matches!(phase_of(&row), Phase::Blocked { .. }) {
@@ -231,16 +232,17 @@ impl Agent {
             }
         };
         let desired = revision.desired.jobs.get(job_id);
-        let target = match kind {
-            OpKind::Create | OpKind::Upgrade | OpKind::Resume => {
-                let job = desired.ok_or_else(|| StepError::permanent("no spec for the job"))?;
-                Some(self.deployment_for(job, revision)?)
-            }
-            OpKind::Restart => Some(last_good.clone().ok_or_else(|| {
-                StepError::permanent("no recorded deployment to restart from")
-            })?),
-            _ => None,
-        };
+        let target =
+            match kind {
+                OpKind::Create | OpKind::Upgrade | OpKind::Resume => {
+                    let job = desired.ok_or_else(|| StepError::permanent("no spec for the job"))?;
+                    Some(self.deployment_for(job, revision)?)
+                }
+                OpKind::Restart => Some(last_good.clone().ok_or_else(|| {
+                    StepError::permanent("no recorded deployment to restart from")
+                })?),
+                _ => None,
+            };
         if let Some(target) = &target {
             // The new JAR is checked and uploaded before the running job is touched.
             self.ensure_jar(&pass.head, target).await?;
@@ -318,7 +320,7 @@ impl Agent {
                 let intent = s.audit_intent(
                     Some(&head),
                     Some(job_id),
-                    kind.as_str(),
+                    kind.audit_action(),
                     &json!({
                         "predecessor": op.predecessor,
                         "spec_hash": op.target.as_ref().map(|t| &t.spec_hash),
@@ -483,7 +485,7 @@ impl Agent {
                     .audited(
                         &pass.head,
                         &job_id,
-                        "stop",
+                        AuditAction::Stop,
                         json!({"flink_job_id": flink_job_id, "trigger_id": trigger_id, "target": target_dir, "operation": op.kind}),
                         stop_and_record,
                         |location| json!({"savepoint": location}),
@@ -494,20 +496,34 @@ impl Agent {
                 self.wait_terminal(&flink_job_id).await;
                 Ok(())
             }
-            (Step::Cancel, Phase::Stopping { op, flink_job_id, .. }) => {
+            (
+                Step::Cancel,
+                Phase::Stopping {
+                    op, flink_job_id, ..
+                },
+            ) => {
                 // Only a last good instance's state is worth restoring; a failed submission's is not.
                 if op.predecessor.as_deref() == Some(flink_job_id.as_str()) {
                     self.record_newest_checkpoint(&job_id, &flink_job_id).await;
                 }
                 self.cancel(&pass.head, &job_id, &flink_job_id).await
             }
-            (Step::ChooseState, Phase::Stopping { op, flink_job_id, stop }) => {
+            (
+                Step::ChooseState,
+                Phase::Stopping {
+                    op,
+                    flink_job_id,
+                    stop,
+                },
+            ) => {
                 self.choose_state(pass, record, op, &flink_job_id, &stop, outcome)
                     .await
             }
             (Step::StopStray(state), Phase::Stopped { op, .. }) => {
                 let Some(jid) = stray else {
-                    return Err(StepError::transient("a live instance vanished while looked at"));
+                    return Err(StepError::transient(
+                        "a live instance vanished while looked at",
+                    ));
                 };
                 warn!(flink_job_id = %jid, %state, "an instance of ours runs though the job is stopped; stopping it first");
                 self.store_phase(
@@ -525,17 +541,24 @@ impl Agent {
             (Step::Submit, Phase::Stopped { op, restore }) => {
                 self.submit_new(pass, record, op, restore, outcome).await
             }
-            (Step::Resubmit, Phase::Submitted { op, submission } | Phase::Verifying { op, submission }) => {
+            (
+                Step::Resubmit,
+                Phase::Submitted { op, submission } | Phase::Verifying { op, submission },
+            ) => {
                 let again = Submission {
                     submitted_at_ms: now_ms(),
                     ..submission
                 };
                 self.send_submission(pass, record, op, again, outcome).await
             }
-            (Step::Verify, Phase::Submitted { op, submission } | Phase::Verifying { op, submission }) => {
-                self.verify(pass, record, op, submission, outcome).await
-            }
-            (Step::Unhealthy(reason), Phase::Submitted { op, submission } | Phase::Verifying { op, submission }) => {
+            (
+                Step::Verify,
+                Phase::Submitted { op, submission } | Phase::Verifying { op, submission },
+            ) => self.verify(pass, record, op, submission, outcome).await,
+            (
+                Step::Unhealthy(reason),
+                Phase::Submitted { op, submission } | Phase::Verifying { op, submission },
+            ) => {
                 let root_cause = super::health::newest_failure(
                     &self.client,
                     &submission.flink_job_id,
@@ -612,9 +635,7 @@ impl Agent {
                 Ok(stats) => {
                     let (offered, discarded) = restore::from_checkpoint_stats(&stats);
                     for path in discarded {
-                        self.with_store(|s| {
-                            s.mark_unusable(job_id, &path, "Flink discarded it")
-                        })?;
+                        self.with_store(|s| s.mark_unusable(job_id, &path, "Flink discarded it"))?;
                     }
                     candidates.extend(offered);
                 }
@@ -731,7 +752,7 @@ impl Agent {
                         let intent = s.audit_intent(
                             Some(&pass.head),
                             Some(&job_id),
-                            "choose-state",
+                            AuditAction::ChooseState,
                             &json!({"operation": op.kind, "predecessor": op.predecessor}).to_string(),
                         )?;
                         s.audit_outcome(
@@ -753,7 +774,9 @@ impl Agent {
                 outcome.savepoint = Some(chosen.path);
                 Ok(())
             }
-            None if op.empty_state_allowed || matches!(op.kind, OpKind::Suspend | OpKind::Delete) => {
+            None if op.empty_state_allowed
+                || matches!(op.kind, OpKind::Suspend | OpKind::Delete) =>
+            {
                 self.store_phase(&job_id, &Phase::Stopped { op, restore: None })
             }
             None => {
@@ -809,7 +832,7 @@ impl Agent {
                 let intent = s.audit_intent(
                     Some(head),
                     Some(job_id),
-                    "blocked",
+                    AuditAction::Blocked,
                     &json!({"reason": reason, "unblock": unblock}).to_string(),
                 )?;
                 s.audit_outcome(intent, "blocked", "{}")?;
@@ -858,7 +881,8 @@ impl Agent {
                             s.audit_outcome(
                                 opened,
                                 "ok",
-                                &json!({"status": status, "savepoint": row.last_savepoint}).to_string(),
+                                &json!({"status": status, "savepoint": row.last_savepoint})
+                                    .to_string(),
                             )?;
                         }
                         Ok(())
@@ -975,7 +999,7 @@ impl Agent {
         let intent = self.intent(
             &pass.head,
             &job_id,
-            "submit",
+            AuditAction::Submit,
             json!({"flink_job_id": submission.flink_job_id, "kind": op.kind, "restore": submission.restored_from, "jar_sha256": target.jar_sha256}),
         )?;
         let answer = self
@@ -983,12 +1007,22 @@ impl Agent {
             .await?;
         match answer {
             Ok(returned) if returned == submission.flink_job_id => {
-                self.outcome("submit", intent, "ok", json!({"flink_job_id": returned}))?;
+                self.outcome(
+                    AuditAction::Submit,
+                    intent,
+                    "ok",
+                    json!({"flink_job_id": returned}),
+                )?;
                 info!(flink_job_id = %returned, restore = ?submission.restored_from, "submitted");
                 self.store_phase(&job_id, &Phase::Verifying { op, submission })
             }
             Ok(returned) => {
-                self.outcome("submit", intent, "failed", json!({"unexpected_job_id": returned}))?;
+                self.outcome(
+                    AuditAction::Submit,
+                    intent,
+                    "failed",
+                    json!({"unexpected_job_id": returned}),
+                )?;
                 Err(StepError::permanent(format!(
                     "Flink returned job id {returned}, not the requested {}",
                     submission.flink_job_id
@@ -996,13 +1030,18 @@ impl Agent {
             }
             Err(error) if is_duplicate_submission(&error) => {
                 // Flink has it already (an earlier send got through): look at it next step.
-                self.outcome("submit", intent, "duplicate", json!({"flink_job_id": submission.flink_job_id}))?;
+                self.outcome(
+                    AuditAction::Submit,
+                    intent,
+                    "duplicate",
+                    json!({"flink_job_id": submission.flink_job_id}),
+                )?;
                 Ok(())
             }
             Err(error) => {
                 let step = StepError::from(error);
                 self.outcome(
-                    "submit",
+                    AuditAction::Submit,
                     intent,
                     "failed",
                     json!({"error": step.message, "root_cause": step.root_cause, "class": step.class}),
@@ -1045,7 +1084,7 @@ impl Agent {
         let intent = self.intent(
             &pass.head,
             &job_id,
-            "health",
+            AuditAction::Health,
             json!({"flink_job_id": submission.flink_job_id}),
         )?;
         let verdict = super::health::wait_healthy(
@@ -1059,11 +1098,16 @@ impl Agent {
         .await;
         match verdict {
             super::health::Verdict::Healthy { checkpoints } => {
-                self.outcome("health", intent, "ok", json!({"checkpoints": checkpoints}))?;
+                self.outcome(
+                    AuditAction::Health,
+                    intent,
+                    "ok",
+                    json!({"checkpoints": checkpoints}),
+                )?;
                 self.promote(pass, op, submission, outcome).await
             }
             super::health::Verdict::Interrupted => {
-                self.outcome("health", intent, "interrupted", json!({}))?;
+                self.outcome(AuditAction::Health, intent, "interrupted", json!({}))?;
                 Err(StepError::interrupted(format!(
                     "shutting down while {} waited for its health gate; the next start continues it",
                     submission.flink_job_id
@@ -1071,7 +1115,7 @@ impl Agent {
             }
             super::health::Verdict::Unhealthy { reason, root_cause } => {
                 self.outcome(
-                    "health",
+                    AuditAction::Health,
                     intent,
                     "failed",
                     json!({"reason": reason, "root_cause": root_cause}),
@@ -1108,9 +1152,14 @@ impl Agent {
                     set_phase(
                         &mut row,
                         &Phase::Stopping {
-                            flink_job_id: predecessor.clone().unwrap_or_else(|| submission.flink_job_id.clone()),
+                            flink_job_id: predecessor
+                                .clone()
+                                .unwrap_or_else(|| submission.flink_job_id.clone()),
                             op: Operation {
-                                restore_hint: op.restore_hint.clone().filter(|h| !restore::same_path(h, path)),
+                                restore_hint: op
+                                    .restore_hint
+                                    .clone()
+                                    .filter(|h| !restore::same_path(h, path)),
                                 ..op.clone()
                             },
                             stop: StopMethod::Cancel,
@@ -1153,7 +1202,7 @@ impl Agent {
                     if let Some(opened) = op.audit_intent {
                         s.audit_outcome(opened, "failed", &json!({"reason": full}).to_string())?;
                     }
-                    let action = if next_op.kind == OpKind::Rollback { "rollback" } else { "discard" };
+                    let action = next_op.kind.audit_action();
                     let intent = s.audit_intent(
                         Some(&head),
                         Some(&job_id),
@@ -1207,7 +1256,7 @@ impl Agent {
         let intent = self.intent(
             &op.head,
             &job_id,
-            "promote",
+            AuditAction::Promote,
             json!({"flink_job_id": submission.flink_job_id, "spec_hash": target.spec_hash, "commit": target.commit, "savepoint": submission.restored_from}),
         )?;
         self.with_store(|s| {
@@ -1251,7 +1300,12 @@ impl Agent {
             })
         })?;
         failpoint("after:promote-record");
-        self.outcome("promote", intent, "ok", json!({"status": "running"}))?;
+        self.outcome(
+            AuditAction::Promote,
+            intent,
+            "ok",
+            json!({"status": "running"}),
+        )?;
         self.record_newest_checkpoint(&job_id, &submission.flink_job_id)
             .await;
         outcome.flink_job_id = Some(submission.flink_job_id.clone());
@@ -1259,10 +1313,7 @@ impl Agent {
         outcome.warnings = self
             .effective_config_warnings(&target, &submission.flink_job_id, pass.default_parallelism)
             .await;
-        let from = submission
-            .restored_from
-            .as_deref()
-            .unwrap_or("no state");
+        let from = submission.restored_from.as_deref().unwrap_or("no state");
         outcome.message = match op.kind {
             OpKind::Create => format!("deployed as {}", submission.flink_job_id),
             OpKind::Upgrade => format!("upgraded to {} from {from}", submission.flink_job_id),
@@ -1295,11 +1346,11 @@ impl Agent {
             let intent = self.intent(
                 &op.head,
                 &job_id,
-                "rollback-by-revert",
+                AuditAction::RollbackByRevert,
                 json!({"to_commit": commit}),
             )?;
             self.outcome(
-                "rollback-by-revert",
+                AuditAction::RollbackByRevert,
                 intent,
                 "ok",
                 json!({"flink_job_id": submission.flink_job_id}),

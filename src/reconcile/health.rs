@@ -55,7 +55,8 @@ pub async fn wait_healthy(
     let health = &deployment.health;
     // The gate's clock started at submission, so a gate continued after a crash does not start
     // over; it still gets long enough to see the job stable.
-    let elapsed = Duration::from_millis((chrono::Utc::now().timestamp_millis() - since_ms).max(0) as u64);
+    let elapsed =
+        Duration::from_millis((chrono::Utc::now().timestamp_millis() - since_ms).max(0) as u64);
     let deadline = Instant::now()
         + health
             .timeout()

@@ -1,6 +1,7 @@
 //! JARs on the cluster: cached by digest, checked again before every upload, uploaded once,
 //! uploaded again when the JobManager forgot them, deleted when nothing needs them.
 
+use crate::state::AuditAction;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -26,13 +27,13 @@ impl Agent {
     ) -> Result<Deployment, StepError> {
         let sha = match (&job.spec.artifact, revision.artifacts.get(&job.spec.job_id)) {
             (Artifact::Path(_), Some(check)) => check.sha256.clone(),
-            (Artifact::Url(url), _) => job
-                .spec
-                .artifact_sha256
-                .clone()
-                .ok_or_else(|| StepError::permanent(format!("artifact_url {url}: no sha256 pin")))?,
+            (Artifact::Url(url), _) => job.spec.artifact_sha256.clone().ok_or_else(|| {
+                StepError::permanent(format!("artifact_url {url}: no sha256 pin"))
+            })?,
             (Artifact::Path(path), None) => {
-                return Err(StepError::permanent(format!("{path}: JAR was not verified")));
+                return Err(StepError::permanent(format!(
+                    "{path}: JAR was not verified"
+                )));
             }
         };
         Ok(Deployment::of(
@@ -63,7 +64,11 @@ impl Agent {
     }
 
     /// Makes sure the JAR is on the cluster: reuse an upload with the same digest, else check the cached file again and upload it.
-    pub(super) async fn ensure_jar(&self, head: &str, deployment: &Deployment) -> Result<String, StepError> {
+    pub(super) async fn ensure_jar(
+        &self,
+        head: &str,
+        deployment: &Deployment,
+    ) -> Result<String, StepError> {
         let sha = &deployment.jar_sha256;
         if let Some(known) = self.with_store(|s| s.jar(sha))? {
             let on_cluster = self.client.jars().await?;
@@ -96,18 +101,18 @@ impl Agent {
         let intent = self.intent(
             head,
             &deployment.job_id,
-            "upload",
+            AuditAction::Upload,
             json!({"jar_sha256": sha, "name": deployment.jar_name}),
         )?;
         match self.client.upload_jar_as(&path, &deployment.jar_name).await {
             Ok(jar_id) => {
                 self.with_store(|s| s.put_jar(sha, &jar_id))?;
-                self.outcome("upload", intent, "ok", json!({"jar_id": jar_id}))?;
+                self.outcome(AuditAction::Upload, intent, "ok", json!({"jar_id": jar_id}))?;
                 Ok(jar_id)
             }
             Err(error) => {
                 self.outcome(
-                    "upload",
+                    AuditAction::Upload,
                     intent,
                     "failed",
                     json!({"error": error.to_string()}),
@@ -153,7 +158,7 @@ impl Agent {
                 s.audit_intent(
                     Some(head),
                     None,
-                    "delete-jar",
+                    AuditAction::DeleteJar,
                     &json!({"jar_id": jar.jar_id}).to_string(),
                 )
             }) else {

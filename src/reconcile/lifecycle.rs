@@ -34,6 +34,21 @@ pub enum OpKind {
 }
 
 impl OpKind {
+    /// The audit log's name for the start of this operation.
+    pub fn audit_action(self) -> crate::state::AuditAction {
+        use crate::state::AuditAction;
+        match self {
+            OpKind::Create => AuditAction::Create,
+            OpKind::Upgrade => AuditAction::Upgrade,
+            OpKind::Restart => AuditAction::Restart,
+            OpKind::Resume => AuditAction::Resume,
+            OpKind::Rollback => AuditAction::Rollback,
+            OpKind::Suspend => AuditAction::Suspend,
+            OpKind::Delete => AuditAction::Delete,
+            OpKind::Discard => AuditAction::Discard,
+        }
+    }
+
     /// The word shown to people and written to the audit log.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -374,11 +389,9 @@ pub fn stop_method(
         },
         OpKind::Suspend | OpKind::Delete => savepoint,
         // A failed submission holds no state worth keeping.
-        OpKind::Create
-        | OpKind::Restart
-        | OpKind::Resume
-        | OpKind::Rollback
-        | OpKind::Discard => StopMethod::Cancel,
+        OpKind::Create | OpKind::Restart | OpKind::Resume | OpKind::Rollback | OpKind::Discard => {
+            StopMethod::Cancel
+        }
     }
 }
 
@@ -655,7 +668,10 @@ mod tests {
                 };
                 assert_eq!(step, expected, "{} × {seen:?}", phase.describe());
                 // Nothing is submitted while an instance may still run.
-                if matches!(seen, Seen::Alive(_) | Seen::Cancelling | Seen::Unreachable(_)) {
+                if matches!(
+                    seen,
+                    Seen::Alive(_) | Seen::Cancelling | Seen::Unreachable(_)
+                ) {
                     assert!(
                         !matches!(step, Step::Submit | Step::Resubmit),
                         "{} × {seen:?} would start a second instance",
@@ -686,7 +702,10 @@ mod tests {
     fn phases_round_trip_through_json_with_their_names() {
         for phase in phases() {
             let json = serde_json::to_string(&phase).unwrap();
-            assert!(json.contains(&format!("\"phase\":\"{}\"", phase.name())), "{json}");
+            assert!(
+                json.contains(&format!("\"phase\":\"{}\"", phase.name())),
+                "{json}"
+            );
             assert_eq!(serde_json::from_str::<Phase>(&json).unwrap(), phase);
         }
     }
@@ -696,7 +715,10 @@ mod tests {
         let create = Operation {
             predecessor: None,
             empty_state_allowed: true,
-            ..op(OpKind::Create, Some(deployment("h", UpgradeMode::Savepoint)))
+            ..op(
+                OpKind::Create,
+                Some(deployment("h", UpgradeMode::Savepoint)),
+            )
         };
         assert_eq!(
             begin(create.clone(), StopMethod::Cancel),
@@ -705,7 +727,10 @@ mod tests {
                 restore: None
             }
         );
-        let upgrade = op(OpKind::Upgrade, Some(deployment("h", UpgradeMode::Savepoint)));
+        let upgrade = op(
+            OpKind::Upgrade,
+            Some(deployment("h", UpgradeMode::Savepoint)),
+        );
         assert!(matches!(
             begin(upgrade, savepoint_stop()),
             Phase::Stopping { flink_job_id, .. } if flink_job_id == "old"
@@ -765,7 +790,10 @@ mod tests {
     #[test]
     fn a_failed_upgrade_rolls_back_from_the_upgrades_state_and_rejects_the_spec() {
         let good = deployment("h1", UpgradeMode::Savepoint);
-        let upgrade = op(OpKind::Upgrade, Some(deployment("h2", UpgradeMode::Savepoint)));
+        let upgrade = op(
+            OpKind::Upgrade,
+            Some(deployment("h2", UpgradeMode::Savepoint)),
+        );
         let (phase, counts) =
             after_failed_submission(&upgrade, &submission(), Some(&good), failure(), 0, 3);
         assert!(!counts);
@@ -789,12 +817,18 @@ mod tests {
 
     #[test]
     fn a_failed_create_is_discarded_and_a_failing_restart_is_retried_up_to_the_limit() {
-        let create = op(OpKind::Create, Some(deployment("h", UpgradeMode::Savepoint)));
+        let create = op(
+            OpKind::Create,
+            Some(deployment("h", UpgradeMode::Savepoint)),
+        );
         let (phase, _) = after_failed_submission(&create, &submission(), None, failure(), 0, 3);
         assert!(
             matches!(&phase, Phase::Stopping { op, .. } if op.kind == OpKind::Discard && op.target.is_none())
         );
-        let restart = op(OpKind::Restart, Some(deployment("h", UpgradeMode::Savepoint)));
+        let restart = op(
+            OpKind::Restart,
+            Some(deployment("h", UpgradeMode::Savepoint)),
+        );
         let (phase, counts) = after_failed_submission(
             &restart,
             &submission(),

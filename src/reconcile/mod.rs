@@ -18,6 +18,7 @@ pub mod policy;
 mod report;
 pub mod restore;
 
+use crate::state::AuditAction;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -194,25 +195,25 @@ impl Agent {
         &self,
         head: &str,
         job_id: &str,
-        action: &str,
+        action: AuditAction,
         detail: serde_json::Value,
     ) -> Result<i64, StepError> {
         let id = self.with_store(|s| {
             s.audit_intent(Some(head), Some(job_id), action, &detail.to_string())
         })?;
-        failpoint(&format!("before:{action}"));
+        failpoint(&format!("before:{}", action.as_str()));
         Ok(id)
     }
 
     fn outcome(
         &self,
-        action: &str,
+        action: AuditAction,
         intent: i64,
         result: &str,
         detail: serde_json::Value,
     ) -> Result<(), StepError> {
         if result == "ok" {
-            failpoint(&format!("after:{action}"));
+            failpoint(&format!("after:{}", action.as_str()));
         }
         self.with_store(|s| s.audit_outcome(intent, result, &detail.to_string()))?;
         Ok(())
@@ -224,7 +225,7 @@ impl Agent {
         &self,
         head: &str,
         job_id: &str,
-        action: &str,
+        action: AuditAction,
         detail: serde_json::Value,
         call: impl std::future::Future<Output = Result<T, StepError>>,
         ok_detail: impl FnOnce(&T) -> serde_json::Value,
@@ -364,7 +365,11 @@ impl Agent {
             let continued: Vec<i64> = s
                 .jobs()?
                 .iter()
-                .filter_map(|row| executor::phase_of(row).operation().and_then(|op| op.audit_intent))
+                .filter_map(|row| {
+                    executor::phase_of(row)
+                        .operation()
+                        .and_then(|op| op.audit_intent)
+                })
                 .collect();
             for intent in s.open_intents()? {
                 if continued.contains(&intent.id) {
@@ -559,10 +564,15 @@ impl Agent {
         let intent = self.intent(
             &revision.head.to_string(),
             &entry.job_id,
-            "adopt",
+            AuditAction::Adopt,
             json!({"flink_job_id": found.jid}),
         )?;
-        self.outcome("adopt", intent, "ok", json!({"matches_head": matches_head}))?;
+        self.outcome(
+            AuditAction::Adopt,
+            intent,
+            "ok",
+            json!({"matches_head": matches_head}),
+        )?;
         let mut outcome = JobOutcome::new(
             entry,
             Outcome::Ok,
@@ -595,7 +605,7 @@ impl Agent {
             .audited(
                 head,
                 job_id,
-                "stop",
+                AuditAction::Stop,
                 json!({"flink_job_id": flink_job_id, "trigger_id": trigger, "target": target}),
                 self.poll_stop(flink_job_id, target, &trigger),
                 |location| json!({"savepoint": location}),
@@ -662,7 +672,9 @@ impl Agent {
         log.iter()
             .rev()
             .filter(|e| {
-                e.action == "promote" && e.phase == "intent" && e.job_id.as_deref() == Some(job_id)
+                e.action == AuditAction::Promote.as_str()
+                    && e.phase == "intent"
+                    && e.job_id.as_deref() == Some(job_id)
             })
             .filter_map(|e| {
                 e.detail
@@ -693,7 +705,7 @@ impl Agent {
         self.audited(
             head,
             job_id,
-            "cancel",
+            AuditAction::Cancel,
             json!({"flink_job_id": flink_job_id}),
             call,
             |_| json!({}),
@@ -750,5 +762,4 @@ impl Agent {
         }
         warnings
     }
-
 }

@@ -129,7 +129,10 @@ mod tests {
             }),
             ErrorClass::Transient
         );
-        assert_eq!(classify(&status(503, "injected failure")), ErrorClass::Transient);
+        assert_eq!(
+            classify(&status(503, "injected failure")),
+            ErrorClass::Transient
+        );
         assert_eq!(classify(&status(400, "bad request")), ErrorClass::Refused);
         // Flink 2.3 answers a main() that throws with 400.
         assert_eq!(

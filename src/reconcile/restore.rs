@@ -273,7 +273,13 @@ mod tests {
         assert!(!same_path("/tmp/x", "/tmp/y"));
     }
 
-    fn history(id: u64, path: &str, at: i64, savepoint: bool, discarded: bool) -> CheckpointHistoryEntry {
+    fn history(
+        id: u64,
+        path: &str,
+        at: i64,
+        savepoint: bool,
+        discarded: bool,
+    ) -> CheckpointHistoryEntry {
         CheckpointHistoryEntry {
             id,
             status: "COMPLETED".into(),
@@ -378,7 +384,11 @@ mod tests {
         }
         let uri = format!("file://{}", dir.path().display());
         let found = scan_savepoint_storage(&uri, jid).unwrap();
-        assert!(found.path.ends_with("savepoint-abcdef-111"), "{}", found.path);
+        assert!(
+            found.path.ends_with("savepoint-abcdef-111"),
+            "{}",
+            found.path
+        );
         assert_eq!(found.source, Source::SavepointStorage);
         assert_eq!(scan_savepoint_storage(&uri, "0000000000000000"), None);
     }

@@ -400,6 +400,18 @@ async fn poll_and_reconcile(
         let until = (wakeup - chrono::Utc::now()).to_std().unwrap_or_default();
         *next_reconcile = (*next_reconcile).min(tokio::time::Instant::now() + until);
     }
+    // A job backing off is tried again when its wait is over, not at the next interval.
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    if let Some(retry_at) = agent.records().ok().and_then(|records| {
+        records
+            .iter()
+            .filter_map(|r| r.retry_at_ms)
+            .filter(|at| *at > now_ms)
+            .min()
+    }) {
+        let until = Duration::from_millis((retry_at - now_ms) as u64);
+        *next_reconcile = (*next_reconcile).min(tokio::time::Instant::now() + until);
+    }
     let report = match result {
         Ok(report) => report,
         Err(e) => {

@@ -974,6 +974,9 @@ fn validate(raw: RawSpec, check: &mut Checker<'_>) -> Option<JobSpec> {
     })
 }
 
+/// The longest a batch run may be given before it is cancelled (30 days).
+const MAX_TTL_SECONDS: u64 = 30 * 24 * 3600;
+
 fn validate_batch(raw: Option<&RawBatch>, check: &mut Checker<'_>) -> BatchSpec {
     let mut spec = BatchSpec {
         cron: None,
@@ -1014,8 +1017,12 @@ fn validate_batch(raw: Option<&RawBatch>, check: &mut Checker<'_>) -> BatchSpec 
         spec.max_runs = Some(max.value);
     }
     if let Some(ttl) = &raw.ttl_seconds {
-        if ttl.value == 0 {
-            check.at(ttl, "batch_config.ttl_seconds", "must be at least 1");
+        if ttl.value == 0 || ttl.value > MAX_TTL_SECONDS {
+            check.at(
+                ttl,
+                "batch_config.ttl_seconds",
+                format!("must be between 1 and {MAX_TTL_SECONDS} (30 days)"),
+            );
         }
         spec.ttl_seconds = Some(ttl.value);
     }

@@ -178,6 +178,90 @@ pub struct RevisionRecord {
     pub detail: Option<String>,
 }
 
+/// What an audit log entry is about. Stored as its name; the names are the audit log's
+/// vocabulary (`history` and auditors read them), so a variant is never renamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuditAction {
+    /// An operation began (its outcome is written when it ends): first deployment.
+    Create,
+    /// An operation began: a new spec replaces the running one.
+    Upgrade,
+    /// An operation began: the recorded spec is started again (drift, a forgotten job).
+    Restart,
+    /// An operation began: back from suspension.
+    Resume,
+    /// An operation began: the last good spec after a failed submission.
+    Rollback,
+    /// An operation began: stop with a savepoint and keep it.
+    Suspend,
+    /// An operation began: the spec was removed.
+    Delete,
+    /// A failed submission is stopped and the job blocked.
+    Discard,
+    /// Stop-with-savepoint.
+    Stop,
+    /// Cancel.
+    Cancel,
+    /// A JAR run request.
+    Submit,
+    /// A JAR upload.
+    Upload,
+    /// An `artifact_url` download.
+    Download,
+    /// The health gate of a submission.
+    Health,
+    /// A healthy submission becomes the last good deployment.
+    Promote,
+    /// The state the next instance starts from.
+    ChooseState,
+    /// The job is blocked until its spec changes or `retry`.
+    Blocked,
+    /// An operator asked to try a job again.
+    Retry,
+    /// A running job of ours was taken over after the state database was lost.
+    Adopt,
+    /// A revert brought back a spec that ran before.
+    RollbackByRevert,
+    /// An unused JAR was deleted from the cluster.
+    DeleteJar,
+    /// A batch run was submitted.
+    BatchRun,
+    /// A batch job's spec revision was recorded.
+    Schedule,
+}
+
+impl AuditAction {
+    /// The name stored in the audit log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::Create => "create",
+            AuditAction::Upgrade => "upgrade",
+            AuditAction::Restart => "restart",
+            AuditAction::Resume => "resume",
+            AuditAction::Rollback => "rollback",
+            AuditAction::Suspend => "suspend",
+            AuditAction::Delete => "delete",
+            AuditAction::Discard => "discard",
+            AuditAction::Stop => "stop",
+            AuditAction::Cancel => "cancel",
+            AuditAction::Submit => "submit",
+            AuditAction::Upload => "upload",
+            AuditAction::Download => "download",
+            AuditAction::Health => "health",
+            AuditAction::Promote => "promote",
+            AuditAction::ChooseState => "choose-state",
+            AuditAction::Blocked => "blocked",
+            AuditAction::Retry => "retry",
+            AuditAction::Adopt => "adopt",
+            AuditAction::RollbackByRevert => "rollback-by-revert",
+            AuditAction::DeleteJar => "delete-jar",
+            AuditAction::BatchRun => "batch-run",
+            AuditAction::Schedule => "schedule",
+        }
+    }
+}
+
 /// One line of the audit log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditEntry {
@@ -498,13 +582,13 @@ impl StateStore {
         &self,
         commit_id: Option<&str>,
         job_id: Option<&str>,
-        action: &str,
+        action: AuditAction,
         detail: &str,
     ) -> Result<i64, StateError> {
         self.connection
             .execute(
                 "INSERT INTO audit_log (at, commit_id, job_id, action, phase, detail) VALUES (?1, ?2, ?3, ?4, 'intent', ?5)",
-                params![now_rfc3339(), commit_id, job_id, action, detail],
+                params![now_rfc3339(), commit_id, job_id, action.as_str(), detail],
             )
             .map_err(sqlite(&self.path, "write audit intent"))?;
         Ok(self.connection.last_insert_rowid())
@@ -901,11 +985,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::open_exclusive(dir.path()).unwrap();
         let done = store
-            .audit_intent(Some("c1"), Some("orders"), "deploy", "{}")
+            .audit_intent(Some("c1"), Some("orders"), AuditAction::Create, "{}")
             .unwrap();
         store.audit_outcome(done, "ok", "running").unwrap();
         let open = store
-            .audit_intent(Some("c1"), Some("orders"), "upgrade", "{}")
+            .audit_intent(Some("c1"), Some("orders"), AuditAction::Upgrade, "{}")
             .unwrap();
         let pending = store.open_intents().unwrap();
         assert_eq!(pending.iter().map(|e| e.id).collect::<Vec<_>>(), vec![open]);
