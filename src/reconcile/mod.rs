@@ -353,6 +353,7 @@ impl Agent {
                 info!(job_id = %request.job_id, by = %request.by, "{note}");
                 notes.push(note);
             }
+            let mut continued = std::collections::BTreeSet::new();
             for mut row in s.jobs()? {
                 if executor::adopt_legacy_pending(&mut row) {
                     s.put_job(&row)?;
@@ -361,16 +362,14 @@ impl Agent {
                         row.job_id, row.phase
                     ));
                 }
-            }
-            let continued: Vec<i64> = s
-                .jobs()?
-                .iter()
-                .filter_map(|row| {
-                    executor::phase_of(row)
+                if row.phase_json.is_some()
+                    && let Some(intent) = executor::phase_of(&row)
                         .operation()
                         .and_then(|op| op.audit_intent)
-                })
-                .collect();
+                {
+                    continued.insert(intent);
+                }
+            }
             for intent in s.open_intents()? {
                 if continued.contains(&intent.id) {
                     continue;

@@ -53,7 +53,8 @@ const MIGRATIONS: &[&str] = &[
         key   TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );",
-    // 2: what is being deployed (pending), how to redeploy the last good spec, uploaded JARs, failed attempts.
+    // 2: what is being deployed (pending), how to redeploy the last good spec, uploaded JARs, failed
+    // attempts (read once by migration 4, which replaced them with the rejected spec hash).
     "ALTER TABLE jobs ADD COLUMN deployment_json TEXT;
     ALTER TABLE jobs ADD COLUMN pending_json TEXT;
     CREATE TABLE jars (

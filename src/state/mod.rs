@@ -716,40 +716,6 @@ impl StateStore {
         Ok(())
     }
 
-    /// Records that deploying a job's spec at a revision failed; it is not retried at that revision.
-    pub fn record_failed_attempt(
-        &self,
-        job_id: &str,
-        commit_id: &str,
-        spec_hash: &str,
-        reason: &str,
-    ) -> Result<(), StateError> {
-        self.connection
-            .execute(
-                "INSERT INTO failed_attempts (job_id, commit_id, spec_hash, reason, at) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(job_id, commit_id) DO UPDATE SET reason = excluded.reason, at = excluded.at",
-                params![job_id, commit_id, spec_hash, reason, now_rfc3339()],
-            )
-            .map_err(sqlite(&self.path, "record failed attempt"))?;
-        Ok(())
-    }
-
-    /// Why deploying `job_id` at `commit_id` failed, if it did.
-    pub fn failed_attempt(
-        &self,
-        job_id: &str,
-        commit_id: &str,
-    ) -> Result<Option<String>, StateError> {
-        self.connection
-            .query_row(
-                "SELECT reason FROM failed_attempts WHERE job_id = ?1 AND commit_id = ?2",
-                [job_id, commit_id],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(sqlite(&self.path, "read failed attempt"))
-    }
-
     /// Runs `f` in one immediate transaction: all of its writes land, or none.
     pub fn atomically<T>(
         &self,
