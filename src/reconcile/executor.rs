@@ -22,7 +22,7 @@ use super::{
     Agent, Deployment, JobOutcome, Outcome, PassContext, Pending, PendingKind, failpoint, now_ms,
 };
 use crate::flink::JobOverview;
-use crate::plan::{Action, JobPlan, flink_job_id, flink_job_prefix, is_alive};
+use crate::plan::{Action, JobPlan, flink_job_id, is_alive};
 use crate::revision::VerifiedRevision;
 use crate::spec::UpgradeMode;
 use crate::state::{JobRecord, Request, StateError, StateStore};
@@ -391,7 +391,7 @@ impl Agent {
                 );
                 return outcome;
             }
-            let (seen, stray) = self.observe(job_id, &phase).await;
+            let (seen, stray) = self.observe(pass, &record, &phase).await;
             let step = next_step(&phase, &seen);
             debug!(phase = %phase.describe(), ?seen, ?step, "lifecycle step");
             if let Err(error) = self
@@ -416,19 +416,36 @@ impl Agent {
 
     /// What Flink says about the instance `phase` concerns; for `Stopped`, about any live
     /// instance of the job (returned too, so it can be stopped).
-    async fn observe(&self, job_id: &str, phase: &Phase) -> (Seen, Option<String>) {
+    async fn observe(
+        &self,
+        pass: &PassContext,
+        record: &JobRecord,
+        phase: &Phase,
+    ) -> (Seen, Option<String>) {
         if let Phase::Stopped { .. } = phase {
-            let prefix = flink_job_prefix(job_id);
-            return match self.client.jobs().await {
-                Ok(jobs) => match jobs
-                    .into_iter()
-                    .find(|j| j.jid.starts_with(&prefix) && is_alive(&j.state))
-                {
-                    Some(live) => (Seen::of_state(&live.state), Some(live.jid)),
-                    None => (Seen::Missing, None),
-                },
-                Err(error) => (Seen::Unreachable(error.to_string()), None),
-            };
+            // Asked one by one (not by listing every job of the cluster): the instances that were
+            // alive when the pass began, and the newest one this agent submitted.
+            let mut suspects: Vec<String> = pass
+                .instances_of(&record.job_id)
+                .iter()
+                .filter(|j| is_alive(&j.state))
+                .map(|j| j.jid.clone())
+                .collect();
+            if record.generation > 0 {
+                suspects.push(flink_job_id(&record.job_id, record.generation));
+            }
+            suspects.dedup();
+            for jid in suspects {
+                match self.client.job(&jid).await {
+                    Ok(detail) if is_alive(&detail.state) => {
+                        return (Seen::of_state(&detail.state), Some(jid));
+                    }
+                    Ok(_) => {}
+                    Err(error) if error.is_not_found() => {}
+                    Err(error) => return (Seen::Unreachable(error.to_string()), None),
+                }
+            }
+            return (Seen::Missing, None);
         }
         let Some(jid) = phase.instance() else {
             return (Seen::Missing, None);
@@ -930,25 +947,11 @@ impl Agent {
                 outcome,
             );
         }
-        let target = op
-            .target
-            .as_ref()
-            .ok_or_else(|| StepError::permanent("internal: nothing to submit"))?;
-        self.ensure_jar(&pass.head, target).await?;
-        let prefix = flink_job_prefix(&job_id);
-        let cluster_jobs = self.client.jobs().await?;
-        if let Some(live) = cluster_jobs
+        // The step before (`Stopped` observed) found no live instance; ids are never reused, so
+        // the next generation is past every id the cluster listed and every one recorded.
+        let highest = pass
+            .instances_of(&job_id)
             .iter()
-            .find(|j| j.jid.starts_with(&prefix) && is_alive(&j.state))
-        {
-            return Err(StepError::transient(format!(
-                "job {} of ours is still {}; never two instances of one job",
-                live.jid, live.state
-            )));
-        }
-        let highest = cluster_jobs
-            .iter()
-            .filter(|j| j.jid.starts_with(&prefix))
             .map(|j| super::generation_of(&j.jid))
             .max()
             .unwrap_or(0);

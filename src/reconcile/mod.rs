@@ -118,6 +118,19 @@ pub(crate) struct PassContext {
     /// The cluster's checkpoint storage (`execution.checkpointing.dir`), where retained
     /// checkpoints can be found after Flink forgot their job.
     checkpoint_dir: Option<String>,
+    /// Our jobs on the cluster when the pass began, by job prefix: every instance of a job that
+    /// may be alive is one of these or one the pass submitted itself (recorded in its row).
+    instances: std::collections::HashMap<String, Vec<JobOverview>>,
+}
+
+impl PassContext {
+    /// The instances of `job_id` the cluster listed when the pass began.
+    fn instances_of(&self, job_id: &str) -> &[JobOverview] {
+        self.instances
+            .get(&crate::plan::flink_job_prefix(job_id))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
 }
 
 impl Agent {
@@ -283,10 +296,11 @@ impl Agent {
                     return Ok(report);
                 }
             };
-            let pass = PassContext {
+            let mut pass = PassContext {
                 head: head.clone(),
                 default_parallelism,
                 checkpoint_dir,
+                instances: Default::default(),
             };
             *self
                 .batch_wakeup
@@ -300,6 +314,12 @@ impl Agent {
                     return Ok(report);
                 }
             };
+            for job in &cluster_jobs {
+                if let Some(prefix) = job.jid.get(..16) {
+                    pass.instances.entry(prefix.to_string()).or_default().push(job.clone());
+                }
+            }
+            let pass = pass;
             let records = self.with_store(StateStore::jobs)?;
             let plan = crate::plan::plan(
                 &revision.desired,
