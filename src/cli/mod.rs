@@ -280,7 +280,7 @@ fn retry(config_path: &std::path::Path, job_id: &str, start_empty: bool) -> Resu
     };
     let by = std::env::var("SUDO_USER")
         .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| format!("uid {}", current_uid()));
+        .unwrap_or_else(|_| user_name(&current_uid()));
     let kind = if start_empty {
         "retry-start-empty"
     } else {
@@ -297,6 +297,20 @@ fn retry(config_path: &std::path::Path, job_id: &str, start_empty: bool) -> Resu
             .unwrap_or_default()
     );
     Ok(EXIT_OK)
+}
+
+/// The name `/etc/passwd` gives a user id, else `uid N`.
+fn user_name(uid: &str) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd.lines().find_map(|line| {
+                let mut fields = line.split(':');
+                let name = fields.next()?;
+                (fields.nth(1)? == uid).then(|| name.to_string())
+            })
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
 }
 
 /// The user id, from `/proc`.
@@ -803,9 +817,10 @@ async fn status(
                     })
                     .map(|phase| phase.describe()),
                 last_error: record.and_then(|r| {
-                    r.last_error
-                        .as_ref()
-                        .map(|e| format!("{e} ({} failure(s) in a row)", r.failures))
+                    r.last_error.as_ref().map(|e| match r.failures {
+                        0 => e.clone(),
+                        n => format!("{e} ({n} failure(s) in a row)"),
+                    })
                 }),
                 retry_at: record
                     .and_then(|r| r.retry_at_ms)

@@ -126,15 +126,23 @@ pub fn print_plan(
             println!("  {}  {:<10} {}", job.jid, job.state, job.name);
         }
     }
-    let changes = plan
-        .jobs
-        .iter()
-        .filter(|j| j.action != Action::Unchanged)
-        .count();
+    let count = |wanted: &[Action]| {
+        plan.jobs
+            .iter()
+            .filter(|j| wanted.contains(&j.action))
+            .count()
+    };
+    let held = count(&[Action::Blocked, Action::Wait]);
+    let unchanged = count(&[Action::Unchanged]);
     println!();
     println!(
-        "{changes} to change, {} unchanged",
-        plan.jobs.len() - changes
+        "{} to change, {unchanged} unchanged{}",
+        plan.jobs.len() - held - unchanged,
+        if held > 0 {
+            format!(", {held} blocked or waiting")
+        } else {
+            String::new()
+        }
     );
 }
 

@@ -367,7 +367,7 @@ impl Agent {
                 }
                 Phase::Blocked { reason, unblock } => {
                     outcome.outcome = Outcome::Blocked;
-                    outcome.message = format!("blocked: {reason}; {unblock}");
+                    outcome.message = format!("{reason} (unblock: {unblock})");
                     return outcome;
                 }
                 Phase::Stopped { .. } | Phase::Submitted { .. }

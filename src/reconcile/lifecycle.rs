@@ -257,7 +257,7 @@ impl Phase {
                 op.kind.as_str(),
                 submission.flink_job_id
             ),
-            Phase::Blocked { reason, unblock } => format!("blocked: {reason} ({unblock})"),
+            Phase::Blocked { reason, unblock } => format!("{reason} (unblock: {unblock})"),
         }
     }
 }
