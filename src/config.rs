@@ -334,7 +334,69 @@ impl Config {
                 e.utf8_error().valid_up_to()
             ),
         })?;
-        Self::parse(&text, path)
+        let config = Self::parse(&text, path)?;
+        config.check_secret_files()?;
+        Ok(config)
+    }
+
+    /// Every secret and TLS file the config names must be readable and hold something: a missing
+    /// or empty one is refused now, by field, instead of failing (or, for the webhook secret,
+    /// accepting an HMAC with an empty key) later.
+    fn check_secret_files(&self) -> Result<(), ConfigError> {
+        let mut files: Vec<(&str, &Path, bool)> = Vec::new();
+        let auth = &self.repo.auth;
+        for (field, file) in [
+            ("repo.auth.token_file", &auth.token_file),
+            ("repo.auth.ssh_key_file", &auth.ssh_key_file),
+            (
+                "repo.auth.ssh_key_passphrase_file",
+                &auth.ssh_key_passphrase_file,
+            ),
+            (
+                "server.webhook_secret_file",
+                &self.server.webhook_secret_file,
+            ),
+        ] {
+            if let Some(file) = file {
+                files.push((field, file, true));
+            }
+        }
+        match &self.flink.auth {
+            FlinkAuth::None => {}
+            FlinkAuth::Bearer(file) => files.push(("flink.auth.bearer_token_file", file, true)),
+            FlinkAuth::Basic { password_file, .. } => {
+                files.push(("flink.auth.password_file", password_file, true))
+            }
+        }
+        let tls = &self.flink.tls;
+        for (field, file) in [
+            ("flink.tls.ca_file", &tls.ca_file),
+            ("flink.tls.cert_file", &tls.cert_file),
+            ("flink.tls.key_file", &tls.key_file),
+        ] {
+            if let Some(file) = file {
+                files.push((field, file, field == "flink.tls.key_file"));
+            }
+        }
+        for (field, file, secret) in files {
+            let invalid = |reason: String| ConfigError::Invalid {
+                path: self.source.clone(),
+                field: field.to_string(),
+                reason,
+            };
+            let bytes = read_file_limited(file, 1024 * 1024)
+                .map_err(|e| invalid(format!("{}: {e}", file.display())))?;
+            if String::from_utf8_lossy(&bytes).trim().is_empty() {
+                return Err(invalid(format!(
+                    "{} is empty; a secret must not be empty",
+                    file.display()
+                )));
+            }
+            if secret {
+                crate::util::warn_if_exposed(file, field);
+            }
+        }
+        Ok(())
     }
 
     /// Validates configuration text; `path` names the source in errors and anchors relative paths.
@@ -376,6 +438,15 @@ impl Config {
         let repo_url = raw.repo.url.trim().to_string();
         if repo_url.is_empty() {
             return Err(invalid("repo.url", "must not be empty".into()));
+        }
+        if let Ok(parsed) = url::Url::parse(&repo_url)
+            && matches!(parsed.scheme(), "http" | "https")
+            && (!parsed.username().is_empty() || parsed.password().is_some())
+        {
+            return Err(invalid(
+                "repo.url",
+                "must not carry credentials (they would show in logs and status); use repo.auth.username and repo.auth.token_file".into(),
+            ));
         }
         let repo_url = if repo_url.contains("://") || repo_url.contains('@') {
             repo_url
@@ -478,6 +549,12 @@ impl Config {
                 "must be an http:// or https:// URL".into(),
             ));
         }
+        if !flink_url.username().is_empty() || flink_url.password().is_some() {
+            return Err(invalid(
+                "flink.url",
+                "must not carry credentials (they would show in logs and status); use flink.auth with a file".into(),
+            ));
+        }
         let savepoint_dir = raw
             .flink
             .savepoint_dir
@@ -492,6 +569,14 @@ impl Config {
         }
         let request_timeout = duration_field(raw.flink.request_timeout, "30s")
             .map_err(|reason| invalid("flink.request_timeout", reason))?;
+        if request_timeout < Duration::from_millis(100)
+            || request_timeout > Duration::from_secs(3600)
+        {
+            return Err(invalid(
+                "flink.request_timeout",
+                "must be between 100ms and 1h".into(),
+            ));
+        }
         let raw_tls = raw.flink.tls.unwrap_or_default();
         let tls = FlinkTls {
             ca_file: optional_secret("flink.tls.ca_file", &raw_tls.ca_file)?,

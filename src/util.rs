@@ -19,8 +19,32 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "`{trimmed}` has no unit; write e.g. `{trimmed}s` or `{trimmed}ms`"
         ));
     }
-    humantime::parse_duration(trimmed)
-        .map_err(|e| format!("`{trimmed}` is not a duration ({e}); use e.g. `30s`, `5m`, `1h`"))
+    let duration = humantime::parse_duration(trimmed)
+        .map_err(|e| format!("`{trimmed}` is not a duration ({e}); use e.g. `30s`, `5m`, `1h`"))?;
+    // Far larger values overflow clock arithmetic (and mean nothing for an agent that polls).
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "`{trimmed}` is longer than the 10 years any setting may take"
+        ));
+    }
+    Ok(duration)
+}
+
+/// The longest duration any setting accepts.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Logs a warning when a secret file can be read by its group or by others.
+pub fn warn_if_exposed(path: &std::path::Path, field: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(metadata) = std::fs::metadata(path)
+        && metadata.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            file = %path.display(),
+            mode = format!("{:o}", metadata.permissions().mode() & 0o777),
+            "{field}: the secret file is readable by its group or by others; make it 0600 (or use a systemd credential)"
+        );
+    }
 }
 
 /// An error and every `source()` under it, joined by `: ` (transport errors hide the useful part there).

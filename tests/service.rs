@@ -545,3 +545,54 @@ fn a_commit_to_a_local_repo_is_seen_at_once_by_the_watcher() {
         "a reload never starts a second instance"
     );
 }
+
+#[test]
+fn a_failing_repository_is_polled_with_backoff_not_in_a_tight_loop() {
+    let repo = SpecRepo::new();
+    repo.write("jobs/.keep", "").commit("empty");
+    let work = tempfile::tempdir().unwrap();
+    let config = service_config(work.path(), &repo, "http://127.0.0.1:9", "", "1s");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("poll_interval: 1s\n", "poll_interval: 1s\n  watch: false\n");
+    std::fs::write(&config, text).unwrap();
+    // The remote goes away: every fetch fails from now on.
+    let gone = work.path().join("moved-away");
+    std::fs::rename(repo.path(), &gone).unwrap();
+    let daemon = Daemon::start(&config, work.path().join("daemon.log"), &[]);
+    daemon.wait_for("the metrics endpoint", Duration::from_secs(20), |d| {
+        d.get("/metrics").0 == 200
+    });
+    std::thread::sleep(Duration::from_secs(8));
+    let (_, metrics) = daemon.get("/metrics");
+    let failed: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("flink_gitops_polls_total{kind=\"failed\"}"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no failed-poll counter in\n{metrics}"));
+    // 1 s, 2 s, 4 s, 8 s apart (with up to a fifth of jitter): at most 5 in ~9 s, where a tight
+    // loop made about 10 a second.
+    assert!(
+        (2.0..=5.0).contains(&failed),
+        "{failed} failed polls in ~9 s"
+    );
+    let in_a_row: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("flink_gitops_poll_failures_in_a_row "))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert_eq!(in_a_row, failed);
+    let (_, status) = daemon.get("/api/v1/status");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap_or_default();
+    // Read after the metrics: a poll may have failed in between.
+    assert!(
+        status["poll_failures"]
+            .as_f64()
+            .is_some_and(|n| n >= failed && n <= failed + 1.0),
+        "{status}"
+    );
+    assert!(status["next_poll_at"].as_f64().is_some(), "{status}");
+    assert!(status["last_poll_error"].as_str().is_some(), "{status}");
+}

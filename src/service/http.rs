@@ -130,6 +130,8 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
         "last_applied": status.last_applied,
         "last_poll_ok": status.last_poll_ok,
         "last_poll_error": status.last_poll_error,
+        "poll_failures": status.poll_failures,
+        "next_poll_at": status.next_poll_at,
         "last_cluster_ok": status.last_cluster_ok,
         "flink_error": status.last_cluster_error,
         "circuit_open_until": status.circuit_open_until,

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub webhooks: Family<KindLabels, Counter>,
     /// Batch runs recorded, by status.
     pub batch_runs: Family<StateLabels, Gauge>,
+    /// Repository polls failed in a row (0 after a successful one).
+    pub poll_failures: Gauge<i64, AtomicI64>,
     /// Managed jobs by lifecycle phase (steady, stopping, ..., blocked).
     pub job_phases: Family<StateLabels, Gauge>,
     /// Failed tries in a row, per job that has any (0 is not exported).
@@ -85,6 +87,12 @@ impl Metrics {
         let webhooks = Family::<KindLabels, Counter>::default();
         let batch_runs = Family::<StateLabels, Gauge>::default();
         let job_phases = Family::<StateLabels, Gauge>::default();
+        let poll_failures = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "poll_failures_in_a_row",
+            "Repository polls failed in a row; polls back off while it is above 0",
+            poll_failures.clone(),
+        );
         let job_failures = Family::<JobLabels, Gauge>::default();
         registry.register(
             "job_phases",
@@ -150,6 +158,7 @@ impl Metrics {
             batch_runs,
             job_phases,
             job_failures,
+            poll_failures,
         }
     }
 

@@ -18,6 +18,22 @@ use crate::reconcile::{Agent, AgentError, ApplyReport, Outcome};
 
 /// How long a shutdown waits for the step in progress before exiting anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+/// The longest wait between two polls of a repository that keeps failing.
+const POLL_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// The wait before the next poll after `failures` failed polls in a row.
+fn poll_backoff(failures: u32, poll_interval: Duration) -> Duration {
+    crate::reconcile::lifecycle::backoff(
+        failures,
+        poll_interval,
+        POLL_BACKOFF_MAX.max(poll_interval),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64)
+            .unwrap_or(0),
+    )
+}
+
 /// Consecutive failed contacts with Flink that open the circuit breaker.
 const BREAKER_THRESHOLD: u32 = 3;
 
@@ -37,6 +53,11 @@ pub struct ServiceStatus {
     pub last_poll_ok: Option<f64>,
     /// Why the last poll failed, if it did.
     pub last_poll_error: Option<String>,
+    /// Polls failed in a row; the next one waits `poll_interval · 2^(n-1)`, at most
+    /// [`POLL_BACKOFF_MAX`] (or the poll interval when that is longer), with jitter.
+    pub poll_failures: u32,
+    /// Unix time of the next poll while polls fail.
+    pub next_poll_at: Option<f64>,
     /// Unix time of the last successful contact with Flink.
     pub last_cluster_ok: Option<f64>,
     /// Why the last contact with Flink failed, if it did.
@@ -83,11 +104,19 @@ impl Shared {
 fn read_secret(path: &Option<PathBuf>) -> Result<Option<Vec<u8>>, AgentError> {
     path.as_ref()
         .map(|p| {
-            crate::util::read_file_limited(p, 64 * 1024)
+            let secret = crate::util::read_file_limited(p, 64 * 1024)
                 .map(|bytes| String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec())
                 .map_err(|e| {
                     AgentError::Config(format!("server.webhook_secret_file {}: {e}", p.display()))
-                })
+                })?;
+            if secret.is_empty() {
+                // An HMAC with an empty key would accept anyone's webhook.
+                return Err(AgentError::Config(format!(
+                    "server.webhook_secret_file {} is empty",
+                    p.display()
+                )));
+            }
+            Ok(secret)
         })
         .transpose()
 }
@@ -184,12 +213,15 @@ pub async fn run(config_path: &Path) -> Result<(), AgentError> {
                 .unwrap_or(0)
                 % (config.repo.poll_interval.as_millis().clamp(1, 1000) as u32 / 10 + 1),
         ));
-        // Wake for the next poll, or earlier when the reconcile interval comes round first.
+        // Wake for the next poll, or earlier when the reconcile interval comes round first;
+        // while polls fail, only after their backoff.
         let until_reconcile = next_reconcile.saturating_duration_since(tokio::time::Instant::now());
-        let wait = tokio::time::sleep(
-            (config.repo.poll_interval + jitter)
-                .min(until_reconcile.max(Duration::from_millis(100))),
-        );
+        let next_poll = match shared.status().next_poll_at {
+            Some(at) => Duration::from_secs_f64((at - unix_now()).max(0.1)),
+            None => config.repo.poll_interval + jitter,
+        };
+        let wait =
+            tokio::time::sleep(next_poll.min(until_reconcile.max(Duration::from_millis(100))));
         let stopped = tokio::select! {
             _ = wait => false,
             _ = shared.trigger.notified() => { info!("triggered: polling now"); false }
@@ -359,13 +391,30 @@ async fn poll_and_reconcile(
             shared.update(|s| {
                 s.last_poll_ok = Some(unix_now());
                 s.last_poll_error = None;
+                s.poll_failures = 0;
+                s.next_poll_at = None;
             });
+            shared.metrics.poll_failures.set(0);
             head
         }
         Err(e) => {
             metrics::Metrics::count(&shared.metrics.polls, "failed");
             warn!(error = %e, "poll failed");
-            shared.update(|s| s.last_poll_error = Some(e.to_string()));
+            let failures = shared.status().poll_failures + 1;
+            let wait = poll_backoff(failures, config.repo.poll_interval);
+            shared.update(|s| {
+                s.last_poll_error = Some(e.to_string());
+                s.poll_failures = failures;
+                s.next_poll_at = Some(unix_now() + wait.as_secs_f64());
+            });
+            shared.metrics.poll_failures.set(i64::from(failures));
+            // Nothing can be reconciled without the repository: no pass before the next poll.
+            *next_reconcile = (*next_reconcile).max(tokio::time::Instant::now() + wait);
+            warn!(
+                failures,
+                next_poll_in_s = wait.as_secs_f64(),
+                "polls fail; backing off"
+            );
             return;
         }
     };

@@ -1113,9 +1113,13 @@ pub fn load_desired(tree: &dyn SpecTree, jobs_dir: &str) -> Result<DesiredState,
         }
         Err(e) => return Err(vec![whole(dir.as_str(), e.to_string())]),
     }
-    let files = tree
-        .walk(&dir)
-        .map_err(|e| vec![whole(dir.as_str(), e.to_string())])?;
+    let files = tree.walk(&dir).map_err(|e| match &e {
+        TreeError::BadName { path, reason } => vec![whole(
+            path,
+            format!("{reason}; rename it (a spec the agent cannot name is never taken as deleted)"),
+        )],
+        _ => vec![whole(dir.as_str(), e.to_string())],
+    })?;
 
     let mut errors = Vec::new();
     let mut jobs: BTreeMap<String, DesiredJob> = BTreeMap::new();

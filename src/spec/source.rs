@@ -54,6 +54,21 @@ pub enum TreeError {
         /// Why it was refused.
         reason: String,
     },
+    /// A folder, or a file that looks like a spec, has a name the agent cannot use. It is an
+    /// error, never a silent skip: skipping a spec would read as deleting its job.
+    #[error("{path}: {reason}; rename it (a spec the agent cannot name is never taken as deleted)")]
+    BadName {
+        /// The path, with the unusable bytes shown as U+FFFD.
+        path: String,
+        /// What is wrong with the name.
+        reason: String,
+    },
+}
+
+/// Whether an entry the agent cannot name must stop the walk: a folder (it may hold specs) or a
+/// file whose name ends like a spec's.
+fn unnamed_entry_matters(lossy_name: &str, is_dir: bool) -> bool {
+    is_dir || lossy_name.ends_with(".yaml") || lossy_name.ends_with(".yml")
 }
 
 /// A read-only view of a repository's files at one revision.
@@ -196,12 +211,23 @@ impl SpecTree for GitTree<'_> {
         let mut failure = None;
         subtree
             .walk(git2::TreeWalkMode::PreOrder, |parent, entry| {
-                let Ok(name) = entry.name() else {
-                    return git2::TreeWalkResult::Skip;
+                let is_dir = entry.kind() == Some(git2::ObjectType::Tree);
+                let lossy = String::from_utf8_lossy(entry.name_bytes()).into_owned();
+                let named = match entry.name() {
+                    Ok(name) => dir
+                        .join(&format!("{parent}{name}"))
+                        .map_err(|reason| format!("the name is not a usable path ({reason})")),
+                    Err(_) => Err("the name is not UTF-8".to_string()),
                 };
-                let relative = format!("{parent}{name}");
-                let full = match dir.join(&relative) {
-                    Ok(p) => p,
+                let full = match named {
+                    Ok(path) => path,
+                    Err(reason) if unnamed_entry_matters(&lossy, is_dir) => {
+                        failure = Some(TreeError::BadName {
+                            path: format!("{}/{parent}{lossy}", dir.as_str().trim_end_matches('/')),
+                            reason,
+                        });
+                        return git2::TreeWalkResult::Abort;
+                    }
                     Err(_) => return git2::TreeWalkResult::Skip,
                 };
                 match self.kind_of(entry, &full) {
@@ -330,13 +356,29 @@ impl SpecTree for DirTree {
             let listing = std::fs::read_dir(self.full(&current)).map_err(Self::io_err(&current))?;
             for item in listing {
                 let item = item.map_err(Self::io_err(&current))?;
-                let name = item.file_name();
-                let Some(name) = name.to_str() else { continue };
-                if current.is_root() && name == ".git" {
+                let raw_name = item.file_name();
+                let lossy = raw_name.to_string_lossy().into_owned();
+                if current.is_root() && lossy == ".git" {
                     continue;
                 }
-                let Ok(child) = current.join(name) else {
-                    continue;
+                let named = match raw_name.to_str() {
+                    Some(name) => current
+                        .join(name)
+                        .map_err(|reason| format!("the name is not a usable path ({reason})")),
+                    None => Err("the name is not UTF-8".to_string()),
+                };
+                let child = match named {
+                    Ok(child) => child,
+                    Err(reason) => {
+                        let is_dir = item.file_type().is_ok_and(|t| t.is_dir());
+                        if unnamed_entry_matters(&lossy, is_dir) {
+                            return Err(TreeError::BadName {
+                                path: format!("{}/{lossy}", current.as_str().trim_end_matches('/')),
+                                reason,
+                            });
+                        }
+                        continue;
+                    }
                 };
                 match self.entry(&child)? {
                     Some(EntryKind::Dir) => pending.push(child),

@@ -1,0 +1,172 @@
+//! Configuration that cannot work, or that would leak a secret, is refused at load with exit 2 and
+//! the field named (issue 11's findings on config values and secrets). No Flink needed.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// A config whose repo exists; `flink` and `extra` are spliced in.
+fn config(work: &Path, repo: &SpecRepo, flink: &str, extra: &str) -> std::path::PathBuf {
+    std::fs::write(
+        work.join("allowed_signers"),
+        repo.signer.line("namespaces=\"git\""),
+    )
+    .unwrap();
+    let text = format!(
+        "repo:\n  url: {}\ntrust:\n  allowed_signers: allowed_signers\nflink:\n{flink}\nstate:\n  dir: state\n{extra}",
+        repo.path().display()
+    );
+    let path = work.join("config.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs the binary with a 20 s bound (a `run` that did not refuse would otherwise serve forever).
+fn bounded(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flink-gitops"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .unwrap();
+            return (status.code(), stderr);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?} did not exit within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn refused(config: &Path, command: &str, field: &str, never: &str) -> String {
+    let (code, stderr) = bounded(&[command, "-c", config.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{command}: {stderr}");
+    assert!(
+        stderr.contains(&format!("`{field}`")),
+        "{command}: {stderr}"
+    );
+    if !never.is_empty() {
+        assert!(
+            !stderr.contains(never),
+            "{command} printed a secret: {stderr}"
+        );
+    }
+    stderr
+}
+
+#[test]
+fn credentials_in_urls_are_refused_and_never_printed() {
+    let repo = SpecRepo::new();
+    repo.write("jobs/.keep", "").commit("empty");
+    let work = tempfile::tempdir().unwrap();
+    let path = config(
+        work.path(),
+        &repo,
+        "  url: http://admin:s3cr3t-pw@127.0.0.1:9\n  savepoint_dir: file:///tmp/sp",
+        "",
+    );
+    refused(&path, "plan", "flink.url", "s3cr3t-pw");
+    refused(&path, "run", "flink.url", "s3cr3t-pw");
+
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("admin:s3cr3t-pw@", "")
+        .replace(
+            &format!("url: {}", repo.path().display()),
+            "url: https://bot:ghp_t0ken@git.example.com/specs.git",
+        );
+    std::fs::write(&path, text).unwrap();
+    refused(&path, "plan", "repo.url", "ghp_t0ken");
+}
+
+#[test]
+fn values_that_cannot_work_are_refused_at_load() {
+    let repo = SpecRepo::new();
+    repo.write("jobs/.keep", "").commit("empty");
+    let work = tempfile::tempdir().unwrap();
+    let flink = "  url: http://127.0.0.1:9\n  savepoint_dir: file:///tmp/sp";
+    let zero = config(
+        work.path(),
+        &repo,
+        &format!("{flink}\n  request_timeout: 0s"),
+        "",
+    );
+    let stderr = refused(&zero, "plan", "flink.request_timeout", "");
+    assert!(stderr.contains("between 100ms and 1h"), "{stderr}");
+
+    // Used to make `run` panic with an overflow (exit 101).
+    let absurd = config(
+        work.path(),
+        &repo,
+        flink,
+        "reconcile:\n  interval: 500000000000y\n",
+    );
+    let stderr = refused(&absurd, "run", "reconcile.interval", "");
+    assert!(stderr.contains("10 years"), "{stderr}");
+}
+
+#[test]
+fn secret_files_must_exist_hold_something_and_not_be_readable_by_others() {
+    let repo = SpecRepo::new();
+    repo.write("jobs/.keep", "").commit("empty");
+    let work = tempfile::tempdir().unwrap();
+    let flink = "  url: http://127.0.0.1:9\n  savepoint_dir: file:///tmp/sp";
+
+    let missing = config(
+        work.path(),
+        &repo,
+        &format!("{flink}\n  auth: {{ bearer_token_file: /nonexistent/flink-token }}"),
+        "",
+    );
+    let stderr = refused(&missing, "plan", "flink.auth.bearer_token_file", "");
+    assert!(stderr.contains("/nonexistent/flink-token"), "{stderr}");
+
+    // An empty webhook secret would make every HMAC check pass.
+    let secret = work.path().join("webhook-secret");
+    std::fs::write(&secret, "  \n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let empty = config(
+        work.path(),
+        &repo,
+        flink,
+        &format!(
+            "server:\n  listen: 127.0.0.1:0\n  webhook_secret_file: {}\n",
+            secret.display()
+        ),
+    );
+    let stderr = refused(&empty, "run", "server.webhook_secret_file", "");
+    assert!(stderr.contains("is empty"), "{stderr}");
+
+    // A readable-by-all secret is accepted, with a warning naming the file.
+    std::fs::write(&secret, "a-long-shared-secret\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, stderr) = bounded(&["plan", "-c", empty.to_str().unwrap()]);
+    assert_eq!(
+        code,
+        Some(1),
+        "the cluster is unreachable, the config is fine: {stderr}"
+    );
+    assert!(
+        stderr.contains("readable by its group or by others") && stderr.contains("webhook-secret"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("a-long-shared-secret"), "{stderr}");
+}
