@@ -289,8 +289,9 @@ pub struct AuditEntry {
 pub struct StateStore {
     connection: Connection,
     path: PathBuf,
-    // Holding the file keeps the advisory lock for the store's lifetime.
-    _lock: Option<File>,
+    // Holding the files keeps the advisory locks for the store's lifetime: the lock file (which
+    // names the holder) and the state directory itself, which cannot be unlinked from under us.
+    _lock: Option<(File, File)>,
 }
 
 impl StateStore {
@@ -301,6 +302,14 @@ impl StateStore {
             source,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
+        // The directory is the lock that counts: deleting the `lock` file (a clean-up script, a
+        // person) must not let a second agent in, and a non-empty directory cannot be unlinked.
+        let dir_lock = File::open(dir).map_err(io)?;
+        let dir_locked = match dir_lock.try_lock() {
+            Ok(()) => true,
+            Err(std::fs::TryLockError::WouldBlock) => false,
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        };
         let lock_path = dir.join("lock");
         let mut lock = std::fs::OpenOptions::new()
             .read(true)
@@ -310,8 +319,8 @@ impl StateStore {
             .open(&lock_path)
             .map_err(io)?;
         match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
+            Ok(()) if dir_locked => {}
+            Ok(()) | Err(std::fs::TryLockError::WouldBlock) => {
                 let mut holder = String::new();
                 let _ = lock.read_to_string(&mut holder);
                 let holder = holder.trim();
@@ -340,7 +349,7 @@ impl StateStore {
         Ok(StateStore {
             connection,
             path,
-            _lock: Some(lock),
+            _lock: Some((lock, dir_lock)),
         })
     }
 
@@ -913,6 +922,15 @@ mod tests {
             text.contains(&format!("pid {}", std::process::id())),
             "{text}"
         );
+    }
+
+    #[test]
+    fn deleting_the_lock_file_does_not_let_a_second_agent_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = StateStore::open_exclusive(dir.path()).unwrap();
+        std::fs::remove_file(dir.path().join("lock")).unwrap();
+        let err = StateStore::open_exclusive(dir.path()).err().unwrap();
+        assert!(matches!(err, StateError::Locked { .. }), "{err}");
     }
 
     #[test]
