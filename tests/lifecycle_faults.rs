@@ -484,3 +484,29 @@ async fn a_state_flink_cannot_find_is_marked_and_the_next_newest_is_restored() {
         "{marked:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspend_whose_savepoint_keeps_failing_is_blocked_and_stays_blocked() {
+    let s = setup().await;
+    let agent = Agent::open(s.config.clone()).unwrap();
+    assert!(agent.apply_once().await.unwrap().converged());
+    let running = alive(&s);
+    s.fake.set_scenario(Scenario::SavepointFails);
+    s.repo
+        .write(SPEC, format!("{}state: suspended\n", spec(1, &[])));
+    s.repo.commit("suspend orders");
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        agent.apply_once().await.unwrap();
+    }
+    assert_eq!(record(&s).phase, "blocked");
+    // Blocked means no further savepoint attempts on that spec, however many passes follow.
+    let stops = s.fake.requests().get("POST /jobs/:id/stop").copied();
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let report = agent.apply_once().await.unwrap();
+        assert_eq!(report.jobs[0].outcome, Outcome::Blocked, "{report:#?}");
+    }
+    assert_eq!(s.fake.requests().get("POST /jobs/:id/stop").copied(), stops);
+    assert_eq!(alive(&s), running, "the job keeps running meanwhile");
+}

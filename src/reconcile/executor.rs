@@ -90,6 +90,7 @@ pub(super) fn adopt_legacy_pending(row: &mut JobRecord) -> bool {
         failure: None,
         rejected_spec_hash: None,
         audit_intent: None,
+        desired_spec_hash: None,
     };
     let phase = Phase::Submitted {
         op,
@@ -275,6 +276,7 @@ impl Agent {
             failure: None,
             rejected_spec_hash: None,
             audit_intent: None,
+            desired_spec_hash: desired.map(|job| job.spec_hash()),
         };
         let has_checkpoint = match (alive, mode, kind) {
             (Some(running), UpgradeMode::LastState, OpKind::Upgrade) => self
@@ -828,10 +830,7 @@ impl Agent {
         outcome: &mut JobOutcome,
     ) -> Result<(), StepError> {
         warn!(%reason, "blocked");
-        let rejected = op
-            .rejected_spec_hash
-            .clone()
-            .or_else(|| op.target.as_ref().map(|t| t.spec_hash.clone()));
+        let rejected = op.blocked_spec_hash();
         self.with_store(|s| {
             s.atomically(|s| {
                 let mut row = s.job(job_id)?.unwrap_or_default();
@@ -1425,7 +1424,7 @@ impl Agent {
                     }
                     row.rejected_spec_hash = op
                         .as_ref()
-                        .and_then(|op| op.target.as_ref().map(|t| t.spec_hash.clone()))
+                        .and_then(Operation::blocked_spec_hash)
                         .or(row.rejected_spec_hash.take());
                     set_phase(&mut row, &Phase::Blocked { reason, unblock });
                     row.retry_at_ms = None;

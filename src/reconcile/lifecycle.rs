@@ -113,6 +113,20 @@ pub struct Operation {
     /// in this process or in the one that continues it after a crash.
     #[serde(default)]
     pub audit_intent: Option<i64>,
+    /// The hash of the spec the operation answers (also for suspend, whose target is nothing):
+    /// when the operation blocks the job, this spec is not tried again until it changes.
+    #[serde(default)]
+    pub desired_spec_hash: Option<String>,
+}
+
+impl Operation {
+    /// The spec hash a block of this operation holds back.
+    pub fn blocked_spec_hash(&self) -> Option<String> {
+        self.rejected_spec_hash
+            .clone()
+            .or_else(|| self.desired_spec_hash.clone())
+            .or_else(|| self.target.as_ref().map(|t| t.spec_hash.clone()))
+    }
 }
 
 /// How a running instance is stopped.
@@ -452,6 +466,7 @@ pub fn after_failed_submission(
         failure: Some(failure),
         rejected_spec_hash: op.target.as_ref().map(|t| t.spec_hash.clone()),
         audit_intent: None,
+        desired_spec_hash: op.desired_spec_hash.clone(),
     };
     match op.kind {
         OpKind::Upgrade => match last_good {
@@ -466,6 +481,7 @@ pub fn after_failed_submission(
                     rejected_spec_hash: op.target.as_ref().map(|t| t.spec_hash.clone()),
                     failure: Some(failure),
                     audit_intent: None,
+                    desired_spec_hash: op.desired_spec_hash.clone(),
                 };
                 (cancel_failed(rollback), false)
             }
@@ -558,6 +574,7 @@ mod tests {
             failure: None,
             rejected_spec_hash: None,
             audit_intent: None,
+            desired_spec_hash: None,
         }
     }
 
