@@ -50,7 +50,7 @@ async fn setup() -> Setup {
     text.push_str(
         "reconcile:\n  poll_interval: 100ms\n  savepoint_timeout: 2s\n  retry_base: 10ms\n  retry_max: 20ms\n  max_failures: 3\n",
     );
-    text = text.replace("request_timeout: 5s", "request_timeout: 1s");
+    text = text.replace("request_timeout: 5s", "request_timeout: 300ms");
     std::fs::write(&path, text).unwrap();
     let config = Config::load(&path).unwrap();
     Setup {
@@ -141,10 +141,7 @@ const ROLLBACK_STEPS: &[&str] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_faults_at_every_step_of_an_upgrade_never_leave_the_job_down() {
     for step in UPGRADE_STEPS {
-        for fault in [
-            Fault::Status(503),
-            Fault::Delay(Duration::from_millis(1500)),
-        ] {
+        for fault in [Fault::Status(503), Fault::Delay(Duration::from_millis(500))] {
             let context = format!("{step} {fault:?}");
             let s = setup().await;
             let agent = Agent::open(s.config.clone()).unwrap();
@@ -244,7 +241,7 @@ async fn a_submit_that_timed_out_but_reached_flink_is_verified_not_sent_twice() 
     s.fake.fail_next(
         "POST /jars/:id/run",
         1,
-        Fault::Delay(Duration::from_millis(1500)),
+        Fault::Delay(Duration::from_millis(500)),
     );
     let first = agent.apply_once().await.unwrap();
     assert_eq!(first.jobs[0].outcome, Outcome::Retrying, "{first:#?}");
@@ -255,7 +252,7 @@ async fn a_submit_that_timed_out_but_reached_flink_is_verified_not_sent_twice() 
         "the submission stays recorded"
     );
     // Flink took it after all; the next pass finds it and verifies it.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
     let report = settle(&agent, &s, "slow submit").await;
     assert!(report.converged(), "{report:#?}");
     let ours = s.fake.jobs_with_prefix(&flink_job_prefix(JOB));
