@@ -126,7 +126,7 @@ pub fn is_alive(state: &str) -> bool {
 }
 
 fn is_steady(record: &JobRecord) -> bool {
-    record.phase.is_empty() || record.phase == "steady"
+    record.phase_name() == "steady"
 }
 
 /// Compares desired, observed and recorded state at `now_ms`. No I/O.
@@ -176,9 +176,9 @@ pub fn plan(
                 .or_else(|| record.and_then(|r| r.flink_job_id.clone())),
             flink_state: instance.map(|j| j.state.clone()),
             phase: record
-                .filter(|r| !is_steady(r))
-                .map(|r| r.phase.clone())
-                .unwrap_or_else(|| "steady".into()),
+                .map(|r| r.phase_name())
+                .unwrap_or("steady")
+                .to_string(),
         };
         let desired_job = desired.jobs.get(job_id);
         if let Some(record) = record
@@ -346,11 +346,7 @@ fn lifecycle_decision(
     if is_steady(record) {
         return None;
     }
-    let phase: crate::reconcile::lifecycle::Phase = record
-        .phase_json
-        .as_deref()
-        .and_then(|json| serde_json::from_str(json).ok())
-        .unwrap_or_default();
+    let phase = crate::reconcile::lifecycle::Phase::of_record(record);
     if record.phase == "blocked" {
         let desired_hash = desired.map(|job| job.spec_hash());
         if desired_hash.is_some() && desired_hash != record.rejected_spec_hash {

@@ -803,19 +803,10 @@ async fn status(
                     .or_else(|| record.and_then(|r| r.flink_job_id.clone())),
                 flink_state: instance.map(|j| j.state.clone()),
                 last_savepoint: record.and_then(|r| r.last_savepoint.clone()),
-                phase: record.map(|r| {
-                    if r.phase.is_empty() {
-                        "steady".to_string()
-                    } else {
-                        r.phase.clone()
-                    }
-                }),
+                phase: record.map(|r| r.phase_name().to_string()),
                 phase_detail: record
-                    .and_then(|r| r.phase_json.as_deref())
-                    .and_then(|json| {
-                        serde_json::from_str::<crate::reconcile::lifecycle::Phase>(json).ok()
-                    })
-                    .map(|phase| phase.describe()),
+                    .filter(|r| r.phase_json.is_some())
+                    .map(|r| crate::reconcile::lifecycle::Phase::of_record(r).describe()),
                 last_error: record.and_then(|r| {
                     r.last_error.as_ref().map(|e| match r.failures {
                         0 => e.clone(),

@@ -18,9 +18,7 @@ use super::lifecycle::{
 };
 use super::policy::{StepError, is_duplicate_submission};
 use super::restore::{self, Candidate, Source};
-use super::{
-    Agent, Deployment, JobOutcome, Outcome, PassContext, Pending, PendingKind, failpoint, now_ms,
-};
+use super::{Agent, Deployment, JobOutcome, Outcome, PassContext, Pending, PendingKind, now_ms};
 use crate::flink::JobOverview;
 use crate::plan::{Action, JobPlan, flink_job_id, is_alive};
 use crate::revision::VerifiedRevision;
@@ -33,15 +31,6 @@ const MAX_STEPS: usize = 64;
 
 /// How long one step waits for a CANCELLING instance before looking again.
 const CANCELLING_POLL: Duration = Duration::from_millis(250);
-
-/// The recorded phase of a job (`Steady` when none is recorded or it cannot be read).
-pub(super) fn phase_of(record: &JobRecord) -> Phase {
-    record
-        .phase_json
-        .as_deref()
-        .and_then(|json| serde_json::from_str(json).ok())
-        .unwrap_or_default()
-}
 
 fn set_phase(record: &mut JobRecord, phase: &Phase) {
     record.phase = phase.name().to_string();
@@ -124,14 +113,14 @@ pub(super) fn apply_request(
             request.job_id, request.by
         ));
     };
-    let was = phase_of(&row).describe();
+    let was = Phase::of_record(&row).describe();
     let intent = store.audit_intent(
         Some(head),
         Some(&request.job_id),
         AuditAction::Retry,
         &json!({"by": request.by, "kind": request.kind, "phase": was}).to_string(),
     )?;
-    if matches!(phase_of(&row), Phase::Blocked { .. }) {
+    if matches!(Phase::of_record(&row), Phase::Blocked { .. }) {
         set_phase(&mut row, &Phase::Steady);
     }
     row.failures = 0;
@@ -333,13 +322,7 @@ impl Agent {
                 )?;
                 op.audit_intent = Some(intent);
                 if start_empty {
-                    s.connection()
-                        .execute("DELETE FROM meta WHERE key = ?1", [start_empty_key(job_id)])
-                        .map_err(|source| StateError::Sqlite {
-                            path: s.path().to_path_buf(),
-                            operation: "consume start-empty",
-                            source,
-                        })?;
+                    s.remove_meta(&start_empty_key(job_id))?;
                 }
                 set_phase(&mut row, &begin(op.clone(), stop.clone()));
                 s.put_job(&row)
@@ -358,7 +341,7 @@ impl Agent {
                 Ok(None) => return JobOutcome::new(entry, Outcome::Failed, "no record of the job"),
                 Err(error) => return JobOutcome::new(entry, Outcome::Failed, error.to_string()),
             };
-            let phase = phase_of(&record);
+            let phase = Phase::of_record(&record);
             outcome.phase = phase.name().to_string();
             match &phase {
                 Phase::Steady => {
@@ -1301,7 +1284,6 @@ impl Agent {
                 Ok(())
             })
         })?;
-        failpoint("after:promote-record");
         self.outcome(
             AuditAction::Promote,
             intent,
@@ -1391,7 +1373,7 @@ impl Agent {
                 return outcome;
             }
         };
-        let phase = phase_of(&record);
+        let phase = Phase::of_record(&record);
         let failures = record.failures.max(0) as u32 + 1;
         let delay = backoff(
             failures,
@@ -1445,7 +1427,7 @@ impl Agent {
                 outcome.phase = row.phase.clone();
                 if row.phase == "blocked" {
                     outcome.outcome = Outcome::Blocked;
-                    outcome.message = phase_of(&row).describe();
+                    outcome.message = Phase::of_record(&row).describe();
                 } else {
                     outcome.message = format!(
                         "{}; tried again in {:.1} s (failure {failures}{})",

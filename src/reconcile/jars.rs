@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
+use super::lifecycle::Phase;
 use super::policy::StepError;
 use super::{Agent, Deployment, batch};
 use crate::flink::FlinkError;
@@ -145,7 +146,7 @@ impl Agent {
             if keeps_jar && let Some(sha) = &row.jar_sha256 {
                 used.insert(sha.clone(), ());
             }
-            if let Some(target) = super::executor::phase_of(row)
+            if let Some(target) = Phase::of_record(row)
                 .operation()
                 .and_then(|op| op.target.as_ref())
             {

@@ -51,16 +51,7 @@ impl OpKind {
 
     /// The word shown to people and written to the audit log.
     pub fn as_str(self) -> &'static str {
-        match self {
-            OpKind::Create => "create",
-            OpKind::Upgrade => "upgrade",
-            OpKind::Restart => "restart",
-            OpKind::Resume => "resume",
-            OpKind::Rollback => "rollback",
-            OpKind::Suspend => "suspend",
-            OpKind::Delete => "delete",
-            OpKind::Discard => "discard",
-        }
+        self.audit_action().as_str()
     }
 }
 
@@ -205,6 +196,15 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// The phase recorded in a job's row (`Steady` when none is recorded or it cannot be read).
+    pub fn of_record(record: &crate::state::JobRecord) -> Phase {
+        record
+            .phase_json
+            .as_deref()
+            .and_then(|json| serde_json::from_str(json).ok())
+            .unwrap_or_default()
+    }
+
     /// The phase's name (the `jobs.phase` column).
     pub fn name(&self) -> &'static str {
         match self {
@@ -334,49 +334,38 @@ pub enum Step {
 /// The continuation of `phase` given what Flink says about the instance it concerns; for
 /// `Stopped`, what Flink says about any live instance of the job.
 pub fn next_step(phase: &Phase, seen: &Seen) -> Step {
-    if let Seen::Unreachable(reason) = seen {
-        return match phase {
-            Phase::Steady => Step::Idle,
-            Phase::Blocked { .. } => Step::Blocked,
-            _ => Step::Wait(format!("Flink unreachable: {reason}")),
-        };
-    }
-    match phase {
-        Phase::Steady => Step::Idle,
-        Phase::Blocked { .. } => Step::Blocked,
-        Phase::Stopping { stop, .. } => match seen {
-            Seen::Alive(_) => match stop {
-                StopMethod::Savepoint { .. } => Step::AwaitSavepoint,
-                StopMethod::Cancel => Step::Cancel,
-            },
-            Seen::Cancelling => Step::Wait("the instance is CANCELLING".into()),
-            Seen::Ended(_) | Seen::Missing => Step::ChooseState,
-            Seen::Unreachable(_) => unreachable_arm(),
+    match (phase, seen) {
+        (Phase::Steady, _) => Step::Idle,
+        (Phase::Blocked { .. }, _) => Step::Blocked,
+        (_, Seen::Unreachable(reason)) => Step::Wait(format!("Flink unreachable: {reason}")),
+        (Phase::Stopping { stop, .. }, Seen::Alive(_)) => match stop {
+            StopMethod::Savepoint { .. } => Step::AwaitSavepoint,
+            StopMethod::Cancel => Step::Cancel,
         },
-        Phase::Stopped { op, .. } => match seen {
-            Seen::Alive(state) => Step::StopStray(state.clone()),
-            Seen::Cancelling => Step::Wait("an instance of the job is CANCELLING".into()),
-            Seen::Ended(_) | Seen::Missing => {
-                if op.target.is_some() {
-                    Step::Submit
-                } else {
-                    Step::Finish
-                }
+        (Phase::Stopping { .. }, Seen::Cancelling) => {
+            Step::Wait("the instance is CANCELLING".into())
+        }
+        (Phase::Stopping { .. }, Seen::Ended(_) | Seen::Missing) => Step::ChooseState,
+        (Phase::Stopped { .. }, Seen::Alive(state)) => Step::StopStray(state.clone()),
+        (Phase::Stopped { .. }, Seen::Cancelling) => {
+            Step::Wait("an instance of the job is CANCELLING".into())
+        }
+        (Phase::Stopped { op, .. }, Seen::Ended(_) | Seen::Missing) => {
+            if op.target.is_some() {
+                Step::Submit
+            } else {
+                Step::Finish
             }
-            Seen::Unreachable(_) => unreachable_arm(),
-        },
-        Phase::Submitted { .. } | Phase::Verifying { .. } => match seen {
-            Seen::Alive(_) => Step::Verify,
-            Seen::Cancelling => Step::Unhealthy("the submission is CANCELLING".into()),
-            Seen::Ended(state) => Step::Unhealthy(format!("the submission is {state}")),
-            Seen::Missing => Step::Resubmit,
-            Seen::Unreachable(_) => unreachable_arm(),
-        },
+        }
+        (Phase::Submitted { .. } | Phase::Verifying { .. }, Seen::Alive(_)) => Step::Verify,
+        (Phase::Submitted { .. } | Phase::Verifying { .. }, Seen::Cancelling) => {
+            Step::Unhealthy("the submission is CANCELLING".into())
+        }
+        (Phase::Submitted { .. } | Phase::Verifying { .. }, Seen::Ended(state)) => {
+            Step::Unhealthy(format!("the submission is {state}"))
+        }
+        (Phase::Submitted { .. } | Phase::Verifying { .. }, Seen::Missing) => Step::Resubmit,
     }
-}
-
-fn unreachable_arm() -> Step {
-    Step::Wait("Flink unreachable".into())
 }
 
 /// How to stop the running instance `flink_job_id` at the start of `op`.

@@ -41,6 +41,7 @@ use crate::trust::AllowedSignersError;
 
 pub use deployment::{Deployment, Pending, PendingKind};
 use jars::cache_jars;
+use lifecycle::Phase;
 pub use policy::StepError;
 pub use report::{ApplyReport, JobOutcome, Outcome};
 
@@ -306,7 +307,8 @@ impl Agent {
                 .batch_wakeup
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
-            report.recovered = self.prepare_pass(&pass)?;
+            let (recovered, records) = self.prepare_pass(&pass)?;
+            report.recovered = recovered;
             let cluster_jobs = match self.client.jobs().await {
                 Ok(jobs) => jobs,
                 Err(error) => {
@@ -320,7 +322,6 @@ impl Agent {
                 }
             }
             let pass = pass;
-            let records = self.with_store(StateStore::jobs)?;
             let plan = crate::plan::plan(
                 &revision.desired,
                 Observed::Jobs(&cluster_jobs),
@@ -361,7 +362,11 @@ impl Agent {
 
     /// Before planning: operator requests are applied, and audit intents that no recorded phase
     /// continues (their process died) are closed as interrupted, so every intent has an outcome.
-    fn prepare_pass(&self, pass: &PassContext) -> Result<Vec<String>, StateError> {
+    /// Returns what it did, for the report, and the job records as they now stand.
+    fn prepare_pass(
+        &self,
+        pass: &PassContext,
+    ) -> Result<(Vec<String>, Vec<JobRecord>), StateError> {
         let mut notes = Vec::new();
         self.with_store(|s| {
             for request in s.open_requests()? {
@@ -374,16 +379,17 @@ impl Agent {
                 notes.push(note);
             }
             let mut continued = std::collections::BTreeSet::new();
-            for mut row in s.jobs()? {
-                if executor::adopt_legacy_pending(&mut row) {
-                    s.put_job(&row)?;
+            let mut rows = s.jobs()?;
+            for row in &mut rows {
+                if executor::adopt_legacy_pending(row) {
+                    s.put_job(row)?;
                     notes.push(format!(
                         "{}: a deployment in flight from an older agent continues as phase {}",
                         row.job_id, row.phase
                     ));
                 }
                 if row.phase_json.is_some()
-                    && let Some(intent) = executor::phase_of(&row)
+                    && let Some(intent) = Phase::of_record(row)
                         .operation()
                         .and_then(|op| op.audit_intent)
                 {
@@ -403,9 +409,9 @@ impl Agent {
                 warn!(recovery = %note);
                 notes.push(note);
             }
-            Ok(())
-        })?;
-        Ok(notes)
+            Ok(rows)
+        })
+        .map(|rows| (notes, rows))
     }
 
     async fn fetch_and_verify(

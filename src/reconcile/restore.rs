@@ -8,7 +8,6 @@
 //! offered again.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
 use serde::Serialize;
 
@@ -151,26 +150,41 @@ pub fn from_checkpoint_stats(stats: &CheckpointStats) -> (Vec<Candidate>, Vec<St
     (offered, discarded)
 }
 
+/// The complete entries (folders holding `_metadata`) of a local `file:` folder: each entry's
+/// name, the time its `_metadata` was written (epoch ms) and its path. `None` for other storage.
+fn complete_entries(dir: &str) -> Option<Vec<(String, i64, std::path::PathBuf)>> {
+    if !(dir.starts_with("file:") || dir.starts_with('/')) {
+        return None;
+    }
+    let entries = std::fs::read_dir(normalize(dir)).ok()?;
+    Some(
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                let modified = std::fs::metadata(entry.path().join("_metadata"))
+                    .ok()?
+                    .modified()
+                    .ok()?;
+                let taken_at_ms = modified
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()?
+                    .as_millis() as i64;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                Some((name, taken_at_ms, entry.path()))
+            })
+            .collect(),
+    )
+}
+
 /// The newest complete checkpoint (`chk-N` holding `_metadata`) of `flink_job_id` under a local
 /// `file:` checkpoint directory; `None` for other storage or when there is none.
 pub fn scan_checkpoint_storage(checkpoint_dir: &str, flink_job_id: &str) -> Option<Candidate> {
-    if !(checkpoint_dir.starts_with("file:") || checkpoint_dir.starts_with('/')) {
-        return None;
-    }
-    let folder = Path::new(&normalize(checkpoint_dir)).join(flink_job_id);
-    let entries = std::fs::read_dir(&folder).ok()?;
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|entry| {
-            let name = entry.file_name().to_string_lossy().into_owned();
+    let folder = format!("{}/{flink_job_id}", checkpoint_dir.trim_end_matches('/'));
+    complete_entries(&folder)?
+        .into_iter()
+        .filter_map(|(name, taken_at_ms, path)| {
             let number: u64 = name.strip_prefix("chk-")?.parse().ok()?;
-            let metadata = entry.path().join("_metadata");
-            let modified = std::fs::metadata(&metadata).ok()?.modified().ok()?;
-            let taken_at_ms = modified
-                .duration_since(std::time::UNIX_EPOCH)
-                .ok()?
-                .as_millis() as i64;
-            Some((number, taken_at_ms, entry.path()))
+            Some((number, taken_at_ms, path))
         })
         .max_by_key(|(number, _, _)| *number)
         .map(|(_, taken_at_ms, path)| Candidate {
@@ -186,27 +200,12 @@ pub fn scan_checkpoint_storage(checkpoint_dir: &str, flink_job_id: &str) -> Opti
 /// one job share their first 16, so this finds a savepoint whose completion the agent never saw
 /// (killed while Flink took it, then the JobManager forgot the operation).
 pub fn scan_savepoint_storage(savepoint_dir: &str, flink_job_id: &str) -> Option<Candidate> {
-    if !(savepoint_dir.starts_with("file:") || savepoint_dir.starts_with('/')) {
-        return None;
-    }
     let prefix = format!("savepoint-{}-", flink_job_id.get(..6)?);
-    let entries = std::fs::read_dir(normalize(savepoint_dir)).ok()?;
-    entries
-        .filter_map(Result::ok)
-        .filter(|entry| entry.file_name().to_string_lossy().starts_with(&prefix))
-        .filter_map(|entry| {
-            let modified = std::fs::metadata(entry.path().join("_metadata"))
-                .ok()?
-                .modified()
-                .ok()?;
-            let taken_at_ms = modified
-                .duration_since(std::time::UNIX_EPOCH)
-                .ok()?
-                .as_millis() as i64;
-            Some((taken_at_ms, entry.path()))
-        })
-        .max_by_key(|(taken_at_ms, _)| *taken_at_ms)
-        .map(|(taken_at_ms, path)| Candidate {
+    complete_entries(savepoint_dir)?
+        .into_iter()
+        .filter(|(name, _, _)| name.starts_with(&prefix))
+        .max_by_key(|(_, taken_at_ms, _)| *taken_at_ms)
+        .map(|(_, taken_at_ms, path)| Candidate {
             path: format!("file:{}", path.display()),
             taken_at_ms,
             savepoint: true,

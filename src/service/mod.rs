@@ -451,7 +451,8 @@ async fn poll_and_reconcile(
     }
     // A job backing off is tried again when its wait is over, not at the next interval.
     let now_ms = chrono::Utc::now().timestamp_millis();
-    if let Some(retry_at) = agent.records().ok().and_then(|records| {
+    let records = agent.records().ok();
+    if let Some(retry_at) = records.as_ref().and_then(|records| {
         records
             .iter()
             .filter_map(|r| r.retry_at_ms)
@@ -515,16 +516,12 @@ async fn poll_and_reconcile(
         shared.metrics.last_sync.set(unix_now());
         shared.update(|s| s.last_applied = Some(head.clone()));
     }
-    if let Ok(records) = agent.records() {
+    if let Some(records) = records {
         shared.metrics.jobs.clear();
         shared.metrics.job_phases.clear();
         shared.metrics.job_failures.clear();
         for record in &records {
-            let phase = if record.phase.is_empty() {
-                "steady".to_string()
-            } else {
-                record.phase.clone()
-            };
+            let phase = record.phase_name().to_string();
             shared
                 .metrics
                 .job_phases

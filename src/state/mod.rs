@@ -118,6 +118,17 @@ pub struct JobRecord {
     pub rejected_spec_hash: Option<String>,
 }
 
+impl JobRecord {
+    /// The lifecycle phase's name; a record built in memory without one is `steady`.
+    pub fn phase_name(&self) -> &str {
+        if self.phase.is_empty() {
+            "steady"
+        } else {
+            &self.phase
+        }
+    }
+}
+
 /// A savepoint or retained checkpoint the agent knows of for a job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RestorePoint {
@@ -482,7 +493,7 @@ impl StateStore {
                     now_rfc3339(),
                     record.deployment_json,
                     record.pending_json,
-                    if record.phase.is_empty() { "steady" } else { record.phase.as_str() },
+                    record.phase_name(),
                     record.phase_json,
                     record.failures,
                     record.permanent_failures,
@@ -583,6 +594,14 @@ impl StateStore {
                 params![key, value],
             )
             .map_err(sqlite(&self.path, "write meta"))?;
+        Ok(())
+    }
+
+    /// Removes a value from the key/value table.
+    pub fn remove_meta(&self, key: &str) -> Result<(), StateError> {
+        self.connection
+            .execute("DELETE FROM meta WHERE key = ?1", [key])
+            .map_err(sqlite(&self.path, "delete meta"))?;
         Ok(())
     }
 
