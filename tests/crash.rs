@@ -3,14 +3,9 @@
 
 mod support;
 
+use flink_gitops::reconcile::restore::normalize as normalized;
 use flink_gitops::state::StateStore;
 use support::*;
-
-fn normalized(path: &str) -> String {
-    path.trim_start_matches("file:")
-        .trim_start_matches("//")
-        .to_string()
-}
 
 /// The health gate shortened to 1 s: every round passes it once or twice.
 fn fast_gate(spec: String) -> String {
@@ -79,9 +74,7 @@ fn a_killed_upgrade_is_completed_by_the_next_start() {
             store.open_intents().unwrap().is_empty(),
             "{step}: every intent has an outcome"
         );
-        let restored = flink_json(&format!("/jobs/{running}/checkpoints"))["latest"]["restored"]["external_path"]
-            .as_str()
-            .map(normalized);
+        let restored = restored_from(&running).as_deref().map(normalized);
         assert_eq!(
             restored,
             record.last_savepoint.as_deref().map(normalized),

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
+use flink_gitops::reconcile::restore::normalize as normalized;
 use flink_gitops::state::StateStore;
 use support::*;
 
@@ -49,33 +50,12 @@ impl Drop for ClusterBack {
     }
 }
 
-fn normalized(path: &str) -> String {
-    path.trim_start_matches("file:")
-        .trim_start_matches("//")
-        .trim_end_matches('/')
-        .to_string()
-}
-
-fn restored_from(jid: &str) -> Option<String> {
-    flink_json(&format!("/jobs/{jid}/checkpoints"))["latest"]["restored"]["external_path"]
-        .as_str()
-        .map(str::to_string)
-}
-
 /// The newest complete retained checkpoint of `jid` on disk, with its time.
 fn newest_checkpoint_on_disk(jid: &str) -> Option<(SystemTime, String)> {
-    std::fs::read_dir(flink_dir().join("checkpoints").join(jid))
-        .ok()?
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with("chk-"))
-        .filter_map(|e| {
-            let modified = std::fs::metadata(e.path().join("_metadata"))
-                .ok()?
-                .modified()
-                .ok()?;
-            Some((modified, e.path().display().to_string()))
-        })
+    complete_folders(&flink_dir().join("checkpoints").join(jid), "chk-")
+        .into_iter()
         .max()
+        .map(|(modified, path)| (modified, path.display().to_string()))
 }
 
 #[test]

@@ -2,20 +2,10 @@
 
 mod support;
 
+use flink_gitops::reconcile::restore::same_path as same_savepoint;
 use flink_gitops::state::StateStore;
 use serde_json::Value;
 use support::*;
-
-fn restored_from(jid: &str) -> Option<String> {
-    flink_json(&format!("/jobs/{jid}/checkpoints"))["latest"]["restored"]["external_path"]
-        .as_str()
-        .map(str::to_string)
-}
-
-fn same_savepoint(a: &str, b: &str) -> bool {
-    a.trim_start_matches("file:").trim_start_matches("//")
-        == b.trim_start_matches("file:").trim_start_matches("//")
-}
 
 fn expect(report: &Value, job_id: &str, action: &str, outcome: &str) -> Value {
     let entry = outcome_of(report, job_id).clone();

@@ -61,13 +61,15 @@ async fn setup() -> Setup {
     }
 }
 
-fn record(s: &Setup) -> JobRecord {
+/// The agent's state database, read-only (the agent holds it).
+fn store(s: &Setup) -> StateStore {
     StateStore::open_read_only(&s.work.path().join("state"))
         .unwrap()
         .unwrap()
-        .job(JOB)
-        .unwrap()
-        .unwrap()
+}
+
+fn record(s: &Setup) -> JobRecord {
+    store(s).job(JOB).unwrap().unwrap()
 }
 
 fn alive(s: &Setup) -> Vec<String> {
@@ -331,11 +333,7 @@ async fn a_savepoint_flink_keeps_refusing_blocks_the_job_and_retry_brings_it_bac
     );
     assert!(record(&s).spec_json.contains("\"parallelism\":2"));
     assert_eq!(alive(&s).len(), 1);
-    let audit = StateStore::open_read_only(&s.work.path().join("state"))
-        .unwrap()
-        .unwrap()
-        .audit_log()
-        .unwrap();
+    let audit = store(&s).audit_log().unwrap();
     assert!(
         audit
             .iter()
@@ -447,11 +445,7 @@ async fn a_state_flink_cannot_find_is_marked_and_the_next_newest_is_restored() {
     let upgraded = agent.apply_once().await.unwrap();
     assert!(upgraded.converged());
     let savepoint = upgraded.jobs[0].savepoint.clone().unwrap();
-    let points = StateStore::open_read_only(&s.work.path().join("state"))
-        .unwrap()
-        .unwrap()
-        .restore_points(JOB)
-        .unwrap();
+    let points = store(&s).restore_points(JOB).unwrap();
     // The newest known state is v2's checkpoint (recorded when it was promoted); it is gone.
     let newest = points.first().unwrap().path.clone();
     assert_ne!(newest, savepoint);
@@ -466,11 +460,7 @@ async fn a_state_flink_cannot_find_is_marked_and_the_next_newest_is_restored() {
         Some(savepoint.as_str()),
         "the next newest state"
     );
-    let points = StateStore::open_read_only(&s.work.path().join("state"))
-        .unwrap()
-        .unwrap()
-        .restore_points(JOB)
-        .unwrap();
+    let points = store(&s).restore_points(JOB).unwrap();
     let marked = points.iter().find(|p| p.path == newest).unwrap();
     assert!(
         marked

@@ -15,13 +15,14 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flink_gitops::plan::{flink_job_prefix, is_alive};
+use flink_gitops::reconcile::restore::normalize as normalized;
 use flink_gitops::state::StateStore;
 use serde_json::Value;
 use support::*;
@@ -157,37 +158,12 @@ impl Drop for Sampler {
     }
 }
 
-fn normalized(path: &str) -> String {
-    path.trim_start_matches("file:")
-        .trim_start_matches("//")
-        .trim_end_matches('/')
-        .to_string()
-}
-
-/// `(mtime, folder)` of every `_metadata` under `dir/*/`.
-fn metadata_under(dir: &Path, name_prefix: &str) -> Vec<(std::time::SystemTime, PathBuf)> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with(name_prefix))
-        .filter_map(|e| {
-            let modified = std::fs::metadata(e.path().join("_metadata"))
-                .ok()?
-                .modified()
-                .ok()?;
-            Some((modified, e.path()))
-        })
-        .collect()
-}
-
 /// The newest restorable state of a job whose savepoints go to `savepoint_dir` and whose
 /// previous instance was `predecessor`.
 fn newest_restorable(savepoint_dir: &str, predecessor: Option<&str>) -> Option<String> {
-    let mut found = metadata_under(Path::new(&normalized(savepoint_dir)), "savepoint-");
+    let mut found = complete_folders(Path::new(&normalized(savepoint_dir)), "savepoint-");
     if let Some(jid) = predecessor {
-        found.extend(metadata_under(
+        found.extend(complete_folders(
             &flink_dir().join("checkpoints").join(jid),
             "chk-",
         ));
@@ -196,12 +172,6 @@ fn newest_restorable(savepoint_dir: &str, predecessor: Option<&str>) -> Option<S
         .into_iter()
         .max_by_key(|(modified, _)| *modified)
         .map(|(_, path)| path.display().to_string())
-}
-
-fn restored_from(jid: &str) -> Option<String> {
-    flink_json(&format!("/jobs/{jid}/checkpoints"))["latest"]["restored"]["external_path"]
-        .as_str()
-        .map(str::to_string)
 }
 
 /// Runs `apply` and SIGKILLs it after `after`; returns whether it was still running then.

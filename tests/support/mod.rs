@@ -299,6 +299,32 @@ pub fn flink_json(path: &str) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
 }
 
+/// The savepoint or checkpoint a job of the shared cluster was started from.
+pub fn restored_from(jid: &str) -> Option<String> {
+    flink_json(&format!("/jobs/{jid}/checkpoints"))["latest"]["restored"]["external_path"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// `(time its _metadata was written, folder)` of every complete savepoint or checkpoint folder
+/// directly under `dir` whose name starts with `name_prefix`.
+pub fn complete_folders(dir: &Path, name_prefix: &str) -> Vec<(std::time::SystemTime, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(name_prefix))
+        .filter_map(|e| {
+            let modified = std::fs::metadata(e.path().join("_metadata"))
+                .ok()?
+                .modified()
+                .ok()?;
+            Some((modified, e.path()))
+        })
+        .collect()
+}
+
 /// Cancels a job on the shared cluster.
 pub fn cancel_flink_job(jid: &str) {
     let _ = Command::new("curl")
