@@ -86,6 +86,14 @@ struct RawRepo {
     #[serde(default)]
     auth: RawRepoAuth,
     watch: Option<bool>,
+    fetch_timeout: Option<String>,
+    tls: Option<RawRepoTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRepoTls {
+    ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -95,6 +103,7 @@ struct RawRepoAuth {
     token_file: Option<String>,
     ssh_key_file: Option<String>,
     ssh_key_passphrase_file: Option<String>,
+    known_hosts_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,6 +213,12 @@ pub struct RepoConfig {
     pub auth: RepoAuth,
     /// For a local repository: watch its refs and poll at once when they change.
     pub watch: bool,
+    /// What kind of remote `url` is.
+    pub remote: crate::git::Remote,
+    /// The longest a whole fetch may take, however slowly the server answers.
+    pub fetch_timeout: Duration,
+    /// A CA certificate (PEM) trusted for an https remote, besides the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Credentials for a remote spec repository; every secret is a file path.
@@ -217,6 +232,8 @@ pub struct RepoAuth {
     pub ssh_key_file: Option<PathBuf>,
     /// File holding the passphrase of that key.
     pub ssh_key_passphrase_file: Option<PathBuf>,
+    /// The only host keys an ssh remote may present (OpenSSH `known_hosts` format).
+    pub known_hosts_file: Option<PathBuf>,
 }
 
 /// Which commits must carry a trusted signature.
@@ -336,6 +353,13 @@ impl Config {
         })?;
         let config = Self::parse(&text, path)?;
         config.check_secret_files()?;
+        if let Some(file) = &config.repo.auth.known_hosts_file {
+            crate::git::KnownHosts::load(file).map_err(|e| ConfigError::Invalid {
+                path: config.source.clone(),
+                field: "repo.auth.known_hosts_file".into(),
+                reason: e.to_string(),
+            })?;
+        }
         Ok(config)
     }
 
@@ -366,6 +390,14 @@ impl Config {
             FlinkAuth::Bearer(file) => files.push(("flink.auth.bearer_token_file", file, true)),
             FlinkAuth::Basic { password_file, .. } => {
                 files.push(("flink.auth.password_file", password_file, true))
+            }
+        }
+        for (field, file) in [
+            ("repo.auth.known_hosts_file", &auth.known_hosts_file),
+            ("repo.tls.ca_file", &self.repo.ca_file),
+        ] {
+            if let Some(file) = file {
+                files.push((field, file, false));
             }
         }
         let tls = &self.flink.tls;
@@ -448,10 +480,12 @@ impl Config {
                 "must not carry credentials (they would show in logs and status); use repo.auth.username and repo.auth.token_file".into(),
             ));
         }
-        let repo_url = if repo_url.contains("://") || repo_url.contains('@') {
-            repo_url
-        } else {
+        let remote =
+            crate::git::Remote::parse(&repo_url).map_err(|reason| invalid("repo.url", reason))?;
+        let repo_url = if remote == crate::git::Remote::Local && !repo_url.contains("://") {
             resolve(Path::new(&repo_url)).to_string_lossy().into_owned()
+        } else {
+            repo_url
         };
         let branch = raw.repo.branch.unwrap_or_else(|| "main".into());
         if branch.is_empty() || git2::Branch::name_is_valid(&branch).ok() != Some(true) {
@@ -479,11 +513,66 @@ impl Config {
                 "repo.auth.ssh_key_passphrase_file",
                 &raw.repo.auth.ssh_key_passphrase_file,
             )?,
+            known_hosts_file: raw
+                .repo
+                .auth
+                .known_hosts_file
+                .as_deref()
+                .map(|p| resolve(Path::new(p))),
         };
         if auth.token_file.is_some() && auth.ssh_key_file.is_some() {
             return Err(invalid(
                 "repo.auth",
                 "set either token_file (https) or ssh_key_file (ssh), not both".into(),
+            ));
+        }
+        let ca_file = raw
+            .repo
+            .tls
+            .and_then(|tls| tls.ca_file)
+            .map(|p| resolve(Path::new(&p)));
+        match &remote {
+            crate::git::Remote::Ssh { .. } => {
+                if auth.ssh_key_file.is_none() {
+                    return Err(invalid(
+                        "repo.auth.ssh_key_file",
+                        "an ssh remote needs a private key file".into(),
+                    ));
+                }
+                if auth.known_hosts_file.is_none() {
+                    return Err(invalid(
+                        "repo.auth.known_hosts_file",
+                        "an ssh remote needs a known_hosts file with the server's host keys (there is no trust on first use)".into(),
+                    ));
+                }
+            }
+            _ if auth.ssh_key_file.is_some() || auth.known_hosts_file.is_some() => {
+                return Err(invalid(
+                    "repo.auth",
+                    "ssh_key_file and known_hosts_file are for ssh remotes only".into(),
+                ));
+            }
+            crate::git::Remote::Http if auth.token_file.is_some() => {
+                return Err(invalid(
+                    "repo.auth.token_file",
+                    "plain http:// would send the token in clear text; use an https:// remote"
+                        .into(),
+                ));
+            }
+            _ => {}
+        }
+        if ca_file.is_some() && remote != crate::git::Remote::Https {
+            return Err(invalid(
+                "repo.tls.ca_file",
+                "is for https remotes only".into(),
+            ));
+        }
+        let fetch_timeout = duration_field(raw.repo.fetch_timeout, "2m")
+            .map_err(|reason| invalid("repo.fetch_timeout", reason))?;
+        if fetch_timeout < Duration::from_secs(1) || fetch_timeout > Duration::from_secs(3600) {
+            return Err(invalid(
+                "repo.fetch_timeout",
+                "must be between 1s and 1h".into(),
             ));
         }
 
@@ -678,6 +767,9 @@ impl Config {
                 poll_interval,
                 auth,
                 watch: raw.repo.watch.unwrap_or(true),
+                remote,
+                fetch_timeout,
+                ca_file,
             },
             trust,
             flink: FlinkConfig {

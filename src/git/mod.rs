@@ -1,8 +1,17 @@
 //! The spec repository: a bare mirror in the state directory, fetched with git2, read without a work tree.
 
-use std::path::{Path, PathBuf};
+mod remote;
 
-use git2::{FetchOptions, Oid, RemoteCallbacks, Repository};
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use git2::{CertificateCheckStatus, FetchOptions, Oid, RemoteCallbacks, Repository};
+
+pub use remote::{HostKeyError, KnownHosts, Remote, fingerprint};
 
 use crate::config::RepoConfig;
 
@@ -18,14 +27,14 @@ pub enum GitError {
         source: git2::Error,
     },
     /// Fetching from the remote failed.
-    #[error("fetching {url} (branch {branch}): {}", source.message())]
+    #[error("fetching {url} (branch {branch}): {reason}")]
     Fetch {
         /// The remote URL.
         url: String,
         /// The branch.
         branch: String,
-        /// The git error.
-        source: git2::Error,
+        /// Why: the agent's own refusal (host key, credentials, deadline) or git's error.
+        reason: String,
     },
     /// The branch does not exist on the remote.
     #[error("branch `{branch}` not found in {url}")]
@@ -103,47 +112,46 @@ impl GitSource {
     }
 
     /// Fetches the branch and returns its head. Unchanged remotes transfer no objects.
+    ///
+    /// The fetch runs on a thread of its own so that `repo.fetch_timeout` bounds it whatever the server
+    /// does; a fetch still running after its deadline is abandoned, and the next one waits for it to end.
     pub fn fetch(&self) -> Result<Oid, GitError> {
-        let fetch_error = |source| GitError::Fetch {
+        let mirror = self.repo.path().to_path_buf();
+        let in_flight = InFlight::claim(&mirror).ok_or_else(|| GitError::Fetch {
             url: self.config.url.clone(),
             branch: self.config.branch.clone(),
-            source,
-        };
-        let mut remote = self.repo.find_remote("origin").map_err(fetch_error)?;
-        let mut callbacks = RemoteCallbacks::new();
-        let auth = self.config.auth.clone();
-        let secrets = Secrets::load(&auth)?;
-        let mut attempts = 0;
-        callbacks.credentials(move |_url, username_from_url, allowed| {
-            attempts += 1;
-            if attempts > 3 {
-                return Err(git2::Error::from_str("authentication failed (credentials refused)"));
+            reason: "the previous fetch, abandoned after repo.fetch_timeout, is still running"
+                .into(),
+        })?;
+        let config = self.config.clone();
+        let deadline = Instant::now() + config.fetch_timeout;
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("git-fetch".into())
+            .spawn(move || {
+                let _in_flight = in_flight;
+                let _ = sender.send(fetch_into(&mirror, &config, deadline));
+            })
+            .map_err(|e| GitError::Fetch {
+                url: self.config.url.clone(),
+                branch: self.config.branch.clone(),
+                reason: format!("cannot start the fetch thread: {e}"),
+            })?;
+        // A little grace beyond the deadline lets the thread report its own, more precise, error.
+        let wait = self.config.fetch_timeout + Duration::from_secs(2);
+        match receiver.recv_timeout(wait) {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(GitError::Fetch {
+                    url: self.config.url.clone(),
+                    branch: self.config.branch.clone(),
+                    reason: format!(
+                        "no complete answer within repo.fetch_timeout ({})",
+                        humantime::format_duration(self.config.fetch_timeout)
+                    ),
+                });
             }
-            let user = auth.username.as_deref().or(username_from_url).unwrap_or("git");
-            if let Some(key) = auth.ssh_key_file.as_ref().filter(|_| allowed.contains(git2::CredentialType::SSH_KEY)) {
-                return git2::Cred::ssh_key(user, None, key, secrets.passphrase.as_deref());
-            }
-            if let Some(token) = secrets
-                .token
-                .as_ref()
-                .filter(|_| allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT))
-            {
-                return git2::Cred::userpass_plaintext(user, token);
-            }
-            Err(git2::Error::from_str(
-                "the remote asks for credentials; set repo.auth.token_file (https) or repo.auth.ssh_key_file (ssh)",
-            ))
-        });
-        let mut options = FetchOptions::new();
-        options.remote_callbacks(callbacks);
-        options.download_tags(git2::AutotagOption::None);
-        remote
-            .fetch(
-                &[Self::refspec_for(&self.config.branch)],
-                Some(&mut options),
-                None,
-            )
-            .map_err(fetch_error)?;
+        }
         self.head()?.ok_or_else(|| GitError::NoBranch {
             url: self.config.url.clone(),
             branch: self.config.branch.clone(),
@@ -166,6 +174,204 @@ impl GitSource {
     pub fn repo(&self) -> &Repository {
         &self.repo
     }
+}
+
+/// Mirrors with a fetch thread still running, so that an abandoned fetch is never joined by a second one.
+static FETCHES_IN_FLIGHT: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+
+struct InFlight(PathBuf);
+
+impl InFlight {
+    fn claim(mirror: &Path) -> Option<InFlight> {
+        let mut fetches = FETCHES_IN_FLIGHT
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        fetches
+            .get_or_insert_with(HashSet::new)
+            .insert(mirror.to_path_buf())
+            .then(|| InFlight(mirror.to_path_buf()))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(fetches) = FETCHES_IN_FLIGHT
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            fetches.remove(&self.0);
+        }
+    }
+}
+
+/// The CA file last handed to libgit2, whose TLS settings are process-wide.
+static CA_FILE_IN_USE: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+fn use_ca_file(file: &Path) -> Result<(), git2::Error> {
+    let mut in_use = CA_FILE_IN_USE
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if in_use.as_deref() != Some(file) {
+        // SAFETY: libgit2 reads this option when it opens a TLS connection; the lock above serialises
+        // changes, and an agent has one repository, so every fetch sees the same value.
+        unsafe { git2::opts::set_ssl_cert_file(file)? };
+        *in_use = Some(file.to_path_buf());
+    }
+    Ok(())
+}
+
+fn set_network_timeouts(timeout: Duration) -> Result<(), git2::Error> {
+    let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: process-wide libgit2 options, read when a connection is made; a stale value only makes
+    // one connection's per-read timeout differ, and the fetch deadline still bounds the whole fetch.
+    unsafe {
+        git2::opts::set_server_connect_timeout_in_milliseconds(millis)?;
+        git2::opts::set_server_timeout_in_milliseconds(millis)?;
+    }
+    Ok(())
+}
+
+/// One fetch into the mirror at `mirror`, on the calling thread, giving up at `deadline`.
+fn fetch_into(mirror: &Path, config: &RepoConfig, deadline: Instant) -> Result<(), GitError> {
+    let fetch_error = |reason: String| GitError::Fetch {
+        url: config.url.clone(),
+        branch: config.branch.clone(),
+        reason,
+    };
+    let repo = Repository::open_bare(mirror).map_err(|source| GitError::Cache {
+        path: mirror.to_path_buf(),
+        source,
+    })?;
+    let mut remote = repo
+        .find_remote("origin")
+        .map_err(|e| fetch_error(e.message().to_string()))?;
+    set_network_timeouts(config.fetch_timeout).map_err(|e| fetch_error(e.message().to_string()))?;
+    if let Some(ca_file) = &config.ca_file {
+        use_ca_file(ca_file).map_err(|e| {
+            fetch_error(format!(
+                "repo.tls.ca_file {}: {}",
+                ca_file.display(),
+                e.message()
+            ))
+        })?;
+    }
+    let known_hosts = config
+        .auth
+        .known_hosts_file
+        .as_deref()
+        .map(KnownHosts::load)
+        .transpose()
+        .map_err(|e| fetch_error(e.to_string()))?;
+    let secrets = Secrets::load(&config.auth)?;
+    // The agent's own reason for refusing, which libgit2 would otherwise reduce to a generic message.
+    let refusal: Rc<RefCell<Option<String>>> = Rc::new(RefCell::new(None));
+
+    let mut callbacks = RemoteCallbacks::new();
+    let auth = config.auth.clone();
+    let credential_refusal = Rc::clone(&refusal);
+    let mut attempts = 0;
+    callbacks.credentials(move |_url, username_from_url, allowed| {
+        attempts += 1;
+        let user = auth.username.as_deref().or(username_from_url).unwrap_or("git");
+        let refuse = |reason: String| {
+            *credential_refusal.borrow_mut() = Some(reason.clone());
+            Err(git2::Error::from_str(&reason))
+        };
+        if attempts > 1 {
+            let source = match (&auth.token_file, &auth.ssh_key_file) {
+                (Some(file), _) => format!("the token in {}", file.display()),
+                (None, Some(file)) => format!("the key in {}", file.display()),
+                (None, None) => "no credentials".into(),
+            };
+            return refuse(format!(
+                "authentication failed: the remote refused {source} for user `{user}`"
+            ));
+        }
+        if let Some(key) = auth
+            .ssh_key_file
+            .as_ref()
+            .filter(|_| allowed.contains(git2::CredentialType::SSH_KEY))
+        {
+            return git2::Cred::ssh_key(user, None, key, secrets.passphrase.as_deref());
+        }
+        if allowed.contains(git2::CredentialType::USERNAME) {
+            return git2::Cred::username(user);
+        }
+        if let Some(token) = secrets
+            .token
+            .as_ref()
+            .filter(|_| allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT))
+        {
+            return git2::Cred::userpass_plaintext(user, token);
+        }
+        refuse(
+            "the remote asks for credentials; set repo.auth.token_file (https) or repo.auth.ssh_key_file (ssh)"
+                .into(),
+        )
+    });
+    let ssh_endpoint = match &config.remote {
+        Remote::Ssh { host, port, .. } => Some((host.clone(), *port)),
+        _ => None,
+    };
+    let host_key_refusal = Rc::clone(&refusal);
+    callbacks.certificate_check(move |certificate, _host| {
+        let Some(host_key) = certificate.as_hostkey() else {
+            // X.509 for https: libgit2 checks the chain and name against the system's CAs and repo.tls.ca_file.
+            return Ok(CertificateCheckStatus::CertificatePassthrough);
+        };
+        let refuse = |reason: String| {
+            *host_key_refusal.borrow_mut() = Some(reason.clone());
+            Err(git2::Error::new(
+                git2::ErrorCode::Certificate,
+                git2::ErrorClass::Ssh,
+                reason,
+            ))
+        };
+        let (Some((host, port)), Some(known_hosts)) = (&ssh_endpoint, &known_hosts) else {
+            return refuse(
+                "an ssh host key was offered, but no repo.auth.known_hosts_file is set".into(),
+            );
+        };
+        let Some(key) = host_key.hostkey() else {
+            return refuse("the ssh server's host key could not be read".into());
+        };
+        match known_hosts.check(host, *port, key) {
+            Ok(()) => Ok(CertificateCheckStatus::CertificateOk),
+            Err(e) => refuse(e.to_string()),
+        }
+    });
+    let past_deadline = move || Instant::now() >= deadline;
+    callbacks.transfer_progress(move |_| !past_deadline());
+    callbacks.sideband_progress(move |_| !past_deadline());
+    let mut options = FetchOptions::new();
+    options.remote_callbacks(callbacks);
+    options.download_tags(git2::AutotagOption::None);
+    let result = remote.fetch(
+        &[GitSource::refspec_for(&config.branch)],
+        Some(&mut options),
+        None,
+    );
+    drop(options);
+    result.map_err(|e| {
+        let reason = refusal.borrow_mut().take();
+        fetch_error(match reason {
+            Some(reason) => reason,
+            None if Instant::now() >= deadline => format!(
+                "no complete answer within repo.fetch_timeout ({})",
+                humantime::format_duration(config.fetch_timeout)
+            ),
+            None if e.class() == git2::ErrorClass::Ssl
+                || e.code() == git2::ErrorCode::Certificate =>
+            {
+                format!(
+                    "{} (a server with a private CA needs repo.tls.ca_file)",
+                    e.message()
+                )
+            }
+            None => e.message().to_string(),
+        })
+    })
 }
 
 struct Secrets {
