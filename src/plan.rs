@@ -1,6 +1,6 @@
 //! The pure meeting point of desired (git), observed (Flink) and recorded (SQLite) state.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -153,14 +153,19 @@ pub fn plan(
         .chain(records.keys().copied())
         .collect();
 
+    // One pass over the cluster's jobs, keyed by the 16-hex prefix that names the spec job they belong to.
+    let mut by_prefix: HashMap<&str, Vec<&JobOverview>> = HashMap::new();
+    for job in cluster_jobs.into_iter().flatten() {
+        if let Some(prefix) = job.jid.get(..16) {
+            by_prefix.entry(prefix).or_default().push(job);
+        }
+    }
     let mut claimed: BTreeSet<&str> = BTreeSet::new();
     let mut jobs = Vec::new();
     for job_id in ids {
         let record = records.get(job_id).copied();
         let prefix = flink_job_prefix(job_id);
-        let mine: Vec<&JobOverview> = cluster_jobs
-            .map(|all| all.iter().filter(|j| j.jid.starts_with(&prefix)).collect())
-            .unwrap_or_default();
+        let mine: Vec<&JobOverview> = by_prefix.get(prefix.as_str()).cloned().unwrap_or_default();
         claimed.extend(mine.iter().map(|j| j.jid.as_str()));
         let recorded_instance = record
             .and_then(|r| r.flink_job_id.as_deref())
@@ -314,15 +319,15 @@ pub fn plan(
         jobs.push(entry);
     }
 
+    let recorded_instances: HashSet<&str> = recorded
+        .iter()
+        .filter_map(|r| r.flink_job_id.as_deref())
+        .collect();
     let unmanaged = cluster_jobs
         .map(|all| {
             all.iter()
                 .filter(|j| is_alive(&j.state) && !claimed.contains(j.jid.as_str()))
-                .filter(|j| {
-                    !recorded
-                        .iter()
-                        .any(|r| r.flink_job_id.as_deref() == Some(j.jid.as_str()))
-                })
+                .filter(|j| !recorded_instances.contains(j.jid.as_str()))
                 .cloned()
                 .collect()
         })

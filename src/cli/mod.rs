@@ -759,11 +759,33 @@ async fn status(
         Some(store) => store.last_runs()?,
         None => Vec::new(),
     };
+    // Keyed once, so that status stays linear in the number of jobs.
+    let desired_set: std::collections::HashSet<&String> = desired_ids.iter().copied().collect();
+    let records_by_id: std::collections::HashMap<&str, &crate::state::JobRecord> = snap
+        .records
+        .iter()
+        .map(|r| (r.job_id.as_str(), r))
+        .collect();
+    let mut last_run_by_id = std::collections::HashMap::new();
+    for run in &last_runs {
+        last_run_by_id.entry(run.job_id.as_str()).or_insert(run);
+    }
+    let cluster_by_jid: std::collections::HashMap<&str, &JobOverview> =
+        cluster_jobs.iter().map(|j| (j.jid.as_str(), j)).collect();
+    let mut alive_by_prefix = std::collections::HashMap::new();
+    for job in cluster_jobs
+        .iter()
+        .filter(|j| crate::plan::is_alive(&j.state))
+    {
+        if let Some(prefix) = job.jid.get(..16) {
+            alive_by_prefix.entry(prefix).or_insert(job);
+        }
+    }
     let jobs = ids
         .into_iter()
         .map(|id| {
-            let record = snap.records.iter().find(|r| &r.job_id == id);
-            let last_run = last_runs.iter().find(|r| &r.job_id == id).map(|run| {
+            let record = records_by_id.get(id.as_str()).copied();
+            let last_run = last_run_by_id.get(id.as_str()).map(|run| {
                 format!(
                     "{} {} (submitted {})",
                     run.status.as_str(),
@@ -785,15 +807,11 @@ async fn status(
             let prefix = crate::plan::flink_job_prefix(id);
             let instance = record
                 .and_then(|r| r.flink_job_id.as_deref())
-                .and_then(|jid| cluster_jobs.iter().find(|j| j.jid == jid))
-                .or_else(|| {
-                    cluster_jobs
-                        .iter()
-                        .find(|j| j.jid.starts_with(&prefix) && crate::plan::is_alive(&j.state))
-                });
+                .and_then(|jid| cluster_by_jid.get(jid).copied())
+                .or_else(|| alive_by_prefix.get(prefix.as_str()).copied());
             JobStatus {
                 job_id: id.clone(),
-                desired_commit: desired_ids.contains(&id).then(|| snap.head.clone()),
+                desired_commit: desired_set.contains(id).then(|| snap.head.clone()),
                 applied_commit: record.map(|r| r.commit_id.clone()),
                 recorded_status: record.map(|r| r.status.clone()),
                 last_run,
