@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,6 +14,9 @@ use crate::util::{parse_duration, read_file_limited};
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/flink-gitops/config.yaml";
 
 const CONFIG_SIZE_LIMIT: u64 = 1024 * 1024;
+/// Upper bound of `server.max_connections`; the service also refuses a value that would take more
+/// than half of the process's open-file limit (see `service::check_fd_budget`).
+const MAX_CONNECTIONS_LIMIT: usize = 16384;
 
 /// Why a configuration file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +161,9 @@ struct RawServer {
     listen: Option<String>,
     webhook_secret_file: Option<String>,
     ready_window: Option<String>,
+    max_connections: Option<usize>,
+    header_timeout: Option<String>,
+    request_timeout: Option<String>,
 }
 
 /// The validated configuration.
@@ -332,6 +339,13 @@ pub struct ServerConfig {
     pub webhook_secret_file: Option<PathBuf>,
     /// `/readyz` fails when the last poll or cluster contact is older than this.
     pub ready_window: Duration,
+    /// Connections held open at once; each costs a file descriptor that git and SQLite also need.
+    pub max_connections: NonZeroUsize,
+    /// How long a connection may take to send a request's headers, counted from when it opens or
+    /// its previous response was sent (so also the keep-alive idle limit).
+    pub header_timeout: Duration,
+    /// How long one request may take, body and handler included.
+    pub request_timeout: Duration,
 }
 
 impl Config {
@@ -716,6 +730,33 @@ impl Config {
         )?;
         let ready_window = duration_field(raw.server.ready_window, "5m")
             .map_err(|reason| invalid("server.ready_window", reason))?;
+        let Some(max_connections) = NonZeroUsize::new(raw.server.max_connections.unwrap_or(256))
+            .filter(|n| n.get() <= MAX_CONNECTIONS_LIMIT)
+        else {
+            return Err(invalid(
+                "server.max_connections",
+                format!("must be between 1 and {MAX_CONNECTIONS_LIMIT}"),
+            ));
+        };
+        let header_timeout = duration_field(raw.server.header_timeout, "5s")
+            .map_err(|reason| invalid("server.header_timeout", reason))?;
+        if header_timeout < Duration::from_millis(100) || header_timeout > Duration::from_secs(300)
+        {
+            return Err(invalid(
+                "server.header_timeout",
+                "must be between 100ms and 5m".into(),
+            ));
+        }
+        let server_request_timeout = duration_field(raw.server.request_timeout, "30s")
+            .map_err(|reason| invalid("server.request_timeout", reason))?;
+        if server_request_timeout < Duration::from_millis(100)
+            || server_request_timeout > Duration::from_secs(600)
+        {
+            return Err(invalid(
+                "server.request_timeout",
+                "must be between 100ms and 10m".into(),
+            ));
+        }
         let reconcile_interval = duration_field(raw.reconcile.interval, "1m")
             .map_err(|reason| invalid("reconcile.interval", reason))?;
         if reconcile_interval < Duration::from_secs(1) {
@@ -784,6 +825,9 @@ impl Config {
                 listen,
                 webhook_secret_file,
                 ready_window,
+                max_connections,
+                header_timeout,
+                request_timeout: server_request_timeout,
             },
             reconcile: ReconcileConfig {
                 interval: reconcile_interval,
@@ -823,6 +867,9 @@ mod tests {
         assert_eq!(config.flink.url.as_str(), "http://127.0.0.1:8081/");
         assert_eq!(config.flink.request_timeout, Duration::from_secs(30));
         assert_eq!(config.server.listen.port(), 9464);
+        assert_eq!(config.server.max_connections.get(), 256);
+        assert_eq!(config.server.header_timeout, Duration::from_secs(5));
+        assert_eq!(config.server.request_timeout, Duration::from_secs(30));
     }
 
     #[test]
@@ -869,6 +916,22 @@ mod tests {
             (
                 "repo: { url: /x }\ntrust: { allowed_signers: k }\nserver: { listen: 'nowhere' }\n",
                 "server.listen",
+            ),
+            (
+                "repo: { url: /x }\ntrust: { allowed_signers: k }\nserver: { max_connections: 0 }\n",
+                "server.max_connections",
+            ),
+            (
+                "repo: { url: /x }\ntrust: { allowed_signers: k }\nserver: { max_connections: 100000 }\n",
+                "server.max_connections",
+            ),
+            (
+                "repo: { url: /x }\ntrust: { allowed_signers: k }\nserver: { header_timeout: 10ms }\n",
+                "server.header_timeout",
+            ),
+            (
+                "repo: { url: /x }\ntrust: { allowed_signers: k }\nserver: { request_timeout: 1h }\n",
+                "server.request_timeout",
             ),
             (
                 "repo: { url: /x, jobs_dir: ../up }\ntrust: { allowed_signers: k }\n",

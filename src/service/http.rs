@@ -12,12 +12,17 @@ use hmac::{KeyInit, Mac};
 use serde_json::json;
 use tracing::{info, warn};
 
+use super::connections::{ConnectionMetrics, Limits};
 use super::{Shared, metrics::Metrics, unix_now};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 /// Serves until the task is aborted.
-pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, limits: Limits) {
+    let counted = ConnectionMetrics {
+        open: shared.metrics.http_connections.clone(),
+        evicted: shared.metrics.http_evicted.clone(),
+    };
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -26,9 +31,7 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
         .route("/webhook", post(webhook))
         .layer(DefaultBodyLimit::max(1024 * 1024))
         .with_state(shared);
-    if let Err(e) = axum::serve(listener, app).await {
-        warn!(error = %e, "HTTP server stopped");
-    }
+    super::connections::serve(listener, app, limits, counted).await;
 }
 
 async fn healthz() -> &'static str {

@@ -62,6 +62,10 @@ pub struct Metrics {
     pub job_phases: Family<StateLabels, Gauge>,
     /// Failed tries in a row, per job that has any (0 is not exported).
     pub job_failures: Family<JobLabels, Gauge>,
+    /// HTTP connections open now.
+    pub http_connections: Gauge<i64, AtomicI64>,
+    /// HTTP connections closed to make room for a newer one.
+    pub http_evicted: Counter,
 }
 
 /// Labels of per-job series.
@@ -143,8 +147,22 @@ impl Metrics {
             "Batch runs recorded, by status (running, finished, failed, timed_out...)",
             batch_runs.clone(),
         );
+        let http_connections = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "http_connections",
+            "HTTP connections open now, at most server.max_connections",
+            http_connections.clone(),
+        );
+        let http_evicted = Counter::default();
+        registry.register(
+            "http_evicted_connections",
+            "HTTP connections closed because the table was full and a newer one came",
+            http_evicted.clone(),
+        );
         Metrics {
             registry,
+            http_connections,
+            http_evicted,
             reconcile_duration,
             actions,
             jobs,

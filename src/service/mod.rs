@@ -1,6 +1,7 @@
 //! `flink-gitops run`: the long-running service (poll loop, webhook triggers, HTTP endpoints,
 //! systemd notification, signals).
 
+pub mod connections;
 pub mod http;
 pub mod metrics;
 
@@ -121,6 +122,19 @@ fn read_secret(path: &Option<PathBuf>) -> Result<Option<Vec<u8>>, AgentError> {
         .transpose()
 }
 
+/// Refuses a connection limit that could take the descriptors git, SQLite and Flink requests need:
+/// at most half of the process's open-file limit goes to HTTP connections.
+fn check_fd_budget(config: &Config) -> Result<(), AgentError> {
+    let wanted = config.server.max_connections.get() as u64;
+    match connections::open_file_limit() {
+        Some(limit) if wanted > limit / 2 => Err(AgentError::Config(format!(
+            "server.max_connections {wanted} would take more than half of the {limit} open files \
+             this process may have (systemd LimitNOFILE=); lower it or raise the limit"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn notify(states: &[sd_notify::NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
         warn!(error = %e, "systemd notification failed");
@@ -130,6 +144,7 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
 /// Runs the service until SIGTERM or SIGINT. Returns when shut down cleanly.
 pub async fn run(config_path: &Path) -> Result<(), AgentError> {
     let config = Config::load(config_path).map_err(|e| AgentError::Config(e.to_string()))?;
+    check_fd_budget(&config)?;
     let agent = Arc::new(Agent::open(config.clone())?);
     let shared = Arc::new(Shared {
         status: RwLock::new(ServiceStatus::default()),
@@ -143,7 +158,11 @@ pub async fn run(config_path: &Path) -> Result<(), AgentError> {
         .await
         .map_err(|e| AgentError::Config(format!("server.listen {}: {e}", config.server.listen)))?;
     info!(listen = %config.server.listen, "HTTP server listening");
-    let server = tokio::spawn(http::serve(listener, Arc::clone(&shared)));
+    let server = tokio::spawn(http::serve(
+        listener,
+        Arc::clone(&shared),
+        connections::Limits::of(&config.server),
+    ));
     if let Some(watchdog) = sd_notify::watchdog_enabled() {
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
@@ -265,6 +284,9 @@ fn reload(
         }
         if config.server.listen != old.server.listen {
             return Err("server.listen cannot change while running; restart the service".into());
+        }
+        if connections::Limits::of(&config.server) != connections::Limits::of(&old.server) {
+            return Err("server.max_connections, header_timeout and request_timeout cannot change while running; restart the service".into());
         }
         crate::revision::TrustMaterial::load(&config).map_err(|e| e.to_string())?;
         let secret = read_secret(&config.server.webhook_secret_file).map_err(|e| e.to_string())?;

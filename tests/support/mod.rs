@@ -1,6 +1,7 @@
 //! Shared test fixtures: real git repositories, the shared real Flink cluster, the binary.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod tls;
 
 use std::path::{Path, PathBuf};
