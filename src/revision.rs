@@ -123,7 +123,9 @@ impl RevisionError {
     /// Label for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {
-            RevisionError::Range(RangeError::Rollback { .. }) => "rollback",
+            RevisionError::Range(
+                RangeError::Rollback { .. } | RangeError::LostWatermark { .. },
+            ) => "rollback",
             RevisionError::Range(RangeError::Teleport { .. }) => "teleport",
             RevisionError::Range(_) => "range",
             RevisionError::Commit { .. } => "signature",
@@ -282,22 +284,144 @@ pub fn record_verified(store: &StateStore, revision: &VerifiedRevision) -> Resul
     Ok(())
 }
 
-/// Where verification starts: the watermark, else the configured start commit, else the head alone.
+/// Where verification starts: the newest watermark that can still be found, else the configured
+/// start commit, else the head alone.
+///
+/// `watermark` is the state database's, `kept` the copy beside it that outlives the database
+/// ([`crate::state::kept_watermark`]). Normally they are equal. When they differ the newer one wins
+/// (a database restored from an older backup must not reopen the range it had already closed); two
+/// watermarks on different lines of history are an error for the operator, never a guess. With no
+/// database watermark the kept one wins over `trust.start_commit` unless the start commit is newer.
 pub fn verification_start(
     repo: &Repository,
     config: &Config,
     watermark: Option<&str>,
+    kept: Option<&str>,
 ) -> Result<Start, String> {
-    if let Some(w) = watermark {
-        let oid = Oid::from_str(w).map_err(|e| format!("watermark `{w}` in the state DB: {e}"))?;
-        return Ok(Start::Watermark(oid));
+    let recorded = watermark
+        .map(|w| Oid::from_str(w).map_err(|e| format!("watermark `{w}` in the state DB: {e}")))
+        .transpose()?;
+    let kept = kept
+        .map(|w| {
+            Oid::from_str(w)
+                .map_err(|e| format!("watermark `{w}` in {}: {e}", crate::state::WATERMARK_FILE))
+        })
+        .transpose()?;
+    newest_start(repo, recorded, kept, || {
+        config
+            .trust
+            .start_commit
+            .as_ref()
+            .map(|rev| {
+                repo.revparse_single(rev)
+                    .and_then(|o| o.peel_to_commit())
+                    .map(|c| c.id())
+                    .map_err(|e| format!("trust.start_commit `{rev}`: {}", e.message()))
+            })
+            .transpose()
+    })
+}
+
+/// [`verification_start`] once the commits are parsed; `configured` is only resolved when no
+/// database watermark makes it irrelevant (a broken start commit must not stop a running agent).
+fn newest_start(
+    repo: &Repository,
+    recorded: Option<Oid>,
+    kept: Option<Oid>,
+    configured: impl FnOnce() -> Result<Option<Oid>, String>,
+) -> Result<Start, String> {
+    // Is `a` newer than `b` on one line of history?
+    let newer = |a: Oid, b: Oid| {
+        repo.graph_descendant_of(a, b).map_err(|e| {
+            format!(
+                "comparing the watermarks {a} and {b} (is the commit still in the mirror?): {}",
+                e.message()
+            )
+        })
+    };
+    match (recorded, kept) {
+        (Some(w), None) => return Ok(Start::Watermark(w)),
+        (Some(w), Some(k)) if w == k => return Ok(Start::Watermark(w)),
+        (Some(w), Some(k)) => {
+            return if newer(k, w)? {
+                Ok(Start::Watermark(k))
+            } else if newer(w, k)? {
+                Ok(Start::Watermark(w))
+            } else {
+                Err(format!(
+                    "the state DB's watermark {w} and the one kept in {} ({k}) are on different lines of history; if one of them is intended, run `flink-gitops apply --accept-rollback-to <the branch head>` once",
+                    crate::state::WATERMARK_FILE
+                ))
+            };
+        }
+        (None, _) => {}
     }
-    match &config.trust.start_commit {
-        Some(rev) => repo
-            .revparse_single(rev)
-            .and_then(|o| o.peel_to_commit())
-            .map(|c| Start::Configured(c.id()))
-            .map_err(|e| format!("trust.start_commit `{rev}`: {}", e.message())),
-        None => Ok(Start::HeadOnly),
+    Ok(match (kept, configured()?) {
+        // A start commit configured after the last verified head: it still implies the watermark.
+        (Some(k), Some(s)) if s != k && newer(s, k)? => Start::Configured(s),
+        (Some(k), _) => Start::Kept(k),
+        (None, Some(s)) => Start::Configured(s),
+        (None, None) => Start::HeadOnly,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A repository with `base ← old ← new` and `base ← other`, made with git2 (no signatures:
+    /// choosing the start only walks the graph).
+    fn history() -> (tempfile::TempDir, Repository, [Oid; 4]) {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        let signature = git2::Signature::now("t", "t@example.com").unwrap();
+        let tree_id = repo.treebuilder(None).unwrap().write().unwrap();
+        let commit = |message: &str, parent: Option<Oid>| {
+            let parents: Vec<_> = parent
+                .map(|p| repo.find_commit(p).unwrap())
+                .into_iter()
+                .collect();
+            let parents: Vec<_> = parents.iter().collect();
+            let tree = repo.find_tree(tree_id).unwrap();
+            repo.commit(None, &signature, &signature, message, &tree, &parents)
+                .unwrap()
+        };
+        let base = commit("base", None);
+        let old = commit("old", Some(base));
+        let new = commit("new", Some(old));
+        let other = commit("other", Some(base));
+        (dir, repo, [base, old, new, other])
+    }
+
+    #[test]
+    fn the_newest_watermark_that_can_be_found_wins() {
+        let (_dir, repo, [base, old, new, other]) = history();
+        let none = || Ok(None);
+        let start = |recorded, kept, configured: Option<Oid>| {
+            newest_start(&repo, recorded, kept, || Ok(configured))
+        };
+        // A database restored from an older backup does not reopen what the kept copy closed.
+        assert_eq!(start(Some(old), Some(new), None), Ok(Start::Watermark(new)));
+        // A kept copy behind the database (a crash between the two writes): the database wins.
+        assert_eq!(start(Some(new), Some(old), None), Ok(Start::Watermark(new)));
+        let diverged = start(Some(new), Some(other), None).unwrap_err();
+        assert!(
+            diverged.contains(&new.to_string()) && diverged.contains(&other.to_string()),
+            "{diverged}"
+        );
+        // A lost database: the kept copy, unless the configured start commit is newer.
+        assert_eq!(start(None, Some(new), Some(base)), Ok(Start::Kept(new)));
+        assert_eq!(start(None, Some(new), Some(new)), Ok(Start::Kept(new)));
+        assert_eq!(
+            start(None, Some(old), Some(new)),
+            Ok(Start::Configured(new))
+        );
+        assert_eq!(start(None, Some(new), Some(other)), Ok(Start::Kept(new)));
+        assert_eq!(start(None, None, Some(base)), Ok(Start::Configured(base)));
+        assert_eq!(newest_start(&repo, None, None, none), Ok(Start::HeadOnly));
+        assert_eq!(
+            newest_start(&repo, Some(old), None, || Err("never read".into())),
+            Ok(Start::Watermark(old))
+        );
     }
 }

@@ -431,6 +431,63 @@ fn a_commit_to_a_local_repo_is_seen_at_once_by_the_watcher() {
 }
 
 #[test]
+fn deleting_the_state_database_makes_the_service_unready_and_exit_for_a_restart() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = flink_gitops::testing::FakeFlink::new();
+    let address = runtime.block_on(fake.serve()).unwrap();
+    let repo = SpecRepo::new();
+    repo.write("jobs/placeholder.txt", "nothing to run");
+    repo.commit("no jobs");
+    let work = tempfile::tempdir().unwrap();
+    let config = service_config(work.path(), &repo, &format!("http://{address}"), "", "1s");
+    let mut daemon = Daemon::start(&config, work.path().join("daemon.log"), &[]);
+    daemon.wait_for("ready", Duration::from_secs(30), |d| {
+        d.get("/readyz").0 == 200
+    });
+
+    let db = work.path().join("state/state.db");
+    std::fs::remove_file(&db).unwrap();
+    daemon.wait_for(
+        "503 naming the lost database",
+        Duration::from_secs(5),
+        |d| {
+            let (code, body) = d.get("/readyz");
+            code == 503 && body.contains(&db.display().to_string()) && body.contains("deleted")
+        },
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running with its database deleted; log:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = daemon.log_text();
+    assert_eq!(
+        status.code(),
+        Some(i32::from(flink_gitops::cli::EXIT_STATE_LOST)),
+        "{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains("ERROR")
+            && l.contains("STATE DATABASE LOST")
+            && l.contains(&db.display().to_string())),
+        "{log}"
+    );
+
+    // What systemd does next: the service starts again on a fresh database.
+    let daemon = Daemon::start(&config, work.path().join("restart.log"), &[]);
+    daemon.wait_for("ready after the restart", Duration::from_secs(30), |d| {
+        d.get("/readyz").0 == 200
+    });
+}
+
+#[test]
 fn a_failing_repository_is_polled_with_backoff_not_in_a_tight_loop() {
     let repo = SpecRepo::new();
     repo.write("jobs/.keep", "").commit("empty");

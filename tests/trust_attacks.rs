@@ -982,3 +982,100 @@ fn verified_commits_are_recorded_with_their_signer_and_first_sight() {
         String::from_utf8_lossy(&output.stdout)
     );
 }
+
+#[test]
+fn a_lost_state_db_keeps_the_watermark_and_only_the_operator_accepts_a_rollback() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = flink_gitops::testing::FakeFlink::new();
+    let address = runtime.block_on(fake.serve()).unwrap();
+    let f = Fixture::new("{author}");
+    f.repo.write("jobs/placeholder.txt", "one");
+    let c1 = f.repo.commit("c1");
+    f.repo.write("jobs/placeholder.txt", "two");
+    let c2 = f.repo.commit("c2");
+    let work = tempfile::tempdir().unwrap();
+    // With trust.start_commit at C1, a fresh state alone would accept C1 again: the kept
+    // watermark, newer than the start commit, must win.
+    let config = write_config_with(
+        work.path(),
+        f.repo.path(),
+        &format!("http://{address}"),
+        &f.repo.signer.line(BOTH),
+        &format!("artifacts: optional\nstart_commit: {c1}"),
+    );
+    let config_arg = config.to_str().unwrap();
+    let applied = flink_gitops_json(&["apply", "-c", config_arg, "--output", "json"], 0);
+    assert_eq!(applied["revision"], c2.as_str(), "{applied}");
+
+    let state = work.path().join("state");
+    for name in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(state.join(name));
+    }
+    f.repo.git(&["reset", "-q", "--hard", &c1]);
+    let refused = flink_gitops_json(&["apply", "-c", config_arg, "--output", "json"], 1);
+    assert_eq!(refused["refused"][0], "rollback", "{refused}");
+    let message = refused["refused"][1].as_str().unwrap();
+    assert!(
+        message.contains(&c1) && message.contains(&c2),
+        "names the head and the kept watermark: {message}"
+    );
+    assert!(
+        message.contains(&format!("--accept-rollback-to {c1}")),
+        "{message}"
+    );
+    let plan = flink_gitops_json(&["plan", "-c", config_arg, "--output", "json"], 1);
+    assert_eq!(plan["refused"]["kind"], "rollback", "{plan}");
+
+    // The override names the commit the operator looked at; another one is refused.
+    let wrong = flink_gitops(&["apply", "-c", config_arg, "--accept-rollback-to", &c2]);
+    assert_eq!(wrong.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(stderr.contains("not that commit"), "{stderr}");
+
+    let accepted = flink_gitops_json(
+        &[
+            "apply",
+            "-c",
+            config_arg,
+            "--output",
+            "json",
+            "--accept-rollback-to",
+            &c1,
+        ],
+        0,
+    );
+    assert_eq!(accepted["revision"], c1.as_str(), "{accepted}");
+    let store = flink_gitops::state::StateStore::open_read_only(&state)
+        .unwrap()
+        .unwrap();
+    let audit = store.audit_log().unwrap();
+    let intent = audit
+        .iter()
+        .find(|e| e.action == "accept-rollback" && e.phase == "intent")
+        .unwrap_or_else(|| panic!("no accept-rollback intent in {audit:?}"));
+    let detail = intent.detail.as_deref().unwrap();
+    assert!(
+        detail.contains(&c2) && detail.contains("\"by\""),
+        "{detail}"
+    );
+    assert_eq!(intent.commit_id.as_deref(), Some(c1.as_str()));
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.intent_id == Some(intent.id) && e.result.as_deref() == Some("ok")),
+        "{audit:?}"
+    );
+    assert_eq!(
+        store.meta("watermark").unwrap().as_deref(),
+        Some(c1.as_str())
+    );
+    assert_eq!(
+        flink_gitops::state::kept_watermark(&state)
+            .unwrap()
+            .as_deref(),
+        Some(c1.as_str())
+    );
+    drop(store);
+    // One-shot: the next pass needs no flag, and nothing more is accepted.
+    flink_gitops_json(&["apply", "-c", config_arg, "--output", "json"], 0);
+}

@@ -28,6 +28,9 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FINDINGS: u8 = 1;
 /// Exit code: bad usage or configuration.
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code: `state.db` was deleted or replaced while the agent had it open; it stopped acting
+/// (systemd's `Restart=on-failure` starts it again on the file that is there now).
+pub const EXIT_STATE_LOST: u8 = 3;
 
 /// GitOps agent for Apache Flink: keeps a Flink cluster in step with a Git repository of signed job specs.
 #[derive(Debug, Parser)]
@@ -131,6 +134,12 @@ pub enum Command {
         /// Output format.
         #[arg(long, short, value_enum, default_value_t)]
         output: OutputFormat,
+        /// Accept this commit as the new head although it does not descend from the anti-rollback
+        /// watermark (a branch reset on purpose, or a watermark that outlived a lost state DB). It
+        /// must be the branch head and is still verified; this one pass moves the watermark to it,
+        /// and the audit log records who did it.
+        #[arg(long, value_name = "COMMIT")]
+        accept_rollback_to: Option<String>,
     },
     /// Ask the agent to try a blocked or backing-off job again now, without a new commit (audited).
     ///
@@ -191,6 +200,19 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
     }
 }
 
+/// The exit code an agent error maps to.
+fn agent_failure(error: crate::reconcile::AgentError) -> Failure {
+    use crate::reconcile::AgentError;
+    match error {
+        AgentError::Config(_) | AgentError::Trust(_) => usage(error),
+        AgentError::State(crate::state::StateError::Lost { .. }) => Failure {
+            code: EXIT_STATE_LOST,
+            error: error.into(),
+        },
+        other => Failure::from(other),
+    }
+}
+
 fn usage(error: impl Into<anyhow::Error>) -> Failure {
     Failure {
         code: EXIT_USAGE,
@@ -229,15 +251,15 @@ pub async fn run(cli: Cli) -> ExitCode {
         .map_err(Failure::from)
         .and_then(|r| r),
         Command::Plan { config, output } => plan(&config, output).await,
-        Command::Apply { config, output } => apply(&config, output).await,
+        Command::Apply {
+            config,
+            output,
+            accept_rollback_to,
+        } => apply(&config, output, accept_rollback_to).await,
         Command::Run { config } => crate::service::run(&config)
             .await
             .map(|()| EXIT_OK)
-            .map_err(|e| match e {
-                crate::reconcile::AgentError::Config(_)
-                | crate::reconcile::AgentError::Trust(_) => usage(e),
-                other => Failure::from(other),
-            }),
+            .map_err(agent_failure),
         Command::Status {
             config,
             output,
@@ -539,17 +561,26 @@ async fn snapshot(config_path: &std::path::Path, fetch: bool) -> Result<Snapshot
                 _ => source.fetch()?,
             };
             let store = StateStore::open_read_only(&config.state.dir)?;
-            let watermark = match &store {
+            let recorded = match &store {
                 Some(s) => s.meta("watermark")?,
                 None => None,
             };
+            let kept = crate::state::kept_watermark(&config.state.dir)?;
             let records = match &store {
                 Some(s) => s.jobs()?,
                 None => Vec::new(),
             };
-            let start =
-                crate::revision::verification_start(source.repo(), &config, watermark.as_deref())
-                    .map_err(|e| usage(anyhow::anyhow!(e)))?;
+            let start = crate::revision::verification_start(
+                source.repo(),
+                &config,
+                recorded.as_deref(),
+                kept.as_deref(),
+            )
+            .map_err(|e| usage(anyhow::anyhow!(e)))?;
+            let watermark = match start {
+                Start::Watermark(w) | Start::Kept(w) => Some(w.to_string()),
+                _ => None,
+            };
             let revision = verify_revision(
                 source.repo(),
                 &config,
@@ -948,15 +979,26 @@ fn verify(
     Ok(if report.ok { EXIT_OK } else { EXIT_FINDINGS })
 }
 
-async fn apply(config_path: &std::path::Path, format: OutputFormat) -> Result<u8, Failure> {
+async fn apply(
+    config_path: &std::path::Path,
+    format: OutputFormat,
+    accept_rollback_to: Option<String>,
+) -> Result<u8, Failure> {
     let config = load_config(config_path)?;
-    let agent = crate::reconcile::Agent::open(config).map_err(|e| match e {
-        crate::reconcile::AgentError::Trust(_) | crate::reconcile::AgentError::Config(_) => {
-            usage(e)
+    let mut agent = crate::reconcile::Agent::open(config).map_err(agent_failure)?;
+    if let Some(commit) = accept_rollback_to {
+        let by = std::env::var("SUDO_USER")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_else(|_| user_name(&current_uid()));
+        agent = agent.accept_rollback(crate::reconcile::RollbackAcceptance { commit, by });
+    }
+    // A failed pass is a failed operation (1), whatever its cause, except a lost database (3).
+    let report = agent.apply_once().await.map_err(|e| match e {
+        crate::reconcile::AgentError::State(crate::state::StateError::Lost { .. }) => {
+            agent_failure(e)
         }
         other => Failure::from(other),
     })?;
-    let report = agent.apply_once().await?;
     match format {
         OutputFormat::Json => output::print_json(&report)?,
         OutputFormat::Text => output::print_apply(&report),

@@ -36,14 +36,54 @@ use crate::revision::{
     verification_start, verify_revision,
 };
 use crate::spec::{DesiredJob, JobType};
-use crate::state::{JobRecord, StateError, StateStore};
+use crate::state::{DbIdentity, JobRecord, StateError, StateStore};
 use crate::trust::AllowedSignersError;
+use crate::trust::commits::Start;
 
 pub use deployment::{Deployment, Pending, PendingKind};
 use jars::cache_jars;
 use lifecycle::Phase;
 pub use policy::StepError;
 pub use report::{ApplyReport, JobOutcome, Outcome};
+
+/// For `--accept-rollback-to`: why the head needs accepting (the refusal it overrides), or `None`
+/// when it descends from the watermark anyway. The named commit must be the head: an operator
+/// accepts the commit they looked at, not whatever the branch points to by then.
+fn accepted_rollback(
+    repo: &git2::Repository,
+    acceptance: &RollbackAcceptance,
+    head: git2::Oid,
+    start: &Result<Start, String>,
+) -> Result<Option<String>, AgentError> {
+    let named = repo
+        .revparse_single(&acceptance.commit)
+        .and_then(|o| o.peel_to_commit())
+        .map(|c| c.id())
+        .map_err(|e| {
+            AgentError::Config(format!(
+                "--accept-rollback-to {}: {}",
+                acceptance.commit,
+                e.message()
+            ))
+        })?;
+    if named != head {
+        return Err(AgentError::Config(format!(
+            "--accept-rollback-to {named}: the branch head is {head}, not that commit; nothing was accepted"
+        )));
+    }
+    Ok(match start {
+        Err(problem) => Some(problem.clone()),
+        Ok(Start::Watermark(w) | Start::Kept(w))
+            if *w != head && !repo.graph_descendant_of(head, *w).unwrap_or(false) =>
+        {
+            Some(format!("the head does not descend from the watermark {w}"))
+        }
+        Ok(_) => {
+            info!(%head, "--accept-rollback-to: the head descends from the watermark; nothing to accept");
+            None
+        }
+    })
+}
 
 /// Why a pass could not run at all (as opposed to a job failing, which the report carries).
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +150,20 @@ pub struct Agent {
     downloads: reqwest::Client,
     /// When the batch scheduler needs the next pass; recomputed by every pass.
     batch_wakeup: Mutex<Option<chrono::DateTime<chrono::Utc>>>,
+    /// The database file as opened: checked before the pass writes, and by the service loop.
+    state_identity: DbIdentity,
+    /// An operator's one-shot acceptance of a head that does not descend from the watermark.
+    accept_rollback: Option<RollbackAcceptance>,
+}
+
+/// `apply --accept-rollback-to COMMIT`: this one pass may move the watermark to `commit` although
+/// it does not descend from it. The commit must be the branch head and is still verified alone.
+#[derive(Debug, Clone)]
+pub struct RollbackAcceptance {
+    /// The commit the operator names (any revision the mirror resolves).
+    pub commit: String,
+    /// Who accepted it, for the audit log.
+    pub by: String,
 }
 
 /// What a pass knows of the cluster and the revision it applies.
@@ -138,6 +192,7 @@ impl Agent {
     /// Takes the state directory (refusing if another agent holds it) and loads the trust material.
     pub fn open(config: Config) -> Result<Agent, AgentError> {
         let store = StateStore::open_exclusive(&config.state.dir)?;
+        let state_identity = store.identity().clone();
         let trust = TrustMaterial::load(&config)?;
         let client = FlinkClient::from_config(&config.flink)?;
         let cache_dir = config.state.dir.join("artifacts");
@@ -159,7 +214,22 @@ impl Agent {
             trust: Arc::new(trust),
             cache_dir,
             batch_wakeup: Mutex::new(None),
+            state_identity,
+            accept_rollback: None,
         })
+    }
+
+    /// Lets the next pass accept `acceptance.commit` as the head although it does not descend
+    /// from the watermark (see [`RollbackAcceptance`]).
+    pub fn accept_rollback(mut self, acceptance: RollbackAcceptance) -> Agent {
+        self.accept_rollback = Some(acceptance);
+        self
+    }
+
+    /// `Err(StateError::Lost)` once `state.db` was deleted or replaced under the agent: from then
+    /// on its writes reach nobody, so it must stop. Costs one `stat`, and takes no lock.
+    pub fn check_state(&self) -> Result<(), StateError> {
+        self.state_identity.check()
     }
 
     /// The Flink client.
@@ -352,7 +422,11 @@ impl Agent {
                 .map(|j| format!("{}: {}", j.job_id, j.message))
                 .collect();
             let (outcome, detail) = if failed.is_empty() { ("applied", None) } else { ("failed", Some(failed.join("; "))) };
-            self.with_store(|s| s.record_revision_outcome(&head, outcome, detail.as_deref()))?;
+            // "applied" written into a deleted database would be read by nobody; say so instead.
+            self.with_store(|s| {
+                s.check_identity()?;
+                s.record_revision_outcome(&head, outcome, detail.as_deref())
+            })?;
             info!(outcome, jobs = report.jobs.len(), "pass finished");
             Ok(report)
         }
@@ -422,6 +496,7 @@ impl Agent {
         let trust = Arc::clone(&self.trust);
         let cache_dir = self.cache_dir.clone();
         let verified_cache = Arc::clone(&self.verified);
+        let accept = self.accept_rollback.clone();
         tokio::task::spawn_blocking(move || -> Result<_, AgentError> {
             let source = GitSource::open(&config.state.dir.join("repo.git"), &config.repo)?;
             let head = source.fetch()?;
@@ -436,9 +511,41 @@ impl Agent {
             let guard = store
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
+            // Nothing is verified into (nor a watermark written to) a database nobody will read.
+            guard.check_identity()?;
             let watermark = guard.meta("watermark")?;
-            let start = verification_start(source.repo(), &config, watermark.as_deref())
-                .map_err(AgentError::Config)?;
+            let kept = crate::state::kept_watermark(&config.state.dir)?;
+            let start = verification_start(
+                source.repo(),
+                &config,
+                watermark.as_deref(),
+                kept.as_deref(),
+            );
+            let accepted = match &accept {
+                Some(acceptance) => accepted_rollback(source.repo(), acceptance, head, &start)?,
+                None => None,
+            };
+            let start = match &accepted {
+                // The operator vouches for the history; the head itself must still be signed.
+                Some(_) => Start::HeadOnly,
+                None => start.map_err(AgentError::Config)?,
+            };
+            let intent = match (&accepted, &accept) {
+                (Some(refusal), Some(acceptance)) => Some(guard.audit_intent(
+                    Some(&head.to_string()),
+                    None,
+                    AuditAction::AcceptRollback,
+                    &json!({
+                        "head": head.to_string(),
+                        "watermark": watermark,
+                        "kept_watermark": kept,
+                        "refused_because": refusal,
+                        "by": acceptance.by,
+                    })
+                    .to_string(),
+                )?),
+                _ => None,
+            };
             let verified = verify_revision(
                 source.repo(),
                 &config,
@@ -450,7 +557,11 @@ impl Agent {
             match &verified {
                 Ok(revision) => {
                     record_verified(&guard, revision)?;
-                    guard.set_meta("watermark", &head.to_string())?;
+                    guard.set_watermark(&head.to_string())?;
+                    if let Some(intent) = intent {
+                        warn!(head = %head, "rollback accepted by the operator: the watermark moved to the head");
+                        guard.audit_outcome(intent, "ok", &json!({"watermark": head.to_string()}).to_string())?;
+                    }
                     cache_jars(source.repo(), revision, &cache_dir).map_err(AgentError::Config)?;
                     *verified_cache
                         .lock()
@@ -463,6 +574,9 @@ impl Agent {
                         "refused",
                         Some(&error.to_string()),
                     )?;
+                    if let Some(intent) = intent {
+                        guard.audit_outcome(intent, "refused", &json!({"error": error.to_string()}).to_string())?;
+                    }
                 }
             }
             Ok((head.to_string(), verified))

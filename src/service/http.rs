@@ -47,8 +47,16 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     let now = unix_now();
     let status = shared.status();
     let mut reasons = Vec::new();
-    if shared.agent().is_none_or(|agent| agent.records().is_err()) {
-        reasons.push("the state database is not open".to_string());
+    match shared.agent() {
+        None => reasons.push("the state database is not open".to_string()),
+        // Checked here too, not only by the loop: readiness must drop the moment the file goes.
+        Some(agent) => match agent.check_state() {
+            Err(lost) => reasons.push(lost.to_string()),
+            Ok(()) if agent.records().is_err() => {
+                reasons.push("the state database is not open".to_string())
+            }
+            Ok(()) => {}
+        },
     }
     match status.last_poll_ok {
         Some(at) if now - at <= window => {}

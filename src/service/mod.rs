@@ -188,6 +188,9 @@ pub async fn run(config_path: &Path) -> Result<(), AgentError> {
     let mut next_reconcile = tokio::time::Instant::now();
     let mut failures: u32 = 0;
     loop {
+        agent
+            .check_state()
+            .map_err(|lost| state_lost(&agent, &server, lost))?;
         // One poll, and a pass when the head moved or the reconcile interval came round.
         let stopped = {
             let pass =
@@ -219,6 +222,10 @@ pub async fn run(config_path: &Path) -> Result<(), AgentError> {
         if stopped {
             break;
         }
+        // A pass that found the database gone ends here, before READY=1 or another status line.
+        agent
+            .check_state()
+            .map_err(|lost| state_lost(&agent, &server, lost))?;
         if !ready_sent {
             notify(&[sd_notify::NotifyState::Ready]);
             ready_sent = true;
@@ -268,6 +275,28 @@ pub async fn run(config_path: &Path) -> Result<(), AgentError> {
     server.abort();
     info!("stopped");
     Ok(())
+}
+
+/// The database was deleted or replaced under the agent: log it loudly, stop acting, and return
+/// the error that makes `run` exit non-zero ([`crate::cli::EXIT_STATE_LOST`]) so systemd restarts
+/// the service on the file that is there now (the kept watermark still guards against rollback).
+fn state_lost(
+    agent: &Agent,
+    server: &tokio::task::JoinHandle<()>,
+    lost: crate::state::StateError,
+) -> AgentError {
+    error!(
+        path = %agent.config().state.dir.join("state.db").display(),
+        error = %lost,
+        "STATE DATABASE LOST: stopping the agent"
+    );
+    notify(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status(&format!("state database lost: {lost}")),
+    ]);
+    agent.shutdown_token().cancel();
+    server.abort();
+    AgentError::State(lost)
 }
 
 /// Loads and checks the new configuration completely before the running agent is replaced.

@@ -2,11 +2,14 @@
 
 mod migrations;
 mod runs;
+mod watermark;
 
 pub use runs::{RunRecord, RunStatus, ScheduleCursor};
+pub use watermark::{WATERMARK_FILE, kept_watermark};
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -57,6 +60,25 @@ pub enum StateError {
         found: i64,
         /// The newest this binary knows.
         supported: i64,
+    },
+    /// The database file was deleted or replaced after the store opened it: every write since goes
+    /// to a file nobody will read again, and the watermark in it is lost at the next start.
+    #[error(
+        "state database {path} was {what} while the agent had it open; its writes would be lost, so the agent stops (restart it to continue from the file that is there now; the watermark kept in the file `watermark` beside it still guards against rollback)"
+    )]
+    Lost {
+        /// The database file.
+        path: PathBuf,
+        /// Deleted, replaced by another file, or unreadable.
+        what: String,
+    },
+    /// The watermark kept beside the database could not be read or written.
+    #[error("watermark file {path}: {problem}")]
+    KeptWatermark {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        problem: String,
     },
     /// A read-only open found a database that needs migrating first.
     #[error(
@@ -240,6 +262,9 @@ pub enum AuditAction {
     BatchRun,
     /// A batch job's spec revision was recorded.
     Schedule,
+    /// An operator accepted a head that does not descend from the watermark
+    /// (`apply --accept-rollback-to`).
+    AcceptRollback,
 }
 
 impl AuditAction {
@@ -269,6 +294,7 @@ impl AuditAction {
             AuditAction::DeleteJar => "delete-jar",
             AuditAction::BatchRun => "batch-run",
             AuditAction::Schedule => "schedule",
+            AuditAction::AcceptRollback => "accept-rollback",
         }
     }
 }
@@ -296,10 +322,61 @@ pub struct AuditEntry {
     pub detail: Option<String>,
 }
 
+/// The database file as the store opened it (device and inode), to notice when the path later
+/// names another file or none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbIdentity {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl DbIdentity {
+    fn of(path: &Path) -> Result<DbIdentity, StateError> {
+        let metadata = std::fs::metadata(path).map_err(|source| StateError::Io {
+            dir: path.to_path_buf(),
+            source,
+        })?;
+        Ok(DbIdentity {
+            path: path.to_path_buf(),
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `Ok` while the path still names the file that was opened; one `stat`, cheap enough for
+    /// every loop iteration and every `/readyz`.
+    pub fn check(&self) -> Result<(), StateError> {
+        let lost = |what: String| StateError::Lost {
+            path: self.path.clone(),
+            what,
+        };
+        match std::fs::metadata(&self.path) {
+            Ok(now) if now.dev() == self.dev && now.ino() == self.ino => Ok(()),
+            Ok(now) => Err(lost(format!(
+                "replaced by another file (device {} inode {} at open, now device {} inode {})",
+                self.dev,
+                self.ino,
+                now.dev(),
+                now.ino()
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(lost("deleted".into())),
+            // Unreadable is as bad as gone: nothing proves the writes still reach that path.
+            Err(e) => Err(lost(format!("no longer checkable ({e})"))),
+        }
+    }
+}
+
 /// The state database, opened either exclusively (the one agent that acts) or read-only.
 pub struct StateStore {
     connection: Connection,
     path: PathBuf,
+    identity: DbIdentity,
     // Holding the files keeps the advisory locks for the store's lifetime: the lock file (which
     // names the holder) and the state directory itself, which cannot be unlinked from under us.
     _lock: Option<(File, File)>,
@@ -357,9 +434,11 @@ impl StateStore {
             .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sqlite(&path, "configure"))?;
         migrations::migrate(&mut connection, &path)?;
+        let identity = DbIdentity::of(&path)?;
         Ok(StateStore {
             connection,
             path,
+            identity,
             _lock: Some((lock, dir_lock)),
         })
     }
@@ -399,9 +478,11 @@ impl StateStore {
                 supported,
             });
         }
+        let identity = DbIdentity::of(&path)?;
         Ok(Some(StateStore {
             connection,
             path,
+            identity,
             _lock: None,
         }))
     }
@@ -419,9 +500,11 @@ impl StateStore {
         connection
             .busy_timeout(std::time::Duration::from_secs(10))
             .map_err(sqlite(&path, "configure"))?;
+        let identity = DbIdentity::of(&path)?;
         Ok(Some(StateStore {
             connection,
             path,
+            identity,
             _lock: None,
         }))
     }
@@ -429,6 +512,24 @@ impl StateStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The database file as it was opened.
+    pub fn identity(&self) -> &DbIdentity {
+        &self.identity
+    }
+
+    /// `Err(Lost)` when the database file was deleted or replaced since it was opened.
+    pub fn check_identity(&self) -> Result<(), StateError> {
+        self.identity.check()
+    }
+
+    /// Records the anti-rollback watermark: in the database and in the file kept beside it, which
+    /// survives the database's loss (see [`kept_watermark`]).
+    pub fn set_watermark(&self, commit: &str) -> Result<(), StateError> {
+        self.set_meta("watermark", commit)?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        watermark::keep(dir, commit)
     }
 
     /// Every job record, ordered by job id.
@@ -950,6 +1051,45 @@ mod tests {
         std::fs::remove_file(dir.path().join("lock")).unwrap();
         let err = StateStore::open_exclusive(dir.path()).err().unwrap();
         assert!(matches!(err, StateError::Locked { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_deleted_or_replaced_database_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open_exclusive(dir.path()).unwrap();
+        store.check_identity().unwrap();
+        let db = dir.path().join("state.db");
+        std::fs::rename(&db, dir.path().join("aside.db")).unwrap();
+        let err = store.check_identity().unwrap_err();
+        assert!(
+            matches!(&err, StateError::Lost { what, .. } if what == "deleted"),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&db.display().to_string()), "{err}");
+        // A file at the same path is not the one we write to.
+        std::fs::write(&db, b"").unwrap();
+        let err = store.check_identity().unwrap_err();
+        assert!(
+            matches!(&err, StateError::Lost { what, .. } if what.starts_with("replaced")),
+            "{err}"
+        );
+        std::fs::remove_file(&db).unwrap();
+        std::fs::rename(dir.path().join("aside.db"), &db).unwrap();
+        store.check_identity().unwrap();
+    }
+
+    #[test]
+    fn the_watermark_is_also_kept_beside_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let commit = "89abcdef0123456789abcdef0123456789abcdef";
+        StateStore::open_exclusive(dir.path())
+            .unwrap()
+            .set_watermark(commit)
+            .unwrap();
+        std::fs::remove_file(dir.path().join("state.db")).unwrap();
+        let fresh = StateStore::open_exclusive(dir.path()).unwrap();
+        assert_eq!(fresh.meta("watermark").unwrap(), None);
+        assert_eq!(kept_watermark(dir.path()).unwrap().as_deref(), Some(commit));
     }
 
     #[test]

@@ -157,6 +157,16 @@ pub enum RangeError {
         /// Offered head.
         head: String,
     },
+    /// The state database has no watermark, and the head does not descend from the copy kept beside it.
+    #[error(
+        "rollback refused: the state database has no watermark (it was deleted or reset), but the watermark kept beside it says {watermark} was verified, and the new head {head} does not descend from it; if the branch was reset on purpose, stop the service and run `flink-gitops apply --accept-rollback-to {head}` once (recorded in the audit log)"
+    )]
+    LostWatermark {
+        /// The kept watermark.
+        watermark: String,
+        /// Offered head.
+        head: String,
+    },
     /// The configured start commit is not an ancestor of the head.
     #[error("the new head {head} does not descend from trust.start_commit {start}")]
     NotFromStart {
@@ -211,6 +221,9 @@ fn git(e: git2::Error) -> RangeError {
 pub enum Start {
     /// The last applied commit: the head must descend from it; commits after it are judged.
     Watermark(Oid),
+    /// A fresh state database, but the watermark kept beside it survived: like `Watermark`, with
+    /// its own refusal that says how to override it.
+    Kept(Oid),
     /// A fresh install's configured `trust.start_commit`: trusted itself, commits after it are judged.
     Configured(Oid),
     /// A fresh install without a start commit: only the head is judged.
@@ -222,7 +235,7 @@ pub enum Start {
 impl Start {
     fn trusted_base(self) -> Option<Oid> {
         match self {
-            Start::Watermark(oid) | Start::Configured(oid) => Some(oid),
+            Start::Watermark(oid) | Start::Kept(oid) | Start::Configured(oid) => Some(oid),
             Start::HeadOnly | Start::Root => None,
         }
     }
@@ -236,7 +249,7 @@ pub fn commits_to_verify(
     mode: CommitPolicy,
 ) -> Result<Vec<Oid>, RangeError> {
     let (watermark, start_commit) = match start {
-        Start::Watermark(w) => (Some(w), None),
+        Start::Watermark(w) | Start::Kept(w) => (Some(w), None),
         Start::Configured(s) => (None, Some(s)),
         Start::HeadOnly => return Ok(vec![head]),
         Start::Root => (None, None),
@@ -248,7 +261,12 @@ pub fn commits_to_verify(
             }
             if !repo.graph_descendant_of(head, w).map_err(git)? {
                 let (watermark, head_text) = (w.to_string(), head.to_string());
-                return Err(if repo.graph_descendant_of(w, head).map_err(git)? {
+                return Err(if matches!(start, Start::Kept(_)) {
+                    RangeError::LostWatermark {
+                        watermark,
+                        head: head_text,
+                    }
+                } else if repo.graph_descendant_of(w, head).map_err(git)? {
                     RangeError::Rollback {
                         watermark,
                         head: head_text,
