@@ -308,13 +308,13 @@ async fn an_endless_signature_is_cut_off_at_its_limit_and_leaves_no_partial_file
 
     let (code, message, took) = s.apply("endless-sig", true).await;
     assert_eq!(code, Some(1), "{message}");
+    // What the agent took is what the socket buffers hold past its 16 KiB, not the whole stream.
+    let sent = s.store.sent.load(Ordering::SeqCst);
+    assert!(sent < 16 * 1024 * 1024, "the agent read {sent} bytes");
     assert!(
         message.contains(&format!("{url}.sig: larger than the limit of 16384 bytes")),
         "{message}"
     );
-    // What the agent took is what the socket buffers hold past its 16 KiB, not the whole stream.
-    let sent = s.store.sent.load(Ordering::SeqCst);
-    assert!(sent < 16 * 1024 * 1024, "the agent read {sent} bytes");
     assert!(took < Duration::from_secs(20), "{took:?}");
     assert_eq!(
         s.cached(),
