@@ -74,6 +74,7 @@ struct RawReconcile {
     interval: Option<String>,
     max_concurrency: Option<u32>,
     savepoint_timeout: Option<String>,
+    download_timeout: Option<String>,
     poll_interval: Option<String>,
     retry_base: Option<String>,
     retry_max: Option<String>,
@@ -194,6 +195,10 @@ pub struct ReconcileConfig {
     pub max_concurrency: usize,
     /// How long a savepoint may take before the step counts as failed (the old job keeps running).
     pub savepoint_timeout: Duration,
+    /// The whole time one `artifact_url` download (the JAR, or its `.sig`) may take, from the
+    /// request to the last byte: a per-read timeout alone lets a server trickling a byte at a time
+    /// hold a pass for hours.
+    pub download_timeout: Duration,
     /// How often job state is polled while waiting (health gate, savepoints).
     pub poll_interval: Duration,
     /// The first wait before a job whose step failed is tried again; doubled per failure.
@@ -772,6 +777,16 @@ impl Config {
         }
         let savepoint_timeout = duration_field(raw.reconcile.savepoint_timeout, "10m")
             .map_err(|reason| invalid("reconcile.savepoint_timeout", reason))?;
+        let download_timeout = duration_field(raw.reconcile.download_timeout, "10m")
+            .map_err(|reason| invalid("reconcile.download_timeout", reason))?;
+        if download_timeout < Duration::from_secs(1)
+            || download_timeout > Duration::from_secs(6 * 3600)
+        {
+            return Err(invalid(
+                "reconcile.download_timeout",
+                "must be between 1s and 6h".into(),
+            ));
+        }
         let reconcile_poll = duration_field(raw.reconcile.poll_interval, "1s")
             .map_err(|reason| invalid("reconcile.poll_interval", reason))?;
         if reconcile_poll < Duration::from_millis(100) {
@@ -833,6 +848,7 @@ impl Config {
                 interval: reconcile_interval,
                 max_concurrency: max_concurrency as usize,
                 savepoint_timeout,
+                download_timeout,
                 poll_interval: reconcile_poll,
                 retry_base,
                 retry_max,
@@ -866,6 +882,7 @@ mod tests {
         assert_eq!(config.trust.artifacts, ArtifactPolicy::Required);
         assert_eq!(config.flink.url.as_str(), "http://127.0.0.1:8081/");
         assert_eq!(config.flink.request_timeout, Duration::from_secs(30));
+        assert_eq!(config.reconcile.download_timeout, Duration::from_secs(600));
         assert_eq!(config.server.listen.port(), 9464);
         assert_eq!(config.server.max_connections.get(), 256);
         assert_eq!(config.server.header_timeout, Duration::from_secs(5));
@@ -940,6 +957,14 @@ mod tests {
             (
                 "repo: { url: /x }\ntrust: { allowed_signers: k, artifact_namespace: git }\n",
                 "trust.artifact_namespace",
+            ),
+            (
+                "repo: { url: /x }\ntrust: { allowed_signers: k }\nreconcile: { download_timeout: 500ms }\n",
+                "reconcile.download_timeout",
+            ),
+            (
+                "repo: { url: /x }\ntrust: { allowed_signers: k }\nreconcile: { download_timeout: 7h }\n",
+                "reconcile.download_timeout",
             ),
         ];
         for (text, field) in cases {

@@ -69,6 +69,27 @@ impl GitError {
     }
 }
 
+/// The largest piece of a pack file libgit2 maps at once (its default is 1 GiB on 64-bit).
+const PACK_WINDOW: usize = 32 * 1024 * 1024;
+
+/// The most of all pack files libgit2 keeps mapped (its default is 8 GiB on 64-bit).
+const PACK_MAPPED_LIMIT: usize = 128 * 1024 * 1024;
+
+/// Bounds how much of the pack files libgit2 keeps mapped. With its defaults, reading a 400 MB
+/// JAR from a pack kept the whole compressed object mapped (and resident) next to its inflated copy.
+///
+/// # Safety
+/// libgit2 keeps these settings in globals it reads without synchronization: call this before any
+/// other thread exists, as `main` does before it starts the runtime.
+pub unsafe fn bound_pack_mapping() -> Result<(), git2::Error> {
+    // SAFETY: the caller guarantees no other thread is running (see above).
+    unsafe {
+        git2::opts::set_mwindow_size(PACK_WINDOW)?;
+        git2::opts::set_mwindow_mapped_limit(PACK_MAPPED_LIMIT)?;
+    }
+    Ok(())
+}
+
 /// A bare mirror of the configured branch.
 pub struct GitSource {
     repo: Repository,

@@ -210,10 +210,15 @@ pub(super) fn cache_jars(
         let blob = repo
             .find_blob(blob_id)
             .map_err(|e| e.message().to_string())?;
-        let partial = cache_dir.join(format!("{}.jar.partial", check.sha256));
-        std::fs::write(&partial, blob.content())
-            .map_err(|e| format!("{}: {e}", partial.display()))?;
-        std::fs::rename(&partial, &target).map_err(|e| format!("{}: {e}", target.display()))?;
+        let partial = super::download::PartialFile::at(
+            cache_dir.join(format!("{}.jar.partial", check.sha256)),
+        );
+        // Written from libgit2's buffer as it is: a JAR is never copied into ours.
+        std::fs::write(partial.path(), blob.content())
+            .map_err(|e| format!("{}: {e}", partial.path().display()))?;
+        partial
+            .persist(&target)
+            .map_err(|e| format!("{}: {e}", target.display()))?;
     }
     Ok(())
 }

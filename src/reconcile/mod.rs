@@ -146,7 +146,7 @@ pub struct Agent {
     store: Arc<Mutex<StateStore>>,
     trust: Arc<TrustMaterial>,
     cache_dir: PathBuf,
-    /// Fetches `artifact_url` JARs (system roots, rustls).
+    /// Fetches `artifact_url` JARs (system roots, rustls; redirects only to https).
     downloads: reqwest::Client,
     /// When the batch scheduler needs the next pass; recomputed by every pass.
     batch_wakeup: Mutex<Option<chrono::DateTime<chrono::Utc>>>,
@@ -201,6 +201,7 @@ impl Agent {
         let downloads = reqwest::Client::builder()
             .connect_timeout(config.flink.request_timeout.min(Duration::from_secs(30)))
             .read_timeout(Duration::from_secs(120))
+            .redirect(download::redirect_policy())
             .user_agent(concat!("flink-gitops/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| AgentError::Config(format!("HTTP client for artifact_url: {e}")))?;
