@@ -30,8 +30,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
     // SAFETY: still single-threaded; the runtime and its threads start below.
-    if let Err(e) = unsafe { flink_gitops::git::bound_pack_mapping() } {
-        tracing::warn!(error = %e, "cannot bound libgit2's pack mapping; large JARs cost more memory");
+    if let Err(e) = unsafe { flink_gitops::git::tune_libgit2() } {
+        tracing::warn!(error = %e, "cannot tune libgit2; large JARs and large spec folders cost more");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -75,17 +75,26 @@ const PACK_WINDOW: usize = 32 * 1024 * 1024;
 /// The most of all pack files libgit2 keeps mapped (its default is 8 GiB on 64-bit).
 const PACK_MAPPED_LIMIT: usize = 128 * 1024 * 1024;
 
-/// Bounds how much of the pack files libgit2 keeps mapped. With its defaults, reading a 400 MB
-/// JAR from a pack kept the whole compressed object mapped (and resident) next to its inflated copy.
+/// The largest tree libgit2 may keep parsed in its object cache (its default is 4 KiB).
+const TREE_CACHE_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Process-wide libgit2 settings the agent depends on.
+///
+/// - Pack mapping is bounded: with libgit2's defaults, reading a 400 MB JAR from a pack kept the whole
+///   compressed object mapped (and resident) next to its inflated copy.
+/// - Large trees stay cached: libgit2 caches parsed trees only up to 4 KiB, so every path lookup in a
+///   folder of thousands of specs parsed that folder again, and `plan` grew with the square of the
+///   specs in one folder (5,000 specs: 10.7 s, now 0.5 s).
 ///
 /// # Safety
 /// libgit2 keeps these settings in globals it reads without synchronization: call this before any
 /// other thread exists, as `main` does before it starts the runtime.
-pub unsafe fn bound_pack_mapping() -> Result<(), git2::Error> {
+pub unsafe fn tune_libgit2() -> Result<(), git2::Error> {
     // SAFETY: the caller guarantees no other thread is running (see above).
     unsafe {
         git2::opts::set_mwindow_size(PACK_WINDOW)?;
         git2::opts::set_mwindow_mapped_limit(PACK_MAPPED_LIMIT)?;
+        git2::opts::set_cache_object_limit(git2::ObjectType::Tree, TREE_CACHE_LIMIT)?;
     }
     Ok(())
 }

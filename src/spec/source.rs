@@ -114,20 +114,6 @@ pub trait SpecTree {
     }
 }
 
-/// libgit2 caches parsed trees only up to 4 KiB, so every path lookup in a folder of thousands of specs
-/// parsed that folder again: `plan` grew with the square of the specs in one folder. Trees are small
-/// next to the cache's total budget, so any size may stay cached.
-fn keep_large_trees_cached() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: a process-wide libgit2 setting, made once before this tree is read; it changes only
-        // which objects the cache keeps, never what a lookup returns.
-        if let Err(e) = unsafe { git2::opts::set_cache_object_limit(git2::ObjectType::Tree, 64 << 20) } {
-            tracing::warn!(error = %e, "cannot raise libgit2's tree cache limit; large spec folders will be slower");
-        }
-    });
-}
-
 /// A commit's tree read from the object database (no work tree involved).
 pub struct GitTree<'repo> {
     repo: &'repo git2::Repository,
@@ -138,7 +124,6 @@ pub struct GitTree<'repo> {
 impl<'repo> GitTree<'repo> {
     /// The tree of `commit` in `repo`.
     pub fn new(repo: &'repo git2::Repository, commit: git2::Oid) -> Result<Self, TreeError> {
-        keep_large_trees_cached();
         let tree = repo
             .find_commit(commit)
             .and_then(|c| c.tree())
