@@ -56,7 +56,72 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         text.push_str(&cause.to_string());
         source = cause.source();
     }
-    text
+    // Library errors (reqwest's among them) print the URL they were given, secrets and all.
+    redact_urls(&text)
+}
+
+/// A URL fit for logs, status and the audit log: user info and query values become `***`, the
+/// fragment is dropped. A user name alone stays for ssh (`git@…` names no secret); for other
+/// schemes a user name may be a token (`https://TOKEN@host`), so it goes too.
+pub fn redact_url(text: &str) -> String {
+    let Ok(mut url) = url::Url::parse(text) else {
+        return redact_unparsed(text);
+    };
+    let ssh = matches!(url.scheme(), "ssh" | "git+ssh" | "ssh+git");
+    let mut changed = false;
+    if url.password().is_some() || (!ssh && !url.username().is_empty()) {
+        let _ = url.set_password(None);
+        let _ = url.set_username("***");
+        changed = true;
+    }
+    if url.query().is_some() {
+        let keys: Vec<String> = url.query_pairs().map(|(key, _)| key.into_owned()).collect();
+        let redacted: Vec<String> = keys.iter().map(|key| format!("{key}=***")).collect();
+        url.set_query(Some(&redacted.join("&")));
+        changed = true;
+    }
+    if url.fragment().is_some() {
+        url.set_fragment(None);
+        changed = true;
+    }
+    if changed {
+        url.to_string()
+    } else {
+        text.to_string()
+    }
+}
+
+/// For text `url` cannot parse: anything between `://` and an `@` before the path is hidden.
+fn redact_unparsed(text: &str) -> String {
+    let Some(start) = text.find("://").map(|i| i + 3) else {
+        return text.to_string();
+    };
+    let authority_end = text[start..].find('/').map_or(text.len(), |i| start + i);
+    match text[start..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &text[..start], &text[start + at..]),
+        None => text.to_string(),
+    }
+}
+
+/// Every URL inside `text` (up to white space, quotes or brackets), redacted with [`redact_url`].
+pub fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(found) = rest.find("://") {
+        let start = rest[..found]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |i| i + 1);
+        let end = rest[found..]
+            .find(|c: char| {
+                c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '(' | ')' | '`' | ',')
+            })
+            .map_or(rest.len(), |i| found + i);
+        out.push_str(&rest[..start]);
+        out.push_str(&redact_url(&rest[start..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Formats a duration the way users write it in config files (`30s`, `5m`).
@@ -91,6 +156,48 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_their_secrets() {
+        assert_eq!(
+            redact_url("https://user:hunter2@git.example.com/a.git"),
+            "https://***@git.example.com/a.git"
+        );
+        assert_eq!(
+            redact_url("https://ghp_TOKEN@github.com/o/r"),
+            "https://***@github.com/o/r"
+        );
+        assert_eq!(
+            redact_url("https://s3.example.com/j.jar?X-Amz-Signature=abc&X-Amz-Expires=60#frag"),
+            "https://s3.example.com/j.jar?X-Amz-Signature=***&X-Amz-Expires=***"
+        );
+        assert_eq!(
+            redact_url("ssh://git@host:22/r.git"),
+            "ssh://git@host:22/r.git"
+        );
+        assert_eq!(
+            redact_url("ssh://git:pw@host/r.git"),
+            "ssh://***@host/r.git"
+        );
+        assert_eq!(redact_url("http://127.0.0.1:8081"), "http://127.0.0.1:8081");
+        assert_eq!(redact_url("/srv/specs"), "/srv/specs");
+        assert_eq!(redact_url("https://u:p@[bad/x"), "https://***@[bad/x");
+    }
+
+    #[test]
+    fn urls_inside_messages_lose_their_secrets() {
+        let text = "error sending request for url (https://bot:hunter2@flink.internal/jobs?token=t0k): refused; see http://ok/";
+        let redacted = redact_urls(text);
+        assert!(
+            !redacted.contains("hunter2") && !redacted.contains("t0k"),
+            "{redacted}"
+        );
+        assert_eq!(
+            redacted,
+            "error sending request for url (https://***@flink.internal/jobs?token=***): refused; see http://ok/"
+        );
+        assert_eq!(redact_urls("no urls here"), "no urls here");
+    }
 
     #[test]
     fn durations_need_units() {

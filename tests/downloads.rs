@@ -434,3 +434,60 @@ async fn an_untrusted_server_or_a_jar_over_the_limit_leaves_no_partial_file() {
         "no partial download is left"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_presigned_url_secret_stays_out_of_reports_logs_and_the_audit_log() {
+    let s = setup().await;
+    let secret = "Sig0nlyForTheStore";
+    let url = format!(
+        "{}?X-Amz-Credential=AKIA123&X-Amz-Signature={secret}",
+        s.store.url("https", "/gone.jar")
+    );
+    s.commit_job("presigned", &url);
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_flink-gitops"))
+        .args([
+            "apply",
+            "-c",
+            s.config.to_str().unwrap(),
+            "--output",
+            "json",
+            "-vv",
+        ])
+        .env("SSL_CERT_FILE", s.pki.path().join("ca.pem"))
+        .env_remove("FLINK_GITOPS_CONFIG")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("HTTP 404"),
+        "the failure is reported: {stdout}"
+    );
+    assert!(
+        stdout.contains("X-Amz-Signature=***"),
+        "the URL is still recognisable: {stdout}"
+    );
+    let audit = flink_gitops::state::StateStore::open_read_only(&s.work.path().join("state"))
+        .unwrap()
+        .unwrap()
+        .audit_log()
+        .unwrap();
+    let audit_text = format!("{audit:?}");
+    assert!(audit_text.contains("gone.jar"), "the download is audited");
+    for (what, text) in [
+        ("report", &*stdout),
+        ("log", &*stderr),
+        ("audit log", &audit_text),
+    ] {
+        assert!(
+            !text.contains(secret),
+            "the {what} holds the secret: {text}"
+        );
+        assert!(
+            !text.contains("AKIA123"),
+            "the {what} holds the credential: {text}"
+        );
+    }
+}

@@ -688,11 +688,13 @@ async fn plan(config_path: &std::path::Path, format: OutputFormat) -> Result<u8,
             .collect(),
         artifacts: &r.artifacts,
     });
+    let repo_url = crate::util::redact_url(&snap.config.repo.url);
+    let flink_url = crate::util::redact_url(snap.config.flink.url.as_str());
     let report = PlanReport {
         revision: &snap.head,
         branch: &snap.config.repo.branch,
-        repo: &snap.config.repo.url,
-        flink: snap.config.flink.url.as_str(),
+        repo: &repo_url,
+        flink: &flink_url,
         flink_version: snap
             .cluster
             .as_ref()
@@ -870,9 +872,10 @@ async fn status(
             }
         })
         .collect();
+    let flink_url = crate::util::redact_url(snap.config.flink.url.as_str());
     let report = StatusReport {
         revision: &snap.head,
-        flink: snap.config.flink.url.as_str(),
+        flink: &flink_url,
         cluster_error: snap.cluster.as_ref().err().map(String::as_str),
         refused: snap.revision.as_ref().err(),
         jobs,

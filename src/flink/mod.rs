@@ -14,7 +14,7 @@ pub use types::*;
 #[derive(Debug, thiserror::Error)]
 pub enum FlinkError {
     /// No connection could be made.
-    #[error("Flink at {url} is unreachable: {reason}")]
+    #[error("Flink at {} is unreachable: {reason}", crate::util::redact_url(.url))]
     Unreachable {
         /// The request URL.
         url: String,
@@ -22,7 +22,7 @@ pub enum FlinkError {
         reason: String,
     },
     /// The call took longer than the request timeout.
-    #[error("{method} {url} timed out after {}", crate::util::format_duration(*after))]
+    #[error("{method} {} timed out after {}", crate::util::redact_url(.url), crate::util::format_duration(*after))]
     Timeout {
         /// HTTP method.
         method: String,

@@ -27,7 +27,7 @@ pub enum GitError {
         source: git2::Error,
     },
     /// Fetching from the remote failed.
-    #[error("fetching {url} (branch {branch}): {reason}")]
+    #[error("fetching {} (branch {branch}): {reason}", crate::util::redact_url(.url))]
     Fetch {
         /// The remote URL.
         url: String,
@@ -37,7 +37,7 @@ pub enum GitError {
         reason: String,
     },
     /// The branch does not exist on the remote.
-    #[error("branch `{branch}` not found in {url}")]
+    #[error("branch `{branch}` not found in {}", crate::util::redact_url(.url))]
     NoBranch {
         /// The remote URL.
         url: String,

@@ -22,7 +22,7 @@ const REDIRECT_LIMIT: usize = 5;
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
     /// The URL does not parse.
-    #[error("{url}: not a URL: {source}")]
+    #[error("{}: not a URL: {source}", crate::util::redact_url(.url))]
     NotAUrl {
         /// The URL.
         url: String,
@@ -30,7 +30,7 @@ pub enum DownloadError {
         source: url::ParseError,
     },
     /// Only https:// and file:// are fetched.
-    #[error("{url}: scheme `{scheme}` is not allowed (use https:// or file://)")]
+    #[error("{}: scheme `{scheme}` is not allowed (use https:// or file://)", crate::util::redact_url(.url))]
     Scheme {
         /// The URL.
         url: String,
@@ -38,13 +38,13 @@ pub enum DownloadError {
         scheme: String,
     },
     /// A file:// URL that names no local path.
-    #[error("{url}: not a local file path")]
+    #[error("{}: not a local file path", crate::util::redact_url(.url))]
     NotALocalPath {
         /// The URL.
         url: String,
     },
     /// More bytes than the limit; reading stopped there.
-    #[error("{url}: larger than the limit of {limit} bytes")]
+    #[error("{}: larger than the limit of {limit} bytes", crate::util::redact_url(.url))]
     TooLarge {
         /// The URL.
         url: String,
@@ -52,7 +52,7 @@ pub enum DownloadError {
         limit: u64,
     },
     /// The download as a whole took longer than `reconcile.download_timeout`.
-    #[error("{url}: not complete within the download deadline of {} (reconcile.download_timeout)", crate::util::format_duration(*.deadline))]
+    #[error("{}: not complete within the download deadline of {} (reconcile.download_timeout)", crate::util::redact_url(.url), crate::util::format_duration(*.deadline))]
     Deadline {
         /// The URL.
         url: String,
@@ -60,7 +60,7 @@ pub enum DownloadError {
         deadline: Duration,
     },
     /// The server answered with an error status.
-    #[error("{url}: HTTP {status}")]
+    #[error("{}: HTTP {status}", crate::util::redact_url(.url))]
     Status {
         /// The URL.
         url: String,
@@ -68,7 +68,7 @@ pub enum DownloadError {
         status: reqwest::StatusCode,
     },
     /// A redirect the policy refused (a downgrade to http, another scheme, too many hops).
-    #[error("{url}: {source}")]
+    #[error("{}: {source}", crate::util::redact_url(.url))]
     Redirect {
         /// The URL.
         url: String,
@@ -76,7 +76,7 @@ pub enum DownloadError {
         source: RedirectRefused,
     },
     /// Connecting, TLS or the transfer failed.
-    #[error("{url}: {message}")]
+    #[error("{}: {message}", crate::util::redact_url(.url))]
     Transport {
         /// The URL.
         url: String,
@@ -97,19 +97,19 @@ pub enum DownloadError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RedirectRefused {
     /// https to http: the bytes would travel unauthenticated, so the pin would be all that is left.
-    #[error("refused a downgrade redirect from https to {to}")]
+    #[error("refused a downgrade redirect from https to {}", crate::util::redact_url(.to))]
     Downgrade {
         /// Where the server pointed.
         to: String,
     },
     /// Anything but https (file:, ftp:, …) is refused as a redirect target.
-    #[error("refused a redirect to {to}: only https redirects are followed")]
+    #[error("refused a redirect to {}: only https redirects are followed", crate::util::redact_url(.to))]
     Scheme {
         /// Where the server pointed.
         to: String,
     },
     /// Too many hops.
-    #[error("refused redirect number {hop} (to {to}): at most {REDIRECT_LIMIT} are followed")]
+    #[error("refused redirect number {hop} (to {}): at most {REDIRECT_LIMIT} are followed", crate::util::redact_url(.to))]
     TooMany {
         /// Which hop this would have been.
         hop: usize,
@@ -210,7 +210,7 @@ impl Agent {
             head,
             &deployment.job_id,
             AuditAction::Download,
-            json!({"url": url, "jar_sha256": deployment.jar_sha256}),
+            json!({"url": crate::util::redact_url(url), "jar_sha256": deployment.jar_sha256}),
         )?;
         match self.fetch_and_check(deployment, url, target).await {
             Ok(signer) => {
@@ -220,7 +220,7 @@ impl Agent {
                     "ok",
                     json!({"signer": signer}),
                 )?;
-                info!(url, signer = ?signer, "artifact downloaded and verified");
+                info!(url = %crate::util::redact_url(url), signer = ?signer, "artifact downloaded and verified");
                 Ok(())
             }
             Err(error) => {
@@ -241,7 +241,8 @@ impl Agent {
         url: &str,
         target: &Path,
     ) -> Result<Option<String>, StepError> {
-        let fail = |message: String| StepError::permanent(format!("artifact_url {url}: {message}"));
+        // Every message names the URL, redacted: a presigned URL's query is a credential.
+        let fail = |message: String| StepError::permanent(format!("artifact_url: {message}"));
         let limits = DownloadLimits {
             jar: JAR_SIZE_LIMIT,
             signature: SIGNATURE_LIMIT,
@@ -256,10 +257,11 @@ impl Agent {
         .await
         .map_err(|e| fail(e.to_string()))?;
         let hash_path = partial.path().to_path_buf();
-        let name = url.to_string();
+        let name = crate::util::redact_url(url);
+        let hash_name = name.clone();
         let digest = tokio::task::spawn_blocking(move || {
             let file = std::fs::File::open(&hash_path).map_err(|e| e.to_string())?;
-            hash_jar(file, &name, JAR_SIZE_LIMIT).map_err(|e| e.to_string())
+            hash_jar(file, &hash_name, JAR_SIZE_LIMIT).map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| StepError::permanent(e.to_string()))?
@@ -268,7 +270,7 @@ impl Agent {
             .trust
             .artifact_policy(&self.config, deployment.artifact_verification);
         let verified = verify_jar(
-            url,
+            &name,
             &digest,
             Some(&deployment.jar_sha256),
             signature.as_deref(),

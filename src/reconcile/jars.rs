@@ -29,7 +29,10 @@ impl Agent {
         let sha = match (&job.spec.artifact, revision.artifacts.get(&job.spec.job_id)) {
             (Artifact::Path(_), Some(check)) => check.sha256.clone(),
             (Artifact::Url(url), _) => job.spec.artifact_sha256.clone().ok_or_else(|| {
-                StepError::permanent(format!("artifact_url {url}: no sha256 pin"))
+                StepError::permanent(format!(
+                    "artifact_url {}: no sha256 pin",
+                    crate::util::redact_url(url)
+                ))
             })?,
             (Artifact::Path(path), None) => {
                 return Err(StepError::permanent(format!(

@@ -454,7 +454,7 @@ async fn poll_and_reconcile(
             let failures = shared.status().poll_failures + 1;
             let wait = poll_backoff(failures, config.repo.poll_interval);
             shared.update(|s| {
-                s.last_poll_error = Some(e.to_string());
+                s.last_poll_error = Some(crate::util::redact_urls(&e.to_string()));
                 s.poll_failures = failures;
                 s.next_poll_at = Some(unix_now() + wait.as_secs_f64());
             });
@@ -484,7 +484,9 @@ async fn poll_and_reconcile(
         match agent.client().overview().await {
             Ok(_) => shared.update(|s| s.circuit_open_until = None),
             Err(e) => {
-                shared.update(|s| s.last_cluster_error = Some(e.to_string()));
+                shared.update(|s| {
+                    s.last_cluster_error = Some(crate::util::redact_urls(&e.to_string()))
+                });
                 return;
             }
         }
