@@ -6,6 +6,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 use crate::config::{ArtifactPolicy as ArtifactRule, Config};
+use crate::git::{BlobStreamError, BlobStreams};
 use crate::spec::{Artifact, DesiredState, GitTree, SpecError, SpecTree};
 use crate::state::{StateError, StateStore};
 use crate::trust::artifacts::{
@@ -219,26 +220,17 @@ fn check_in_repo_jar(
         .map_err(|e| io(e.to_string()))?
         .ok_or_else(|| io("not found".into()))?;
     let blob_id = tree.blob_id(&resolved).map_err(|e| io(e.to_string()))?;
-    let odb = repo.odb().map_err(|e| io(e.message().to_string()))?;
-    let (size, _) = odb
-        .read_header(blob_id)
-        .map_err(|e| io(e.message().to_string()))?;
-    if size as u64 > JAR_SIZE_LIMIT {
-        return Err(ArtifactError::TooLarge {
+    let streams = BlobStreams::new(repo).map_err(|e| io(e.message().to_string()))?;
+    // Streamed unless deltified; the stream fails its last read unless the bytes hash to the blob id,
+    // so a corrupt mirror cannot pass as a signed JAR.
+    let blob = streams.open(blob_id, JAR_SIZE_LIMIT).map_err(|e| match e {
+        BlobStreamError::TooLarge { .. } => ArtifactError::TooLarge {
             path: path.to_string(),
             limit: JAR_SIZE_LIMIT,
-        });
-    }
-    // Loose objects stream; packed ones cannot be streamed by libgit2 and are read whole.
-    let digest = match odb.reader(blob_id) {
-        Ok((reader, _, _)) => hash_jar(reader, path, JAR_SIZE_LIMIT)?,
-        Err(_) => {
-            let blob = repo
-                .find_blob(blob_id)
-                .map_err(|e| io(e.message().to_string()))?;
-            hash_jar(blob.content(), path, JAR_SIZE_LIMIT)?
-        }
-    };
+        },
+        other => io(other.to_string()),
+    })?;
+    let digest = hash_jar(blob, path, JAR_SIZE_LIMIT)?;
     let signature_path = crate::spec::RepoPath::parse(&format!("{path}.sig")).map_err(io)?;
     let signature = match tree.entry(&signature_path).map_err(|e| io(e.to_string()))? {
         Some(crate::spec::EntryKind::File) => Some(

@@ -1,5 +1,6 @@
 //! The spec repository: a bare mirror in the state directory, fetched with git2, read without a work tree.
 
+mod pack_stream;
 mod remote;
 
 use std::cell::RefCell;
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use git2::{CertificateCheckStatus, FetchOptions, Oid, RemoteCallbacks, Repository};
 
+pub use pack_stream::{BlobCheckError, BlobReader, BlobStreamError, BlobStreams};
 pub use remote::{HostKeyError, KnownHosts, Remote, fingerprint};
 
 use crate::config::RepoConfig;

@@ -200,6 +200,7 @@ pub(super) fn cache_jars(
     cache_dir: &std::path::Path,
 ) -> Result<(), String> {
     let tree = crate::spec::GitTree::new(repo, revision.head).map_err(|e| e.to_string())?;
+    let streams = crate::git::BlobStreams::new(repo).map_err(|e| e.message().to_string())?;
     for check in revision.artifacts.values() {
         let target = cache_dir.join(format!("{}.jar", check.sha256));
         if target.exists() {
@@ -210,15 +211,17 @@ pub(super) fn cache_jars(
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("{} vanished", check.path))?;
         let blob_id = tree.blob_id(&resolved).map_err(|e| e.to_string())?;
-        let blob = repo
-            .find_blob(blob_id)
-            .map_err(|e| e.message().to_string())?;
+        let mut blob = streams
+            .open(blob_id, JAR_SIZE_LIMIT)
+            .map_err(|e| format!("{}: {e}", check.path))?;
         let partial = super::download::PartialFile::at(
             cache_dir.join(format!("{}.jar.partial", check.sha256)),
         );
-        // Written from libgit2's buffer as it is: a JAR is never copied into ours.
-        std::fs::write(partial.path(), blob.content())
+        // The stream's last read fails on bytes that are not the blob's; the partial file then goes.
+        let mut file = std::fs::File::create(partial.path())
             .map_err(|e| format!("{}: {e}", partial.path().display()))?;
+        std::io::copy(&mut blob, &mut file)
+            .map_err(|e| format!("{} into {}: {e}", check.path, partial.path().display()))?;
         partial
             .persist(&target)
             .map_err(|e| format!("{}: {e}", target.display()))?;
