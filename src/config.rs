@@ -574,7 +574,7 @@ impl Config {
             crate::git::Remote::Http if auth.token_file.is_some() => {
                 return Err(invalid(
                     "repo.auth.token_file",
-                    "plain http:// would send the token in clear text; use an https:// remote"
+                    "a plain http:// or git:// remote would send the token in clear text; use an https:// remote"
                         .into(),
                 ));
             }

@@ -15,7 +15,7 @@ use hmac::{KeyInit, Mac};
 pub enum Remote {
     /// A path or `file://` URL on this machine.
     Local,
-    /// Plain `http://`: allowed only without credentials.
+    /// Plain `http://` or `git://`: allowed only without credentials.
     Http,
     /// `https://`.
     Https,
@@ -37,7 +37,8 @@ impl Remote {
             let parsed = url::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
             return match scheme.to_ascii_lowercase().as_str() {
                 "file" => Ok(Remote::Local),
-                "http" => Ok(Remote::Http),
+                // git:// is plain text like http://: no credentials can go with it.
+                "http" | "git" => Ok(Remote::Http),
                 "https" => Ok(Remote::Https),
                 "ssh" | "git+ssh" | "ssh+git" => {
                     let host = parsed
@@ -56,7 +57,7 @@ impl Remote {
                     })
                 }
                 other => Err(format!(
-                    "unsupported scheme `{other}`: use a local path, file://, https:// or ssh://"
+                    "unsupported scheme `{other}`: use a local path, file://, https://, ssh:// or git://"
                 )),
             };
         }
