@@ -9,7 +9,7 @@
 //!   job's savepoints and its predecessor's retained checkpoints), and none started empty;
 //! - every audit intent has an outcome.
 //!
-//! `FLINK_GITOPS_SOAK_KILLS` sets the number of kills (default 30, the suite's short variant);
+//! `FLINK_GITOPS_SOAK_KILLS` sets the number of kills (default 20, the suite's short variant);
 //! `FLINK_GITOPS_SOAK_SEED` replays a run (the seed is printed at the start).
 
 mod support;
@@ -221,7 +221,7 @@ fn randomized_sigkills_never_leave_a_job_down_or_doubled() {
     let kills_wanted: usize = std::env::var("FLINK_GITOPS_SOAK_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
+        .unwrap_or(20);
     let seed: u64 = std::env::var("FLINK_GITOPS_SOAK_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
