@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use git2::{CertificateCheckStatus, FetchOptions, Oid, RemoteCallbacks, Repository};
@@ -146,14 +146,18 @@ impl GitSource {
     /// Fetches the branch and returns its head. Unchanged remotes transfer no objects.
     ///
     /// The fetch runs on a thread of its own so that `repo.fetch_timeout` bounds it whatever the server
-    /// does; a fetch still running after its deadline is abandoned, and the next one waits for it to end.
+    /// does; a fetch still running after its deadline is abandoned. Fetches of one mirror take turns:
+    /// a second one waits (up to `repo.fetch_timeout`) for the first to end.
     pub fn fetch(&self) -> Result<Oid, GitError> {
         let mirror = self.repo.path().to_path_buf();
-        let in_flight = InFlight::claim(&mirror).ok_or_else(|| GitError::Fetch {
+        let waited_until = Instant::now() + self.config.fetch_timeout;
+        let in_flight = InFlight::claim(&mirror, waited_until).ok_or_else(|| GitError::Fetch {
             url: self.config.url.clone(),
             branch: self.config.branch.clone(),
-            reason: "the previous fetch, abandoned after repo.fetch_timeout, is still running"
-                .into(),
+            reason: format!(
+                "another fetch of this repository has not ended within repo.fetch_timeout ({})",
+                humantime::format_duration(self.config.fetch_timeout)
+            ),
         })?;
         let config = self.config.clone();
         let deadline = Instant::now() + config.fetch_timeout;
@@ -208,20 +212,32 @@ impl GitSource {
     }
 }
 
-/// Mirrors with a fetch thread still running, so that an abandoned fetch is never joined by a second one.
+/// Mirrors with a fetch thread still running: one fetch per mirror at a time, and an abandoned
+/// fetch is never joined by a second one.
 static FETCHES_IN_FLIGHT: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+static FETCH_ENDED: Condvar = Condvar::new();
 
 struct InFlight(PathBuf);
 
 impl InFlight {
-    fn claim(mirror: &Path) -> Option<InFlight> {
+    /// Waits (until `deadline`) for another fetch of the same mirror to end, then claims the mirror.
+    fn claim(mirror: &Path, deadline: Instant) -> Option<InFlight> {
         let mut fetches = FETCHES_IN_FLIGHT
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        fetches
-            .get_or_insert_with(HashSet::new)
-            .insert(mirror.to_path_buf())
-            .then(|| InFlight(mirror.to_path_buf()))
+        loop {
+            if fetches
+                .get_or_insert_with(HashSet::new)
+                .insert(mirror.to_path_buf())
+            {
+                return Some(InFlight(mirror.to_path_buf()));
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            fetches = FETCH_ENDED
+                .wait_timeout(fetches, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
     }
 }
 
@@ -234,6 +250,7 @@ impl Drop for InFlight {
         {
             fetches.remove(&self.0);
         }
+        FETCH_ENDED.notify_all();
     }
 }
 
@@ -429,5 +446,71 @@ impl Secrets {
             token: read(&auth.token_file)?,
             passphrase: read(&auth.ssh_key_passphrase_file)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin_with_a_commit(dir: &Path) -> Oid {
+        let repo = Repository::init(dir).unwrap();
+        let signature = git2::Signature::now("t", "t@example.com").unwrap();
+        let tree = repo.treebuilder(None).unwrap().write().unwrap();
+        let tree = repo.find_tree(tree).unwrap();
+        repo.commit(
+            Some("refs/heads/main"),
+            &signature,
+            &signature,
+            "c",
+            &tree,
+            &[],
+        )
+        .unwrap()
+    }
+
+    fn config(url: &Path) -> RepoConfig {
+        RepoConfig {
+            url: url.display().to_string(),
+            branch: "main".into(),
+            jobs_dir: "jobs".into(),
+            poll_interval: Duration::from_secs(30),
+            auth: crate::config::RepoAuth::default(),
+            watch: false,
+            remote: Remote::Local,
+            fetch_timeout: Duration::from_secs(5),
+            ca_file: None,
+        }
+    }
+
+    /// The service may fetch from the poll loop and from a webhook at once: the second waits its turn.
+    #[test]
+    fn a_fetch_waits_for_another_fetch_of_the_same_mirror() {
+        let dir = tempfile::tempdir().unwrap();
+        let head = origin_with_a_commit(&dir.path().join("origin"));
+        let config = config(&dir.path().join("origin"));
+        let mirror = dir.path().join("mirror.git");
+        let source = GitSource::open(&mirror, &config).unwrap();
+        let held = InFlight::claim(source.repo().path(), Instant::now()).unwrap();
+        let waiting = std::thread::spawn(move || source.fetch().map_err(|e| e.to_string()));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!waiting.is_finished(), "the second fetch waits");
+        drop(held);
+        assert_eq!(waiting.join().unwrap(), Ok(head));
+    }
+
+    #[test]
+    fn a_fetch_that_never_gets_its_turn_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        origin_with_a_commit(&dir.path().join("origin"));
+        let mut config = config(&dir.path().join("origin"));
+        config.fetch_timeout = Duration::from_millis(200);
+        let source = GitSource::open(&dir.path().join("mirror.git"), &config).unwrap();
+        let _held = InFlight::claim(source.repo().path(), Instant::now()).unwrap();
+        let error = source.fetch().unwrap_err().to_string();
+        assert!(
+            error.contains("another fetch of this repository has not ended"),
+            "{error}"
+        );
     }
 }
