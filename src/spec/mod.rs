@@ -1,6 +1,7 @@
 //! Job specs: the v1 YAML contract parsed into typed, validated desired state.
 
 pub mod source;
+pub mod sql;
 pub mod yaml;
 
 use std::collections::BTreeMap;

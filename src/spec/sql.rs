@@ -1,0 +1,269 @@
+//! Flink SQL files split into statements, with the line each starts on, for `sql:` specs.
+//!
+//! The split respects quoted strings, quoted identifiers and comments, so a `;` inside any of them
+//! never ends a statement, and `EXECUTE STATEMENT SET BEGIN … END;` stays one statement. Comments are
+//! dropped from the statements handed to the runner; errors name the file and line.
+
+/// One statement of a SQL file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    /// The statement without comments and without its closing `;`.
+    pub text: String,
+    /// 1-based line of its first character in the file.
+    pub line: usize,
+    /// What it does.
+    pub kind: StatementKind,
+}
+
+/// How a statement takes part in a pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatementKind {
+    /// `SET`, `RESET`, DDL, `USE`, `LOAD`/`UNLOAD MODULE`: prepares the session, submits nothing.
+    Setup,
+    /// `INSERT` or `EXECUTE STATEMENT SET`: the one statement that becomes the Flink job.
+    Job,
+    /// Anything else (`SELECT`, `SHOW`, `EXPLAIN`, …): refused, it has no sink in a deployed job.
+    Other,
+}
+
+/// Why a SQL file cannot be a pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SqlError {
+    /// A string, quoted identifier or block comment never ends.
+    #[error("line {line}: {what} opened here is never closed")]
+    Unterminated {
+        /// Where it starts.
+        line: usize,
+        /// `a string`, `a quoted identifier`, `a comment`.
+        what: &'static str,
+    },
+    /// `EXECUTE STATEMENT SET BEGIN` without its `END;`.
+    #[error("line {line}: EXECUTE STATEMENT SET BEGIN has no END;")]
+    UnclosedStatementSet {
+        /// Where the set starts.
+        line: usize,
+    },
+}
+
+/// Splits `text` into statements; a trailing statement without `;` counts too.
+pub fn split(text: &str) -> Result<Vec<Statement>, SqlError> {
+    let mut raw = Vec::new();
+    let mut current = String::new();
+    let mut start_line = None;
+    let mut line = 1;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' | '`' => {
+                let opened = line;
+                start_line.get_or_insert(line);
+                current.push(c);
+                loop {
+                    let Some(next) = chars.next() else {
+                        return Err(SqlError::Unterminated {
+                            line: opened,
+                            what: if c == '\'' {
+                                "a string"
+                            } else {
+                                "a quoted identifier"
+                            },
+                        });
+                    };
+                    if next == '\n' {
+                        line += 1;
+                    }
+                    current.push(next);
+                    if next == c {
+                        // A doubled quote is an escaped quote, not the end.
+                        if chars.peek() == Some(&c) {
+                            current.push(c);
+                            chars.next();
+                        } else {
+                            break;
+                        }
+                    }
+                }
+            }
+            '-' if chars.peek() == Some(&'-') => {
+                for next in chars.by_ref() {
+                    if next == '\n' {
+                        line += 1;
+                        current.push('\n');
+                        break;
+                    }
+                }
+            }
+            '/' if chars.peek() == Some(&'*') => {
+                let opened = line;
+                chars.next();
+                let mut previous = ' ';
+                let mut closed = false;
+                for next in chars.by_ref() {
+                    if next == '\n' {
+                        line += 1;
+                        current.push('\n');
+                    }
+                    if previous == '*' && next == '/' {
+                        closed = true;
+                        break;
+                    }
+                    previous = next;
+                }
+                if !closed {
+                    return Err(SqlError::Unterminated {
+                        line: opened,
+                        what: "a comment",
+                    });
+                }
+                current.push(' ');
+            }
+            ';' => {
+                if let Some(at) = start_line.take() {
+                    raw.push((current.trim().to_string(), at));
+                }
+                current.clear();
+            }
+            '\n' => {
+                line += 1;
+                current.push('\n');
+            }
+            c => {
+                if !c.is_whitespace() {
+                    start_line.get_or_insert(line);
+                }
+                current.push(c);
+            }
+        }
+    }
+    if let Some(at) = start_line {
+        raw.push((current.trim().to_string(), at));
+    }
+    join_statement_sets(raw)
+}
+
+/// `EXECUTE STATEMENT SET BEGIN INSERT …; INSERT …; END` arrives as several pieces: make it one.
+fn join_statement_sets(raw: Vec<(String, usize)>) -> Result<Vec<Statement>, SqlError> {
+    let mut statements = Vec::new();
+    let mut open_set: Option<(String, usize)> = None;
+    for (text, line) in raw {
+        match open_set.as_mut() {
+            Some((set, _)) => {
+                set.push_str(";\n");
+                set.push_str(&text);
+                if words(&text) == ["END"] {
+                    let (text, line) = open_set.take().unwrap_or_default();
+                    statements.push(Statement {
+                        text,
+                        line,
+                        kind: StatementKind::Job,
+                    });
+                }
+            }
+            None if words(&text).join(" ").starts_with("EXECUTE STATEMENT SET") => {
+                open_set = Some((text, line));
+            }
+            None => {
+                let kind = kind_of(&text);
+                statements.push(Statement { text, line, kind });
+            }
+        }
+    }
+    match open_set {
+        Some((_, line)) => Err(SqlError::UnclosedStatementSet { line }),
+        None => Ok(statements),
+    }
+}
+
+fn words(text: &str) -> Vec<String> {
+    text.split_whitespace()
+        .take(4)
+        .map(|w| w.to_ascii_uppercase())
+        .collect()
+}
+
+fn kind_of(text: &str) -> StatementKind {
+    let words = words(text);
+    match words.first().map(String::as_str) {
+        Some("INSERT") => StatementKind::Job,
+        Some("SET" | "RESET" | "CREATE" | "DROP" | "ALTER" | "USE" | "LOAD" | "UNLOAD") => {
+            StatementKind::Setup
+        }
+        _ => StatementKind::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(text: &str) -> Vec<(StatementKind, usize)> {
+        split(text)
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.kind, s.line))
+            .collect()
+    }
+
+    #[test]
+    fn statements_with_lines_and_kinds() {
+        let text = "-- sources\nSET 'pipeline.name' = 'a;b';\n\nCREATE TABLE s (x INT) WITH ('connector' = 'datagen');\n/* the job; */ INSERT INTO t\nSELECT x FROM s";
+        assert_eq!(
+            kinds(text),
+            vec![
+                (StatementKind::Setup, 2),
+                (StatementKind::Setup, 4),
+                (StatementKind::Job, 5)
+            ]
+        );
+        let statements = split(text).unwrap();
+        assert_eq!(statements[0].text, "SET 'pipeline.name' = 'a;b'");
+        assert_eq!(statements[2].text, "INSERT INTO t\nSELECT x FROM s");
+    }
+
+    #[test]
+    fn quotes_and_comments_hide_semicolons() {
+        let text = "INSERT INTO `a;b` SELECT 'it''s; fine', \"c;d\" -- x; y\nFROM s;";
+        let statements = split(text).unwrap();
+        assert_eq!(statements.len(), 1);
+        assert!(statements[0].text.contains("'it''s; fine'"));
+        assert!(!statements[0].text.contains("x; y"));
+    }
+
+    #[test]
+    fn a_statement_set_is_one_job() {
+        let text = "CREATE TABLE a (x INT);\nEXECUTE STATEMENT SET\nBEGIN\n  INSERT INTO b SELECT * FROM a;\n  INSERT INTO c SELECT * FROM a;\nEND;\n";
+        assert_eq!(
+            kinds(text),
+            vec![(StatementKind::Setup, 1), (StatementKind::Job, 2)]
+        );
+        assert_eq!(
+            split("EXECUTE STATEMENT SET BEGIN INSERT INTO b SELECT 1;"),
+            Err(SqlError::UnclosedStatementSet { line: 1 })
+        );
+    }
+
+    #[test]
+    fn unterminated_pieces_name_their_line() {
+        assert_eq!(
+            split("SELECT 1;\nSELECT 'oops;\n"),
+            Err(SqlError::Unterminated {
+                line: 2,
+                what: "a string"
+            })
+        );
+        assert_eq!(
+            split("\n\n/* never closed"),
+            Err(SqlError::Unterminated {
+                line: 3,
+                what: "a comment"
+            })
+        );
+    }
+
+    #[test]
+    fn empty_and_comment_only_files_have_no_statements() {
+        assert_eq!(split("").unwrap(), vec![]);
+        assert_eq!(split("-- nothing\n/* here */\n;;\n").unwrap(), vec![]);
+        assert_eq!(kinds("SELECT * FROM t;"), vec![(StatementKind::Other, 1)]);
+    }
+}
