@@ -3,6 +3,8 @@ package dev.flinkgitops.runner;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Locale;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
 
 import org.apache.flink.table.api.EnvironmentSettings;
 import org.apache.flink.table.api.TableEnvironment;
@@ -56,7 +58,11 @@ public final class SqlRunner {
         for (int n = 0; n < statements.size(); n++) {
             String statement = statements.get(n);
             try {
-                if (parseOnly && producesJob(statement)) {
+                String[] setting = setting(statement);
+                if (setting != null) {
+                    // TableEnvironment leaves SET to the SQL client; the session's config is ours.
+                    tables.getConfig().set(setting[0], setting[1]);
+                } else if (parseOnly && producesJob(statement)) {
                     tables.explainSql(statement);
                 } else {
                     // In a run request the job statement's submission is detached: this returns
@@ -68,6 +74,23 @@ public final class SqlRunner {
                         "statement " + (n + 1) + " of " + statements.size() + ": " + e.getMessage(), e);
             }
         }
+    }
+
+    private static final Pattern SET =
+            Pattern.compile("(?is)SET\\s+'((?:[^']|'')*)'\\s*=\\s*'((?:[^']|'')*)'\\s*");
+
+    /** {@code SET 'key' = 'value'} as key and value (quotes doubled inside), else null. */
+    static String[] setting(String statement) {
+        Matcher matcher = SET.matcher(statement.strip());
+        if (!matcher.matches()) {
+            if (statement.strip().toUpperCase(Locale.ROOT).startsWith("SET")) {
+                throw new IllegalArgumentException("write SET as SET 'key' = 'value': " + statement);
+            }
+            return null;
+        }
+        return new String[] {
+            matcher.group(1).replace("''", "'"), matcher.group(2).replace("''", "'")
+        };
     }
 
     /** INSERT (also INSERT OVERWRITE) or a statement set; comments were removed by the agent. */
