@@ -257,21 +257,8 @@ impl Setup {
     /// Runs `apply` (trusting the store's CA when `trust_store` is set); returns the exit code, the
     /// job's report message and how long it took.
     async fn apply(&self, job_id: &str, trust_store: bool) -> (Option<i32>, String, Duration) {
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flink-gitops"));
-        command
-            .args([
-                "apply",
-                "-c",
-                self.config.to_str().unwrap(),
-                "--output",
-                "json",
-            ])
-            .env_remove("FLINK_GITOPS_CONFIG");
-        if trust_store {
-            command.env("SSL_CERT_FILE", self.pki.path().join("ca.pem"));
-        }
         let started = Instant::now();
-        let output = command.output().await.unwrap();
+        let output = self.apply_output(trust_store, &[]).await;
         let took = started.elapsed();
         let report: serde_json::Value =
             serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
@@ -285,6 +272,33 @@ impl Setup {
             .unwrap_or_default()
             .to_string();
         (output.status.code(), message, took)
+    }
+
+    fn assert_nothing_cached(&self) {
+        assert_eq!(
+            self.cached(),
+            Vec::<String>::new(),
+            "no partial download is left"
+        );
+    }
+
+    /// Runs `apply --output json` with `extra` arguments, trusting the store's CA when `trust_store` is set.
+    async fn apply_output(&self, trust_store: bool, extra: &[&str]) -> std::process::Output {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_flink-gitops"));
+        command
+            .args([
+                "apply",
+                "-c",
+                self.config.to_str().unwrap(),
+                "--output",
+                "json",
+            ])
+            .args(extra)
+            .env_remove("FLINK_GITOPS_CONFIG");
+        if trust_store {
+            command.env("SSL_CERT_FILE", self.pki.path().join("ca.pem"));
+        }
+        command.output().await.unwrap()
     }
 
     /// Files in the artifact cache, partial downloads included.
@@ -316,11 +330,7 @@ async fn an_endless_signature_is_cut_off_at_its_limit_and_leaves_no_partial_file
         "{message}"
     );
     assert!(took < Duration::from_secs(20), "{took:?}");
-    assert_eq!(
-        s.cached(),
-        Vec::<String>::new(),
-        "no partial download is left"
-    );
+    s.assert_nothing_cached();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,11 +356,7 @@ async fn a_trickling_server_fails_at_the_download_deadline_and_leaves_no_partial
         "bytes were written"
     );
     assert!(took < Duration::from_secs(20), "{took:?}");
-    assert_eq!(
-        s.cached(),
-        Vec::<String>::new(),
-        "no partial download is left"
-    );
+    s.assert_nothing_cached();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -376,11 +382,7 @@ async fn a_redirect_from_https_to_http_is_refused_and_one_to_https_is_followed()
         Vec::<String>::new(),
         "http was never asked"
     );
-    assert_eq!(
-        s.cached(),
-        Vec::<String>::new(),
-        "no partial download is left"
-    );
+    s.assert_nothing_cached();
 
     // The same JAR behind an https → https redirect (a mirror, a CDN) is fetched.
     s.store.route("/job.jar", Reply::File(JAR.to_vec()));
@@ -414,11 +416,7 @@ async fn an_untrusted_server_or_a_jar_over_the_limit_leaves_no_partial_file() {
     let (code, message, _) = s.apply("too-large", false).await;
     assert_eq!(code, Some(1), "{message}");
     assert!(message.contains("UnknownIssuer"), "{message}");
-    assert_eq!(
-        s.cached(),
-        Vec::<String>::new(),
-        "no partial download is left"
-    );
+    s.assert_nothing_cached();
 
     // Trusted, but the JAR says it is 2 GiB: refused from its headers, nothing read or written.
     let (code, message, took) = s.apply("too-large", true).await;
@@ -428,11 +426,7 @@ async fn an_untrusted_server_or_a_jar_over_the_limit_leaves_no_partial_file() {
         "{message}"
     );
     assert!(took < Duration::from_secs(20), "{took:?}");
-    assert_eq!(
-        s.cached(),
-        Vec::<String>::new(),
-        "no partial download is left"
-    );
+    s.assert_nothing_cached();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -444,20 +438,7 @@ async fn a_presigned_url_secret_stays_out_of_reports_logs_and_the_audit_log() {
         s.store.url("https", "/gone.jar")
     );
     s.commit_job("presigned", &url);
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_flink-gitops"))
-        .args([
-            "apply",
-            "-c",
-            s.config.to_str().unwrap(),
-            "--output",
-            "json",
-            "-vv",
-        ])
-        .env("SSL_CERT_FILE", s.pki.path().join("ca.pem"))
-        .env_remove("FLINK_GITOPS_CONFIG")
-        .output()
-        .await
-        .unwrap();
+    let output = s.apply_output(true, &["-vv"]).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stdout}\n{stderr}");

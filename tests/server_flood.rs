@@ -271,18 +271,10 @@ fn a_connection_limit_that_would_take_half_the_open_files_is_refused_at_start() 
     let config = service_config(work.path(), &repo, &flink, "  max_connections: 600\n", "1s");
     let mut daemon =
         Daemon::start_with_open_files(&config, work.path().join("daemon.log"), DAEMON_OPEN_FILES);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = daemon.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the daemon kept running with 600 connections of 1024 open files; log:\n{}",
-            daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = daemon.wait_for_exit(
+        "the daemon kept running with 600 connections of 1024 open files",
+        Duration::from_secs(10),
+    );
     let log = daemon.log_text();
     assert_eq!(status.code(), Some(2), "{log}");
     assert!(

@@ -455,18 +455,10 @@ fn deleting_the_state_database_makes_the_service_unready_and_exit_for_a_restart(
             code == 503 && body.contains(&db.display().to_string()) && body.contains("deleted")
         },
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = daemon.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still running with its database deleted; log:\n{}",
-            daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = daemon.wait_for_exit(
+        "still running with its database deleted",
+        Duration::from_secs(10),
+    );
     let log = daemon.log_text();
     assert_eq!(
         status.code(),

@@ -804,17 +804,22 @@ mod tests {
                 bytes.swap(offsets + a * 4 + k, offsets + b * 4 + k);
             }
         });
-        let repo = Repository::open(&fixture.path).expect("open");
-        let streams = BlobStreams::new(&repo).expect("odb");
-        let mut stream = streams
-            .open_stream(fixture.big, u64::MAX)
-            .expect("opens")
-            .expect("streams");
-        let error = read_all(&mut stream).expect_err("twin's bytes are not big's");
+        let error = streamed_error(&fixture, fixture.big, "twin's bytes are not big's");
         assert!(
             matches!(check_error(&error), BlobCheckError::Hash { .. }),
             "{error}"
         );
+    }
+
+    /// Streams `oid` (which must stream, not fall back) to its end and returns the error it must end with.
+    fn streamed_error(fixture: &Fixture, oid: Oid, why: &str) -> io::Error {
+        let repo = Repository::open(&fixture.path).expect("open");
+        let streams = BlobStreams::new(&repo).expect("odb");
+        let mut stream = streams
+            .open_stream(oid, u64::MAX)
+            .expect("opens")
+            .expect("streams");
+        read_all(&mut stream).expect_err(why)
     }
 
     fn check_error(error: &io::Error) -> &BlobCheckError {
@@ -878,13 +883,7 @@ mod tests {
             bytes[at] ^= 0x01;
             bytes[end - 4..end].copy_from_slice(&adler32(&content).to_be_bytes());
         });
-        let repo = Repository::open(&fixture.path).expect("open");
-        let streams = BlobStreams::new(&repo).expect("odb");
-        let mut stream = streams
-            .open_stream(fixture.big, u64::MAX)
-            .expect("opens")
-            .expect("streams");
-        let error = read_all(&mut stream).expect_err("zlib is satisfied, the SHA-1 is not");
+        let error = streamed_error(&fixture, fixture.big, "zlib is satisfied, the SHA-1 is not");
         assert!(
             matches!(check_error(&error), BlobCheckError::Hash { .. }),
             "{error}"
@@ -897,13 +896,7 @@ mod tests {
         // The small blob's header: 300 bytes needs two bytes; make the declared size 301.
         let at = offset_of(&fixture, fixture.small);
         flip_byte(&fixture, at);
-        let repo = Repository::open(&fixture.path).expect("open");
-        let streams = BlobStreams::new(&repo).expect("odb");
-        let mut stream = streams
-            .open_stream(fixture.small, u64::MAX)
-            .expect("opens")
-            .expect("streams");
-        let error = read_all(&mut stream).expect_err("300 bytes are not 301");
+        let error = streamed_error(&fixture, fixture.small, "300 bytes are not 301");
         assert!(
             matches!(
                 check_error(&error),

@@ -100,6 +100,22 @@ impl Daemon {
         );
     }
 
+    /// Waits for the daemon to end on its own; panics with `what` and the log if it still runs at `timeout`.
+    pub fn wait_for_exit(&mut self, what: &str, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
