@@ -586,14 +586,13 @@ impl Config {
                 "is for https remotes only".into(),
             ));
         }
-        let fetch_timeout = duration_field(raw.repo.fetch_timeout, "2m")
-            .map_err(|reason| invalid("repo.fetch_timeout", reason))?;
-        if fetch_timeout < Duration::from_secs(1) || fetch_timeout > Duration::from_secs(3600) {
-            return Err(invalid(
-                "repo.fetch_timeout",
-                "must be between 1s and 1h".into(),
-            ));
-        }
+        let fetch_timeout = bounded_duration(
+            raw.repo.fetch_timeout,
+            "2m",
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+        )
+        .map_err(|reason| invalid("repo.fetch_timeout", reason))?;
 
         let commits = match raw.trust.commits.as_deref().unwrap_or("every") {
             "every" => CommitPolicy::Every,
@@ -675,16 +674,13 @@ impl Config {
                 ),
             ));
         }
-        let request_timeout = duration_field(raw.flink.request_timeout, "30s")
-            .map_err(|reason| invalid("flink.request_timeout", reason))?;
-        if request_timeout < Duration::from_millis(100)
-            || request_timeout > Duration::from_secs(3600)
-        {
-            return Err(invalid(
-                "flink.request_timeout",
-                "must be between 100ms and 1h".into(),
-            ));
-        }
+        let request_timeout = bounded_duration(
+            raw.flink.request_timeout,
+            "30s",
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+        )
+        .map_err(|reason| invalid("flink.request_timeout", reason))?;
         let raw_tls = raw.flink.tls.unwrap_or_default();
         let tls = FlinkTls {
             ca_file: optional_secret("flink.tls.ca_file", &raw_tls.ca_file)?,
@@ -743,25 +739,20 @@ impl Config {
                 format!("must be between 1 and {MAX_CONNECTIONS_LIMIT}"),
             ));
         };
-        let header_timeout = duration_field(raw.server.header_timeout, "5s")
-            .map_err(|reason| invalid("server.header_timeout", reason))?;
-        if header_timeout < Duration::from_millis(100) || header_timeout > Duration::from_secs(300)
-        {
-            return Err(invalid(
-                "server.header_timeout",
-                "must be between 100ms and 5m".into(),
-            ));
-        }
-        let server_request_timeout = duration_field(raw.server.request_timeout, "30s")
-            .map_err(|reason| invalid("server.request_timeout", reason))?;
-        if server_request_timeout < Duration::from_millis(100)
-            || server_request_timeout > Duration::from_secs(600)
-        {
-            return Err(invalid(
-                "server.request_timeout",
-                "must be between 100ms and 10m".into(),
-            ));
-        }
+        let header_timeout = bounded_duration(
+            raw.server.header_timeout,
+            "5s",
+            Duration::from_millis(100),
+            Duration::from_secs(300),
+        )
+        .map_err(|reason| invalid("server.header_timeout", reason))?;
+        let server_request_timeout = bounded_duration(
+            raw.server.request_timeout,
+            "30s",
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+        )
+        .map_err(|reason| invalid("server.request_timeout", reason))?;
         let reconcile_interval = duration_field(raw.reconcile.interval, "1m")
             .map_err(|reason| invalid("reconcile.interval", reason))?;
         if reconcile_interval < Duration::from_secs(1) {
@@ -777,16 +768,13 @@ impl Config {
         }
         let savepoint_timeout = duration_field(raw.reconcile.savepoint_timeout, "10m")
             .map_err(|reason| invalid("reconcile.savepoint_timeout", reason))?;
-        let download_timeout = duration_field(raw.reconcile.download_timeout, "10m")
-            .map_err(|reason| invalid("reconcile.download_timeout", reason))?;
-        if download_timeout < Duration::from_secs(1)
-            || download_timeout > Duration::from_secs(6 * 3600)
-        {
-            return Err(invalid(
-                "reconcile.download_timeout",
-                "must be between 1s and 6h".into(),
-            ));
-        }
+        let download_timeout = bounded_duration(
+            raw.reconcile.download_timeout,
+            "10m",
+            Duration::from_secs(1),
+            Duration::from_secs(6 * 3600),
+        )
+        .map_err(|reason| invalid("reconcile.download_timeout", reason))?;
         let reconcile_poll = duration_field(raw.reconcile.poll_interval, "1s")
             .map_err(|reason| invalid("reconcile.poll_interval", reason))?;
         if reconcile_poll < Duration::from_millis(100) {
@@ -860,6 +848,24 @@ impl Config {
 
 fn duration_field(value: Option<String>, default: &str) -> Result<Duration, String> {
     parse_duration(value.as_deref().unwrap_or(default))
+}
+
+/// A duration field that only works between `min` and `max`; the error names both.
+fn bounded_duration(
+    value: Option<String>,
+    default: &str,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, String> {
+    let duration = duration_field(value, default)?;
+    if duration < min || duration > max {
+        return Err(format!(
+            "must be between {} and {}",
+            crate::util::format_duration(min),
+            crate::util::format_duration(max)
+        ));
+    }
+    Ok(duration)
 }
 
 #[cfg(test)]

@@ -65,6 +65,14 @@ pub enum GitError {
 }
 
 impl GitError {
+    fn fetch(config: &RepoConfig, reason: impl Into<String>) -> GitError {
+        GitError::Fetch {
+            url: config.url.clone(),
+            branch: config.branch.clone(),
+            reason: reason.into(),
+        }
+    }
+
     /// True when retrying later may succeed (network, remote hiccups).
     pub fn is_transient(&self) -> bool {
         matches!(self, GitError::Fetch { .. })
@@ -151,13 +159,14 @@ impl GitSource {
     pub fn fetch(&self) -> Result<Oid, GitError> {
         let mirror = self.repo.path().to_path_buf();
         let waited_until = Instant::now() + self.config.fetch_timeout;
-        let in_flight = InFlight::claim(&mirror, waited_until).ok_or_else(|| GitError::Fetch {
-            url: self.config.url.clone(),
-            branch: self.config.branch.clone(),
-            reason: format!(
-                "another fetch of this repository has not ended within repo.fetch_timeout ({})",
-                humantime::format_duration(self.config.fetch_timeout)
-            ),
+        let in_flight = InFlight::claim(&mirror, waited_until).ok_or_else(|| {
+            GitError::fetch(
+                &self.config,
+                format!(
+                    "another fetch of this repository has not ended within repo.fetch_timeout ({})",
+                    humantime::format_duration(self.config.fetch_timeout)
+                ),
+            )
         })?;
         let config = self.config.clone();
         let deadline = Instant::now() + config.fetch_timeout;
@@ -168,24 +177,18 @@ impl GitSource {
                 let _in_flight = in_flight;
                 let _ = sender.send(fetch_into(&mirror, &config, deadline));
             })
-            .map_err(|e| GitError::Fetch {
-                url: self.config.url.clone(),
-                branch: self.config.branch.clone(),
-                reason: format!("cannot start the fetch thread: {e}"),
+            .map_err(|e| {
+                GitError::fetch(&self.config, format!("cannot start the fetch thread: {e}"))
             })?;
         // A little grace beyond the deadline lets the thread report its own, more precise, error.
         let wait = self.config.fetch_timeout + Duration::from_secs(2);
         match receiver.recv_timeout(wait) {
             Ok(result) => result?,
             Err(_) => {
-                return Err(GitError::Fetch {
-                    url: self.config.url.clone(),
-                    branch: self.config.branch.clone(),
-                    reason: format!(
-                        "no complete answer within repo.fetch_timeout ({})",
-                        humantime::format_duration(self.config.fetch_timeout)
-                    ),
-                });
+                return Err(GitError::fetch(
+                    &self.config,
+                    no_answer_in_time(&self.config),
+                ));
             }
         }
         self.head()?.ok_or_else(|| GitError::NoBranch {
@@ -281,13 +284,16 @@ fn set_network_timeouts(timeout: Duration) -> Result<(), git2::Error> {
     Ok(())
 }
 
+fn no_answer_in_time(config: &RepoConfig) -> String {
+    format!(
+        "no complete answer within repo.fetch_timeout ({})",
+        humantime::format_duration(config.fetch_timeout)
+    )
+}
+
 /// One fetch into the mirror at `mirror`, on the calling thread, giving up at `deadline`.
 fn fetch_into(mirror: &Path, config: &RepoConfig, deadline: Instant) -> Result<(), GitError> {
-    let fetch_error = |reason: String| GitError::Fetch {
-        url: config.url.clone(),
-        branch: config.branch.clone(),
-        reason,
-    };
+    let fetch_error = |reason: String| GitError::fetch(config, reason);
     let repo = Repository::open_bare(mirror).map_err(|source| GitError::Cache {
         path: mirror.to_path_buf(),
         source,
@@ -406,10 +412,7 @@ fn fetch_into(mirror: &Path, config: &RepoConfig, deadline: Instant) -> Result<(
         let reason = refusal.borrow_mut().take();
         fetch_error(match reason {
             Some(reason) => reason,
-            None if Instant::now() >= deadline => format!(
-                "no complete answer within repo.fetch_timeout ({})",
-                humantime::format_duration(config.fetch_timeout)
-            ),
+            None if Instant::now() >= deadline => no_answer_in_time(config),
             None if e.class() == git2::ErrorClass::Ssl
                 || e.code() == git2::ErrorCode::Certificate =>
             {
