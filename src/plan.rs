@@ -105,6 +105,20 @@ pub fn flink_job_prefix(job_id: &str) -> String {
     hex::encode(&digest[..8])
 }
 
+/// The cluster's jobs grouped by the 16-hex prefix of their id, which names the spec job they belong
+/// to ([`flink_job_prefix`]); each group keeps the cluster's order.
+pub fn group_by_job_prefix<'a>(
+    jobs: impl IntoIterator<Item = &'a JobOverview>,
+) -> HashMap<&'a str, Vec<&'a JobOverview>> {
+    let mut groups: HashMap<&str, Vec<&JobOverview>> = HashMap::new();
+    for job in jobs {
+        if let Some(prefix) = job.jid.get(..16) {
+            groups.entry(prefix).or_default().push(job);
+        }
+    }
+    groups
+}
+
 /// The Flink job id of a job's `generation`-th submission; ids can never be reused in a cluster.
 pub fn flink_job_id(job_id: &str, generation: i64) -> String {
     format!("{}{:016x}", flink_job_prefix(job_id), generation)
@@ -153,13 +167,7 @@ pub fn plan(
         .chain(records.keys().copied())
         .collect();
 
-    // One pass over the cluster's jobs, keyed by the 16-hex prefix that names the spec job they belong to.
-    let mut by_prefix: HashMap<&str, Vec<&JobOverview>> = HashMap::new();
-    for job in cluster_jobs.into_iter().flatten() {
-        if let Some(prefix) = job.jid.get(..16) {
-            by_prefix.entry(prefix).or_default().push(job);
-        }
-    }
+    let by_prefix = group_by_job_prefix(cluster_jobs.into_iter().flatten());
     let mut claimed: BTreeSet<&str> = BTreeSet::new();
     let mut jobs = Vec::new();
     for job_id in ids {

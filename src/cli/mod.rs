@@ -805,15 +805,7 @@ async fn status(
     }
     let cluster_by_jid: std::collections::HashMap<&str, &JobOverview> =
         cluster_jobs.iter().map(|j| (j.jid.as_str(), j)).collect();
-    let mut alive_by_prefix = std::collections::HashMap::new();
-    for job in cluster_jobs
-        .iter()
-        .filter(|j| crate::plan::is_alive(&j.state))
-    {
-        if let Some(prefix) = job.jid.get(..16) {
-            alive_by_prefix.entry(prefix).or_insert(job);
-        }
-    }
+    let by_prefix = crate::plan::group_by_job_prefix(cluster_jobs);
     let jobs = ids
         .into_iter()
         .map(|id| {
@@ -841,7 +833,13 @@ async fn status(
             let instance = record
                 .and_then(|r| r.flink_job_id.as_deref())
                 .and_then(|jid| cluster_by_jid.get(jid).copied())
-                .or_else(|| alive_by_prefix.get(prefix.as_str()).copied());
+                .or_else(|| {
+                    by_prefix
+                        .get(prefix.as_str())?
+                        .iter()
+                        .find(|j| crate::plan::is_alive(&j.state))
+                        .copied()
+                });
             JobStatus {
                 job_id: id.clone(),
                 desired_commit: desired_set.contains(id).then(|| snap.head.clone()),

@@ -387,11 +387,10 @@ impl Agent {
                     return Ok(report);
                 }
             };
-            for job in &cluster_jobs {
-                if let Some(prefix) = job.jid.get(..16) {
-                    pass.instances.entry(prefix.to_string()).or_default().push(job.clone());
-                }
-            }
+            pass.instances = crate::plan::group_by_job_prefix(&cluster_jobs)
+                .into_iter()
+                .map(|(prefix, jobs)| (prefix.to_string(), jobs.into_iter().cloned().collect()))
+                .collect();
             let pass = pass;
             let plan = crate::plan::plan(
                 &revision.desired,
