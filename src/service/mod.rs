@@ -368,12 +368,11 @@ fn watch_local_repo(config: &Config, shared: Arc<Shared>) -> Option<notify::Reco
     if !config.repo.watch {
         return None;
     }
+    if config.repo.remote != crate::git::Remote::Local {
+        return None;
+    }
     let url = &config.repo.url;
-    let path = match url.strip_prefix("file://") {
-        Some(rest) => PathBuf::from(rest),
-        None if !url.contains("://") && !url.contains('@') => PathBuf::from(url),
-        None => return None,
-    };
+    let path = PathBuf::from(url.strip_prefix("file://").unwrap_or(url));
     let git_dir = if path.join(".git").is_dir() {
         path.join(".git")
     } else {
