@@ -66,6 +66,22 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     reconcile: RawReconcile,
+    #[serde(default)]
+    runner: RawRunner,
+    #[serde(default)]
+    secrets: RawSecrets,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRunner {
+    jar: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecrets {
+    dir: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -184,6 +200,10 @@ pub struct Config {
     pub server: ServerConfig,
     /// How `apply` acts on the cluster.
     pub reconcile: ReconcileConfig,
+    /// The runner JAR of SQL and Python jobs (`runner.jar`), if any.
+    pub runner_jar: Option<PathBuf>,
+    /// Where `${secret:NAME}` values are read from (`secrets.dir`), if anywhere.
+    pub secrets_dir: Option<PathBuf>,
 }
 
 /// How `apply` acts on the cluster.
@@ -372,6 +392,39 @@ impl Config {
         })?;
         let config = Self::parse(&text, path)?;
         config.check_secret_files()?;
+        let invalid = |field: &str, reason: String| ConfigError::Invalid {
+            path: config.source.clone(),
+            field: field.to_string(),
+            reason,
+        };
+        if let Some(jar) = &config.runner_jar {
+            match std::fs::metadata(jar) {
+                Ok(meta) if meta.is_file() => {}
+                Ok(_) => {
+                    return Err(invalid(
+                        "runner.jar",
+                        format!("{} is not a file", jar.display()),
+                    ));
+                }
+                Err(e) => {
+                    return Err(invalid(
+                        "runner.jar",
+                        format!(
+                            "{}: {e} (build it with scripts/build-runner)",
+                            jar.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(dir) = &config.secrets_dir
+            && !dir.is_dir()
+        {
+            return Err(invalid(
+                "secrets.dir",
+                format!("{} is not a readable folder", dir.display()),
+            ));
+        }
         if let Some(file) = &config.repo.auth.known_hosts_file {
             crate::git::KnownHosts::load(file).map_err(|e| ConfigError::Invalid {
                 path: config.source.clone(),
@@ -802,6 +855,32 @@ impl Config {
             ));
         }
 
+        let runner_jar = raw.runner.jar.as_deref().map(|p| resolve(Path::new(p)));
+        if let Some(jar) = &runner_jar
+            && !jar.to_string_lossy().ends_with(".jar")
+        {
+            return Err(invalid(
+                "runner.jar",
+                format!(
+                    "{} must be a .jar file (build it with scripts/build-runner)",
+                    jar.display()
+                ),
+            ));
+        }
+        // `credential:NAME` style is for single files; a secrets folder is a plain path
+        // (systemd's $CREDENTIALS_DIRECTORY when written as `credentials:`).
+        let secrets_dir = match raw.secrets.dir.as_deref() {
+            None => None,
+            Some("credentials:") => Some(PathBuf::from(
+                std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+                    invalid(
+                        "secrets.dir",
+                        "`credentials:` needs $CREDENTIALS_DIRECTORY (set by systemd's LoadCredential=)".into(),
+                    )
+                })?,
+            )),
+            Some(dir) => Some(resolve(Path::new(dir))),
+        };
         Ok(Config {
             source: path.to_path_buf(),
             repo: RepoConfig {
@@ -824,6 +903,8 @@ impl Config {
                 auth: flink_auth,
             },
             state: StateConfig { dir: state_dir },
+            runner_jar,
+            secrets_dir,
             server: ServerConfig {
                 listen,
                 webhook_secret_file,

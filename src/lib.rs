@@ -9,6 +9,8 @@ pub mod git;
 pub mod plan;
 pub mod reconcile;
 pub mod revision;
+pub mod runner;
+pub mod secrets;
 pub mod service;
 pub mod spec;
 pub mod state;

@@ -71,6 +71,15 @@ pub struct JobPlan {
     pub flink_state: Option<String>,
     /// The lifecycle phase the agent recorded for it (`steady` when nothing is in flight).
     pub phase: String,
+    /// `jar`, `sql` or `python`, when the repository asks for the job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<crate::spec::JobKind>,
+    /// For a changed SQL or Python program: a unified diff of its sources against the applied ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_diff: Option<String>,
+    /// Risks worth reading before applying (e.g. state a changed query may not restore).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The whole plan for one revision.
@@ -192,8 +201,14 @@ pub fn plan(
                 .map(|r| r.phase_name())
                 .unwrap_or("steady")
                 .to_string(),
+            kind: desired.jobs.get(job_id).map(|j| j.spec.artifact.kind()),
+            source_diff: None,
+            warnings: Vec::new(),
         };
         let desired_job = desired.jobs.get(job_id);
+        if let (Some(job), Some(record)) = (desired_job, record) {
+            (entry.source_diff, entry.warnings) = review_sources(record, job);
+        }
         if let Some(record) = record
             && let Some((action, reasons)) =
                 lifecycle_decision(record, desired_job, instance, now_ms)
@@ -415,7 +430,15 @@ pub fn spec_changes(applied_json: &str, desired: &DesiredJob) -> Vec<String> {
         }
         let name = key.strip_prefix("spec.").unwrap_or(key);
         if name == "artifact_content" {
-            changes.push("artifact content changed".to_string());
+            changes.extend(content_changes(old, new));
+            continue;
+        }
+        if let Some(secret) = name.strip_prefix("secrets.") {
+            changes.push(match (old, new) {
+                (None, _) => format!("secret `{secret}` now used"),
+                (_, None) => format!("secret `{secret}` no longer used"),
+                _ => format!("secret `{secret}` changed (value not shown)"),
+            });
             continue;
         }
         let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "(unset)".into());
@@ -425,6 +448,117 @@ pub fn spec_changes(applied_json: &str, desired: &DesiredJob) -> Vec<String> {
         changes.push("spec changed".into());
     }
     changes
+}
+
+/// What changed in what runs: the JAR, or a program's sources and runner.
+fn content_changes(old: Option<&String>, new: Option<&String>) -> Vec<String> {
+    let split = |v: Option<&String>| {
+        let text = v.map(String::as_str).unwrap_or_default();
+        match text.split_once(";runner=") {
+            Some((sources, runner)) => (sources.to_string(), Some(runner.to_string())),
+            None => (text.to_string(), None),
+        }
+    };
+    let ((old_sources, old_runner), (new_sources, new_runner)) = (split(old), split(new));
+    if !new_sources.starts_with("sources-sha256:") {
+        return vec!["artifact content changed".to_string()];
+    }
+    let mut changes = Vec::new();
+    if old_sources != new_sources {
+        changes.push("sources changed (see the diff)".to_string());
+    }
+    if old_runner != new_runner {
+        changes.push("runner JAR changed".to_string());
+    }
+    changes
+}
+
+/// The diff of a SQL or Python job's sources against the applied deployment, and the risks of
+/// the change.
+fn review_sources(record: &JobRecord, job: &DesiredJob) -> (Option<String>, Vec<String>) {
+    use crate::spec::program::Program;
+    let Some(new) = &job.program else {
+        return (None, Vec::new());
+    };
+    let old = record
+        .deployment_json
+        .as_deref()
+        .and_then(|json| serde_json::from_str::<crate::reconcile::Deployment>(json).ok())
+        .and_then(|d| d.program);
+    let Some(old) = old else {
+        return (None, Vec::new());
+    };
+    if old == *new {
+        return (None, Vec::new());
+    }
+    let text = |program: &Program| match program {
+        Program::Sql { files } => files
+            .iter()
+            .map(|f| format!("-- {}\n{}", f.path, f.text))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Program::Python { files, .. } => {
+            use base64::Engine;
+            files
+                .iter()
+                .map(|f| {
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(&f.base64)
+                        .unwrap_or_default();
+                    format!("# {}\n{}", f.path, String::from_utf8_lossy(&bytes))
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    };
+    let diff = similar::TextDiff::from_lines(&text(&old), &text(new))
+        .unified_diff()
+        .context_radius(2)
+        .header("applied", "desired")
+        .to_string();
+    let mut warnings = Vec::new();
+    let stateful_sql = |program: &Program| {
+        program.statements().is_ok_and(|statements| {
+            statements.iter().any(|s| {
+                s.kind == crate::spec::sql::StatementKind::Job && is_stateful_query(&s.text)
+            })
+        })
+    };
+    if job.spec.job_type == JobType::Stream
+        && job.spec.upgrade_mode != crate::spec::UpgradeMode::Stateless
+        && (stateful_sql(&old) || stateful_sql(new))
+    {
+        warnings.push(format!(
+            "the query keeps state (aggregation, join, dedup or window): Flink finds its state by operator ids generated from the plan, so a changed query may not restore it from the savepoint; {}",
+            if job.spec.allow_non_restored_state {
+                "allow_non_restored_state is set, so state no operator claims is DROPPED silently"
+            } else {
+                "if it cannot, the new version fails to start and the agent rolls back to the applied one"
+            }
+        ));
+    }
+    (Some(diff), warnings)
+}
+
+/// Whether a job statement keeps state between records.
+fn is_stateful_query(text: &str) -> bool {
+    let upper = text.to_ascii_uppercase();
+    let words: Vec<&str> = upper
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let has = |w: &str| words.contains(&w);
+    has("JOIN")
+        || has("DISTINCT")
+        || has("OVER")
+        || has("MATCH_RECOGNIZE")
+        || has("TUMBLE")
+        || has("HOP")
+        || has("CUMULATE")
+        || has("SESSION")
+        || words
+            .windows(2)
+            .any(|w| w == ["GROUP", "BY"] || w == ["ROW_NUMBER", "OVER"])
 }
 
 fn flatten(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<String, String>) {
@@ -466,6 +600,8 @@ mod tests {
             file: crate::spec::RepoPath::parse("jobs/x.yaml").unwrap(),
             spec,
             artifact_content: "git-blob:1".into(),
+            program: None,
+            secrets: Default::default(),
         }
     }
 

@@ -172,12 +172,18 @@ pub fn verify_revision(
         .filter_map(|v| v.result.as_ref().ok().map(|a| (v.commit, a.signer())))
         .collect();
     let tree = GitTree::new(repo, head).map_err(|e| RevisionError::Git(e.to_string()))?;
-    let desired =
+    let mut desired =
         crate::spec::load_desired(&tree, &config.repo.jobs_dir).map_err(RevisionError::Specs)?;
+    crate::secrets::Secrets::of(config)
+        .fingerprint_jobs(desired.jobs.values_mut())
+        .map_err(RevisionError::Specs)?;
     let mut artifacts = BTreeMap::new();
     for (job_id, job) in &desired.jobs {
-        let Artifact::Path(path) = &job.spec.artifact else {
-            continue;
+        // A JAR job's JAR, or the runner JAR a SQL or Python spec brings along.
+        let path = match (&job.spec.artifact, &job.spec.runner) {
+            (Artifact::Path(path), _) => path,
+            (Artifact::Sql { .. } | Artifact::Python { .. }, Some(runner)) => runner,
+            _ => continue,
         };
         let artifact_policy = trust.artifact_policy(config, job.spec.artifact_verification);
         let check = check_in_repo_jar(

@@ -77,6 +77,13 @@ pub enum Command {
         /// Folder of job specs inside the checkout.
         #[arg(long, default_value = "jobs")]
         jobs_dir: String,
+        /// The runner JAR (scripts/build-runner): with it, a Flink distribution and `java`, the SQL
+        /// of every SQL job is also parsed and validated by Flink's planner.
+        #[arg(long, env = "FLINK_GITOPS_RUNNER")]
+        runner: Option<PathBuf>,
+        /// The Flink distribution for the SQL check.
+        #[arg(long, env = "FLINK_HOME")]
+        flink_home: Option<PathBuf>,
         /// Output format.
         #[arg(long, short, value_enum, default_value_t)]
         output: OutputFormat,
@@ -226,8 +233,13 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Validate {
             dir,
             jobs_dir,
+            runner,
+            flink_home,
             output,
-        } => validate(&dir, &jobs_dir, output),
+        } => {
+            let runner = crate::runner::LocalRunner::find(runner.as_deref(), flink_home.as_deref());
+            validate(&dir, &jobs_dir, runner, output)
+        }
         Command::Verify {
             repo,
             allowed_signers,
@@ -354,9 +366,16 @@ struct ValidateReport<'a> {
     valid: bool,
     jobs: Vec<&'a str>,
     errors: &'a [SpecError],
+    /// `checked`, `no SQL jobs`, or why Flink's own SQL check did not run.
+    sql_check: String,
 }
 
-fn validate(dir: &std::path::Path, jobs_dir: &str, format: OutputFormat) -> Result<u8, Failure> {
+fn validate(
+    dir: &std::path::Path,
+    jobs_dir: &str,
+    runner: Result<crate::runner::LocalRunner, String>,
+    format: OutputFormat,
+) -> Result<u8, Failure> {
     let tree = DirTree::new(dir)
         .map_err(|e| usage(anyhow::anyhow!("cannot open {}: {e}", dir.display())))?;
     let folder_missing = crate::spec::RepoPath::parse(jobs_dir)
@@ -378,6 +397,26 @@ fn validate(dir: &std::path::Path, jobs_dir: &str, format: OutputFormat) -> Resu
     } else {
         crate::spec::load_desired(&tree, jobs_dir)
     };
+    let has_sql = |desired: &crate::spec::DesiredState| {
+        desired
+            .jobs
+            .values()
+            .any(|j| matches!(j.program, Some(crate::spec::program::Program::Sql { .. })))
+    };
+    // Flink's check runs only on specs that passed the static checks: they locate its findings.
+    let (result, sql_check) = match (result, runner) {
+        (Ok(desired), _) if !has_sql(&desired) => (Ok(desired), "no SQL jobs".to_string()),
+        (Ok(desired), Ok(runner)) => match runner.check_sql(desired.jobs.values()) {
+            Ok(findings) if findings.is_empty() => (Ok(desired), "checked".to_string()),
+            Ok(findings) => (Err(findings), "checked".to_string()),
+            Err(reason) => (Ok(desired), format!("not run: {reason}")),
+        },
+        (Ok(desired), Err(reason)) => (Ok(desired), format!("not run: {reason}")),
+        (Err(errors), _) => (
+            Err(errors),
+            "not run: fix the errors above first".to_string(),
+        ),
+    };
     let (jobs, errors): (Vec<&str>, &[SpecError]) = match &result {
         Ok(desired) => (desired.jobs.keys().map(String::as_str).collect(), &[]),
         Err(errors) => (Vec::new(), errors),
@@ -387,12 +426,16 @@ fn validate(dir: &std::path::Path, jobs_dir: &str, format: OutputFormat) -> Resu
         valid: errors.is_empty(),
         jobs,
         errors,
+        sql_check,
     };
     match format {
         OutputFormat::Json => output::print_json(&report)?,
         OutputFormat::Text => {
             for error in errors {
                 println!("{error}");
+            }
+            if report.sql_check != "no SQL jobs" {
+                println!("Flink SQL check: {}", report.sql_check);
             }
             if report.valid {
                 println!(

@@ -114,6 +114,14 @@ pub fn print_plan(
             job.action.as_str(),
             job.job_id
         );
+        for warning in &job.warnings {
+            println!("             warning: {warning}");
+        }
+        if let Some(diff) = &job.source_diff {
+            for line in diff.lines() {
+                println!("             | {line}");
+            }
+        }
     }
     if plan.cluster_unreachable.is_some() {
         println!();

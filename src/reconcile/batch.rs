@@ -508,7 +508,8 @@ impl Agent {
             AuditAction::BatchRun,
             json!({"flink_job_id": jid, "trigger": trigger.as_str(), "scheduled_for": run.scheduled_for, "jar_sha256": deployment.jar_sha256}),
         )?;
-        let request = deployment.run_request(&jid, None, pass.default_parallelism);
+        let (request, secret_values) =
+            self.run_request_with_secrets(deployment, &jid, None, pass.default_parallelism)?;
         let result = self
             .run_jar_reuploading(&pass.head, deployment, &jar_id, &request)
             .await?;
@@ -530,7 +531,7 @@ impl Agent {
                 Ok(run)
             }
             Err(error) => {
-                let step: StepError = error.into();
+                let step = StepError::from(error).redact_secrets(&secret_values);
                 run.status = RunStatus::Failed;
                 run.ended_at_ms = Some(now_ms());
                 run.root_cause = Some(

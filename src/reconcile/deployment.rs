@@ -7,7 +7,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::flink::RunRequest;
-use crate::spec::{DesiredJob, JobType, UpgradeMode};
+use crate::secrets::{self, SecretError};
+use crate::spec::program::Program;
+use crate::spec::{Artifact, DesiredJob, JobKind, JobType, UpgradeMode};
+
+/// The runner JAR's entry points (`runner/src`).
+pub const SQL_RUNNER_CLASS: &str = "dev.flinkgitops.runner.SqlRunner";
+/// See [`SQL_RUNNER_CLASS`].
+pub const PYTHON_RUNNER_CLASS: &str = "dev.flinkgitops.runner.PythonRunner";
+/// The name the agent's runner JAR is uploaded under.
+pub const RUNNER_JAR_NAME: &str = "flink-gitops-runner.jar";
 
 /// Everything needed to submit one version of a job, independent of the repository.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +60,16 @@ pub struct Deployment {
     /// The spec demands a detached signature whatever the agent's policy.
     #[serde(default)]
     pub artifact_verification: bool,
+    /// JAR, SQL or Python.
+    #[serde(default = "jar_kind")]
+    pub kind: JobKind,
+    /// The SQL or Python program the runner JAR runs (`jar_sha256` is then the runner's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<Program>,
+}
+
+fn jar_kind() -> JobKind {
+    JobKind::Jar
 }
 
 /// The health gate, in milliseconds so it round-trips through JSON.
@@ -102,16 +121,17 @@ impl Deployment {
                 .entry("execution.checkpointing.externalized-checkpoint-retention".into())
                 .or_insert_with(|| "RETAIN_ON_CANCELLATION".into());
         }
-        let jar_name = match &spec.artifact {
-            crate::spec::Artifact::Path(path) => path
-                .as_str()
-                .rsplit('/')
-                .next()
-                .unwrap_or("job.jar")
-                .to_string(),
-            crate::spec::Artifact::Url(url) => {
-                url.rsplit('/').next().unwrap_or("job.jar").to_string()
-            }
+        let file_name = |path: &str| path.rsplit('/').next().unwrap_or("job.jar").to_string();
+        let jar_name = match (&spec.artifact, &spec.runner) {
+            (Artifact::Path(path), _) => file_name(path.as_str()),
+            (Artifact::Url(url), _) => file_name(url),
+            (_, Some(runner)) => file_name(runner.as_str()),
+            (_, None) => RUNNER_JAR_NAME.to_string(),
+        };
+        let entry_class = match spec.artifact {
+            Artifact::Path(_) | Artifact::Url(_) => spec.entry_class.clone(),
+            Artifact::Sql { .. } => Some(SQL_RUNNER_CLASS.to_string()),
+            Artifact::Python { .. } => Some(PYTHON_RUNNER_CLASS.to_string()),
         };
         let jar_name = if jar_name.ends_with(".jar") {
             jar_name
@@ -123,7 +143,7 @@ impl Deployment {
             job_type: spec.job_type,
             jar_sha256: jar_sha256.to_string(),
             jar_name,
-            entry_class: spec.entry_class.clone(),
+            entry_class,
             args: spec.args.clone(),
             parallelism: spec.parallelism.map(|p| p.get()),
             flink_configuration: options,
@@ -146,24 +166,84 @@ impl Deployment {
             spec_hash,
             spec_json: job.canonical_json(),
             artifact_url: match &spec.artifact {
-                crate::spec::Artifact::Url(url) => Some(url.clone()),
-                crate::spec::Artifact::Path(_) => None,
+                Artifact::Url(url) => Some(url.clone()),
+                _ => None,
             },
             artifact_verification: spec.artifact_verification,
             commit: commit.to_string(),
+            kind: spec.artifact.kind(),
+            program: job.program.clone(),
         }
     }
 
-    /// The run request for this deployment as Flink job `flink_job_id`, restoring from `restore` if given.
+    /// The `${secret:NAME}` names this deployment's SQL and arguments use.
+    pub fn secret_names(&self) -> Result<Vec<String>, SecretError> {
+        let mut names: Vec<String> = Vec::new();
+        let texts = self.program.iter().flat_map(Program::texts);
+        for text in texts.chain(self.args.iter().map(String::as_str)) {
+            for name in secrets::references(text)? {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    /// The program arguments, with secrets filled in: the JAR's own, or the runner's (the SQL
+    /// statements, or the Python files), so nothing has to be placed on the JobManager's host.
+    fn program_args(
+        &self,
+        secret_values: &BTreeMap<String, String>,
+    ) -> Result<Vec<String>, SecretError> {
+        let own_args = || {
+            self.args
+                .iter()
+                .map(|arg| secrets::arg_substitute(arg, secret_values))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        match &self.program {
+            None => own_args(),
+            Some(program @ Program::Sql { .. }) => {
+                let statements = program
+                    .statements()
+                    .map_err(|e| SecretError::BadReference {
+                        reference: e.to_string(),
+                    })?;
+                let mut args = Vec::with_capacity(statements.len() * 2 + 1);
+                if self.job_type == JobType::Batch {
+                    args.push("--batch".to_string());
+                }
+                for statement in statements {
+                    args.push("--statement".to_string());
+                    args.push(secrets::sql_substitute(&statement.text, secret_values)?);
+                }
+                Ok(args)
+            }
+            Some(Program::Python { entry, files }) => {
+                let mut args = vec!["--entry".to_string(), entry.clone()];
+                for file in files {
+                    args.extend(["--file".to_string(), file.path.clone(), file.base64.clone()]);
+                }
+                args.push("--".to_string());
+                args.extend(own_args()?);
+                Ok(args)
+            }
+        }
+    }
+
+    /// The run request for this deployment as Flink job `flink_job_id`, restoring from `restore`
+    /// if given, with `secret_values` (the values of [`Self::secret_names`]) filled in.
     pub fn run_request(
         &self,
         flink_job_id: &str,
         restore: Option<&str>,
         default_parallelism: u32,
-    ) -> RunRequest {
-        RunRequest {
+        secret_values: &BTreeMap<String, String>,
+    ) -> Result<RunRequest, SecretError> {
+        Ok(RunRequest {
             entry_class: self.entry_class.clone(),
-            program_args_list: self.args.clone(),
+            program_args_list: self.program_args(secret_values)?,
             parallelism: self.parallelism.unwrap_or(default_parallelism),
             job_id: flink_job_id.to_string(),
             savepoint_path: restore.map(str::to_string),
@@ -171,7 +251,7 @@ impl Deployment {
             claim_mode: restore.map(|_| "NO_CLAIM".to_string()),
             allow_non_restored_state: self.allow_non_restored_state,
             flink_configuration: self.flink_configuration.clone(),
-        }
+        })
     }
 }
 

@@ -976,11 +976,12 @@ impl Agent {
             .clone()
             .ok_or_else(|| StepError::permanent("internal: nothing to submit"))?;
         let jar_id = self.ensure_jar(&pass.head, &target).await?;
-        let request = target.run_request(
+        let (request, secret_values) = self.run_request_with_secrets(
+            &target,
             &submission.flink_job_id,
             submission.restored_from.as_deref(),
             pass.default_parallelism,
-        );
+        )?;
         let intent = self.intent(
             &pass.head,
             &job_id,
@@ -1024,7 +1025,7 @@ impl Agent {
                 Ok(())
             }
             Err(error) => {
-                let step = StepError::from(error);
+                let step = StepError::from(error).redact_secrets(&secret_values);
                 self.outcome(
                     AuditAction::Submit,
                     intent,

@@ -26,19 +26,33 @@ impl Agent {
         job: &DesiredJob,
         revision: &VerifiedRevision,
     ) -> Result<Deployment, StepError> {
-        let sha = match (&job.spec.artifact, revision.artifacts.get(&job.spec.job_id)) {
-            (Artifact::Path(_), Some(check)) => check.sha256.clone(),
-            (Artifact::Url(url), _) => job.spec.artifact_sha256.clone().ok_or_else(|| {
+        let checked = revision.artifacts.get(&job.spec.job_id);
+        let sha = match (&job.spec.artifact, &job.spec.runner, checked) {
+            (Artifact::Path(_), _, Some(check)) => check.sha256.clone(),
+            (Artifact::Url(url), _, _) => job.spec.artifact_sha256.clone().ok_or_else(|| {
                 StepError::permanent(format!(
                     "artifact_url {}: no sha256 pin",
                     crate::util::redact_url(url)
                 ))
             })?,
-            (Artifact::Path(path), None) => {
+            (Artifact::Path(path), _, None) => {
                 return Err(StepError::permanent(format!(
                     "{path}: JAR was not verified"
                 )));
             }
+            (_, Some(_), Some(check)) => check.sha256.clone(),
+            (_, Some(runner), None) => {
+                return Err(StepError::permanent(format!(
+                    "{runner}: runner JAR was not verified"
+                )));
+            }
+            (_, None, _) => self.runner_sha256.clone().ok_or_else(|| {
+                StepError::permanent(format!(
+                    "{} is a {} job and the agent has no runner JAR: set `runner.jar` in its config (build it with scripts/build-runner)",
+                    job.file,
+                    job.spec.artifact.kind().as_str()
+                ))
+            })?,
         };
         Ok(Deployment::of(
             job,
@@ -46,6 +60,28 @@ impl Agent {
             &sha,
             &self.config,
         ))
+    }
+
+    /// The run request of `deployment` with its secrets filled in, and the values (to redact
+    /// them from whatever Flink answers).
+    pub(super) fn run_request_with_secrets(
+        &self,
+        deployment: &Deployment,
+        flink_job_id: &str,
+        restore: Option<&str>,
+        default_parallelism: u32,
+    ) -> Result<(crate::flink::RunRequest, BTreeMap<String, String>), StepError> {
+        let secret_error = |e: crate::secrets::SecretError| {
+            StepError::permanent(format!("{}: {e}", deployment.job_id))
+        };
+        let names = deployment.secret_names().map_err(secret_error)?;
+        let values = crate::secrets::Secrets::of(&self.config)
+            .values(&names)
+            .map_err(secret_error)?;
+        let request = deployment
+            .run_request(flink_job_id, restore, default_parallelism, &values)
+            .map_err(secret_error)?;
+        Ok((request, values))
     }
 
     /// Runs the uploaded JAR. The outer error is ours (state, upload); the inner one is Flink's answer.
@@ -191,6 +227,49 @@ pub(super) fn cleanup_on_completion(spec_json: &str) -> bool {
         .ok()
         .and_then(|v| v["spec"]["batch"]["cleanup_on_completion"].as_bool())
         .unwrap_or(false)
+}
+
+/// Hashes the configured runner JAR and keeps a copy in the cache under its sha256: the digest
+/// taken at start is the one every SQL and Python submission is checked against.
+pub(super) fn pin_runner(
+    jar: &std::path::Path,
+    cache_dir: &std::path::Path,
+) -> Result<String, String> {
+    let file =
+        std::fs::File::open(jar).map_err(|e| format!("runner.jar {}: {e}", jar.display()))?;
+    let digest = hash_jar(file, &jar.display().to_string(), JAR_SIZE_LIMIT)
+        .map_err(|e| format!("runner.jar {}: {e}", jar.display()))?;
+    let target = cache_dir.join(format!("{}.jar", digest.sha256));
+    if !target.exists() {
+        let partial = super::download::PartialFile::at(
+            cache_dir.join(format!("{}.jar.partial", digest.sha256)),
+        );
+        std::fs::copy(jar, partial.path()).map_err(|e| {
+            format!(
+                "runner.jar {} into {}: {e}",
+                jar.display(),
+                partial.path().display()
+            )
+        })?;
+        let copied = std::fs::File::open(partial.path())
+            .map_err(|e| format!("{}: {e}", partial.path().display()))?;
+        let again = hash_jar(
+            copied,
+            &partial.path().display().to_string(),
+            JAR_SIZE_LIMIT,
+        )
+        .map_err(|e| format!("{}: {e}", partial.path().display()))?;
+        if again.sha256 != digest.sha256 {
+            return Err(format!(
+                "runner.jar {} changed while it was being copied; try again",
+                jar.display()
+            ));
+        }
+        partial
+            .persist(&target)
+            .map_err(|e| format!("{}: {e}", target.display()))?;
+    }
+    Ok(digest.sha256)
 }
 
 /// Writes each verified in-repo JAR of the revision into the cache, named by its sha256.

@@ -549,6 +549,8 @@ mod tests {
             commit: "c1".into(),
             artifact_url: None,
             artifact_verification: false,
+            kind: crate::spec::JobKind::Jar,
+            program: None,
         }
     }
 

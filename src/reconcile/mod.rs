@@ -154,6 +154,9 @@ pub struct Agent {
     state_identity: DbIdentity,
     /// An operator's one-shot acceptance of a head that does not descend from the watermark.
     accept_rollback: Option<RollbackAcceptance>,
+    /// The sha256 of the configured runner JAR, pinned when the agent started: its cached copy is
+    /// what SQL and Python jobs run on, whatever happens to `runner.jar` afterwards.
+    runner_sha256: Option<String>,
 }
 
 /// `apply --accept-rollback-to COMMIT`: this one pass may move the watermark to `commit` although
@@ -198,6 +201,10 @@ impl Agent {
         let cache_dir = config.state.dir.join("artifacts");
         std::fs::create_dir_all(&cache_dir)
             .map_err(|e| AgentError::Config(format!("{}: {e}", cache_dir.display())))?;
+        let runner_sha256 = match &config.runner_jar {
+            Some(jar) => Some(jars::pin_runner(jar, &cache_dir).map_err(AgentError::Config)?),
+            None => None,
+        };
         let downloads = reqwest::Client::builder()
             .connect_timeout(config.flink.request_timeout.min(Duration::from_secs(30)))
             .read_timeout(Duration::from_secs(120))
@@ -217,6 +224,7 @@ impl Agent {
             batch_wakeup: Mutex::new(None),
             state_identity,
             accept_rollback: None,
+            runner_sha256,
         })
     }
 

@@ -61,6 +61,22 @@ impl StepError {
         }
     }
 
+    /// The same failure with every secret value replaced by its reference: Flink's answers may
+    /// quote a statement back, and they are recorded.
+    pub fn redact_secrets(
+        mut self,
+        values: &std::collections::BTreeMap<String, String>,
+    ) -> StepError {
+        if values.is_empty() {
+            return self;
+        }
+        self.message = crate::secrets::redact(&self.message, values);
+        self.root_cause = self
+            .root_cause
+            .map(|cause| crate::secrets::redact(&cause, values));
+        self
+    }
+
     /// The same failure with `context` in front of its message.
     pub fn context(mut self, context: impl std::fmt::Display) -> StepError {
         self.message = format!("{context}: {}", self.message);

@@ -1,5 +1,6 @@
 //! Job specs: the v1 YAML contract parsed into typed, validated desired state.
 
+pub mod program;
 pub mod source;
 pub mod sql;
 pub mod yaml;
@@ -182,14 +183,61 @@ pub enum Concurrency {
     Allow,
 }
 
-/// Where the JAR comes from.
+/// What runs: a JAR, or a SQL or Python program run by the runner JAR.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Artifact {
-    /// A file in the spec repository.
+    /// A JAR file in the spec repository.
     Path(RepoPath),
-    /// An https or file URL; its digest must be pinned.
+    /// A JAR at an https or file URL; its digest must be pinned.
     Url(String),
+    /// SQL files in the repository, executed in order.
+    Sql {
+        /// The files.
+        files: Vec<RepoPath>,
+    },
+    /// A PyFlink program in the repository.
+    Python {
+        /// The main file.
+        entry: RepoPath,
+        /// More files or folders shipped with it.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        files: Vec<RepoPath>,
+    },
+}
+
+/// The three kinds of job, for `status`, `history` and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    /// A JAR with its own `main`.
+    Jar,
+    /// A Flink SQL pipeline.
+    Sql,
+    /// A PyFlink program.
+    Python,
+}
+
+impl JobKind {
+    /// `jar`, `sql` or `python`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Jar => "jar",
+            JobKind::Sql => "sql",
+            JobKind::Python => "python",
+        }
+    }
+}
+
+impl Artifact {
+    /// Which kind of job this artifact makes.
+    pub fn kind(&self) -> JobKind {
+        match self {
+            Artifact::Path(_) | Artifact::Url(_) => JobKind::Jar,
+            Artifact::Sql { .. } => JobKind::Sql,
+            Artifact::Python { .. } => JobKind::Python,
+        }
+    }
 }
 
 /// When a new deployment counts as healthy.
@@ -231,8 +279,12 @@ pub struct JobSpec {
     pub job_id: String,
     /// Stream or batch.
     pub job_type: JobType,
-    /// The JAR.
+    /// The JAR, or the SQL or Python program.
     pub artifact: Artifact,
+    /// The spec's own runner JAR in the repository (SQL and Python jobs that bring connectors);
+    /// `None` runs them on the agent's configured runner.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runner: Option<RepoPath>,
     /// Pinned `sha256:` digest of the JAR, lower-case hex.
     pub artifact_sha256: Option<String>,
     /// Main class when the manifest has none.
@@ -292,15 +344,27 @@ pub struct DesiredJob {
     pub spec: JobSpec,
     /// Repo-relative spec file.
     pub file: RepoPath,
-    /// Identity of the JAR's content in this revision (`git-blob:<oid>`, `sha256:<hex>` or the pinned digest).
+    /// Identity of what runs in this revision: the JAR's (`git-blob:<oid>`, `sha256:<hex>` or the
+    /// pinned digest), or the SQL/Python sources' (`sources-sha256:<hex>`, with the spec's runner).
     pub artifact_content: String,
+    /// The SQL or Python sources, for those jobs.
+    #[serde(skip)]
+    pub program: Option<program::Program>,
+    /// Keyed fingerprints of the `${secret:NAME}` values the job uses (never the values), so a
+    /// changed secret redeploys the job; empty until the agent resolves them.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
 }
 
 impl DesiredJob {
     /// The canonical JSON of everything that, when changed, needs a redeploy.
     pub fn canonical_json(&self) -> String {
-        let value =
+        let mut value =
             serde_json::json!({ "spec": self.spec, "artifact_content": self.artifact_content });
+        // Only present when used, so the hashes of jobs without secrets stay what they were.
+        if !self.secrets.is_empty() {
+            value["secrets"] = serde_json::json!(self.secrets);
+        }
         value.to_string()
     }
 
@@ -330,6 +394,9 @@ struct RawSpec {
     artifact_path: Option<S<String>>,
     artifact_url: Option<S<String>>,
     artifact_signature: Option<S<String>>,
+    sql: Option<S<SqlFiles>>,
+    python: Option<S<RawPython>>,
+    runner: Option<S<String>>,
     entry_class: Option<S<String>>,
     deployment: Option<S<RawDeployment>>,
     resources: Option<S<IgnoredAny>>,
@@ -345,6 +412,21 @@ struct RawSpec {
     allow_non_restored_state: Option<bool>,
     flink_config: Option<std::collections::HashMap<S<String>, FlinkValue>>,
     health: Option<RawHealth>,
+}
+
+/// `sql: file.sql` or `sql: [a.sql, b.sql]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SqlFiles {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPython {
+    entry: Option<String>,
+    files: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -582,58 +664,8 @@ fn validate(raw: RawSpec, check: &mut Checker<'_>) -> Option<JobSpec> {
         Some(t) => Some(t.value),
     };
 
-    let artifact = match (&raw.artifact_path, &raw.artifact_url) {
-        (Some(path), None) => match RepoPath::parse(&path.value) {
-            Ok(p) if p.is_root() => {
-                check.at(path, "artifact_path", "must name a file");
-                None
-            }
-            Ok(p) => Some(Artifact::Path(p)),
-            Err(reason) => {
-                check.at(path, "artifact_path", reason);
-                None
-            }
-        },
-        (None, Some(url)) => match url::Url::parse(&url.value) {
-            Ok(u) if matches!(u.scheme(), "https" | "file") => {
-                Some(Artifact::Url(url.value.clone()))
-            }
-            Ok(u) => {
-                check.at(
-                    url,
-                    "artifact_url",
-                    format!(
-                        "scheme `{}` is not allowed; use https:// or file://",
-                        u.scheme()
-                    ),
-                );
-                None
-            }
-            Err(e) => {
-                check.at(
-                    url,
-                    "artifact_url",
-                    format!("`{}` is not a URL: {e}", url.value),
-                );
-                None
-            }
-        },
-        (Some(_), Some(url)) => {
-            check.at(
-                url,
-                "artifact_url",
-                "set either `artifact_path` or `artifact_url`, not both",
-            );
-            None
-        }
-        (None, None) => {
-            check.whole_file(
-                Some("artifact_path"),
-                "is required (or `artifact_url` with `artifact_signature`)",
-            );
-            None
-        }
-    };
+    let artifact = validate_artifact(&raw, check);
+    let runner = validate_runner(&raw, artifact.as_ref(), check);
 
     let artifact_sha256 = raw.artifact_signature.as_ref().and_then(|sig| {
         let digest = sig.value.strip_prefix("sha256:");
@@ -656,6 +688,29 @@ fn validate(raw: RawSpec, check: &mut Checker<'_>) -> Option<JobSpec> {
             }
         }
     });
+    if let (Some(Artifact::Sql { .. } | Artifact::Python { .. }), Some(sig)) =
+        (&artifact, &raw.artifact_signature)
+    {
+        check.at(
+            sig,
+            "artifact_signature",
+            "pins a downloaded JAR; SQL and Python sources are read from the signed commit itself",
+        );
+    }
+    if let (Some(Artifact::Sql { .. } | Artifact::Python { .. }), Some(class)) =
+        (&artifact, &raw.entry_class)
+    {
+        check.at(
+            class,
+            "entry_class",
+            "does not apply to SQL and Python jobs: the runner JAR is their entry point",
+        );
+    }
+    if let (Some(Artifact::Sql { .. }), Some(first)) =
+        (&artifact, raw.args.as_ref().and_then(|a| a.first()))
+    {
+        check.at(first, "args", "SQL jobs take no program arguments: write values into the SQL (`${secret:NAME}` for secrets)");
+    }
     if let (Some(Artifact::Url(_)), None, Some(url)) =
         (&artifact, &raw.artifact_signature, &raw.artifact_url)
     {
@@ -957,6 +1012,7 @@ fn validate(raw: RawSpec, check: &mut Checker<'_>) -> Option<JobSpec> {
         job_id: job_id?,
         job_type: job_type?,
         artifact: artifact?,
+        runner,
         artifact_sha256,
         entry_class,
         parallelism,
@@ -973,6 +1029,172 @@ fn validate(raw: RawSpec, check: &mut Checker<'_>) -> Option<JobSpec> {
         allow_non_restored_state: raw.allow_non_restored_state.unwrap_or(false),
         health,
     })
+}
+
+/// Exactly one of `artifact_path`, `artifact_url`, `sql` and `python`, checked.
+fn validate_artifact(raw: &RawSpec, check: &mut Checker<'_>) -> Option<Artifact> {
+    const ONE_OF: &str = "set exactly one of `artifact_path`, `artifact_url`, `sql` and `python`";
+    let given: Vec<(&str, serde_saphyr::Location)> = [
+        (
+            "artifact_path",
+            raw.artifact_path.as_ref().map(|s| s.referenced),
+        ),
+        (
+            "artifact_url",
+            raw.artifact_url.as_ref().map(|s| s.referenced),
+        ),
+        ("sql", raw.sql.as_ref().map(|s| s.referenced)),
+        ("python", raw.python.as_ref().map(|s| s.referenced)),
+    ]
+    .into_iter()
+    .filter_map(|(name, at)| at.map(|at| (name, at)))
+    .collect();
+    if given.is_empty() {
+        check.whole_file(
+            Some("artifact_path"),
+            "is required (or `artifact_url` with `artifact_signature`, or `sql`, or `python`)",
+        );
+        return None;
+    }
+    if given.len() > 1 {
+        for (name, at) in &given[1..] {
+            check.at(
+                &Spanned::new((), *at, *at),
+                name,
+                format!("{ONE_OF}; `{}` is set too", given[0].0),
+            );
+        }
+        return None;
+    }
+    if let Some(path) = &raw.artifact_path {
+        return match RepoPath::parse(&path.value) {
+            Ok(p) if p.is_root() => {
+                check.at(path, "artifact_path", "must name a file");
+                None
+            }
+            Ok(p) => Some(Artifact::Path(p)),
+            Err(reason) => {
+                check.at(path, "artifact_path", reason);
+                None
+            }
+        };
+    }
+    if let Some(url) = &raw.artifact_url {
+        return match url::Url::parse(&url.value) {
+            Ok(u) if matches!(u.scheme(), "https" | "file") => {
+                Some(Artifact::Url(url.value.clone()))
+            }
+            Ok(u) => {
+                check.at(
+                    url,
+                    "artifact_url",
+                    format!(
+                        "scheme `{}` is not allowed; use https:// or file://",
+                        u.scheme()
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                check.at(
+                    url,
+                    "artifact_url",
+                    format!("`{}` is not a URL: {e}", url.value),
+                );
+                None
+            }
+        };
+    }
+    if let Some(sql) = &raw.sql {
+        let names = match &sql.value {
+            SqlFiles::One(name) => vec![name.clone()],
+            SqlFiles::Many(names) => names.clone(),
+        };
+        if names.is_empty() {
+            check.at(
+                sql,
+                "sql",
+                "names no file; write `sql: path/to/file.sql` or a list of files",
+            );
+            return None;
+        }
+        let mut files: Vec<RepoPath> = Vec::new();
+        for name in &names {
+            match program_path(name, ".sql") {
+                Ok(path) if files.contains(&path) => {
+                    check.at(sql, "sql", format!("`{path}` is listed twice"));
+                }
+                Ok(path) => files.push(path),
+                Err(reason) => check.at(sql, "sql", reason),
+            }
+        }
+        return (files.len() == names.len()).then_some(Artifact::Sql { files });
+    }
+    let python = raw.python.as_ref()?;
+    let Some(entry) = &python.value.entry else {
+        check.at(
+            python,
+            "python.entry",
+            "is required: the program's main `.py` file in the repository",
+        );
+        return None;
+    };
+    let entry = match program_path(entry, ".py") {
+        Ok(entry) => Some(entry),
+        Err(reason) => {
+            check.at(python, "python.entry", reason);
+            None
+        }
+    };
+    let mut files = Vec::new();
+    for name in python.value.files.iter().flatten() {
+        match RepoPath::parse(name) {
+            Ok(path) if path.is_root() => check.at(
+                python,
+                "python.files",
+                "`.` would ship the whole repository; name the folders the program needs",
+            ),
+            Ok(path) => files.push(path),
+            Err(reason) => check.at(python, "python.files", reason),
+        }
+    }
+    let listed = python.value.files.as_ref().map_or(0, Vec::len);
+    (files.len() == listed).then_some(Artifact::Python {
+        entry: entry?,
+        files,
+    })
+}
+
+fn program_path(name: &str, extension: &str) -> Result<RepoPath, String> {
+    let path = RepoPath::parse(name)?;
+    if !path.as_str().ends_with(extension) {
+        return Err(format!("`{name}` must be a {extension} file"));
+    }
+    Ok(path)
+}
+
+/// `runner:` names a JAR in the repository, and only SQL and Python jobs have a runner.
+fn validate_runner(
+    raw: &RawSpec,
+    artifact: Option<&Artifact>,
+    check: &mut Checker<'_>,
+) -> Option<RepoPath> {
+    let runner = raw.runner.as_ref()?;
+    if matches!(artifact, Some(Artifact::Path(_) | Artifact::Url(_))) {
+        check.at(
+            runner,
+            "runner",
+            "only SQL and Python jobs have a runner; a JAR job is its own entry point",
+        );
+        return None;
+    }
+    match program_path(&runner.value, ".jar") {
+        Ok(path) => Some(path),
+        Err(reason) => {
+            check.at(runner, "runner", reason);
+            None
+        }
+    }
 }
 
 /// The longest a batch run may be given before it is cancelled (30 days).
@@ -1167,14 +1389,38 @@ pub fn load_desired(tree: &dyn SpecTree, jobs_dir: &str) -> Result<DesiredState,
                 continue;
             }
         };
-        let artifact_content = match artifact_content(tree, &spec) {
+        let program = match program::load(tree, file, &spec) {
+            Ok(program) => program,
+            Err(mut problems) => {
+                errors.append(&mut problems);
+                continue;
+            }
+        };
+        if let Err((field, e)) = crate::secrets::job_references(&spec.args, program.as_ref()) {
+            errors.push(SpecError {
+                file: file.to_string(),
+                line: 0,
+                column: 0,
+                field: Some(field.into()),
+                message: e.to_string(),
+            });
+            continue;
+        }
+        let artifact_content = match artifact_content(tree, &spec, program.as_ref()) {
             Ok(id) => id,
             Err(message) => {
                 errors.push(SpecError {
                     file: file.to_string(),
                     line: 0,
                     column: 0,
-                    field: Some("artifact_path".into()),
+                    field: Some(
+                        if matches!(spec.artifact, Artifact::Path(_) | Artifact::Url(_)) {
+                            "artifact_path"
+                        } else {
+                            "runner"
+                        }
+                        .into(),
+                    ),
                     message,
                 });
                 continue;
@@ -1199,6 +1445,8 @@ pub fn load_desired(tree: &dyn SpecTree, jobs_dir: &str) -> Result<DesiredState,
                 spec,
                 file: path.clone(),
                 artifact_content,
+                program,
+                secrets: BTreeMap::new(),
             },
         );
     }
@@ -1216,23 +1464,36 @@ fn strip_path_prefix(message: &str, file: &str) -> String {
         .to_string()
 }
 
-fn artifact_content(tree: &dyn SpecTree, spec: &JobSpec) -> Result<String, String> {
-    match &spec.artifact {
-        Artifact::Url(_) => Ok(format!(
+fn artifact_content(
+    tree: &dyn SpecTree,
+    spec: &JobSpec,
+    program: Option<&program::Program>,
+) -> Result<String, String> {
+    let jar_content = |path: &RepoPath| {
+        let resolved = tree
+            .resolve_file(path)
+            .map_err(|e| strip_path_prefix(&e.to_string(), path.as_str()))
+            .map_err(|reason| format!("`{path}` {reason}"))?
+            .ok_or_else(|| format!("`{path}` does not exist in {}", tree.describe()))?;
+        if !resolved.as_str().ends_with(".jar") {
+            return Err(format!("`{path}` must be a .jar file"));
+        }
+        tree.content_id(&resolved).map_err(|e| e.to_string())
+    };
+    match (&spec.artifact, program) {
+        (Artifact::Url(_), _) => Ok(format!(
             "sha256:{}",
             spec.artifact_sha256.as_deref().unwrap_or_default()
         )),
-        Artifact::Path(path) => {
-            let resolved = tree
-                .resolve_file(path)
-                .map_err(|e| strip_path_prefix(&e.to_string(), path.as_str()))
-                .map_err(|reason| format!("`{path}` {reason}"))?
-                .ok_or_else(|| format!("`{path}` does not exist in {}", tree.describe()))?;
-            if !resolved.as_str().ends_with(".jar") {
-                return Err(format!("`{path}` must be a .jar file"));
+        (Artifact::Path(path), _) => jar_content(path),
+        (_, Some(program)) => {
+            let sources = format!("sources-sha256:{}", program.digest());
+            match &spec.runner {
+                Some(runner) => Ok(format!("{sources};runner={}", jar_content(runner)?)),
+                None => Ok(sources),
             }
-            tree.content_id(&resolved).map_err(|e| e.to_string())
         }
+        (_, None) => Err("the SQL or Python sources were not loaded".into()),
     }
 }
 

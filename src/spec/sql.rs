@@ -11,6 +11,8 @@ pub struct Statement {
     pub text: String,
     /// 1-based line of its first character in the file.
     pub line: usize,
+    /// 1-based column of its first character on that line.
+    pub column: usize,
     /// What it does.
     pub kind: StatementKind,
 }
@@ -51,15 +53,18 @@ pub fn split(text: &str) -> Result<Vec<Statement>, SqlError> {
     let mut current = String::new();
     let mut start_line = None;
     let mut line = 1;
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
+    // Byte offset where the current line begins, for the column of a statement's first character.
+    let mut line_start = 0;
+    let mut chars = text.char_indices().map(|(at, c)| (c, at)).peekable();
+    let column_at = |line_start: usize, at: usize| text[line_start..at].chars().count() + 1;
+    while let Some((c, at)) = chars.next() {
         match c {
             '\'' | '"' | '`' => {
                 let opened = line;
-                start_line.get_or_insert(line);
+                start_line.get_or_insert((line, column_at(line_start, at)));
                 current.push(c);
                 loop {
-                    let Some(next) = chars.next() else {
+                    let Some((next, next_at)) = chars.next() else {
                         return Err(SqlError::Unterminated {
                             line: opened,
                             what: if c == '\'' {
@@ -71,11 +76,12 @@ pub fn split(text: &str) -> Result<Vec<Statement>, SqlError> {
                     };
                     if next == '\n' {
                         line += 1;
+                        line_start = next_at + 1;
                     }
                     current.push(next);
                     if next == c {
                         // A doubled quote is an escaped quote, not the end.
-                        if chars.peek() == Some(&c) {
+                        if chars.peek().map(|(p, _)| *p) == Some(c) {
                             current.push(c);
                             chars.next();
                         } else {
@@ -84,24 +90,37 @@ pub fn split(text: &str) -> Result<Vec<Statement>, SqlError> {
                     }
                 }
             }
-            '-' if chars.peek() == Some(&'-') => {
-                for next in chars.by_ref() {
+            '-' if chars.peek().map(|(p, _)| *p) == Some('-') => {
+                for (next, next_at) in chars.by_ref() {
                     if next == '\n' {
                         line += 1;
+                        line_start = next_at + 1;
                         current.push('\n');
                         break;
                     }
                 }
             }
-            '/' if chars.peek() == Some(&'*') => {
+            '/' if chars.peek().map(|(p, _)| *p) == Some('*') => {
                 let opened = line;
                 chars.next();
+                // `/*+ … */` is an optimizer hint (STATE_TTL, LOOKUP, …): part of the statement.
+                let hint = chars.peek().map(|(p, _)| *p) == Some('+');
+                if hint {
+                    start_line.get_or_insert((line, column_at(line_start, at)));
+                    current.push_str("/*");
+                }
                 let mut previous = ' ';
                 let mut closed = false;
-                for next in chars.by_ref() {
+                for (next, next_at) in chars.by_ref() {
                     if next == '\n' {
                         line += 1;
-                        current.push('\n');
+                        line_start = next_at + 1;
+                        if !hint {
+                            current.push('\n');
+                        }
+                    }
+                    if hint {
+                        current.push(next);
                     }
                     if previous == '*' && next == '/' {
                         closed = true;
@@ -112,10 +131,12 @@ pub fn split(text: &str) -> Result<Vec<Statement>, SqlError> {
                 if !closed {
                     return Err(SqlError::Unterminated {
                         line: opened,
-                        what: "a comment",
+                        what: if hint { "a hint" } else { "a comment" },
                     });
                 }
-                current.push(' ');
+                if !hint {
+                    current.push(' ');
+                }
             }
             ';' => {
                 if let Some(at) = start_line.take() {
@@ -125,11 +146,12 @@ pub fn split(text: &str) -> Result<Vec<Statement>, SqlError> {
             }
             '\n' => {
                 line += 1;
+                line_start = at + 1;
                 current.push('\n');
             }
             c => {
                 if !c.is_whitespace() {
-                    start_line.get_or_insert(line);
+                    start_line.get_or_insert((line, column_at(line_start, at)));
                 }
                 current.push(c);
             }
@@ -142,34 +164,40 @@ pub fn split(text: &str) -> Result<Vec<Statement>, SqlError> {
 }
 
 /// `EXECUTE STATEMENT SET BEGIN INSERT …; INSERT …; END` arrives as several pieces: make it one.
-fn join_statement_sets(raw: Vec<(String, usize)>) -> Result<Vec<Statement>, SqlError> {
+fn join_statement_sets(raw: Vec<(String, (usize, usize))>) -> Result<Vec<Statement>, SqlError> {
     let mut statements = Vec::new();
-    let mut open_set: Option<(String, usize)> = None;
-    for (text, line) in raw {
+    let mut open_set: Option<(String, (usize, usize))> = None;
+    for (text, (line, column)) in raw {
         match open_set.as_mut() {
             Some((set, _)) => {
                 set.push_str(";\n");
                 set.push_str(&text);
                 if words(&text) == ["END"] {
-                    let (text, line) = open_set.take().unwrap_or_default();
+                    let (text, (line, column)) = open_set.take().unwrap_or_default();
                     statements.push(Statement {
                         text,
                         line,
+                        column,
                         kind: StatementKind::Job,
                     });
                 }
             }
             None if words(&text).join(" ").starts_with("EXECUTE STATEMENT SET") => {
-                open_set = Some((text, line));
+                open_set = Some((text, (line, column)));
             }
             None => {
                 let kind = kind_of(&text);
-                statements.push(Statement { text, line, kind });
+                statements.push(Statement {
+                    text,
+                    line,
+                    column,
+                    kind,
+                });
             }
         }
     }
     match open_set {
-        Some((_, line)) => Err(SqlError::UnclosedStatementSet { line }),
+        Some((_, (line, _))) => Err(SqlError::UnclosedStatementSet { line }),
         None => Ok(statements),
     }
 }
@@ -217,6 +245,7 @@ mod tests {
         );
         let statements = split(text).unwrap();
         assert_eq!(statements[0].text, "SET 'pipeline.name' = 'a;b'");
+        assert_eq!((statements[2].line, statements[2].column), (5, 16));
         assert_eq!(statements[2].text, "INSERT INTO t\nSELECT x FROM s");
     }
 
@@ -239,6 +268,16 @@ mod tests {
         assert_eq!(
             split("EXECUTE STATEMENT SET BEGIN INSERT INTO b SELECT 1;"),
             Err(SqlError::UnclosedStatementSet { line: 1 })
+        );
+    }
+
+    #[test]
+    fn hints_stay_in_the_statement() {
+        let text = "INSERT INTO t SELECT /*+ STATE_TTL('o' = '1d') */ x /* gone */ FROM o;";
+        let statements = split(text).unwrap();
+        assert_eq!(
+            statements[0].text,
+            "INSERT INTO t SELECT /*+ STATE_TTL('o' = '1d') */ x   FROM o"
         );
     }
 

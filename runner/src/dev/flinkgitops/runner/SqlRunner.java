@@ -14,28 +14,31 @@ import org.apache.flink.table.api.TableEnvironment;
  * JobManager host: {@code SET}, DDL and views in order, then exactly one job-producing statement
  * (an {@code INSERT} or an {@code EXECUTE STATEMENT SET}).
  *
- * <p>Arguments: {@code [--batch] [--parse-only] --statement SQL [--statement SQL ...]}. The agent splits
- * the spec's files into statements (it reports errors with file and line), so each statement arrives
- * whole and nothing here parses SQL text by hand.
+ * <p>Arguments: {@code [--batch] --statement SQL [--statement SQL ...]}. The agent splits the spec's
+ * files into statements (it reports errors with file and line), so each statement arrives whole and
+ * nothing here parses SQL text by hand.
  *
- * <p>{@code --parse-only} runs the setup statements (they only touch the in-memory catalog) and
- * explains the job statement instead of executing it: the planner validates names, types and
- * connectors without submitting a job.
+ * <p>{@code --check} is for {@code flink-gitops validate} on a developer's machine or in CI, not for
+ * the cluster: several pipelines, each opened by {@code --pipeline NAME [--batch]}, are checked in one
+ * JVM. Setup statements run against a fresh in-memory catalog and the job statement is explained
+ * instead of executed, so the planner validates names, types and connectors without submitting
+ * anything. One line per pipeline goes to stdout: {@code ok<TAB>NAME} or
+ * {@code error<TAB>NAME<TAB>STATEMENT<TAB>MESSAGE}.
  */
 public final class SqlRunner {
     private SqlRunner() {}
 
     public static void main(String[] args) {
+        if (args.length > 0 && args[0].equals("--check")) {
+            check(args);
+            return;
+        }
         boolean batch = false;
-        boolean parseOnly = false;
         List<String> statements = new ArrayList<>();
         for (int i = 0; i < args.length; i++) {
             switch (args[i]) {
                 case "--batch":
                     batch = true;
-                    break;
-                case "--parse-only":
-                    parseOnly = true;
                     break;
                 case "--statement":
                     if (i + 1 >= args.length) {
@@ -47,10 +50,20 @@ public final class SqlRunner {
                     throw new IllegalArgumentException("unknown argument: " + args[i]);
             }
         }
+        run(batch, statements, false);
+    }
+
+    /**
+     * Runs (or, with {@code explainOnly}, explains) one pipeline; a failing statement is named by its
+     * position so the agent can point at its file and line.
+     */
+    static void run(boolean batch, List<String> statements, boolean explainOnly) {
         long jobStatements = statements.stream().filter(SqlRunner::producesJob).count();
         if (jobStatements != 1) {
-            throw new IllegalArgumentException(
-                    "expected exactly one INSERT or EXECUTE STATEMENT SET, got " + jobStatements);
+            throw new StatementException(
+                    statements.size(),
+                    "expected exactly one INSERT or EXECUTE STATEMENT SET, got " + jobStatements,
+                    null);
         }
         EnvironmentSettings settings =
                 batch ? EnvironmentSettings.inBatchMode() : EnvironmentSettings.inStreamingMode();
@@ -62,7 +75,7 @@ public final class SqlRunner {
                 if (setting != null) {
                     // TableEnvironment leaves SET to the SQL client; the session's config is ours.
                     tables.getConfig().set(setting[0], setting[1]);
-                } else if (parseOnly && producesJob(statement)) {
+                } else if (explainOnly && producesJob(statement)) {
                     tables.explainSql(statement);
                 } else {
                     // In a run request the job statement's submission is detached: this returns
@@ -70,9 +83,71 @@ public final class SqlRunner {
                     tables.executeSql(statement);
                 }
             } catch (RuntimeException e) {
-                throw new IllegalArgumentException(
-                        "statement " + (n + 1) + " of " + statements.size() + ": " + e.getMessage(), e);
+                throw new StatementException(n + 1, "statement " + (n + 1) + " of " + statements.size() + ": " + e.getMessage(), e);
             }
+        }
+    }
+
+    private static void check(String[] args) {
+        String name = null;
+        boolean batch = false;
+        List<String> statements = new ArrayList<>();
+        for (int i = 1; i <= args.length; i++) {
+            if (i == args.length || args[i].equals("--pipeline")) {
+                if (name != null) {
+                    System.out.println(checkOne(name, batch, statements));
+                }
+                if (i < args.length) {
+                    name = args[++i];
+                    batch = false;
+                    statements = new ArrayList<>();
+                }
+            } else if (args[i].equals("--batch")) {
+                batch = true;
+            } else if (args[i].equals("--statement") && i + 1 < args.length) {
+                statements.add(args[++i]);
+            } else {
+                throw new IllegalArgumentException("unknown argument: " + args[i]);
+            }
+        }
+    }
+
+    private static String checkOne(String name, boolean batch, List<String> statements) {
+        try {
+            run(batch, statements, true);
+            return "ok\t" + name;
+        } catch (StatementException e) {
+            return "error\t" + name + "\t" + e.statement + "\t" + oneLine(positioned(e));
+        } catch (RuntimeException e) {
+            return "error\t" + name + "\t0\t" + oneLine(String.valueOf(e.getMessage()));
+        }
+    }
+
+    /** The first message in the cause chain that says where (line, column), else the top one. */
+    private static String positioned(StatementException e) {
+        for (Throwable t = e.getCause(); t != null; t = t.getCause()) {
+            String message = String.valueOf(t.getMessage());
+            if (POSITION.matcher(message).find()) {
+                return message;
+            }
+        }
+        return e.getCause() != null ? String.valueOf(e.getCause().getMessage()) : e.getMessage();
+    }
+
+    private static final Pattern POSITION = Pattern.compile("line \\d+, column \\d+");
+
+    private static String oneLine(String message) {
+        String first = message.strip().split("\\R", 2)[0];
+        return first.replace('\t', ' ');
+    }
+
+    /** A statement failed; {@code statement} is its 1-based position. */
+    static final class StatementException extends IllegalArgumentException {
+        final int statement;
+
+        StatementException(int statement, String message, Throwable cause) {
+            super(message, cause);
+            this.statement = statement;
         }
     }
 

@@ -1,0 +1,340 @@
+//! The SQL and Python sources of a spec, read from the revision's own tree (so the commit's
+//! signature covers them) and checked before anything is submitted.
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use super::sql::{self, Statement, StatementKind};
+use super::{Artifact, EntryKind, JobSpec, RepoPath, SpecError, SpecTree, TreeError};
+
+/// One SQL or Python file larger than this is refused: sources travel in the run request.
+pub const SOURCE_FILE_LIMIT: u64 = 1024 * 1024;
+/// All sources of one job together.
+pub const PROGRAM_SIZE_LIMIT: u64 = 4 * 1024 * 1024;
+
+/// A SQL file as committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SqlFile {
+    /// Repo path.
+    pub path: String,
+    /// Its text.
+    pub text: String,
+}
+
+/// A Python source (or data) file as committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PythonFile {
+    /// Repo path.
+    pub path: String,
+    /// Its bytes, base64: Python files need not be UTF-8, and run requests carry text.
+    pub base64: String,
+}
+
+/// The program a SQL or Python spec runs, independent of the repository once loaded: a rollback
+/// redeploys it exactly from the agent's records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Program {
+    /// SQL files executed in order.
+    Sql {
+        /// The files.
+        files: Vec<SqlFile>,
+    },
+    /// A PyFlink program.
+    Python {
+        /// Repo path of the main file.
+        entry: String,
+        /// Every file shipped, the entry included.
+        files: Vec<PythonFile>,
+    },
+}
+
+impl Program {
+    /// The statements of a SQL program in execution order (it was split once already when it was
+    /// loaded, so this cannot fail for a loaded program).
+    pub fn statements(&self) -> Result<Vec<Statement>, sql::SqlError> {
+        let Program::Sql { files } = self else {
+            return Ok(Vec::new());
+        };
+        let mut all = Vec::new();
+        for file in files {
+            all.extend(sql::split(&file.text)?);
+        }
+        Ok(all)
+    }
+
+    /// The statements of a SQL program with the file each comes from.
+    pub fn statements_by_file(&self) -> Result<Vec<(&str, Statement)>, sql::SqlError> {
+        let Program::Sql { files } = self else {
+            return Ok(Vec::new());
+        };
+        let mut all = Vec::new();
+        for file in files {
+            all.extend(
+                sql::split(&file.text)?
+                    .into_iter()
+                    .map(|s| (file.path.as_str(), s)),
+            );
+        }
+        Ok(all)
+    }
+
+    /// A digest of every path and byte of the program, so any change to a source is an upgrade.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        let mut add = |path: &str, bytes: &[u8]| {
+            hash.update(path.as_bytes());
+            hash.update([0]);
+            hash.update((bytes.len() as u64).to_be_bytes());
+            hash.update(bytes);
+        };
+        match self {
+            Program::Sql { files } => {
+                for file in files {
+                    add(&file.path, file.text.as_bytes());
+                }
+            }
+            Program::Python { entry, files } => {
+                add("entry", entry.as_bytes());
+                for file in files {
+                    add(&file.path, file.base64.as_bytes());
+                }
+            }
+        }
+        hex::encode(hash.finalize())
+    }
+
+    /// The text that `${secret:NAME}` references are looked for in.
+    pub fn texts(&self) -> Vec<&str> {
+        match self {
+            Program::Sql { files } => files.iter().map(|f| f.text.as_str()).collect(),
+            Program::Python { .. } => Vec::new(),
+        }
+    }
+}
+
+/// Reads and checks the sources of `spec` (declared in `spec_file`), if it is a SQL or Python job.
+pub fn load(
+    tree: &dyn SpecTree,
+    spec_file: &str,
+    spec: &JobSpec,
+) -> Result<Option<Program>, Vec<SpecError>> {
+    match &spec.artifact {
+        Artifact::Path(_) | Artifact::Url(_) => Ok(None),
+        Artifact::Sql { files } => load_sql(tree, spec_file, files).map(Some),
+        Artifact::Python { entry, files } => load_python(tree, spec_file, entry, files).map(Some),
+    }
+}
+
+fn error(file: &str, line: usize, message: String) -> SpecError {
+    SpecError {
+        file: file.to_string(),
+        line: line as u64,
+        column: u64::from(line > 0),
+        field: None,
+        message,
+    }
+}
+
+/// The bytes of a regular file named by `field` of the spec, or why it cannot be used.
+fn read_source(
+    tree: &dyn SpecTree,
+    spec_file: &str,
+    field: &str,
+    path: &RepoPath,
+) -> Result<Vec<u8>, SpecError> {
+    let named_by = format!("named by `{field}` in {spec_file}");
+    let refuse = |message: String| error(path.as_str(), 0, format!("{message} ({named_by})"));
+    match tree.entry(path) {
+        Ok(Some(EntryKind::File)) => {}
+        Ok(None) => return Err(refuse(format!("does not exist in {}", tree.describe()))),
+        Ok(Some(EntryKind::Symlink(target))) => {
+            return Err(refuse(format!(
+                "is a symlink (to `{target}`); SQL and Python sources must be regular files"
+            )));
+        }
+        Ok(Some(EntryKind::Dir)) => return Err(refuse("is a folder, not a file".into())),
+        Ok(Some(EntryKind::Other)) => return Err(refuse("is not a regular file".into())),
+        Err(e) => return Err(refuse(e.to_string())),
+    }
+    tree.read(path, SOURCE_FILE_LIMIT).map_err(|e| match e {
+        TreeError::TooLarge { size, limit, .. } => refuse(format!(
+            "is {size} bytes; a source file may be at most {limit} bytes (1 MiB)"
+        )),
+        other => refuse(other.to_string()),
+    })
+}
+
+fn load_sql(
+    tree: &dyn SpecTree,
+    spec_file: &str,
+    paths: &[RepoPath],
+) -> Result<Program, Vec<SpecError>> {
+    let mut errors = Vec::new();
+    let mut files = Vec::new();
+    let mut total = 0u64;
+    // (file, line) of the job statement, once seen.
+    let mut job_at: Option<(String, usize)> = None;
+    for path in paths {
+        let file = path.as_str();
+        let bytes = match read_source(tree, spec_file, "sql", path) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        total += bytes.len() as u64;
+        let text = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(e) => {
+                errors.push(error(
+                    file,
+                    0,
+                    format!(
+                        "is not UTF-8 (invalid byte at offset {})",
+                        e.utf8_error().valid_up_to()
+                    ),
+                ));
+                continue;
+            }
+        };
+        let statements = match sql::split(&text) {
+            Ok(statements) => statements,
+            Err(e) => {
+                let line = match e {
+                    sql::SqlError::Unterminated { line, .. }
+                    | sql::SqlError::UnclosedStatementSet { line } => line,
+                };
+                errors.push(error(file, line, e.to_string()));
+                continue;
+            }
+        };
+        if statements.is_empty() {
+            errors.push(error(
+                file,
+                0,
+                format!("has no SQL statements (named by `sql` in {spec_file})"),
+            ));
+        }
+        for statement in &statements {
+            let first_word = statement
+                .text
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_ascii_uppercase();
+            if let Some((job_file, job_line)) = &job_at {
+                let what = if statement.kind == StatementKind::Job {
+                    format!(
+                        "a second job statement ({first_word}): {spec_file} runs exactly one job; put it in a spec of its own or join both in one EXECUTE STATEMENT SET"
+                    )
+                } else {
+                    format!(
+                        "`{first_word}` comes after the job statement at {job_file}:{job_line}; the INSERT or EXECUTE STATEMENT SET must be last"
+                    )
+                };
+                errors.push(error(file, statement.line, what));
+                continue;
+            }
+            match statement.kind {
+                StatementKind::Setup => {}
+                StatementKind::Job => job_at = Some((file.to_string(), statement.line)),
+                StatementKind::Other => errors.push(error(
+                    file,
+                    statement.line,
+                    format!("`{first_word}` does not belong in a deployed pipeline: it runs SET, DDL and views, then one INSERT or EXECUTE STATEMENT SET"),
+                )),
+            }
+        }
+        files.push(SqlFile {
+            path: file.to_string(),
+            text,
+        });
+    }
+    if total > PROGRAM_SIZE_LIMIT {
+        errors.push(error(
+            spec_file,
+            0,
+            format!("its SQL files hold {total} bytes together; a job's sources may be at most {PROGRAM_SIZE_LIMIT} bytes (4 MiB)"),
+        ));
+    }
+    if errors.is_empty() && job_at.is_none() {
+        let last = paths.last().map(RepoPath::as_str).unwrap_or(spec_file);
+        errors.push(error(
+            last,
+            0,
+            format!("no INSERT or EXECUTE STATEMENT SET in the SQL of {spec_file}: a pipeline must write somewhere"),
+        ));
+    }
+    if errors.is_empty() {
+        Ok(Program::Sql { files })
+    } else {
+        Err(errors)
+    }
+}
+
+fn load_python(
+    tree: &dyn SpecTree,
+    spec_file: &str,
+    entry: &RepoPath,
+    shipped: &[RepoPath],
+) -> Result<Program, Vec<SpecError>> {
+    let mut errors = Vec::new();
+    let mut paths = vec![(entry.clone(), "python.entry")];
+    for path in shipped {
+        match tree.entry(path) {
+            Ok(Some(EntryKind::Dir)) => match tree.walk(path) {
+                Ok(found) => {
+                    for (file, kind) in found {
+                        match kind {
+                            EntryKind::File => paths.push((file, "python.files")),
+                            EntryKind::Symlink(target) => errors.push(error(
+                                file.as_str(),
+                                0,
+                                format!("is a symlink (to `{target}`) in a folder named by `python.files` in {spec_file}; shipped files must be regular files"),
+                            )),
+                            _ => {}
+                        }
+                    }
+                }
+                Err(e) => errors.push(error(path.as_str(), 0, e.to_string())),
+            },
+            // Files, and what cannot be shipped, get read_source's verdict.
+            _ => paths.push((path.clone(), "python.files")),
+        }
+    }
+    let mut files: Vec<PythonFile> = Vec::new();
+    let mut total = 0u64;
+    for (path, field) in paths {
+        if files.iter().any(|f| f.path == path.as_str()) {
+            continue;
+        }
+        match read_source(tree, spec_file, field, &path) {
+            Ok(bytes) => {
+                total += bytes.len() as u64;
+                files.push(PythonFile {
+                    path: path.as_str().to_string(),
+                    base64: base64::engine::general_purpose::STANDARD.encode(bytes),
+                });
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if total > PROGRAM_SIZE_LIMIT {
+        errors.push(error(
+            spec_file,
+            0,
+            format!("its Python files hold {total} bytes together; a job's sources may be at most {PROGRAM_SIZE_LIMIT} bytes (4 MiB)"),
+        ));
+    }
+    if errors.is_empty() {
+        Ok(Program::Python {
+            entry: entry.as_str().to_string(),
+            files,
+        })
+    } else {
+        Err(errors)
+    }
+}
