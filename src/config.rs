@@ -146,6 +146,7 @@ struct RawFlink {
     url: Option<String>,
     savepoint_dir: Option<String>,
     request_timeout: Option<String>,
+    submit_timeout: Option<String>,
     tls: Option<RawTls>,
     auth: Option<RawFlinkAuth>,
 }
@@ -314,6 +315,9 @@ pub struct FlinkConfig {
     pub savepoint_dir: String,
     /// Timeout for one REST call.
     pub request_timeout: Duration,
+    /// Limit of `POST /jars/:id/run`, which runs the program's `main` (SQL planning, a Python
+    /// process) inside the call.
+    pub submit_timeout: Duration,
     /// TLS settings for an https URL (CA, client certificate for mutual TLS).
     pub tls: FlinkTls,
     /// Credentials for a cluster behind an authenticating proxy.
@@ -734,6 +738,13 @@ impl Config {
             Duration::from_secs(3600),
         )
         .map_err(|reason| invalid("flink.request_timeout", reason))?;
+        let submit_timeout = bounded_duration(
+            raw.flink.submit_timeout,
+            "2m",
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+        )
+        .map_err(|reason| invalid("flink.submit_timeout", reason))?;
         let raw_tls = raw.flink.tls.unwrap_or_default();
         let tls = FlinkTls {
             ca_file: optional_secret("flink.tls.ca_file", &raw_tls.ca_file)?,
@@ -899,6 +910,7 @@ impl Config {
                 url: flink_url,
                 savepoint_dir,
                 request_timeout,
+                submit_timeout,
                 tls,
                 auth: flink_auth,
             },

@@ -50,7 +50,10 @@ async fn setup() -> Setup {
     text.push_str(
         "reconcile:\n  poll_interval: 100ms\n  savepoint_timeout: 2s\n  retry_base: 10ms\n  retry_max: 20ms\n  max_failures: 3\n",
     );
-    text = text.replace("request_timeout: 5s", "request_timeout: 300ms");
+    text = text.replace(
+        "request_timeout: 5s",
+        "request_timeout: 300ms\n  submit_timeout: 300ms",
+    );
     std::fs::write(&path, text).unwrap();
     let config = Config::load(&path).unwrap();
     Setup {

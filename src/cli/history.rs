@@ -29,6 +29,8 @@ pub struct HistoryEntry {
     pub job_id: String,
     /// `deployment` or `run`.
     pub kind: &'static str,
+    /// `jar`, `sql` or `python`: what the job runs (as last deployed).
+    pub job_kind: &'static str,
     /// What was done: `promote`, `rollback`, `suspend`... or the run's trigger.
     pub action: String,
     /// How it ended.
@@ -83,6 +85,7 @@ fn deployment_entries(log: &[AuditEntry]) -> Vec<HistoryEntry> {
                 at: outcome.at.clone(),
                 job_id: outcome.job_id.clone()?,
                 kind: "deployment",
+                job_kind: "jar",
                 action: outcome.action.clone(),
                 result: outcome.result.clone().unwrap_or_default(),
                 revision: outcome.commit_id.clone(),
@@ -124,6 +127,7 @@ fn run_entry(run: &RunRecord) -> HistoryEntry {
         at: millis_rfc3339(run.submitted_at_ms),
         job_id: run.job_id.clone(),
         kind: "run",
+        job_kind: "jar",
         action: format!("run ({})", run.trigger),
         result: run.status.as_str().to_string(),
         revision: Some(run.commit_id.clone()),
@@ -148,7 +152,15 @@ pub fn entries(
     entries.extend(store.runs_since(job_id, runs_since)?.iter().map(run_entry));
     entries.retain(|e| job_id.is_none_or(|id| e.job_id == id));
     let mut signers: BTreeMap<String, Option<String>> = BTreeMap::new();
+    let mut kinds: BTreeMap<String, &'static str> = BTreeMap::new();
     for entry in &mut entries {
+        if !kinds.contains_key(&entry.job_id) {
+            let kind = store
+                .job(&entry.job_id)?
+                .map_or("jar", |r| r.job_kind().as_str());
+            kinds.insert(entry.job_id.clone(), kind);
+        }
+        entry.job_kind = kinds.get(&entry.job_id).copied().unwrap_or("jar");
         if let Some(commit) = &entry.revision {
             if !signers.contains_key(commit) {
                 let signer = store.revision(commit)?.and_then(|r| r.signer);
@@ -182,7 +194,11 @@ pub fn print(entries: &[HistoryEntry]) {
         println!(
             "{:<24} {:<24} {:<10} {:<20} {:<11} {:<12} {:<24} {:<32} {}",
             e.at,
-            e.job_id,
+            if e.job_kind == "jar" {
+                e.job_id.clone()
+            } else {
+                format!("{} [{}]", e.job_id, e.job_kind)
+            },
             e.kind,
             e.action,
             e.result,

@@ -777,6 +777,8 @@ impl PlanReport<'_> {
 pub struct JobStatus {
     /// The spec's job id.
     pub job_id: String,
+    /// `jar`, `sql` or `python` (as desired, else as last deployed).
+    pub kind: Option<crate::spec::JobKind>,
     /// The revision whose spec is desired (the verified branch head), if the spec exists there.
     pub desired_commit: Option<String>,
     /// The revision last applied.
@@ -883,8 +885,16 @@ async fn status(
                         .find(|j| crate::plan::is_alive(&j.state))
                         .copied()
                 });
+            let kind = snap
+                .revision
+                .as_ref()
+                .ok()
+                .and_then(|r| r.desired.jobs.get(id))
+                .map(|job| job.spec.artifact.kind())
+                .or_else(|| record.map(|r| r.job_kind()));
             JobStatus {
                 job_id: id.clone(),
+                kind,
                 desired_commit: desired_set.contains(id).then(|| snap.head.clone()),
                 applied_commit: record.map(|r| r.commit_id.clone()),
                 recorded_status: record.map(|r| r.status.clone()),

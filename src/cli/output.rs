@@ -171,14 +171,15 @@ pub fn print_status(
     }
     println!();
     println!(
-        "  {:<28} {:<12} {:<12} {:<10} {:<32} {:<12} LAST SAVEPOINT",
-        "JOB", "DESIRED", "APPLIED", "RECORDED", "FLINK JOB", "FLINK STATE"
+        "  {:<28} {:<6} {:<12} {:<12} {:<10} {:<32} {:<12} LAST SAVEPOINT",
+        "JOB", "KIND", "DESIRED", "APPLIED", "RECORDED", "FLINK JOB", "FLINK STATE"
     );
     let dash = || "-".to_string();
     for job in jobs {
         println!(
-            "  {:<28} {:<12} {:<12} {:<10} {:<32} {:<12} {}",
+            "  {:<28} {:<6} {:<12} {:<12} {:<10} {:<32} {:<12} {}",
             job.job_id,
+            job.kind.map_or("-", |k| k.as_str()),
             job.desired_commit
                 .as_deref()
                 .map(short_id)

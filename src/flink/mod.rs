@@ -130,6 +130,7 @@ pub struct FlinkClient {
     http: reqwest::Client,
     base: String,
     timeout: Duration,
+    submit_timeout: Duration,
     retry_attempts: u32,
 }
 
@@ -149,6 +150,7 @@ impl FlinkClient {
             http,
             base: base.as_str().trim_end_matches('/').to_string(),
             timeout,
+            submit_timeout: timeout,
             retry_attempts: 3,
         })
     }
@@ -221,6 +223,7 @@ impl FlinkClient {
             http,
             base: config.url.as_str().trim_end_matches('/').to_string(),
             timeout: config.request_timeout,
+            submit_timeout: config.submit_timeout,
             retry_attempts: 3,
         })
     }
@@ -270,17 +273,27 @@ impl FlinkClient {
         endpoint: &str,
         build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Result<T, FlinkError> {
+        self.call_within(method, endpoint, self.timeout, build).await
+    }
+
+    async fn call_within<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        endpoint: &str,
+        timeout: Duration,
+        build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<T, FlinkError> {
         let url = format!("{}{endpoint}", self.base);
-        let request = build(self.http.request(method.clone(), &url));
+        let request = build(self.http.request(method.clone(), &url)).timeout(timeout);
         let response = request
             .send()
             .await
-            .map_err(|e| self.transport_error(&method, &url, e))?;
+            .map_err(|e| self.transport_error(&method, &url, timeout, e))?;
         let status = response.status();
         let body = response
             .text()
             .await
-            .map_err(|e| self.transport_error(&method, &url, e))?;
+            .map_err(|e| self.transport_error(&method, &url, timeout, e))?;
         if !status.is_success() {
             return Err(FlinkError::Status {
                 method: method.to_string(),
@@ -301,12 +314,18 @@ impl FlinkClient {
         })
     }
 
-    fn transport_error(&self, method: &Method, url: &str, error: reqwest::Error) -> FlinkError {
+    fn transport_error(
+        &self,
+        method: &Method,
+        url: &str,
+        timeout: Duration,
+        error: reqwest::Error,
+    ) -> FlinkError {
         if error.is_timeout() {
             FlinkError::Timeout {
                 method: method.to_string(),
                 url: url.to_string(),
-                after: self.timeout,
+                after: timeout,
             }
         } else {
             FlinkError::Unreachable {
@@ -401,8 +420,11 @@ impl FlinkClient {
 
     /// `POST /jars/:jarid/run`; returns the job id.
     pub async fn run_jar(&self, jar_id: &str, request: &RunRequest) -> Result<String, FlinkError> {
+        // The JobManager runs the program's `main` inside this call: planning SQL or starting a
+        // Python process takes seconds, longer on a cold cluster.
+        let timeout = self.submit_timeout;
         let response: RunResponse = self
-            .call(Method::POST, &format!("/jars/{jar_id}/run"), |r| {
+            .call_within(Method::POST, &format!("/jars/{jar_id}/run"), timeout, |r| {
                 r.json(request)
             })
             .await?;

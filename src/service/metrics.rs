@@ -38,8 +38,8 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     /// Job actions by kind and result.
     pub actions: Family<ActionLabels, Counter>,
-    /// Jobs by recorded state.
-    pub jobs: Family<StateLabels, Gauge>,
+    /// Jobs by recorded state and kind.
+    pub jobs: Family<JobStateLabels, Gauge>,
     /// Unix time of the last pass that applied the head.
     pub last_sync: Gauge<f64, AtomicU64>,
     /// Age of the head commit (commit time to now).
@@ -68,6 +68,15 @@ pub struct Metrics {
     pub http_evicted: Counter,
 }
 
+/// `state` and `kind` of managed jobs.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobStateLabels {
+    /// The recorded state.
+    pub state: String,
+    /// `jar`, `sql` or `python`.
+    pub kind: String,
+}
+
 /// Labels of per-job series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobLabels {
@@ -81,7 +90,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("flink_gitops");
         let reconcile_duration = Histogram::new(exponential_buckets(0.01, 2.0, 16));
         let actions = Family::<ActionLabels, Counter>::default();
-        let jobs = Family::<StateLabels, Gauge>::default();
+        let jobs = Family::<JobStateLabels, Gauge>::default();
         let last_sync = Gauge::<f64, AtomicU64>::default();
         let head_commit_age = Gauge::<f64, AtomicU64>::default();
         let refusals = Family::<KindLabels, Counter>::default();
@@ -114,7 +123,11 @@ impl Metrics {
             reconcile_duration.clone(),
         );
         registry.register("actions", "Job actions by kind and result", actions.clone());
-        registry.register("jobs", "Managed jobs by recorded state", jobs.clone());
+        registry.register(
+            "jobs",
+            "Managed jobs by recorded state and kind (jar, sql, python)",
+            jobs.clone(),
+        );
         registry.register(
             "last_successful_sync_timestamp_seconds",
             "Unix time of the last pass that applied the branch head",

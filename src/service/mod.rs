@@ -590,11 +590,13 @@ async fn poll_and_reconcile(
             }
         }
         for record in records {
+            let kind = record.job_kind();
             shared
                 .metrics
                 .jobs
-                .get_or_create(&metrics::StateLabels {
+                .get_or_create(&metrics::JobStateLabels {
                     state: record.status,
+                    kind: kind.as_str().to_string(),
                 })
                 .inc();
         }

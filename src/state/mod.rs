@@ -141,6 +141,19 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// What the last deployment runs: `jar` unless it recorded a SQL or Python program.
+    pub fn job_kind(&self) -> crate::spec::JobKind {
+        #[derive(serde::Deserialize)]
+        struct KindOnly {
+            kind: Option<crate::spec::JobKind>,
+        }
+        self.deployment_json
+            .as_deref()
+            .and_then(|json| serde_json::from_str::<KindOnly>(json).ok())
+            .and_then(|d| d.kind)
+            .unwrap_or(crate::spec::JobKind::Jar)
+    }
+
     /// The lifecycle phase's name; a record built in memory without one is `steady`.
     pub fn phase_name(&self) -> &str {
         if self.phase.is_empty() {
