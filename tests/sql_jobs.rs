@@ -95,7 +95,10 @@ fn a_sql_pipeline_upgrades_with_its_state_rolls_back_reverts_suspends_and_is_del
     assert_eq!(code, Some(0), "{report:#}");
     expect(&report, &job, "create", "ok");
     let v1_jid = one_running(&job);
-    assert_eq!(flink_json(&format!("/jobs/{v1_jid}"))["name"], "clicks per user");
+    assert_eq!(
+        flink_json(&format!("/jobs/{v1_jid}"))["name"],
+        "clicks per user"
+    );
 
     // a compatible change of the .sql file alone (the YAML is untouched) is an upgrade; plan shows
     // the diff and warns that the query keeps state
@@ -229,7 +232,9 @@ fn a_sql_pipeline_upgrades_with_its_state_rolls_back_reverts_suspends_and_is_del
     );
     none_running(&job);
     let history = flink_gitops_json(
-        &["history", "-c", config_arg, "--job", &job, "--output", "json"],
+        &[
+            "history", "-c", config_arg, "--job", &job, "--output", "json",
+        ],
         0,
     );
     assert!(
@@ -286,7 +291,11 @@ fn a_batch_sql_report_runs_on_its_cron_until_max_runs_and_its_ttl_cancels_a_slow
         .write("reports/slow.sql", report_sql(1_000_000, 5))
         .write(
             &format!("jobs/{job}.yaml"),
-            batch_sql_spec(&job, "reports/totals.sql", "  cron: \"*/3 * * * * *\"\n  max_runs: 2\n"),
+            batch_sql_spec(
+                &job,
+                "reports/totals.sql",
+                "  cron: \"*/3 * * * * *\"\n  max_runs: 2\n",
+            ),
         )
         .write(
             &format!("jobs/{slow}.yaml"),
@@ -319,7 +328,14 @@ fn a_batch_sql_report_runs_on_its_cron_until_max_runs_and_its_ttl_cancels_a_slow
     }
     for run in runs(&config, &job) {
         assert_eq!(run["revision"], commit.as_str());
-        assert_eq!(run["action"], "run (cron)");
+        // Between two applies a fire time may have passed unseen: it runs late, as a catch-up.
+        assert!(
+            matches!(
+                run["action"].as_str(),
+                Some("run (cron)" | "run (catch-up)")
+            ),
+            "{run:#}"
+        );
         let jid = run["flink_job_id"].as_str().unwrap();
         let flink_job = flink_json(&format!("/jobs/{jid}"));
         assert_eq!(flink_job["state"], "FINISHED");
@@ -368,7 +384,12 @@ fn secrets_reach_flink_and_nothing_else_and_a_changed_value_redeploys() {
     let config_arg = config.to_str().unwrap();
 
     let output = flink_gitops(&["-vv", "apply", "-c", config_arg, "--output", "json"]);
-    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let mut said = String::from_utf8_lossy(&output.stdout).to_string();
     said.push_str(&String::from_utf8_lossy(&output.stderr));
     let jid = one_running(&job);
@@ -387,9 +408,16 @@ fn secrets_reach_flink_and_nothing_else_and_a_changed_value_redeploys() {
             .unwrap()
             .filter_map(|e| e.ok())
             .filter(|e| e.file_name().to_string_lossy().ends_with(".out"))
-            .any(|e| std::fs::read_to_string(e.path()).unwrap_or_default().contains(VALUE));
+            .any(|e| {
+                std::fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .contains(VALUE)
+            });
     }
-    assert!(reached, "the print sink of {jid} never used the secret value");
+    assert!(
+        reached,
+        "the print sink of {jid} never used the secret value"
+    );
 
     for args in [
         vec!["plan", "-c", config_arg, "--output", "json"],

@@ -273,7 +273,8 @@ impl FlinkClient {
         endpoint: &str,
         build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Result<T, FlinkError> {
-        self.call_within(method, endpoint, self.timeout, build).await
+        self.call_within(method, endpoint, self.timeout, build)
+            .await
     }
 
     async fn call_within<T: DeserializeOwned>(

@@ -485,6 +485,9 @@ impl Agent {
             .unwrap_or_else(|| row.clone());
         let generation = updated.generation.max(highest_on_cluster) + 1;
         let jid = flink_job_id(&row.job_id, generation);
+        // Before anything is recorded: a request that cannot be made leaves no run behind.
+        let (request, secret_values) =
+            self.run_request_with_secrets(pass, deployment, &jid, None)?;
         updated.generation = generation;
         updated.flink_job_id = Some(jid.clone());
         self.with_store(|s| s.put_job(&updated))?;
@@ -508,8 +511,6 @@ impl Agent {
             AuditAction::BatchRun,
             json!({"flink_job_id": jid, "trigger": trigger.as_str(), "scheduled_for": run.scheduled_for, "jar_sha256": deployment.jar_sha256}),
         )?;
-        let (request, secret_values) =
-            self.run_request_with_secrets(deployment, &jid, None, pass.default_parallelism)?;
         let result = self
             .run_jar_reuploading(&pass.head, deployment, &jar_id, &request)
             .await?;

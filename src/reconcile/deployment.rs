@@ -115,6 +115,13 @@ impl Deployment {
             _ => tags,
         };
         options.insert("pipeline.global-job-parameters".into(), merged_tags);
+        if !matches!(spec.artifact, Artifact::Path(_) | Artifact::Url(_)) {
+            // A JAR names its own job; a SQL or Python program is named after its spec unless it
+            // says otherwise (a SQL `SET 'pipeline.name'` wins over this).
+            options
+                .entry("pipeline.name".into())
+                .or_insert_with(|| spec.job_id.clone());
+        }
         if spec.job_type == JobType::Stream {
             // Cancelled jobs keep their checkpoints, so `last-state` and drift repair have state to start from.
             options
@@ -221,10 +228,19 @@ impl Deployment {
                 Ok(args)
             }
             Some(Program::Python { entry, files }) => {
-                let mut args = vec!["--entry".to_string(), entry.clone()];
+                use crate::spec::program::python_relative;
+                let mut args = Vec::with_capacity(files.len() * 3 + 3);
                 for file in files {
-                    args.extend(["--file".to_string(), file.path.clone(), file.base64.clone()]);
+                    args.extend([
+                        "--file".to_string(),
+                        python_relative(entry, &file.path).to_string(),
+                        file.base64.clone(),
+                    ]);
                 }
+                args.extend([
+                    "--entry".to_string(),
+                    python_relative(entry, entry).to_string(),
+                ]);
                 args.push("--".to_string());
                 args.extend(own_args()?);
                 Ok(args)

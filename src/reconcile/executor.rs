@@ -977,10 +977,10 @@ impl Agent {
             .ok_or_else(|| StepError::permanent("internal: nothing to submit"))?;
         let jar_id = self.ensure_jar(&pass.head, &target).await?;
         let (request, secret_values) = self.run_request_with_secrets(
+            pass,
             &target,
             &submission.flink_job_id,
             submission.restored_from.as_deref(),
-            pass.default_parallelism,
         )?;
         let intent = self.intent(
             &pass.head,

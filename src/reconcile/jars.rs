@@ -63,14 +63,22 @@ impl Agent {
     }
 
     /// The run request of `deployment` with its secrets filled in, and the values (to redact
-    /// them from whatever Flink answers).
+    /// them from whatever Flink answers). A Python job is refused here, before anything is sent,
+    /// when the cluster has no Python for it.
     pub(super) fn run_request_with_secrets(
         &self,
+        pass: &super::PassContext,
         deployment: &Deployment,
         flink_job_id: &str,
         restore: Option<&str>,
-        default_parallelism: u32,
     ) -> Result<(crate::flink::RunRequest, BTreeMap<String, String>), StepError> {
+        let default_parallelism = pass.default_parallelism;
+        if deployment.kind == crate::spec::JobKind::Python && pass.python_executable.is_none() {
+            return Err(StepError::permanent(format!(
+                "{} is a Python job and this Flink cluster cannot run Python jobs: its configuration has no python.executable (a Python with apache-flink {} and its dependencies on every host, and flink-python in lib/; scripts/flink-local sets this up)",
+                deployment.job_id, "2.3.0"
+            )));
+        }
         let secret_error = |e: crate::secrets::SecretError| {
             StepError::permanent(format!("{}: {e}", deployment.job_id))
         };
@@ -92,6 +100,11 @@ impl Agent {
         jar_id: &str,
         request: &crate::flink::RunRequest,
     ) -> Result<Result<String, FlinkError>, StepError> {
+        let (_exclusive, _shared) = if deployment.kind == crate::spec::JobKind::Python {
+            (Some(self.submit_gate.write().await), None)
+        } else {
+            (None, Some(self.submit_gate.read().await))
+        };
         match self.client.run_jar(jar_id, request).await {
             Err(FlinkError::Status { root_cause, .. }) if root_cause.contains("does not exist") => {
                 // The JobManager restarted and forgot its uploads: upload again, once.

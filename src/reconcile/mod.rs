@@ -157,6 +157,9 @@ pub struct Agent {
     /// The sha256 of the configured runner JAR, pinned when the agent started: its cached copy is
     /// what SQL and Python jobs run on, whatever happens to `runner.jar` afterwards.
     runner_sha256: Option<String>,
+    /// A Python submission has the JobManager to itself (PyFlink's driver keeps process-wide
+    /// state while it builds the job); others share it.
+    submit_gate: tokio::sync::RwLock<()>,
 }
 
 /// `apply --accept-rollback-to COMMIT`: this one pass may move the watermark to `commit` although
@@ -176,6 +179,8 @@ pub(crate) struct PassContext {
     /// The cluster's checkpoint storage (`execution.checkpointing.dir`), where retained
     /// checkpoints can be found after Flink forgot their job.
     checkpoint_dir: Option<String>,
+    /// `python.executable` of the cluster: without it, it cannot run PyFlink jobs.
+    python_executable: Option<String>,
     /// Our jobs on the cluster when the pass began, by job prefix: every instance of a job that
     /// may be alive is one of these or one the pass submitted itself (recorded in its row).
     instances: std::collections::HashMap<String, Vec<JobOverview>>,
@@ -225,6 +230,7 @@ impl Agent {
             state_identity,
             accept_rollback: None,
             runner_sha256,
+            submit_gate: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -357,7 +363,7 @@ impl Agent {
                     return Ok(report);
                 }
             };
-            let (default_parallelism, checkpoint_dir) = match self.client.overview().await {
+            let (default_parallelism, checkpoint_dir, python_executable) = match self.client.overview().await {
                 Ok(_) => match self.client.cluster_config().await {
                     Ok(entries) => {
                         let value = |key: &str| {
@@ -366,9 +372,10 @@ impl Agent {
                         (
                             value("parallelism.default").and_then(|v| v.parse().ok()).unwrap_or(1),
                             value("execution.checkpointing.dir").or_else(|| value("state.checkpoints.dir")),
+                            value("python.executable").filter(|v| !v.is_empty()),
                         )
                     }
-                    Err(_) => (1, None),
+                    Err(_) => (1, None, None),
                 },
                 Err(error) => {
                     warn!(%error, "cluster unreachable: no actions, nothing marked applied");
@@ -380,6 +387,7 @@ impl Agent {
                 head: head.clone(),
                 default_parallelism,
                 checkpoint_dir,
+                python_executable,
                 instances: Default::default(),
             };
             *self

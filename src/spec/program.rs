@@ -114,6 +114,23 @@ impl Program {
     }
 }
 
+/// The folder of a Python entry (empty for a file at the repository root): the program's root.
+pub fn python_root(entry: &str) -> &str {
+    entry.rsplit_once('/').map_or("", |(dir, _)| dir)
+}
+
+/// A shipped file's path below the program's root.
+pub fn python_relative<'a>(entry: &str, path: &'a str) -> &'a str {
+    let root = python_root(entry);
+    if root.is_empty() {
+        path
+    } else {
+        path.strip_prefix(root)
+            .and_then(|p| p.strip_prefix('/'))
+            .unwrap_or(path)
+    }
+}
+
 /// Reads and checks the sources of `spec` (declared in `spec_file`), if it is a SQL or Python job.
 pub fn load(
     tree: &dyn SpecTree,
@@ -307,8 +324,18 @@ fn load_python(
     }
     let mut files: Vec<PythonFile> = Vec::new();
     let mut total = 0u64;
+    // The entry's folder is the program's root on the cluster, as if run there with `python`.
+    let root = python_root(entry.as_str());
     for (path, field) in paths {
         if files.iter().any(|f| f.path == path.as_str()) {
+            continue;
+        }
+        if !root.is_empty() && !path.as_str().starts_with(&format!("{root}/")) {
+            errors.push(error(
+                path.as_str(),
+                0,
+                format!("is outside `{root}`, the folder of `python.entry` in {spec_file}: the program's files are shipped relative to that folder, so they must lie below it"),
+            ));
             continue;
         }
         match read_source(tree, spec_file, field, &path) {
