@@ -90,3 +90,80 @@ fn a_killed_upgrade_is_completed_by_the_next_start() {
         );
     }
 }
+
+#[test]
+fn a_killed_sql_upgrade_converges_like_a_jar_upgrade() {
+    let fixture = JobFixture::new(
+        "crash-sql",
+        |job| {
+            fast_gate(sql_spec(
+                job,
+                &["pipelines/clicks.sql", "pipelines/count.sql"],
+                "",
+            ))
+        },
+        "create",
+    );
+    let JobFixture {
+        job,
+        repo,
+        work,
+        config,
+        ..
+    } = &fixture;
+    repo.write("pipelines/clicks.sql", CLICKS_SQL)
+        .write("pipelines/count.sql", COUNT_SQL_V1);
+    repo.commit("the SQL files");
+    add_runner(config);
+    let (code, report) = apply(config);
+    assert_eq!(code, Some(0), "{report:#}");
+
+    for (round, step) in [
+        "after:stop",
+        "before:submit",
+        "after:submit",
+        "before:promote",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let query = if round % 2 == 0 {
+            COUNT_SQL_V2
+        } else {
+            COUNT_SQL_V1
+        };
+        repo.write("pipelines/count.sql", query);
+        repo.commit(&format!("query change {round}"));
+        apply_killed_at(config, step);
+
+        let (code, report) = apply(config);
+        assert_eq!(code, Some(0), "{step}: {report:#}");
+        let running = one_running(job);
+        let store = StateStore::open_read_only(&work.path().join("state"))
+            .unwrap()
+            .unwrap();
+        let record = store.job(job).unwrap().unwrap();
+        assert_eq!(
+            record.flink_job_id.as_deref(),
+            Some(running.as_str()),
+            "{step}"
+        );
+        let deployment: flink_gitops::reconcile::Deployment =
+            serde_json::from_str(record.deployment_json.as_deref().unwrap()).unwrap();
+        let statements = deployment.program.unwrap().statements().unwrap();
+        assert_eq!(
+            statements.last().unwrap().text.contains("HAVING"),
+            round % 2 == 0,
+            "{step}: the record holds the new query"
+        );
+        assert!(
+            store.open_intents().unwrap().is_empty(),
+            "{step}: every intent has an outcome"
+        );
+        assert_eq!(
+            restored_from(&running).as_deref().map(normalized),
+            record.last_savepoint.as_deref().map(normalized),
+            "{step}: restored the recorded savepoint"
+        );
+    }
+}

@@ -44,12 +44,7 @@ fn a_pyflink_job_deploys_upgrades_with_its_state_and_a_python_error_is_rolled_ba
     repo.commit("a click counter in Python");
     let work = tempfile::tempdir().unwrap();
     let config = write_apply_config(work.path(), &repo);
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&format!(
-        "runner:\n  jar: {}\n",
-        example_jar("flink-gitops-runner.jar").display()
-    ));
-    std::fs::write(&config, text).unwrap();
+    add_runner(&config);
 
     let (code, report) = apply(&config);
     assert_eq!(code, Some(0), "{report:#}");

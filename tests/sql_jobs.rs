@@ -14,12 +14,6 @@ use flink_gitops::state::StateStore;
 use serde_json::Value;
 use support::*;
 
-const SOURCES: &str = "-- the clicks every version reads\nSET 'pipeline.name' = 'clicks per user';\nCREATE TABLE clicks (user_id BIGINT, url STRING) WITH (\n  'connector' = 'datagen',\n  'rows-per-second' = '20',\n  'fields.user_id.min' = '1',\n  'fields.user_id.max' = '5'\n);\nCREATE TABLE counts (user_id BIGINT, clicks BIGINT) WITH ('connector' = 'blackhole');\n";
-
-const COUNT_V1: &str =
-    "INSERT INTO counts\nSELECT user_id, COUNT(*) AS clicks\nFROM clicks\nGROUP BY user_id;\n";
-/// A filter after the aggregate: the plan's operators stay the same, so the state restores.
-const COUNT_V2: &str = "INSERT INTO counts\nSELECT user_id, COUNT(*) AS clicks\nFROM clicks\nGROUP BY user_id\nHAVING COUNT(*) > 0;\n";
 /// Valid SQL that Flink's planner refuses when the job is submitted.
 const COUNT_BROKEN: &str = "INSERT INTO counts\nSELECT user_id, COUNT(referrer) AS clicks\nFROM clicks\nGROUP BY user_id;\n";
 
@@ -33,27 +27,16 @@ fn expect(report: &Value, job_id: &str, action: &str, outcome: &str) -> Value {
     entry
 }
 
-fn runner_jar() -> PathBuf {
-    example_jar("flink-gitops-runner.jar")
-}
-
 /// The apply config of these tests: the runner JAR and, when given, a secrets folder.
 fn sql_config(work: &Path, repo: &SpecRepo, secrets: Option<&Path>) -> PathBuf {
     let path = write_apply_config(work, repo);
-    let mut text = std::fs::read_to_string(&path).unwrap();
-    text.push_str(&format!("runner:\n  jar: {}\n", runner_jar().display()));
+    add_runner(&path);
     if let Some(dir) = secrets {
+        let mut text = std::fs::read_to_string(&path).unwrap();
         text.push_str(&format!("secrets:\n  dir: {}\n", dir.display()));
+        std::fs::write(&path, text).unwrap();
     }
-    std::fs::write(&path, text).unwrap();
     path
-}
-
-fn sql_spec(job_id: &str, files: &[&str], extra: &str) -> String {
-    format!(
-        "job_id: {job_id}\njob_type: stream\nsql: [{}]\ndeployment:\n  parallelism: 1\n  checkpoint_interval: 1000\n  restart_strategy: fixed-delay\n  max_restart_attempts: 2\n  restart_delay: 500\nhealth:\n  stable_for: 2s\n  max_restarts: 0\n  timeout: 60s\n{extra}",
-        files.join(", ")
-    )
 }
 
 fn plan_json(config: &Path) -> Value {
@@ -83,8 +66,8 @@ fn a_sql_pipeline_upgrades_with_its_state_rolls_back_reverts_suspends_and_is_del
     let dir = format!("pipelines/{job}");
     let (sources, query) = (format!("{dir}/sources.sql"), format!("{dir}/count.sql"));
     let spec_path = format!("jobs/{job}.yaml");
-    repo.write(&sources, SOURCES)
-        .write(&query, COUNT_V1)
+    repo.write(&sources, CLICKS_SQL)
+        .write(&query, COUNT_SQL_V1)
         .write(&spec_path, sql_spec(&job, &[&sources, &query], ""));
     let v1_commit = repo.commit("clicks per user, in SQL");
     let work = tempfile::tempdir().unwrap();
@@ -102,7 +85,7 @@ fn a_sql_pipeline_upgrades_with_its_state_rolls_back_reverts_suspends_and_is_del
 
     // a compatible change of the .sql file alone (the YAML is untouched) is an upgrade; plan shows
     // the diff and warns that the query keeps state
-    repo.write(&query, COUNT_V2);
+    repo.write(&query, COUNT_SQL_V2);
     let v2_commit = repo.commit("only users with clicks");
     let plan = plan_json(&config);
     let entry = planned(&plan, &job);
@@ -481,4 +464,73 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     files
+}
+
+#[test]
+fn validate_asks_flinks_planner_and_points_at_the_file_line_and_column() {
+    let flink_home = run(std::process::Command::new(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/flink-local"),
+    )
+    .arg("home"))
+    .trim()
+    .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("pipelines")).unwrap();
+    std::fs::create_dir_all(root.join("jobs")).unwrap();
+    std::fs::write(root.join("pipelines/clicks.sql"), CLICKS_SQL).unwrap();
+    std::fs::write(root.join("pipelines/count.sql"), COUNT_SQL_V1).unwrap();
+    std::fs::write(
+        root.join("jobs/count.yaml"),
+        sql_spec(
+            "count",
+            &["pipelines/clicks.sql", "pipelines/count.sql"],
+            "",
+        ),
+    )
+    .unwrap();
+    let runner = example_jar("flink-gitops-runner.jar");
+    let validate = || {
+        let output = flink_gitops(&[
+            "validate",
+            root.to_str().unwrap(),
+            "--runner",
+            runner.to_str().unwrap(),
+            "--flink-home",
+            &flink_home,
+            "--output",
+            "json",
+        ]);
+        let report: Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stderr)));
+        (output.status.code(), report)
+    };
+    let (code, report) = validate();
+    assert_eq!(
+        (code, &report["sql_check"]),
+        (Some(0), &Value::from("checked")),
+        "{report:#}"
+    );
+
+    // `referrer` is on line 2 of the file, column 23 of that line
+    std::fs::write(root.join("pipelines/count.sql"), COUNT_BROKEN).unwrap();
+    let (code, report) = validate();
+    assert_eq!(code, Some(1), "{report:#}");
+    let error = &report["errors"][0];
+    assert_eq!(
+        (&error["file"], &error["line"], &error["column"]),
+        (
+            &Value::from("pipelines/count.sql"),
+            &Value::from(2),
+            &Value::from(23)
+        ),
+        "{report:#}"
+    );
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("Column 'referrer' not found"),
+        "{report:#}"
+    );
 }

@@ -531,3 +531,32 @@ pub fn apply_killed_at(config: &Path, failpoint: &str) {
         String::from_utf8_lossy(&killed.stderr)
     );
 }
+
+/// Adds the runner JAR that `scripts/test` builds (`flink-gitops-runner.jar`) to an agent config,
+/// for SQL and Python specs.
+pub fn add_runner(config: &Path) {
+    let mut text = std::fs::read_to_string(config).unwrap();
+    text.push_str(&format!(
+        "runner:\n  jar: {}\n",
+        example_jar("flink-gitops-runner.jar").display()
+    ));
+    std::fs::write(config, text).unwrap();
+}
+
+/// The DDL the SQL tests share: clicks from datagen, a blackhole sink.
+pub const CLICKS_SQL: &str = "-- the clicks every version reads\nSET 'pipeline.name' = 'clicks per user';\nCREATE TABLE clicks (user_id BIGINT, url STRING) WITH (\n  'connector' = 'datagen',\n  'rows-per-second' = '20',\n  'fields.user_id.min' = '1',\n  'fields.user_id.max' = '5'\n);\nCREATE TABLE counts (user_id BIGINT, clicks BIGINT) WITH ('connector' = 'blackhole');\n";
+
+/// Clicks per user: a stateful aggregate.
+pub const COUNT_SQL_V1: &str =
+    "INSERT INTO counts\nSELECT user_id, COUNT(*) AS clicks\nFROM clicks\nGROUP BY user_id;\n";
+
+/// A filter after the aggregate: the plan's operators stay the same, so the state restores.
+pub const COUNT_SQL_V2: &str = "INSERT INTO counts\nSELECT user_id, COUNT(*) AS clicks\nFROM clicks\nGROUP BY user_id\nHAVING COUNT(*) > 0;\n";
+
+/// A stream spec running `files` in order, with a fast health gate like [`counter_spec`].
+pub fn sql_spec(job_id: &str, files: &[&str], extra: &str) -> String {
+    format!(
+        "job_id: {job_id}\njob_type: stream\nsql: [{}]\ndeployment:\n  parallelism: 1\n  checkpoint_interval: 1000\n  restart_strategy: fixed-delay\n  max_restart_attempts: 2\n  restart_delay: 500\nhealth:\n  stable_for: 2s\n  max_restarts: 0\n  timeout: 60s\n{extra}",
+        files.join(", ")
+    )
+}
