@@ -421,13 +421,28 @@ impl Config {
                 }
             }
         }
-        if let Some(dir) = &config.secrets_dir
-            && !dir.is_dir()
-        {
-            return Err(invalid(
-                "secrets.dir",
-                format!("{} is not a readable folder", dir.display()),
-            ));
+        if let Some(dir) = &config.secrets_dir {
+            if !dir.is_dir() {
+                return Err(invalid(
+                    "secrets.dir",
+                    format!("{} is not a readable folder", dir.display()),
+                ));
+            }
+            // A spec may name any file in the folder: the agent's own credentials must not be one.
+            let folder = dir.canonicalize().unwrap_or_else(|_| dir.clone());
+            for (field, file) in config.own_secret_files() {
+                let file = file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
+                if file.parent() == Some(folder.as_path()) {
+                    return Err(invalid(
+                        "secrets.dir",
+                        format!(
+                            "{} holds {} ({field}): a spec could read the agent's own credential; keep job secrets in a folder of their own",
+                            dir.display(),
+                            file.display()
+                        ),
+                    ));
+                }
+            }
         }
         if let Some(file) = &config.repo.auth.known_hosts_file {
             crate::git::KnownHosts::load(file).map_err(|e| ConfigError::Invalid {
@@ -437,6 +452,35 @@ impl Config {
             })?;
         }
         Ok(config)
+    }
+
+    /// The agent's own credential files, by field.
+    fn own_secret_files(&self) -> Vec<(&'static str, &Path)> {
+        let auth = &self.repo.auth;
+        let mut files: Vec<(&'static str, &Path)> = [
+            ("repo.auth.token_file", &auth.token_file),
+            ("repo.auth.ssh_key_file", &auth.ssh_key_file),
+            (
+                "repo.auth.ssh_key_passphrase_file",
+                &auth.ssh_key_passphrase_file,
+            ),
+            (
+                "server.webhook_secret_file",
+                &self.server.webhook_secret_file,
+            ),
+            ("flink.tls.key_file", &self.flink.tls.key_file),
+        ]
+        .into_iter()
+        .filter_map(|(field, file)| file.as_deref().map(|f| (field, f)))
+        .collect();
+        match &self.flink.auth {
+            FlinkAuth::None => {}
+            FlinkAuth::Bearer(file) => files.push(("flink.auth.bearer_token_file", file)),
+            FlinkAuth::Basic { password_file, .. } => {
+                files.push(("flink.auth.password_file", password_file))
+            }
+        }
+        files
     }
 
     /// Every secret and TLS file the config names must be readable and hold something: a missing
@@ -878,20 +922,11 @@ impl Config {
                 ),
             ));
         }
-        // `credential:NAME` style is for single files; a secrets folder is a plain path
-        // (systemd's $CREDENTIALS_DIRECTORY when written as `credentials:`).
-        let secrets_dir = match raw.secrets.dir.as_deref() {
-            None => None,
-            Some("credentials:") => Some(PathBuf::from(
-                std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
-                    invalid(
-                        "secrets.dir",
-                        "`credentials:` needs $CREDENTIALS_DIRECTORY (set by systemd's LoadCredential=)".into(),
-                    )
-                })?,
-            )),
-            Some(dir) => Some(resolve(Path::new(dir))),
-        };
+        let secrets_dir = raw
+            .secrets
+            .dir
+            .as_deref()
+            .map(|dir| resolve(Path::new(dir)));
         Ok(Config {
             source: path.to_path_buf(),
             repo: RepoConfig {

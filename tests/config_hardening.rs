@@ -170,3 +170,49 @@ fn secret_files_must_exist_hold_something_and_not_be_readable_by_others() {
     );
     assert!(!stderr.contains("a-long-shared-secret"), "{stderr}");
 }
+
+#[test]
+fn a_secrets_folder_holding_the_agents_own_credentials_is_refused() {
+    let repo = SpecRepo::new();
+    repo.write("jobs/.keep", "").commit("empty");
+    let work = tempfile::tempdir().unwrap();
+    let shared = work.path().join("creds");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("webhook-secret"), "s3cret-hook\n").unwrap();
+    std::fs::set_permissions(
+        shared.join("webhook-secret"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let path = config(
+        work.path(),
+        &repo,
+        "  url: http://127.0.0.1:1",
+        "server:\n  webhook_secret_file: creds/webhook-secret\nsecrets:\n  dir: creds\n",
+    );
+    let stderr = refused(&path, "plan", "secrets.dir", "s3cret-hook");
+    assert!(
+        stderr.contains("a spec could read the agent's own credential"),
+        "{stderr}"
+    );
+    // A folder of job secrets alone is fine, and so is a runner JAR that exists.
+    let jobs = work.path().join("job-secrets");
+    std::fs::create_dir(&jobs).unwrap();
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("dir: creds", "dir: job-secrets"),
+    )
+    .unwrap();
+    let (code, stderr) = bounded(&["plan", "-c", path.to_str().unwrap()]);
+    assert_ne!(code, Some(2), "{stderr}");
+    let missing_runner =
+        std::fs::read_to_string(&path).unwrap() + "runner:\n  jar: nowhere/runner.jar\n";
+    std::fs::write(&path, missing_runner).unwrap();
+    let stderr = refused(&path, "plan", "runner.jar", "");
+    assert!(
+        stderr.contains("build it with scripts/build-runner"),
+        "{stderr}"
+    );
+}

@@ -534,3 +534,61 @@ fn validate_asks_flinks_planner_and_points_at_the_file_line_and_column() {
         "{report:#}"
     );
 }
+
+#[test]
+fn a_spec_brings_its_own_runner_jar_signed_like_any_jar() {
+    let job = unique("sql-own-runner");
+    let _cleanup = CancelOnDrop(vec![job.clone()]);
+    let repo = SpecRepo::new();
+    repo.write("pipelines/clicks.sql", CLICKS_SQL)
+        .write("pipelines/count.sql", COUNT_SQL_V1)
+        .write(
+            "artifacts/team-runner.jar",
+            std::fs::read(example_jar("flink-gitops-runner.jar")).unwrap(),
+        )
+        .write(
+            &format!("jobs/{job}.yaml"),
+            sql_spec(
+                &job,
+                &["pipelines/clicks.sql", "pipelines/count.sql"],
+                "runner: artifacts/team-runner.jar\n",
+            ),
+        );
+    repo.commit("a pipeline with the team's runner, not signed yet");
+    let work = tempfile::tempdir().unwrap();
+    // No runner.jar in the agent's config, and JAR signatures required.
+    let config = write_apply_config(work.path(), &repo);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("artifacts: optional", "artifacts: required");
+    std::fs::write(&config, text).unwrap();
+
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(1), "{report:#}");
+    assert_eq!(report["refused"][0], "artifact", "{report:#}");
+    assert!(
+        report["refused"][1]
+            .as_str()
+            .unwrap()
+            .contains("artifacts/team-runner.jar: no detached signature"),
+        "{report:#}"
+    );
+    none_running(&job);
+
+    repo.sign_artifact("artifacts/team-runner.jar");
+    repo.commit("sign the runner");
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report:#}");
+    expect(&report, &job, "create", "ok");
+    one_running(&job);
+    let uploaded: Vec<String> = flink_json("/jars")["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["name"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        uploaded.iter().any(|n| n == "team-runner.jar"),
+        "{uploaded:?}"
+    );
+}
