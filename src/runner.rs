@@ -42,21 +42,37 @@ impl LocalRunner {
         })
     }
 
-    /// Checks the SQL of every SQL job; the problems found, located in their files.
+    /// Checks the SQL of every SQL job of the checkout at `root`; the problems found, located in
+    /// their files. Pipelines that bring their own runner JAR (with their connectors) are checked
+    /// with it, in a JVM of their own.
     pub fn check_sql<'a>(
         &self,
+        root: &Path,
         jobs: impl Iterator<Item = &'a DesiredJob>,
     ) -> Result<Vec<SpecError>, String> {
-        let mut args = vec![
-            "-cp".to_string(),
-            format!("{}:{}/lib/*", self.jar.display(), self.flink_home.display()),
-            SQL_RUNNER_CLASS.to_string(),
-            "--check".to_string(),
-        ];
+        let mut by_runner: BTreeMap<PathBuf, Vec<&DesiredJob>> = BTreeMap::new();
+        for job in jobs {
+            if matches!(job.program, Some(Program::Sql { .. })) {
+                let runner = match &job.spec.runner {
+                    Some(path) => root.join(path.as_str()),
+                    None => self.jar.clone(),
+                };
+                by_runner.entry(runner).or_default().push(job);
+            }
+        }
+        let mut errors = Vec::new();
+        for (runner, jobs) in by_runner {
+            errors.extend(self.check_with(&runner, &jobs)?);
+        }
+        Ok(errors)
+    }
+
+    fn check_with(&self, runner: &Path, jobs: &[&DesiredJob]) -> Result<Vec<SpecError>, String> {
+        let mut args: Vec<String> = Vec::new();
         let mut located: BTreeMap<String, Vec<(String, crate::spec::sql::Statement)>> =
             BTreeMap::new();
         for job in jobs {
-            let Some(program @ Program::Sql { .. }) = &job.program else {
+            let Some(program) = &job.program else {
                 continue;
             };
             let statements = program.statements_by_file().map_err(|e| e.to_string())?;
@@ -65,7 +81,11 @@ impl LocalRunner {
                 args.push("--batch".to_string());
             }
             for (_, statement) in &statements {
-                args.push("--statement".to_string());
+                let flag = match statement.kind {
+                    crate::spec::sql::StatementKind::Job => "--job",
+                    _ => "--statement",
+                };
+                args.push(flag.to_string());
                 args.push(with_placeholder_secrets(&statement.text));
             }
             located.insert(
@@ -76,11 +96,21 @@ impl LocalRunner {
                     .collect(),
             );
         }
-        if located.is_empty() {
-            return Ok(Vec::new());
-        }
+        // The statements go through a file: a command line has limits that SQL files do not.
+        let mut list =
+            tempfile::NamedTempFile::new().map_err(|e| format!("a temporary file: {e}"))?;
+        std::io::Write::write_all(&mut list, args.join("\0").as_bytes())
+            .map_err(|e| format!("{}: {e}", list.path().display()))?;
         let output = Command::new("java")
-            .args(&args)
+            .arg("-cp")
+            .arg(format!(
+                "{}:{}/lib/*",
+                runner.display(),
+                self.flink_home.display()
+            ))
+            .arg(SQL_RUNNER_CLASS)
+            .args(["--check", "--from"])
+            .arg(list.path())
             .output()
             .map_err(|e| format!("java: {e}"))?;
         if !output.status.success() {
@@ -159,13 +189,15 @@ fn without_repeats(message: &str) -> String {
     sentences.concat()
 }
 
-/// The first `line L, column C` in Flink's message.
+/// The first `line L, column C` in Flink's message (not fooled by words like "pipeline").
 fn position(message: &str) -> Option<(usize, usize)> {
-    let at = message.find("line ")?;
-    let rest = &message[at + 5..];
-    let (line, rest) = rest.split_once(", column ")?;
-    let column: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    Some((line.trim().parse().ok()?, column.parse().ok()?))
+    message.match_indices("line ").find_map(|(at, _)| {
+        let rest = &message[at + 5..];
+        let line: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        let rest = rest[line.len()..].strip_prefix(", column ")?;
+        let column: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        Some((line.parse().ok()?, column.parse().ok()?))
+    })
 }
 
 #[cfg(test)]
@@ -198,6 +230,10 @@ mod tests {
         );
         assert_eq!((error.line, error.column), (3, 15));
         assert_eq!(position("no position"), None);
+        assert_eq!(
+            position("the pipeline failed at line 3, column 7"),
+            Some((3, 7))
+        );
         assert_eq!(
             without_repeats("SQL validation failed. SQL validation failed. From line 2: x"),
             "SQL validation failed. From line 2: x"

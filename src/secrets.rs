@@ -103,11 +103,22 @@ pub fn job_references(
     program: Option<&Program>,
 ) -> Result<Vec<String>, (&'static str, SecretError)> {
     let mut names = Vec::new();
-    let texts = program.map(|p| p.texts()).unwrap_or_default();
-    for text in texts {
-        let found = references(text).map_err(|e| ("sql", e))?;
+    let statements = program
+        .map(Program::statements)
+        .transpose()
+        .map_err(|e| {
+            (
+                "sql",
+                SecretError::BadReference {
+                    reference: e.to_string(),
+                },
+            )
+        })?
+        .unwrap_or_default();
+    for statement in &statements {
+        let found = references(&statement.text).map_err(|e| ("sql", e))?;
         let placeholders = found.iter().map(|n| (n.clone(), String::new())).collect();
-        sql_substitute(text, &placeholders).map_err(|e| ("sql", e))?;
+        sql_substitute(&statement.text, &placeholders).map_err(|e| ("sql", e))?;
         for name in found {
             if !names.contains(&name) {
                 names.push(name);
@@ -124,36 +135,55 @@ pub fn job_references(
     Ok(names)
 }
 
-/// Replaces the references of a SQL text; values are placed inside string literals with their
-/// quotes doubled, so a value can never end the literal.
+/// Replaces the references of one SQL statement (comments already removed by the splitter).
+/// A reference must stand inside a single-quoted string literal; its value is placed there with
+/// its quotes doubled, so a value can never end the literal. Double-quoted and backquoted
+/// identifiers are skipped whole, whatever quotes they hold.
 pub fn sql_substitute(
     text: &str,
     values: &BTreeMap<String, String>,
 ) -> Result<String, SecretError> {
     let mut out = String::with_capacity(text.len());
-    let mut in_string = false;
+    // The quote character of the literal or identifier the scan is in.
+    let mut open: Option<char> = None;
     let mut rest = text;
-    while let Some(at) = rest.find(OPEN) {
-        let before = &rest[..at];
-        in_string ^= before.matches('\'').count() % 2 == 1;
-        out.push_str(before);
-        let after = &rest[at + OPEN.len()..];
-        let end = after.find('}').ok_or_else(|| SecretError::BadReference {
-            reference: rest[at..].chars().take(40).collect(),
-        })?;
-        let name = &after[..end];
-        if !in_string {
-            return Err(SecretError::OutsideString {
+    while let Some(c) = rest.chars().next() {
+        if rest.starts_with(OPEN) {
+            let after = &rest[OPEN.len()..];
+            let end = after.find('}').ok_or_else(|| SecretError::BadReference {
+                reference: rest.chars().take(40).collect(),
+            })?;
+            let name = &after[..end];
+            match open {
+                Some('\'') => {}
+                // Inside an identifier it is a name, not a reference.
+                Some(_) => {
+                    out.push_str(&rest[..OPEN.len() + end + 1]);
+                    rest = &after[end + 1..];
+                    continue;
+                }
+                None => {
+                    return Err(SecretError::OutsideString {
+                        name: name.to_string(),
+                    });
+                }
+            }
+            let value = values.get(name).ok_or_else(|| SecretError::NoFolder {
                 name: name.to_string(),
-            });
+            })?;
+            out.push_str(&value.replace('\'', "''"));
+            rest = &after[end + 1..];
+            continue;
         }
-        let value = values.get(name).ok_or_else(|| SecretError::NoFolder {
-            name: name.to_string(),
-        })?;
-        out.push_str(&value.replace('\'', "''"));
-        rest = &after[end + 1..];
+        match (open, c) {
+            (None, '\'' | '"' | '`') => open = Some(c),
+            // A doubled quote closes and reopens: the same state after both.
+            (Some(q), c) if c == q => open = None,
+            _ => {}
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
     }
-    out.push_str(rest);
     Ok(out)
 }
 
@@ -189,10 +219,20 @@ pub fn redact(text: &str, values: &BTreeMap<String, String>) -> String {
     let mut ordered: Vec<_> = values.iter().filter(|(_, v)| !v.is_empty()).collect();
     ordered.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
     for (name, value) in ordered {
-        out = out.replace(value.as_str(), &format!("{OPEN}{name}}}"));
+        let reference = format!("{OPEN}{name}}}");
+        out = out.replace(value.as_str(), &reference);
         let quoted = value.replace('\'', "''");
         if quoted != *value {
-            out = out.replace(&quoted, &format!("{OPEN}{name}}}"));
+            out = out.replace(&quoted, &reference);
+        }
+        // A message cut short may end in the first part of a value.
+        for prefix_len in (4..value.len()).rev() {
+            if let Some(prefix) = value.get(..prefix_len)
+                && let Some(kept) = out.strip_suffix(prefix)
+            {
+                out = format!("{kept}{reference}");
+                break;
+            }
         }
     }
     out
@@ -248,17 +288,25 @@ impl Secrets {
             path: self.key_file.display().to_string(),
             reason,
         };
-        match std::fs::read(&self.key_file) {
-            Ok(key) if key.len() == 32 => return Ok(key),
-            Ok(key) => return Err(fail(format!("holds {} bytes, expected 32", key.len()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(fail(e.to_string())),
+        let read = || -> Result<Option<Vec<u8>>, SecretError> {
+            match std::fs::read(&self.key_file) {
+                Ok(key) if key.len() == 32 => Ok(Some(key)),
+                Ok(key) => Err(fail(format!(
+                    "holds {} bytes, expected 32; delete it to make a new key (jobs using secrets then redeploy once)",
+                    key.len()
+                ))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(fail(e.to_string())),
+            }
+        };
+        if let Some(key) = read()? {
+            return Ok(key);
         }
         let mut key = [0u8; 32];
         getrandom(&mut key).map_err(|e| fail(e.to_string()))?;
         write_private(&self.key_file, &key).map_err(|e| fail(e.to_string()))?;
         // Another process may have won the race: whatever is on disk is the key.
-        std::fs::read(&self.key_file).map_err(|e| fail(e.to_string()))
+        read()?.ok_or_else(|| fail("vanished after it was written".into()))
     }
 
     /// Fills each job's `secrets` with fingerprints of the values it references; every problem is
@@ -329,25 +377,31 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }
 
+/// Writes a new file of mode 0600 whole or not at all: written beside it, synced, then linked
+/// into place (a link never replaces a file another process made first).
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    match std::fs::OpenOptions::new()
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let partial = dir.join(format!(
+        ".{}.{}.partial",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("key"),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&partial);
+    let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)
-    {
-        Ok(mut file) => {
-            file.write_all(bytes)?;
-            file.sync_all()
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(e),
-    }
+        .open(&partial)?;
+    let written = file.write_all(bytes).and_then(|()| file.sync_all());
+    let linked = written.and_then(|()| match std::fs::hard_link(&partial, path) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    });
+    let _ = std::fs::remove_file(&partial);
+    linked
 }
 
 #[cfg(test)]
@@ -381,6 +435,30 @@ mod tests {
             Err(SecretError::OutsideString {
                 name: "DB_PW".into()
             })
+        );
+    }
+
+    #[test]
+    fn quotes_of_identifiers_and_comments_do_not_confuse_the_scan() {
+        let text = "INSERT INTO `it's` SELECT \"a'b\", '${secret:DB_PW}' FROM t";
+        assert_eq!(
+            sql_substitute(text, &values()).unwrap(),
+            "INSERT INTO `it's` SELECT \"a'b\", 'it''s s3cret' FROM t"
+        );
+        // Outside a string even after an identifier holding a quote.
+        assert!(sql_substitute("SELECT `it's`, ${secret:DB_PW}", &values()).is_err());
+        assert_eq!(
+            sql_substitute("SELECT 'a''b', '${secret:DB_PW}'", &values()).unwrap(),
+            "SELECT 'a''b', 'it''s s3cret'"
+        );
+    }
+
+    #[test]
+    fn a_value_cut_off_at_the_end_of_a_message_is_redacted_too() {
+        let cut = "Flink: invalid option 'it's s3c";
+        assert_eq!(
+            redact(cut, &values()),
+            "Flink: invalid option '${secret:DB_PW}"
         );
     }
 

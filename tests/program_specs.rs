@@ -105,6 +105,18 @@ fn hostile_sql_and_python_inputs_are_validate_errors_naming_the_file() {
     );
     write(
         root,
+        "pipelines/owned.sql",
+        format!(
+            "SET 'pipeline.global-job-parameters' = 'x';\nCREATE FUNCTION f AS 'com.example.F' USING JAR 'https://example.com/f.jar';\n{ddl}INSERT INTO t SELECT x FROM s;\n"
+        ),
+    );
+    write(
+        root,
+        "jobs/owned.yaml",
+        spec("owned", "sql: pipelines/owned.sql"),
+    );
+    write(
+        root,
         "jobs/both.yaml",
         spec("both", "artifact_path: a.jar\nsql: pipelines/ok.sql"),
     );
@@ -113,7 +125,17 @@ fn hostile_sql_and_python_inputs_are_validate_errors_naming_the_file() {
     assert_eq!(output.status.code(), Some(1));
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     let errors = errors_of(&report);
-    let expected: [(&str, u64, &str); 9] = [
+    let expected: [(&str, u64, &str); 11] = [
+        (
+            "pipelines/owned.sql",
+            1,
+            "`pipeline.global-job-parameters` is set by the agent",
+        ),
+        (
+            "pipelines/owned.sql",
+            2,
+            "`CREATE FUNCTION … USING JAR` loads code that is neither pinned nor signed",
+        ),
         (
             "jobs/escape.yaml",
             3,

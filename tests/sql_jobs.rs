@@ -437,6 +437,42 @@ fn secrets_reach_flink_and_nothing_else_and_a_changed_value_redeploys() {
     expect(&report, &job, "upgrade", "ok");
     assert_ne!(one_running(&job), jid);
 
+    // Flink quotes the value back when it refuses it: the recorded root cause says the reference.
+    repo.write(
+        "pipelines/secret.sql",
+        sql.replace(
+            "'connector' = 'print', 'print-identifier' = '${secret:SINK_TOKEN}'",
+            "'connector' = '${secret:SINK_TOKEN}'",
+        ),
+    );
+    repo.commit("a connector named by the token (Flink has none of that name)");
+    let output = flink_gitops(&["-vv", "apply", "-c", config_arg, "--output", "json"]);
+    assert_eq!(output.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let rolled = expect(&report, &job, "upgrade", "rolled_back");
+    let cause = rolled["root_cause"].as_str().unwrap();
+    assert!(cause.contains("${secret:SINK_TOKEN}"), "{rolled:#}");
+    let mut said = String::from_utf8_lossy(&output.stdout).to_string();
+    said.push_str(&String::from_utf8_lossy(&output.stderr));
+    for args in [
+        vec!["status", "-c", config_arg, "--output", "json"],
+        vec!["history", "-c", config_arg, "--output", "json"],
+    ] {
+        said.push_str(&String::from_utf8_lossy(&flink_gitops(&args).stdout));
+    }
+    assert!(
+        !said.contains("tok-rotated-2"),
+        "the value was printed:\n{said}"
+    );
+    for entry in walk(&work.path().join("state")) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(
+            !bytes.windows(13).any(|w| w == b"tok-rotated-2"),
+            "{} holds the secret value",
+            entry.display()
+        );
+    }
+
     // A secret the folder lacks stops the revision before anything is touched, naming the spec.
     let spec_path = format!("jobs/{job}.yaml");
     repo.write(

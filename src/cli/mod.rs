@@ -406,7 +406,7 @@ fn validate(
     // Flink's check runs only on specs that passed the static checks: they locate its findings.
     let (result, sql_check) = match (result, runner) {
         (Ok(desired), _) if !has_sql(&desired) => (Ok(desired), "no SQL jobs".to_string()),
-        (Ok(desired), Ok(runner)) => match runner.check_sql(desired.jobs.values()) {
+        (Ok(desired), Ok(runner)) => match runner.check_sql(dir, desired.jobs.values()) {
             Ok(findings) if findings.is_empty() => (Ok(desired), "checked".to_string()),
             Ok(findings) => (Err(findings), "checked".to_string()),
             Err(reason) => (Ok(desired), format!("not run: {reason}")),

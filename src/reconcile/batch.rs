@@ -360,9 +360,15 @@ impl Agent {
                         now_ms()
                     });
                     if run.status == RunStatus::Failed {
-                        run.root_cause =
+                        let cause =
                             super::health::newest_failure(&self.client, &jid, run.submitted_at_ms)
                                 .await;
+                        let deployment = self
+                            .with_store(|s| s.job(job_id))?
+                            .and_then(|r| r.deployment_json)
+                            .and_then(|json| serde_json::from_str::<Deployment>(&json).ok());
+                        run.root_cause =
+                            cause.map(|c| self.redact_secrets_of(deployment.as_ref(), c));
                     }
                     self.with_store(|s| s.update_run(&run))?;
                     let seconds = (run.ended_at_ms.unwrap_or_default()
@@ -462,7 +468,9 @@ impl Agent {
             replace_active,
             cursor,
         } = due;
-        // The JAR first: when it cannot be had, the run going is not replaced and the tick is tried again.
+        // The JAR and the request's needs first: when they cannot be had, the run going is not
+        // replaced and the tick is tried again.
+        self.preflight(pass, deployment)?;
         let jar_id = self.ensure_jar(&pass.head, deployment).await?;
         if replace_active {
             for run in self.active_runs(&row.job_id)? {

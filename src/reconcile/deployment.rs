@@ -185,16 +185,7 @@ impl Deployment {
 
     /// The `${secret:NAME}` names this deployment's SQL and arguments use.
     pub fn secret_names(&self) -> Result<Vec<String>, SecretError> {
-        let mut names: Vec<String> = Vec::new();
-        let texts = self.program.iter().flat_map(Program::texts);
-        for text in texts.chain(self.args.iter().map(String::as_str)) {
-            for name in secrets::references(text)? {
-                if !names.contains(&name) {
-                    names.push(name);
-                }
-            }
-        }
-        Ok(names)
+        secrets::job_references(&self.args, self.program.as_ref()).map_err(|(_, e)| e)
     }
 
     /// The program arguments, with secrets filled in: the JAR's own, or the runner's (the SQL
@@ -222,7 +213,11 @@ impl Deployment {
                     args.push("--batch".to_string());
                 }
                 for statement in statements {
-                    args.push("--statement".to_string());
+                    let flag = match statement.kind {
+                        crate::spec::sql::StatementKind::Job => "--job",
+                        _ => "--statement",
+                    };
+                    args.push(flag.to_string());
                     args.push(secrets::sql_substitute(&statement.text, secret_values)?);
                 }
                 Ok(args)

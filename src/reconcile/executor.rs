@@ -234,7 +234,9 @@ impl Agent {
                 _ => None,
             };
         if let Some(target) = &target {
-            // The new JAR is checked and uploaded before the running job is touched.
+            // The new JAR is checked and uploaded, and the submission's needs checked, before the
+            // running job is touched.
+            self.preflight(pass, target)?;
             self.ensure_jar(&pass.head, target).await?;
         }
         let alive = instance.as_ref().filter(|i| is_alive(&i.state));
@@ -1125,6 +1127,13 @@ impl Agent {
         outcome: &mut JobOutcome,
     ) -> Result<(), StepError> {
         let job_id = record.job_id.clone();
+        // Flink's words may quote the job's SQL or arguments back: they are recorded, so no value.
+        let failure = Failure {
+            reason: failure.reason,
+            root_cause: failure
+                .root_cause
+                .map(|cause| self.redact_secrets_of(op.target.as_ref(), cause)),
+        };
         let full = failure.full();
         if let Some(path) = &submission.restored_from
             && restore::is_missing_path_error(&full)

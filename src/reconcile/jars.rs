@@ -73,11 +73,22 @@ impl Agent {
         restore: Option<&str>,
     ) -> Result<(crate::flink::RunRequest, BTreeMap<String, String>), StepError> {
         let default_parallelism = pass.default_parallelism;
-        if deployment.kind == crate::spec::JobKind::Python && pass.python_executable.is_none() {
-            return Err(StepError::permanent(format!(
-                "{} is a Python job and this Flink cluster cannot run Python jobs: its configuration has no python.executable (a Python with apache-flink {} and its dependencies on every host, and flink-python in lib/; scripts/flink-local sets this up)",
-                deployment.job_id, "2.3.0"
-            )));
+        if deployment.kind == crate::spec::JobKind::Python {
+            match &pass.python_executable {
+                None => {
+                    return Err(StepError::transient(format!(
+                        "{} is a Python job and the cluster's configuration (/jobmanager/config) could not be read to check that it can run Python",
+                        deployment.job_id
+                    )));
+                }
+                Some(None) => {
+                    return Err(StepError::permanent(format!(
+                        "{} is a Python job and this Flink cluster cannot run Python jobs: its configuration has no python.executable (a Python with apache-flink 2.3.0 and its dependencies on every host, and flink-python in lib/; scripts/flink-local sets this up)",
+                        deployment.job_id
+                    )));
+                }
+                Some(Some(_)) => {}
+            }
         }
         let secret_error = |e: crate::secrets::SecretError| {
             StepError::permanent(format!("{}: {e}", deployment.job_id))
@@ -90,6 +101,42 @@ impl Agent {
             .run_request(flink_job_id, restore, default_parallelism, &values)
             .map_err(secret_error)?;
         Ok((request, values))
+    }
+
+    /// Everything a submission of `deployment` needs that can be known before the running job is
+    /// touched: the cluster can run it, its secrets are there.
+    pub(super) fn preflight(
+        &self,
+        pass: &super::PassContext,
+        deployment: &Deployment,
+    ) -> Result<(), StepError> {
+        let probe = crate::plan::flink_job_id(&deployment.job_id, 0);
+        self.run_request_with_secrets(pass, deployment, &probe, None)
+            .map(|_| ())
+    }
+
+    /// `text` with the values of the secrets `deployment` uses replaced by their references.
+    pub(super) fn redact_secrets_of(
+        &self,
+        deployment: Option<&Deployment>,
+        text: String,
+    ) -> String {
+        let Some(deployment) = deployment else {
+            return text;
+        };
+        let names = deployment.secret_names().unwrap_or_default();
+        if names.is_empty() {
+            return text;
+        }
+        let secrets = crate::secrets::Secrets::of(&self.config);
+        let values: BTreeMap<String, String> = names
+            .iter()
+            .filter_map(|name| {
+                let one = secrets.values(std::slice::from_ref(name)).ok()?;
+                one.into_iter().next()
+            })
+            .collect();
+        crate::secrets::redact(&text, &values)
     }
 
     /// Runs the uploaded JAR. The outer error is ours (state, upload); the inner one is Flink's answer.
@@ -106,7 +153,10 @@ impl Agent {
             (None, Some(self.submit_gate.read().await))
         };
         match self.client.run_jar(jar_id, request).await {
-            Err(FlinkError::Status { root_cause, .. }) if root_cause.contains("does not exist") => {
+            // Only the JAR gone missing: a job's own "table … does not exist" is its failure.
+            Err(FlinkError::Status { root_cause, .. })
+                if root_cause.contains("does not exist") && root_cause.contains(jar_id) =>
+            {
                 // The JobManager restarted and forgot its uploads: upload again, once.
                 self.with_store(|s| s.remove_jar(&deployment.jar_sha256))?;
                 let jar_id = self.ensure_jar(head, deployment).await?;

@@ -179,8 +179,9 @@ pub(crate) struct PassContext {
     /// The cluster's checkpoint storage (`execution.checkpointing.dir`), where retained
     /// checkpoints can be found after Flink forgot their job.
     checkpoint_dir: Option<String>,
-    /// `python.executable` of the cluster: without it, it cannot run PyFlink jobs.
-    python_executable: Option<String>,
+    /// `python.executable` of the cluster (without it, it cannot run PyFlink jobs); the outer
+    /// `None` when the configuration could not be read.
+    python_executable: Option<Option<String>>,
     /// Our jobs on the cluster when the pass began, by job prefix: every instance of a job that
     /// may be alive is one of these or one the pass submitted itself (recorded in its row).
     instances: std::collections::HashMap<String, Vec<JobOverview>>,
@@ -372,7 +373,7 @@ impl Agent {
                         (
                             value("parallelism.default").and_then(|v| v.parse().ok()).unwrap_or(1),
                             value("execution.checkpointing.dir").or_else(|| value("state.checkpoints.dir")),
-                            value("python.executable").filter(|v| !v.is_empty()),
+                            Some(value("python.executable").filter(|v| !v.is_empty())),
                         )
                     }
                     Err(_) => (1, None, None),

@@ -516,7 +516,7 @@ impl FlinkValue {
 }
 
 /// Options the agent sets itself; a spec may not override them through `flink_config`.
-const AGENT_OWNED_OPTIONS: &[(&str, &str)] = &[
+pub(crate) const AGENT_OWNED_OPTIONS: &[(&str, &str)] = &[
     (
         "execution.state-recovery.path",
         "the agent chooses the savepoint or checkpoint to restore from",
@@ -530,6 +530,14 @@ const AGENT_OWNED_OPTIONS: &[(&str, &str)] = &[
         "the agent assigns job ids to recognise its jobs",
     ),
     ("parallelism.default", "use `deployment.parallelism`"),
+    (
+        "pipeline.global-job-parameters",
+        "the agent tags its jobs there to recognise them",
+    ),
+    (
+        "execution.checkpointing.externalized-checkpoint-retention",
+        "the agent keeps cancelled jobs' checkpoints for last-state upgrades and drift repair",
+    ),
 ];
 
 // ---------------------------------------------------------------------------------------------

@@ -104,14 +104,6 @@ impl Program {
         }
         hex::encode(hash.finalize())
     }
-
-    /// The text that `${secret:NAME}` references are looked for in.
-    pub fn texts(&self) -> Vec<&str> {
-        match self {
-            Program::Sql { files } => files.iter().map(|f| f.text.as_str()).collect(),
-            Program::Python { .. } => Vec::new(),
-        }
-    }
 }
 
 /// The folder of a Python entry (empty for a file at the repository root): the program's root.
@@ -255,6 +247,10 @@ fn load_sql(
                 errors.push(error(file, statement.line, what));
                 continue;
             }
+            if let Some(why) = refused_setup(&statement.text) {
+                errors.push(error(file, statement.line, why));
+                continue;
+            }
             match statement.kind {
                 StatementKind::Setup => {}
                 StatementKind::Job => job_at = Some((file.to_string(), statement.line)),
@@ -292,6 +288,40 @@ fn load_sql(
     }
 }
 
+/// Setup statements a spec may not run: options the agent owns (as in `flink_config`), and code
+/// loaded from outside the signed repository.
+fn refused_setup(text: &str) -> Option<String> {
+    let upper = text.to_ascii_uppercase();
+    let words: Vec<&str> = upper.split_whitespace().collect();
+    if words.first() == Some(&"SET") || words.first() == Some(&"RESET") {
+        let key = text
+            .split('\'')
+            .nth(1)
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        if let Some((_, why)) = super::AGENT_OWNED_OPTIONS.iter().find(|(k, _)| *k == key) {
+            return Some(format!("`{key}` is set by the agent: {why}"));
+        }
+        if key.starts_with("$internal.") {
+            return Some(format!(
+                "`{key}` is Flink's internal option; the agent sets what it needs"
+            ));
+        }
+    }
+    let loads_code = words
+        .first()
+        .is_some_and(|w| *w == "CREATE" || *w == "ALTER")
+        && words.contains(&"FUNCTION")
+        && words.windows(2).any(|w| w == ["USING", "JAR"]);
+    loads_code.then(|| {
+        "`CREATE FUNCTION … USING JAR` loads code that is neither pinned nor signed: put the function's classes in the spec's runner JAR (`runner:`), which is verified like any JAR".to_string()
+    })
+}
+
+/// More files than this in a Python program's folders are refused (they travel in one request).
+const PYTHON_FILE_LIMIT: usize = 1000;
+
 fn load_python(
     tree: &dyn SpecTree,
     spec_file: &str,
@@ -326,9 +356,24 @@ fn load_python(
     let mut total = 0u64;
     // The entry's folder is the program's root on the cluster, as if run there with `python`.
     let root = python_root(entry.as_str());
+    if paths.len() > PYTHON_FILE_LIMIT {
+        errors.push(error(
+            spec_file,
+            0,
+            format!(
+                "`python` ships {} files; a job may ship at most {PYTHON_FILE_LIMIT}",
+                paths.len()
+            ),
+        ));
+        return Err(errors);
+    }
     for (path, field) in paths {
         if files.iter().any(|f| f.path == path.as_str()) {
             continue;
+        }
+        if total > PROGRAM_SIZE_LIMIT {
+            // Stop reading: the total is already too large.
+            break;
         }
         if !root.is_empty() && !path.as_str().starts_with(&format!("{root}/")) {
             errors.push(error(

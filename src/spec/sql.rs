@@ -211,6 +211,9 @@ fn words(text: &str) -> Vec<String> {
 
 fn kind_of(text: &str) -> StatementKind {
     let words = words(text);
+    if creates_table_as_select(text) {
+        return StatementKind::Job;
+    }
     match words.first().map(String::as_str) {
         Some("INSERT") => StatementKind::Job,
         Some("SET" | "RESET" | "CREATE" | "DROP" | "ALTER" | "USE" | "LOAD" | "UNLOAD") => {
@@ -218,6 +221,22 @@ fn kind_of(text: &str) -> StatementKind {
         }
         _ => StatementKind::Other,
     }
+}
+
+/// `CREATE [OR REPLACE] [TEMPORARY] TABLE … AS SELECT …` and `[CREATE OR] REPLACE TABLE … AS …`:
+/// the table is created and filled by a job, like an INSERT.
+fn creates_table_as_select(text: &str) -> bool {
+    let upper = text.to_ascii_uppercase();
+    let tokens: Vec<&str> = upper
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    let head: Vec<&str> = tokens.iter().take(5).copied().collect();
+    let is_table = matches!(head.first(), Some(&"CREATE" | &"REPLACE")) && head.contains(&"TABLE");
+    is_table
+        && tokens
+            .windows(2)
+            .any(|pair| pair[0] == "AS" && matches!(pair[1], "SELECT" | "WITH" | "VALUES"))
 }
 
 #[cfg(test)]
@@ -268,6 +287,21 @@ mod tests {
         assert_eq!(
             split("EXECUTE STATEMENT SET BEGIN INSERT INTO b SELECT 1;"),
             Err(SqlError::UnclosedStatementSet { line: 1 })
+        );
+    }
+
+    #[test]
+    fn create_table_as_select_is_a_job() {
+        assert_eq!(
+            kinds(
+                "CREATE TABLE t WITH ('connector' = 'blackhole') AS SELECT x FROM s;\nCREATE OR REPLACE TABLE u AS SELECT 1;\nCREATE TABLE v (x INT, y AS x * 2) WITH ('connector' = 'datagen');\nCREATE VIEW w AS SELECT x FROM s;"
+            ),
+            vec![
+                (StatementKind::Job, 1),
+                (StatementKind::Job, 2),
+                (StatementKind::Setup, 3),
+                (StatementKind::Setup, 4)
+            ]
         );
     }
 

@@ -1,5 +1,10 @@
 package dev.flinkgitops.runner;
 
+import java.io.IOException;
+import java.io.UncheckedIOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Paths;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Locale;
@@ -14,35 +19,59 @@ import org.apache.flink.table.api.TableEnvironment;
  * JobManager host: {@code SET}, DDL and views in order, then exactly one job-producing statement
  * (an {@code INSERT} or an {@code EXECUTE STATEMENT SET}).
  *
- * <p>Arguments: {@code [--batch] --statement SQL [--statement SQL ...]}. The agent splits the spec's
- * files into statements (it reports errors with file and line), so each statement arrives whole and
- * nothing here parses SQL text by hand.
+ * <p>Arguments: {@code [--batch] --statement SQL ... --job SQL}. The agent splits the spec's files
+ * into statements and classifies them (it reports errors with file and line), so each statement
+ * arrives whole, the one that makes the job marked with {@code --job}, and nothing here parses SQL
+ * text by hand. (A {@code --statement} that starts with INSERT or EXECUTE STATEMENT SET also counts
+ * as the job statement.)
  *
  * <p>{@code --check} is for {@code flink-gitops validate} on a developer's machine or in CI, not for
  * the cluster: several pipelines, each opened by {@code --pipeline NAME [--batch]}, are checked in one
  * JVM. Setup statements run against a fresh in-memory catalog and the job statement is explained
  * instead of executed, so the planner validates names, types and connectors without submitting
  * anything. One line per pipeline goes to stdout: {@code ok<TAB>NAME} or
- * {@code error<TAB>NAME<TAB>STATEMENT<TAB>MESSAGE}.
+ * {@code error<TAB>NAME<TAB>STATEMENT<TAB>MESSAGE}. {@code --check --from FILE} reads the arguments
+ * from FILE, separated by NUL bytes, so no command line limit applies.
  */
 public final class SqlRunner {
     private SqlRunner() {}
 
     public static void main(String[] args) {
+        if (args.length == 3 && args[0].equals("--check") && args[1].equals("--from")) {
+            try {
+                String all = new String(Files.readAllBytes(Paths.get(args[2])), StandardCharsets.UTF_8);
+                List<String> expanded = new ArrayList<>();
+                expanded.add("--check");
+                for (String arg : all.split("\0", -1)) {
+                    if (!arg.isEmpty()) {
+                        expanded.add(arg);
+                    }
+                }
+                check(expanded.toArray(new String[0]));
+            } catch (IOException e) {
+                throw new UncheckedIOException(e);
+            }
+            return;
+        }
         if (args.length > 0 && args[0].equals("--check")) {
             check(args);
             return;
         }
         boolean batch = false;
         List<String> statements = new ArrayList<>();
+        int job = -1;
         for (int i = 0; i < args.length; i++) {
             switch (args[i]) {
                 case "--batch":
                     batch = true;
                     break;
                 case "--statement":
+                case "--job":
                     if (i + 1 >= args.length) {
-                        throw new IllegalArgumentException("--statement needs a value");
+                        throw new IllegalArgumentException(args[i] + " needs a value");
+                    }
+                    if (args[i].equals("--job")) {
+                        job = statements.size();
                     }
                     statements.add(args[++i]);
                     break;
@@ -50,15 +79,20 @@ public final class SqlRunner {
                     throw new IllegalArgumentException("unknown argument: " + args[i]);
             }
         }
-        run(batch, statements, false);
+        run(batch, statements, job, false);
     }
 
     /**
      * Runs (or, with {@code explainOnly}, explains) one pipeline; a failing statement is named by its
      * position so the agent can point at its file and line.
      */
-    static void run(boolean batch, List<String> statements, boolean explainOnly) {
-        long jobStatements = statements.stream().filter(SqlRunner::producesJob).count();
+    static void run(boolean batch, List<String> statements, int job, boolean explainOnly) {
+        long jobStatements = 0;
+        for (int n = 0; n < statements.size(); n++) {
+            if (n == job || producesJob(statements.get(n))) {
+                jobStatements++;
+            }
+        }
         if (jobStatements != 1) {
             throw new StatementException(
                     statements.size(),
@@ -75,7 +109,7 @@ public final class SqlRunner {
                 if (setting != null) {
                     // TableEnvironment leaves SET to the SQL client; the session's config is ours.
                     tables.getConfig().set(setting[0], setting[1]);
-                } else if (explainOnly && producesJob(statement)) {
+                } else if (explainOnly && (n == job || producesJob(statement))) {
                     tables.explainSql(statement);
                 } else {
                     // In a run request the job statement's submission is detached: this returns
@@ -92,19 +126,24 @@ public final class SqlRunner {
         String name = null;
         boolean batch = false;
         List<String> statements = new ArrayList<>();
+        int job = -1;
         for (int i = 1; i <= args.length; i++) {
             if (i == args.length || args[i].equals("--pipeline")) {
                 if (name != null) {
-                    System.out.println(checkOne(name, batch, statements));
+                    System.out.println(checkOne(name, batch, statements, job));
                 }
                 if (i < args.length) {
                     name = args[++i];
                     batch = false;
                     statements = new ArrayList<>();
+                    job = -1;
                 }
             } else if (args[i].equals("--batch")) {
                 batch = true;
-            } else if (args[i].equals("--statement") && i + 1 < args.length) {
+            } else if ((args[i].equals("--statement") || args[i].equals("--job")) && i + 1 < args.length) {
+                if (args[i].equals("--job")) {
+                    job = statements.size();
+                }
                 statements.add(args[++i]);
             } else {
                 throw new IllegalArgumentException("unknown argument: " + args[i]);
@@ -112,9 +151,9 @@ public final class SqlRunner {
         }
     }
 
-    private static String checkOne(String name, boolean batch, List<String> statements) {
+    private static String checkOne(String name, boolean batch, List<String> statements, int job) {
         try {
-            run(batch, statements, true);
+            run(batch, statements, job, true);
             return "ok\t" + name;
         } catch (StatementException e) {
             return "error\t" + name + "\t" + e.statement + "\t" + oneLine(positioned(e));
