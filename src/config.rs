@@ -205,6 +205,9 @@ pub struct Config {
     pub runner_jar: Option<PathBuf>,
     /// Where `${secret:NAME}` values are read from (`secrets.dir`), if anywhere.
     pub secrets_dir: Option<PathBuf>,
+    /// Put before NAME to make the file name: `PREFIX_` for `secrets.dir: credential:PREFIX`
+    /// (systemd names the files of a folder given to `LoadCredential=PREFIX:…` `PREFIX_FILE`).
+    pub secrets_prefix: String,
 }
 
 /// How `apply` acts on the cluster.
@@ -432,7 +435,11 @@ impl Config {
             let folder = dir.canonicalize().unwrap_or_else(|_| dir.clone());
             for (field, file) in config.own_secret_files() {
                 let file = file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
-                if file.parent() == Some(folder.as_path()) {
+                let readable_by_name = file
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&config.secrets_prefix));
+                if file.parent() == Some(folder.as_path()) && readable_by_name {
                     return Err(invalid(
                         "secrets.dir",
                         format!(
@@ -922,11 +929,24 @@ impl Config {
                 ),
             ));
         }
-        let secrets_dir = raw
-            .secrets
-            .dir
-            .as_deref()
-            .map(|dir| resolve(Path::new(dir)));
+        let (secrets_dir, secrets_prefix) = match raw.secrets.dir.as_deref() {
+            None => (None, String::new()),
+            Some(dir) => match dir.strip_prefix("credential:") {
+                Some(prefix) => {
+                    if prefix.is_empty() || prefix.contains('/') {
+                        return Err(invalid(
+                            "secrets.dir",
+                            format!(
+                                "`{dir}` must name the ID of a folder given to LoadCredential=, e.g. credential:job-secrets"
+                            ),
+                        ));
+                    }
+                    let file = secret("secrets.dir", dir)?;
+                    (file.parent().map(Path::to_path_buf), format!("{prefix}_"))
+                }
+                None => (Some(resolve(Path::new(dir))), String::new()),
+            },
+        };
         Ok(Config {
             source: path.to_path_buf(),
             repo: RepoConfig {
@@ -952,6 +972,7 @@ impl Config {
             state: StateConfig { dir: state_dir },
             runner_jar,
             secrets_dir,
+            secrets_prefix,
             server: ServerConfig {
                 listen,
                 webhook_secret_file,

@@ -241,6 +241,7 @@ pub fn redact(text: &str, values: &BTreeMap<String, String>) -> String {
 /// The agent's secrets folder and fingerprint key.
 pub struct Secrets {
     dir: Option<PathBuf>,
+    prefix: String,
     key_file: PathBuf,
 }
 
@@ -249,6 +250,7 @@ impl Secrets {
     pub fn of(config: &Config) -> Secrets {
         Secrets {
             dir: config.secrets_dir.clone(),
+            prefix: config.secrets_prefix.clone(),
             key_file: config.state.dir.join("secret-fingerprint.key"),
         }
     }
@@ -265,7 +267,7 @@ impl Secrets {
         let dir = self.dir.as_ref().ok_or_else(|| SecretError::NoFolder {
             name: name.to_string(),
         })?;
-        let path = dir.join(name);
+        let path = dir.join(format!("{}{name}", self.prefix));
         let unreadable = |reason: String| SecretError::Unreadable {
             name: name.to_string(),
             reason,
@@ -451,6 +453,23 @@ mod tests {
             sql_substitute("SELECT 'a''b', '${secret:DB_PW}'", &values()).unwrap(),
             "SELECT 'a''b', 'it''s s3cret'"
         );
+    }
+
+    #[test]
+    fn systemd_credentials_are_read_by_their_prefix_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("job-secrets_DB_PW"), "pw\n").unwrap();
+        std::fs::write(dir.path().join("webhook-secret"), "hook").unwrap();
+        let secrets = Secrets {
+            dir: Some(dir.path().to_path_buf()),
+            prefix: "job-secrets_".into(),
+            key_file: dir.path().join("key"),
+        };
+        assert_eq!(secrets.value("DB_PW").unwrap(), "pw");
+        assert!(matches!(
+            secrets.value("webhook-secret"),
+            Err(SecretError::Unreadable { .. })
+        ));
     }
 
     #[test]
