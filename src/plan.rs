@@ -17,6 +17,9 @@ pub enum Action {
     Create,
     /// Spec or artifact changed: redeploy through the upgrade mode.
     Upgrade,
+    /// Only fields the running job does not use changed (alerts, the periodic savepoint interval,
+    /// the health gate): recorded, no restart.
+    Update,
     /// Stop with a savepoint and keep it.
     Suspend,
     /// Start again from the kept savepoint.
@@ -43,6 +46,7 @@ impl Action {
         match self {
             Action::Create => "create",
             Action::Upgrade => "upgrade",
+            Action::Update => "update",
             Action::Suspend => "suspend",
             Action::Resume => "resume",
             Action::Delete => "delete",
@@ -260,6 +264,17 @@ pub fn plan(
                         entry.reasons.push("state: running".into());
                         entry.reasons.extend(changes);
                     }
+                    (DesiredRunState::Running, "running")
+                        if !changes.is_empty()
+                            && job.spec.job_type == JobType::Stream
+                            && only_in_place_changes(&record.spec_json, job) =>
+                    {
+                        entry.action = Action::Update;
+                        entry.reasons = vec![
+                            "no restart: only fields the running job does not use changed".into(),
+                        ];
+                        entry.reasons.extend(changes);
+                    }
                     (DesiredRunState::Running, _) if !changes.is_empty() => {
                         entry.action = Action::Upgrade;
                         entry.reasons = changes;
@@ -403,6 +418,30 @@ fn lifecycle_decision(
 
 fn short(id: &str) -> &str {
     crate::spec::source::short_id(id)
+}
+
+/// Spec fields the running Flink job does not use: changing them needs no restart.
+const IN_PLACE_FIELDS: &[&str] = &[
+    "spec.alert_on_failure",
+    "spec.alert_on_backpressure",
+    "spec.savepoint_trigger_interval_ms",
+];
+
+/// Whether every difference between the applied spec and the desired one is in a field the
+/// running job does not use ([`IN_PLACE_FIELDS`], the health gate).
+pub fn only_in_place_changes(applied_json: &str, desired: &DesiredJob) -> bool {
+    let parse = |text: &str| serde_json::from_str::<serde_json::Value>(text).ok();
+    let (Some(before), Some(after)) = (parse(applied_json), parse(&desired.canonical_json()))
+    else {
+        return false;
+    };
+    let (mut old, mut new) = (BTreeMap::new(), BTreeMap::new());
+    flatten("", &before, &mut old);
+    flatten("", &after, &mut new);
+    let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    keys.into_iter()
+        .filter(|key| old.get(*key) != new.get(*key))
+        .all(|key| IN_PLACE_FIELDS.contains(&key.as_str()) || key.starts_with("spec.health."))
 }
 
 /// Human-readable differences between the applied canonical JSON and the desired job.
@@ -668,6 +707,32 @@ mod tests {
         let plan = plan(&desired(&[v2]), Observed::Jobs(&cluster), &[rec]);
         assert_eq!(plan.jobs[0].action, Action::Upgrade);
         assert_eq!(plan.jobs[0].reasons, vec!["parallelism: 2 → 4".to_string()]);
+    }
+
+    #[test]
+    fn fields_the_job_does_not_use_are_an_update_in_place() {
+        let v1 = job(V1);
+        let rec = record_of(&v1, "running");
+        let cluster = [running(rec.flink_job_id.as_deref().unwrap(), "RUNNING")];
+        let alerts = job(&format!(
+            "{V1}monitoring: {{ alert_on_failure: false }}\nhealth: {{ stable_for: 1m }}\n"
+        ));
+        let plan_of = |job: DesiredJob| {
+            plan(
+                &desired(&[job]),
+                Observed::Jobs(&cluster),
+                std::slice::from_ref(&rec),
+            )
+        };
+        let update = plan_of(alerts);
+        assert_eq!(update.jobs[0].action, Action::Update, "{update:#?}");
+        assert!(update.jobs[0].reasons[0].starts_with("no restart"));
+        // With anything the job uses changed as well, it is an upgrade.
+        let both = job(&format!(
+            "{}monitoring: {{ alert_on_failure: false }}\n",
+            V1.replace("parallelism: 2", "parallelism: 4")
+        ));
+        assert_eq!(plan_of(both).jobs[0].action, Action::Upgrade);
     }
 
     #[test]

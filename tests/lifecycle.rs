@@ -324,3 +324,85 @@ fn adoption_after_losing_the_state_db_and_drift_repair() {
         "restored from the cancelled job's retained checkpoint: {restored}"
     );
 }
+
+#[test]
+fn fields_flink_does_not_use_are_updated_in_place_without_a_restart() {
+    let fixture = JobFixture::new(
+        "in-place",
+        |job| counter_spec(job, "artifacts/counter-v1.jar", ""),
+        "create",
+    );
+    let JobFixture {
+        job,
+        spec_path,
+        repo,
+        work,
+        config,
+        ..
+    } = &fixture;
+    let (code, report) = apply(config);
+    assert_eq!(code, Some(0), "{report:#}");
+    let running = one_running(job);
+
+    // Alerts, the periodic savepoint interval and the health gate: nothing the running job uses.
+    let spec = counter_spec(
+        job,
+        "artifacts/counter-v1.jar",
+        "monitoring: { alert_on_failure: false, alert_on_backpressure: true }\nstream_config: { savepoint_trigger_interval: 600000 }\n",
+    )
+    .replace("stable_for: 2s", "stable_for: 5s");
+    repo.write(spec_path, spec);
+    let commit = repo.commit("alerts, savepoint interval and health gate only");
+    let plan = flink_gitops_json(
+        &["plan", "-c", config.to_str().unwrap(), "--output", "json"],
+        0,
+    );
+    let planned = plan["plan"]["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_id"] == job.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(planned["action"], "update", "{planned:#}");
+    let (code, report) = apply(config);
+    assert_eq!(code, Some(0), "{report:#}");
+    let updated = expect(&report, job, "update", "ok");
+    assert!(
+        updated["message"].as_str().unwrap().contains("no restart"),
+        "{updated:#}"
+    );
+    assert_eq!(one_running(job), running, "the same Flink job runs on");
+    let state = StateStore::open_read_only(&work.path().join("state"))
+        .unwrap()
+        .unwrap();
+    let record = state.job(job).unwrap().unwrap();
+    assert_eq!(record.commit_id, commit);
+    assert!(record.spec_json.contains("\"alert_on_failure\":false"));
+    assert!(
+        state
+            .audit_log()
+            .unwrap()
+            .iter()
+            .any(|e| e.action == "update"
+                && e.phase == "outcome"
+                && e.result.as_deref() == Some("ok"))
+    );
+    drop(state);
+    // In sync afterwards: nothing left to do.
+    let (code, report) = apply(config);
+    assert_eq!(code, Some(0), "{report:#}");
+    expect(&report, job, "unchanged", "unchanged");
+    // A change Flink does use is still an upgrade.
+    repo.write(
+        spec_path,
+        std::fs::read_to_string(repo.path().join(spec_path))
+            .unwrap()
+            .replace("counter-v1.jar", "counter-v2.jar"),
+    );
+    repo.commit("v2");
+    let (code, report) = apply(config);
+    assert_eq!(code, Some(0), "{report:#}");
+    expect(&report, job, "upgrade", "ok");
+    assert_ne!(one_running(job), running);
+}

@@ -15,6 +15,7 @@ const DEPLOYMENT_ACTIONS: &[AuditAction] = &[
     AuditAction::Suspend,
     AuditAction::Delete,
     AuditAction::Adopt,
+    AuditAction::Update,
     AuditAction::Schedule,
     AuditAction::Blocked,
     AuditAction::Retry,

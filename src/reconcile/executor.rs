@@ -173,6 +173,14 @@ impl Agent {
                     None => JobOutcome::new(entry, Outcome::Failed, "no spec to adopt"),
                 };
             }
+            Action::Update => {
+                return match (revision.desired.jobs.get(&entry.job_id), record) {
+                    (Some(job), Some(record)) => self
+                        .update_in_place(pass, entry, job, revision, record)
+                        .unwrap_or_else(|error| self.on_error(pass, entry, error)),
+                    _ => JobOutcome::new(entry, Outcome::Failed, "no spec or record to update"),
+                };
+            }
             Action::Continue => {}
             Action::Create
             | Action::Upgrade
@@ -190,6 +198,49 @@ impl Agent {
             }
         }
         self.run_phases(pass, entry).await
+    }
+
+    /// Records a spec whose changes the running job does not use (alerts, periodic savepoints,
+    /// the health gate): the record and its redeployable deployment move to the new revision,
+    /// nothing is sent to Flink.
+    fn update_in_place(
+        &self,
+        pass: &PassContext,
+        entry: &JobPlan,
+        job: &crate::spec::DesiredJob,
+        revision: &VerifiedRevision,
+        mut record: JobRecord,
+    ) -> Result<JobOutcome, StepError> {
+        let deployment = self.deployment_for(job, revision)?;
+        let intent = self.intent(
+            &pass.head,
+            &entry.job_id,
+            AuditAction::Update,
+            json!({"changes": entry.reasons, "from_commit": record.commit_id, "spec_hash": deployment.spec_hash}),
+        )?;
+        record.spec_json = deployment.spec_json.clone();
+        record.spec_hash = deployment.spec_hash.clone();
+        record.commit_id = pass.head.clone();
+        record.deployment_json = Some(
+            serde_json::to_string(&deployment)
+                .map_err(|e| StepError::permanent(format!("internal: {e}")))?,
+        );
+        self.with_store(|s| s.put_job(&record))?;
+        self.outcome(
+            AuditAction::Update,
+            intent,
+            "ok",
+            json!({"flink_job_id": record.flink_job_id}),
+        )?;
+        info!(changes = ?entry.reasons, "updated in place");
+        Ok(JobOutcome::new(
+            entry,
+            Outcome::Ok,
+            format!(
+                "updated in place, no restart: {} runs on",
+                record.flink_job_id.as_deref().unwrap_or("the job")
+            ),
+        ))
     }
 
     /// Records the first phase of the operation the plan decided (and its audit intent).

@@ -267,6 +267,8 @@ pub enum AuditAction {
     Retry,
     /// A running job of ours was taken over after the state database was lost.
     Adopt,
+    /// Fields the running job does not use were recorded without a restart.
+    Update,
     /// A revert brought back a spec that ran before.
     RollbackByRevert,
     /// An unused JAR was deleted from the cluster.
@@ -303,6 +305,7 @@ impl AuditAction {
             AuditAction::Blocked => "blocked",
             AuditAction::Retry => "retry",
             AuditAction::Adopt => "adopt",
+            AuditAction::Update => "update",
             AuditAction::RollbackByRevert => "rollback-by-revert",
             AuditAction::DeleteJar => "delete-jar",
             AuditAction::BatchRun => "batch-run",
