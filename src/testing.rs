@@ -202,6 +202,7 @@ impl FakeFlink {
             .route("/jobs/{jid}/config", get(job_config))
             .route("/jobs/{jid}/exceptions", get(exceptions))
             .route("/jobs/{jid}/stop", post(stop))
+            .route("/jobs/{jid}/savepoints", post(trigger_savepoint))
             .route("/jobs/{jid}/savepoints/{trigger}", get(savepoint_status))
             .route("/jars", get(jars))
             .route("/jars/upload", post(upload))
@@ -413,6 +414,32 @@ async fn stop(
             ),
         );
     }
+    (StatusCode::ACCEPTED, Json(json!({"request-id": trigger}))).into_response()
+}
+
+async fn trigger_savepoint(
+    State(fake): State<FakeFlink>,
+    Path(jid): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    let trigger = body["triggerId"].as_str().unwrap_or("0").to_string();
+    let target = body["target-directory"]
+        .as_str()
+        .unwrap_or("file:/fake/savepoints")
+        .to_string();
+    let mut inner = fake.lock();
+    if inner.jobs.get(&jid).is_none_or(|j| j.state != "RUNNING") {
+        return flink_error(StatusCode::NOT_FOUND, "Job could not be found.");
+    }
+    inner.triggers.insert(trigger.clone(), jid.clone());
+    inner.triggers.insert(
+        format!("{trigger}/location"),
+        format!(
+            "{}/savepoint-{}-{trigger}",
+            target.trim_end_matches('/'),
+            &jid[..6.min(jid.len())]
+        ),
+    );
     (StatusCode::ACCEPTED, Json(json!({"request-id": trigger}))).into_response()
 }
 

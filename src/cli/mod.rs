@@ -795,6 +795,11 @@ pub struct JobStatus {
     pub flink_state: Option<String>,
     /// Latest savepoint known to hold this job's state.
     pub last_savepoint: Option<String>,
+    /// When the newest recorded savepoint was taken (RFC 3339), and how it came to be
+    /// (`periodic`, `manual`, or empty for the stop of an upgrade, suspend or delete).
+    pub last_savepoint_at: Option<String>,
+    /// Seconds since then.
+    pub last_savepoint_age_s: Option<i64>,
     /// The lifecycle phase (`steady`, `stopping`, `stopped`, `submitted`, `verifying`, `blocked`).
     pub phase: Option<String>,
     /// What the phase is doing, or why the job is blocked and what unblocks it.
@@ -833,10 +838,13 @@ async fn status(
     ids.extend(snap.records.iter().map(|r| &r.job_id));
     ids.sort();
     ids.dedup();
-    let last_runs = match StateStore::open_read_only(&snap.config.state.dir)? {
-        Some(store) => store.last_runs()?,
-        None => Vec::new(),
+    let (last_runs, savepoints) = match StateStore::open_read_only(&snap.config.state.dir)? {
+        Some(store) => (store.last_runs()?, store.newest_savepoints()?),
+        None => (Vec::new(), Vec::new()),
     };
+    let savepoint_by_id: std::collections::HashMap<&str, &crate::state::SavepointTaken> =
+        savepoints.iter().map(|s| (s.job_id.as_str(), s)).collect();
+    let now_ms = chrono::Utc::now().timestamp_millis();
     // Keyed once, so that status stays linear in the number of jobs.
     let desired_set: std::collections::HashSet<&String> = desired_ids.iter().copied().collect();
     let records_by_id: std::collections::HashMap<&str, &crate::state::JobRecord> = snap
@@ -905,6 +913,13 @@ async fn status(
                     .or_else(|| record.and_then(|r| r.flink_job_id.clone())),
                 flink_state: instance.map(|j| j.state.clone()),
                 last_savepoint: record.and_then(|r| r.last_savepoint.clone()),
+                last_savepoint_at: savepoint_by_id.get(id.as_str()).and_then(|s| {
+                    chrono::DateTime::from_timestamp_millis(s.taken_at_ms)
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                }),
+                last_savepoint_age_s: savepoint_by_id
+                    .get(id.as_str())
+                    .map(|s| (now_ms - s.taken_at_ms).max(0) / 1000),
                 phase: record.map(|r| r.phase_name().to_string()),
                 phase_detail: record
                     .filter(|r| r.phase_json.is_some())

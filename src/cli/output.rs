@@ -193,7 +193,14 @@ pub fn print_status(
             job.recorded_status.clone().unwrap_or_else(dash),
             job.flink_job_id.clone().unwrap_or_else(dash),
             job.flink_state.clone().unwrap_or_else(dash),
-            job.last_savepoint.clone().unwrap_or_else(dash),
+            match (&job.last_savepoint, job.last_savepoint_age_s) {
+                (Some(path), Some(age)) => format!(
+                    "{path} ({} ago)",
+                    crate::util::format_duration(std::time::Duration::from_secs(age as u64))
+                ),
+                (Some(path), None) => path.clone(),
+                (None, _) => dash(),
+            },
         );
         if let Some(phase) = job.phase.as_deref().filter(|p| *p != "steady") {
             println!(

@@ -467,6 +467,28 @@ impl FlinkClient {
         Ok(response.request_id)
     }
 
+    /// `POST /jobs/:jid/savepoints`: a savepoint while the job keeps running (idempotent by
+    /// trigger id); poll it with [`Self::savepoint_status`].
+    pub async fn trigger_savepoint(
+        &self,
+        job_id: &str,
+        target_directory: &str,
+        trigger_id: &str,
+    ) -> Result<String, FlinkError> {
+        let body = SavepointRequest {
+            target_directory: target_directory.to_string(),
+            cancel_job: false,
+            format_type: "CANONICAL".into(),
+            trigger_id: trigger_id.to_string(),
+        };
+        let response: TriggerResponse = self
+            .call_idempotent(Method::POST, &format!("/jobs/{job_id}/savepoints"), |r| {
+                r.json(&body)
+            })
+            .await?;
+        Ok(response.request_id)
+    }
+
     /// `GET /jobs/:jid/savepoints/:triggerid`.
     pub async fn savepoint_status(
         &self,

@@ -269,6 +269,23 @@ pub struct StopRequest {
     pub trigger_id: String,
 }
 
+/// `POST /jobs/:jid/savepoints` body: a savepoint of a job that keeps running.
+#[derive(Debug, Clone, Serialize)]
+pub struct SavepointRequest {
+    /// Where the savepoint goes.
+    #[serde(rename = "target-directory")]
+    pub target_directory: String,
+    /// Always false: the job runs on.
+    #[serde(rename = "cancel-job")]
+    pub cancel_job: bool,
+    /// `CANONICAL` savepoints survive state-backend changes.
+    #[serde(rename = "formatType")]
+    pub format_type: String,
+    /// Our idempotency key.
+    #[serde(rename = "triggerId")]
+    pub trigger_id: String,
+}
+
 /// `{"request-id": ...}` of asynchronous triggers.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]

@@ -560,7 +560,7 @@ impl Agent {
         }
     }
 
-    fn wake_batch_at(&self, at: DateTime<Utc>) {
+    pub(super) fn wake_batch_at(&self, at: DateTime<Utc>) {
         let mut wakeup = self
             .batch_wakeup
             .lock()
@@ -579,6 +579,13 @@ impl Agent {
     /// Batch runs still on the cluster, of every job (for the status endpoint).
     pub fn active_runs_all(&self) -> Result<Vec<RunRecord>, crate::state::StateError> {
         self.with_store(|s| s.active_runs(None))
+    }
+
+    /// The newest savepoint of each job (for metrics).
+    pub fn newest_savepoints(
+        &self,
+    ) -> Result<Vec<crate::state::SavepointTaken>, crate::state::StateError> {
+        self.with_store(StateStore::newest_savepoints)
     }
 
     /// How many runs are recorded in each status (for metrics).

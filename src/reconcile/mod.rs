@@ -17,6 +17,7 @@ pub mod lifecycle;
 pub mod policy;
 mod report;
 pub mod restore;
+mod savepoints;
 
 use crate::state::AuditAction;
 use std::path::PathBuf;
@@ -431,6 +432,7 @@ impl Agent {
                 .collect()
                 .await;
             report.jobs.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+            report.savepoints = self.periodic_savepoints(&pass, &revision).await;
             report.jars_deleted = self.delete_unused_jars(&head).await;
             let failed: Vec<String> = report
                 .jobs
@@ -788,6 +790,15 @@ impl Agent {
         self.client
             .stop_with_savepoint(flink_job_id, target, trigger)
             .await?;
+        self.poll_savepoint(flink_job_id, trigger).await
+    }
+
+    /// Waits for the savepoint `trigger` of `flink_job_id` (up to `reconcile.savepoint_timeout`).
+    pub(super) async fn poll_savepoint(
+        &self,
+        flink_job_id: &str,
+        trigger: &str,
+    ) -> Result<String, StepError> {
         let deadline = tokio::time::Instant::now() + self.config.reconcile.savepoint_timeout;
         loop {
             let poll = self.client.savepoint_status(flink_job_id, trigger).await?;

@@ -85,6 +85,9 @@ impl JobOutcome {
 pub struct ApplyReport {
     /// The branch head.
     pub revision: Option<String>,
+    /// Periodic savepoints taken (or failed) this pass, one line each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub savepoints: Vec<String>,
     /// Why the head was refused (`kind`, message); the cluster kept its state.
     pub refused: Option<(String, String)>,
     /// Why the cluster could not be reached; nothing was done.

@@ -62,6 +62,10 @@ pub struct Metrics {
     pub job_phases: Family<StateLabels, Gauge>,
     /// Failed tries in a row, per job that has any (0 is not exported).
     pub job_failures: Family<JobLabels, Gauge>,
+    /// Periodic savepoints by result (`ok`, `failed`).
+    pub periodic_savepoints: Family<KindLabels, Counter>,
+    /// Seconds since each job's newest savepoint.
+    pub savepoint_age: Family<JobLabels, Gauge>,
     /// HTTP connections open now.
     pub http_connections: Gauge<i64, AtomicI64>,
     /// HTTP connections closed to make room for a newer one.
@@ -107,6 +111,18 @@ impl Metrics {
             poll_failures.clone(),
         );
         let job_failures = Family::<JobLabels, Gauge>::default();
+        let periodic_savepoints = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "periodic_savepoints",
+            "Periodic savepoints (stream_config.savepoint_trigger_interval) by result",
+            periodic_savepoints.clone(),
+        );
+        let savepoint_age = Family::<JobLabels, Gauge>::default();
+        registry.register(
+            "savepoint_age_seconds",
+            "Seconds since the newest savepoint of each job",
+            savepoint_age.clone(),
+        );
         registry.register(
             "job_phases",
             "Managed jobs by lifecycle phase; blocked jobs wait for a commit or `flink-gitops retry`",
@@ -190,6 +206,8 @@ impl Metrics {
             job_phases,
             job_failures,
             poll_failures,
+            periodic_savepoints,
+            savepoint_age,
         }
     }
 

@@ -535,6 +535,27 @@ async fn poll_and_reconcile(
             })
             .inc();
     }
+    for line in &report.savepoints {
+        let result = if line.contains("savepoint failed") {
+            "failed"
+        } else {
+            "ok"
+        };
+        metrics::Metrics::count(&shared.metrics.periodic_savepoints, result);
+    }
+    if let Ok(newest) = agent.newest_savepoints() {
+        shared.metrics.savepoint_age.clear();
+        let now = chrono::Utc::now().timestamp_millis();
+        for savepoint in newest {
+            shared
+                .metrics
+                .savepoint_age
+                .get_or_create(&metrics::JobLabels {
+                    job_id: savepoint.job_id,
+                })
+                .set((now - savepoint.taken_at_ms).max(0) / 1000);
+        }
+    }
     if let Some((kind, _)) = &report.refused {
         metrics::Metrics::count(&shared.metrics.refusals, kind);
     }

@@ -128,6 +128,10 @@ const MIGRATIONS: &[&str] = &[
         by      TEXT NOT NULL,
         done_at TEXT
     );",
+    // 5: what each savepoint was taken for and the revision the job ran, so retention and
+    // reverts can tell them apart.
+    "ALTER TABLE restore_points ADD COLUMN kind TEXT;
+    ALTER TABLE restore_points ADD COLUMN commit_id TEXT;",
 ];
 
 /// The schema version this binary writes.

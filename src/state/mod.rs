@@ -140,6 +140,21 @@ pub struct JobRecord {
     pub rejected_spec_hash: Option<String>,
 }
 
+/// A savepoint the agent knows of.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SavepointTaken {
+    /// The job.
+    pub job_id: String,
+    /// Where it is.
+    pub path: String,
+    /// `periodic`, `manual`, or empty for the stop savepoints of upgrades, suspends and deletes.
+    pub kind: String,
+    /// The revision whose spec the job ran, when recorded.
+    pub commit_id: String,
+    /// When it was taken (epoch ms).
+    pub taken_at_ms: i64,
+}
+
 impl JobRecord {
     /// What the last deployment runs: `jar` unless it recorded a SQL or Python program.
     pub fn job_kind(&self) -> crate::spec::JobKind {
@@ -267,6 +282,8 @@ pub enum AuditAction {
     Retry,
     /// A running job of ours was taken over after the state database was lost.
     Adopt,
+    /// A savepoint of a job that runs on (periodic or manual).
+    Savepoint,
     /// Fields the running job does not use were recorded without a restart.
     Update,
     /// A revert brought back a spec that ran before.
@@ -306,6 +323,7 @@ impl AuditAction {
             AuditAction::Retry => "retry",
             AuditAction::Adopt => "adopt",
             AuditAction::Update => "update",
+            AuditAction::Savepoint => "savepoint",
             AuditAction::RollbackByRevert => "rollback-by-revert",
             AuditAction::DeleteJar => "delete-jar",
             AuditAction::BatchRun => "batch-run",
@@ -900,6 +918,51 @@ impl StateStore {
             )
             .map_err(sqlite(&self.path, "record restore point"))?;
         Ok(())
+    }
+
+    /// Records a savepoint taken while the job ran on (`kind` `periodic` or `manual`), with the
+    /// revision whose spec the job ran.
+    pub fn put_savepoint_taken(
+        &self,
+        job_id: &str,
+        path: &str,
+        flink_job_id: &str,
+        kind: &str,
+        commit_id: &str,
+        taken_at_ms: i64,
+    ) -> Result<(), StateError> {
+        self.connection
+            .execute(
+                "INSERT INTO restore_points (job_id, path, savepoint, flink_job_id, taken_at_ms, recorded_at, kind, commit_id)
+                 VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(job_id, path) DO NOTHING",
+                params![job_id, path, flink_job_id, taken_at_ms, now_rfc3339(), kind, commit_id],
+            )
+            .map_err(sqlite(&self.path, "record savepoint"))?;
+        Ok(())
+    }
+
+    /// The newest savepoint of each job (path, kind, taken at), of the jobs that have one.
+    pub fn newest_savepoints(&self) -> Result<Vec<SavepointTaken>, StateError> {
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT job_id, path, COALESCE(kind, ''), COALESCE(commit_id, ''), MAX(taken_at_ms)
+                 FROM restore_points WHERE savepoint = 1 AND unusable IS NULL GROUP BY job_id",
+            )
+            .map_err(sqlite(&self.path, "read savepoints"))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok(SavepointTaken {
+                    job_id: row.get(0)?,
+                    path: row.get(1)?,
+                    kind: row.get(2)?,
+                    commit_id: row.get(3)?,
+                    taken_at_ms: row.get(4)?,
+                })
+            })
+            .map_err(sqlite(&self.path, "read savepoints"))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(sqlite(&self.path, "read savepoints"))
     }
 
     /// Marks a path as not restorable (recording it if it was not known).
