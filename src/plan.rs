@@ -241,6 +241,11 @@ pub fn plan(
                 None => {
                     entry.action = Action::Create;
                     entry.reasons.push(format!("new spec {}", job.file));
+                    if let Some(path) = &job.spec.restore_from {
+                        entry
+                            .reasons
+                            .push(format!("starts from restore_from {path}"));
+                    }
                 }
             },
             (Some(job), Some(record)) => {
@@ -425,6 +430,8 @@ const IN_PLACE_FIELDS: &[&str] = &[
     "spec.alert_on_failure",
     "spec.alert_on_backpressure",
     "spec.savepoint_trigger_interval_ms",
+    // One-shot, at creation: a running job has its own state.
+    "spec.restore_from",
 ];
 
 /// Whether every difference between the applied spec and the desired one is in a field the

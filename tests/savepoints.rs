@@ -124,3 +124,112 @@ fn a_running_job_gets_a_savepoint_every_interval_recorded_with_its_revision_and_
         "not due again yet"
     );
 }
+
+/// Flink's own CLI against the shared cluster.
+fn flink_cli(args: &[&str]) -> String {
+    let home = run(std::process::Command::new(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/flink-local"),
+    )
+    .arg("home"))
+    .trim()
+    .to_string();
+    let address = flink_url()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut all = vec![args[0], "-m", &address];
+    all.extend(&args[1..]);
+    run(std::process::Command::new(format!("{home}/bin/flink"))
+        .env("FLINK_CONF_DIR", flink_dir().join("conf"))
+        .args(&all))
+}
+
+#[test]
+fn restore_from_starts_a_new_job_from_a_savepoint_of_a_job_run_by_hand() {
+    // A job someone started with `flink run`, stopped with a savepoint to move it into the repo.
+    let jar = example_jar("counter-v1.jar");
+    let submitted = flink_cli(&[
+        "run",
+        "-d",
+        "-p",
+        "1",
+        jar.to_str().unwrap(),
+        "--name",
+        "by-hand",
+        "--rate",
+        "20",
+    ]);
+    let by_hand = submitted
+        .split_whitespace()
+        .find(|w| w.len() == 32 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(|| panic!("no job id in: {submitted}"))
+        .to_string();
+    struct CancelByHand(String);
+    impl Drop for CancelByHand {
+        fn drop(&mut self) {
+            cancel_flink_job(&self.0);
+        }
+    }
+    let _cancel = CancelByHand(by_hand.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while flink_json(&format!("/jobs/{by_hand}"))["state"] != "RUNNING" {
+        assert!(Instant::now() < deadline, "the job run by hand never ran");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let target = format!(
+        "file://{}/by-hand",
+        flink_dir().join("savepoints").display()
+    );
+    let stopped = flink_cli(&["stop", "--savepointPath", &target, &by_hand]);
+    let savepoint = stopped
+        .split_whitespace()
+        .find(|w| w.contains("savepoint-"))
+        .unwrap_or_else(|| panic!("no savepoint in: {stopped}"))
+        .trim_end_matches('.')
+        .to_string();
+
+    let fixture = JobFixture::new(
+        "restore-from",
+        |job| {
+            counter_spec(
+                job,
+                "artifacts/counter-v1.jar",
+                &format!("restore_from: {savepoint}\n"),
+            )
+        },
+        "move the job run by hand into the repo",
+    );
+    let JobFixture {
+        job,
+        spec_path,
+        repo,
+        config,
+        ..
+    } = &fixture;
+    let plan = flink_gitops_json(
+        &["plan", "-c", config.to_str().unwrap(), "--output", "json"],
+        0,
+    );
+    assert!(
+        plan.to_string()
+            .contains(&format!("starts from restore_from {savepoint}")),
+        "{plan:#}"
+    );
+    let (code, report) = apply(config);
+    assert_eq!(code, Some(0), "{report:#}");
+    let created = one_running(job);
+    assert!(
+        flink_gitops::reconcile::restore::same_path(&restored_from(&created).unwrap(), &savepoint),
+        "the new job restored the savepoint of the job run by hand"
+    );
+
+    // restore_from is one-shot: changing it later does not touch the running job.
+    let spec = std::fs::read_to_string(repo.path().join(spec_path)).unwrap();
+    repo.write(spec_path, spec.replace(&savepoint, "/somewhere/else"));
+    repo.commit("restore_from changed after the fact");
+    let (code, report) = apply(config);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(outcome_of(&report, job)["action"], "update", "{report:#}");
+    assert_eq!(one_running(job), created);
+}

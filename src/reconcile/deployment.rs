@@ -60,6 +60,9 @@ pub struct Deployment {
     /// The spec demands a detached signature whatever the agent's policy.
     #[serde(default)]
     pub artifact_verification: bool,
+    /// The state a new job starts from (the spec's one-shot `restore_from`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<String>,
     /// JAR, SQL or Python.
     #[serde(default = "jar_kind")]
     pub kind: JobKind,
@@ -180,6 +183,7 @@ impl Deployment {
             commit: commit.to_string(),
             kind: spec.artifact.kind(),
             program: job.program.clone(),
+            restore_from: spec.restore_from.clone(),
         }
     }
 

@@ -377,7 +377,15 @@ impl Agent {
                 if start_empty {
                     s.remove_meta(&start_empty_key(job_id))?;
                 }
-                set_phase(&mut row, &begin(op.clone(), stop.clone()));
+                let first = match begin(op.clone(), stop.clone()) {
+                    // A new job the spec gives a state to start from (`restore_from`).
+                    Phase::Stopped { op, restore: None } if op.kind == OpKind::Create => {
+                        let restore = op.target.as_ref().and_then(|t| t.restore_from.clone());
+                        Phase::Stopped { op, restore }
+                    }
+                    other => other,
+                };
+                set_phase(&mut row, &first);
                 s.put_job(&row)
             })
         })?;
@@ -1186,7 +1194,12 @@ impl Agent {
                 .map(|cause| self.redact_secrets_of(op.target.as_ref(), cause)),
         };
         let full = failure.full();
+        // The spec's own `restore_from` is not chosen again when Flink cannot find it: the create
+        // fails, never starts empty.
+        let chosen_by_agent = !(op.kind == OpKind::Create
+            && op.target.as_ref().is_some_and(|t| t.restore_from.is_some()));
         if let Some(path) = &submission.restored_from
+            && chosen_by_agent
             && restore::is_missing_path_error(&full)
         {
             warn!(%path, "Flink cannot find the state; choosing again");

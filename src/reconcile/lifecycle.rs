@@ -551,6 +551,7 @@ mod tests {
             artifact_verification: false,
             kind: crate::spec::JobKind::Jar,
             program: None,
+            restore_from: None,
         }
     }
 

@@ -313,6 +313,9 @@ pub struct JobSpec {
     pub upgrade_mode: UpgradeMode,
     /// Allow savepoint state that no operator claims.
     pub allow_non_restored_state: bool,
+    /// A savepoint or retained checkpoint a new job starts from (one-shot: only at creation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<String>,
     /// Health gate.
     pub health: HealthPolicy,
 }
@@ -410,6 +413,7 @@ struct RawSpec {
     state: Option<DesiredRunState>,
     upgrade_mode: Option<UpgradeMode>,
     allow_non_restored_state: Option<bool>,
+    restore_from: Option<S<String>>,
     flink_config: Option<std::collections::HashMap<S<String>, FlinkValue>>,
     health: Option<RawHealth>,
 }
@@ -1006,6 +1010,25 @@ fn validate(raw: RawSpec, check: &mut Checker<'_>) -> Option<JobSpec> {
         }
     }
 
+    let restore_from = raw.restore_from.as_ref().and_then(|path| {
+        let value = path.value.trim();
+        if job_type == Some(JobType::Batch) {
+            check.at(path, "restore_from", "only applies to `job_type: stream`");
+            None
+        } else if url::Url::parse(value).is_ok_and(|u| u.scheme().len() > 1) {
+            // As Flink prints them: file:/…, file:///…, s3://…
+            Some(value.to_string())
+        } else if value.starts_with('/') {
+            Some(format!("file://{value}"))
+        } else {
+            check.at(
+                path,
+                "restore_from",
+                format!("`{value}` must be an absolute path or a URL such as s3://bucket/savepoints/savepoint-…"),
+            );
+            None
+        }
+    });
     let health = validate_health(raw.health.as_ref(), check);
     let state = raw.state.unwrap_or(DesiredRunState::Running);
     let upgrade_mode = raw.upgrade_mode.unwrap_or(UpgradeMode::Savepoint);
@@ -1035,6 +1058,7 @@ fn validate(raw: RawSpec, check: &mut Checker<'_>) -> Option<JobSpec> {
         state,
         upgrade_mode,
         allow_non_restored_state: raw.allow_non_restored_state.unwrap_or(false),
+        restore_from,
         health,
     })
 }
