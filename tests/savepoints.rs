@@ -233,3 +233,57 @@ fn restore_from_starts_a_new_job_from_a_savepoint_of_a_job_run_by_hand() {
     assert_eq!(outcome_of(&report, job)["action"], "update", "{report:#}");
     assert_eq!(one_running(job), created);
 }
+
+#[test]
+fn the_savepoint_command_takes_one_now_audited_and_the_job_runs_on() {
+    let fixture = JobFixture::new(
+        "manual-sp",
+        |job| counter_spec(job, "artifacts/counter-v1.jar", ""),
+        "a job",
+    );
+    let JobFixture {
+        job, work, config, ..
+    } = &fixture;
+    let config_arg = config.to_str().unwrap();
+    // Nothing deployed yet: a clear refusal, exit 2.
+    let early = flink_gitops(&["savepoint", "-c", config_arg, job]);
+    assert_eq!(early.status.code(), Some(2));
+    let (code, report) = apply(config);
+    assert_eq!(code, Some(0), "{report:#}");
+    let running = one_running(job);
+
+    let taken = flink_gitops_json(&["savepoint", "-c", config_arg, job, "--output", "json"], 0);
+    let path = taken["savepoint"].as_str().unwrap().to_string();
+    assert_eq!(taken["flink_job_id"], running.as_str());
+    let local = path.strip_prefix("file:").unwrap_or(&path);
+    assert!(
+        std::path::Path::new(local).join("_metadata").is_file(),
+        "{taken:#}"
+    );
+    assert_eq!(one_running(job), running, "the job runs on");
+    let store = StateStore::open_read_only(&work.path().join("state"))
+        .unwrap()
+        .unwrap();
+    let outcome = store
+        .audit_log()
+        .unwrap()
+        .into_iter()
+        .rev()
+        .find(|e| e.action == "savepoint" && e.phase == "intent")
+        .unwrap();
+    assert!(
+        outcome.detail.unwrap().contains("\"kind\":\"manual\""),
+        "audited as manual with who asked"
+    );
+    assert!(store.open_intents().unwrap().is_empty());
+    drop(store);
+    let status = flink_gitops_json(&["status", "-c", config_arg, "--output", "json"], 0);
+    let row = status["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_id"] == job.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(row["last_savepoint"], path.as_str(), "{row:#}");
+}

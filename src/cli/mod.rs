@@ -163,6 +163,18 @@ pub enum Command {
         #[arg(long)]
         start_empty: bool,
     },
+    /// Take a savepoint of a running job now (before maintenance), audited with who asked; the
+    /// job keeps running. Works beside a running agent.
+    Savepoint {
+        /// Configuration file.
+        #[arg(short, long, env = "FLINK_GITOPS_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The job id.
+        job: String,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
     /// Verify commit signatures offline (for pull-request pipelines): one line per commit.
     Verify {
         /// The repository.
@@ -289,12 +301,128 @@ pub async fn run(cli: Cli) -> ExitCode {
             job,
             start_empty,
         } => retry(&config, &job, start_empty),
+        Command::Savepoint {
+            config,
+            job,
+            output,
+        } => savepoint(&config, &job, output).await,
     };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
             eprintln!("error: {}", output::error_chain(&failure.error));
             ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// What `savepoint` did.
+#[derive(Serialize)]
+struct SavepointReport {
+    job_id: String,
+    flink_job_id: String,
+    savepoint: String,
+    by: String,
+}
+
+async fn savepoint(
+    config_path: &std::path::Path,
+    job_id: &str,
+    format: OutputFormat,
+) -> Result<u8, Failure> {
+    use crate::state::AuditAction;
+    let config = Config::load(config_path).map_err(usage)?;
+    let store = StateStore::open_for_requests(&config.state.dir)?.ok_or_else(|| {
+        usage(anyhow::anyhow!(
+            "no state in {}: the agent has not deployed anything yet",
+            config.state.dir.display()
+        ))
+    })?;
+    let Some(record) = store.job(job_id)? else {
+        return Err(usage(anyhow::anyhow!(
+            "the agent has no record of job `{job_id}` (see `flink-gitops status`)"
+        )));
+    };
+    let (Some(jid), Some(deployment)) = (
+        record.flink_job_id.clone(),
+        record
+            .deployment_json
+            .as_deref()
+            .and_then(|j| serde_json::from_str::<crate::reconcile::Deployment>(j).ok()),
+    ) else {
+        return Err(usage(anyhow::anyhow!("`{job_id}` has never run")));
+    };
+    if record.status != "running" || record.phase_name() != "steady" {
+        return Err(usage(anyhow::anyhow!(
+            "`{job_id}` is {} (phase {}): a savepoint is taken of a steady running job",
+            record.status,
+            record.phase_name()
+        )));
+    }
+    let client = FlinkClient::from_config(&config.flink)?;
+    let state = client.job(&jid).await?.state;
+    if state != "RUNNING" {
+        return Err(usage(anyhow::anyhow!(
+            "`{job_id}`'s Flink job {jid} is {state}, not RUNNING"
+        )));
+    }
+    let by = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| user_name(&current_uid()));
+    let trigger = crate::reconcile::new_trigger_id(&jid);
+    let target = deployment.savepoint_dir.clone();
+    let intent = store.audit_intent(
+        Some(&record.commit_id),
+        Some(job_id),
+        AuditAction::Savepoint,
+        &serde_json::json!({"flink_job_id": jid, "kind": "manual", "by": by, "trigger_id": trigger, "target": target})
+            .to_string(),
+    )?;
+    let taken = async {
+        client.trigger_savepoint(&jid, &target, &trigger).await?;
+        crate::reconcile::wait_for_savepoint(&client, &config, &jid, &trigger).await
+    }
+    .await;
+    match taken {
+        Ok(path) => {
+            store.audit_outcome(
+                intent,
+                "ok",
+                &serde_json::json!({"savepoint": path}).to_string(),
+            )?;
+            store.put_savepoint_taken(
+                job_id,
+                &path,
+                &jid,
+                "manual",
+                &record.commit_id,
+                chrono::Utc::now().timestamp_millis(),
+            )?;
+            let report = SavepointReport {
+                job_id: job_id.to_string(),
+                flink_job_id: jid,
+                savepoint: path,
+                by,
+            };
+            match format {
+                OutputFormat::Json => output::print_json(&report)?,
+                OutputFormat::Text => println!(
+                    "savepoint of {} ({}), requested by {}: {}",
+                    report.job_id, report.flink_job_id, report.by, report.savepoint
+                ),
+            }
+            Ok(EXIT_OK)
+        }
+        Err(error) => {
+            store.audit_outcome(
+                intent,
+                "failed",
+                &serde_json::json!({"error": error.full()}).to_string(),
+            )?;
+            Err(Failure::from(anyhow::anyhow!(
+                "savepoint of {job_id} failed: {}",
+                error.full()
+            )))
         }
     }
 }
@@ -912,7 +1040,11 @@ async fn status(
                     .map(|j| j.jid.clone())
                     .or_else(|| record.and_then(|r| r.flink_job_id.clone())),
                 flink_state: instance.map(|j| j.state.clone()),
-                last_savepoint: record.and_then(|r| r.last_savepoint.clone()),
+                // The ledger knows savepoints taken beside the agent (`flink-gitops savepoint`).
+                last_savepoint: savepoint_by_id
+                    .get(id.as_str())
+                    .map(|s| s.path.clone())
+                    .or_else(|| record.and_then(|r| r.last_savepoint.clone())),
                 last_savepoint_at: savepoint_by_id.get(id.as_str()).and_then(|s| {
                     chrono::DateTime::from_timestamp_millis(s.taken_at_ms)
                         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))

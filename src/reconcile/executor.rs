@@ -42,7 +42,7 @@ fn set_phase(record: &mut JobRecord, phase: &Phase) {
 
 /// A trigger id for a stop, unique per attempt; recorded before the stop is sent, so sending it
 /// again after a crash returns the first stop's result instead of starting a second savepoint.
-pub(super) fn new_trigger_id(flink_job_id: &str) -> String {
+pub fn new_trigger_id(flink_job_id: &str) -> String {
     let nonce = format!(
         "flink-gitops/stop/{flink_job_id}/{}/{}",
         now_ms(),

@@ -42,6 +42,7 @@ use crate::trust::AllowedSignersError;
 use crate::trust::commits::Start;
 
 pub use deployment::{Deployment, Pending, PendingKind};
+pub use executor::new_trigger_id;
 use jars::cache_jars;
 use lifecycle::Phase;
 pub use policy::StepError;
@@ -489,8 +490,17 @@ impl Agent {
                     continued.insert(intent);
                 }
             }
+            // `flink-gitops savepoint` runs beside the agent: its intent is its own while it waits.
+            let manual_window =
+                chrono::Duration::from_std(self.config.reconcile.savepoint_timeout * 2)
+                    .unwrap_or(chrono::Duration::MAX);
             for intent in s.open_intents()? {
                 if continued.contains(&intent.id) {
+                    continue;
+                }
+                let recent = chrono::DateTime::parse_from_rfc3339(&intent.at)
+                    .is_ok_and(|at| chrono::Utc::now().signed_duration_since(at) < manual_window);
+                if intent.action == AuditAction::Savepoint.as_str() && recent {
                     continue;
                 }
                 s.audit_outcome(intent.id, "interrupted", "{}")?;
@@ -799,9 +809,22 @@ impl Agent {
         flink_job_id: &str,
         trigger: &str,
     ) -> Result<String, StepError> {
-        let deadline = tokio::time::Instant::now() + self.config.reconcile.savepoint_timeout;
+        wait_for_savepoint(&self.client, &self.config, flink_job_id, trigger).await
+    }
+}
+
+/// Waits for the savepoint `trigger` of `flink_job_id` (up to `reconcile.savepoint_timeout`); its
+/// location, or why there is none.
+pub async fn wait_for_savepoint(
+    client: &FlinkClient,
+    config: &Config,
+    flink_job_id: &str,
+    trigger: &str,
+) -> Result<String, StepError> {
+    {
+        let deadline = tokio::time::Instant::now() + config.reconcile.savepoint_timeout;
         loop {
-            let poll = self.client.savepoint_status(flink_job_id, trigger).await?;
+            let poll = client.savepoint_status(flink_job_id, trigger).await?;
             if poll.status.id == "COMPLETED" {
                 let operation = poll.operation.unwrap_or_default();
                 if let Some(location) = operation.location {
@@ -820,11 +843,11 @@ impl Agent {
             if tokio::time::Instant::now() >= deadline {
                 return Err(StepError::transient(format!(
                     "savepoint not completed within {}",
-                    crate::util::format_duration(self.config.reconcile.savepoint_timeout)
+                    crate::util::format_duration(config.reconcile.savepoint_timeout)
                 )));
             }
             tokio::time::sleep(
-                self.config
+                config
                     .reconcile
                     .poll_interval
                     .min(Duration::from_millis(500)),
@@ -832,7 +855,9 @@ impl Agent {
             .await;
         }
     }
+}
 
+impl Agent {
     /// The commit that last deployed exactly this spec of the job, if it ran before (a revert brings it back).
     pub(super) fn earlier_commit_with(&self, job_id: &str, spec_hash: &str) -> Option<String> {
         let log = self.with_store(StateStore::audit_log).ok()?;
