@@ -70,6 +70,14 @@ struct RawConfig {
     runner: RawRunner,
     #[serde(default)]
     secrets: RawSecrets,
+    savepoints: Option<RawConfigRetention>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfigRetention {
+    keep: Option<u32>,
+    max_age: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -205,6 +213,8 @@ pub struct Config {
     pub runner_jar: Option<PathBuf>,
     /// Where `${secret:NAME}` values are read from (`secrets.dir`), if anywhere.
     pub secrets_dir: Option<PathBuf>,
+    /// The default savepoint retention of stream jobs (`savepoints:`); none keeps everything.
+    pub savepoint_retention: Option<crate::spec::Retention>,
     /// Put before NAME to make the file name: `PREFIX_` for `secrets.dir: credential:PREFIX`
     /// (systemd names the files of a folder given to `LoadCredential=PREFIX:…` `PREFIX_FILE`).
     pub secrets_prefix: String,
@@ -929,6 +939,12 @@ impl Config {
                 ),
             ));
         }
+        let savepoint_retention = raw
+            .savepoints
+            .as_ref()
+            .map(|p| crate::spec::Retention::parse(p.keep, p.max_age.as_deref()))
+            .transpose()
+            .map_err(|reason| invalid("savepoints", reason))?;
         let (secrets_dir, secrets_prefix) = match raw.secrets.dir.as_deref() {
             None => (None, String::new()),
             Some(dir) => match dir.strip_prefix("credential:") {
@@ -973,6 +989,7 @@ impl Config {
             runner_jar,
             secrets_dir,
             secrets_prefix,
+            savepoint_retention,
             server: ServerConfig {
                 listen,
                 webhook_secret_file,

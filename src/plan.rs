@@ -448,7 +448,11 @@ pub fn only_in_place_changes(applied_json: &str, desired: &DesiredJob) -> bool {
     let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
     keys.into_iter()
         .filter(|key| old.get(*key) != new.get(*key))
-        .all(|key| IN_PLACE_FIELDS.contains(&key.as_str()) || key.starts_with("spec.health."))
+        .all(|key| {
+            IN_PLACE_FIELDS.contains(&key.as_str())
+                || key.starts_with("spec.health.")
+                || key.starts_with("spec.savepoint_retention.")
+        })
 }
 
 /// Human-readable differences between the applied canonical JSON and the desired job.

@@ -203,6 +203,8 @@ impl FakeFlink {
             .route("/jobs/{jid}/exceptions", get(exceptions))
             .route("/jobs/{jid}/stop", post(stop))
             .route("/jobs/{jid}/savepoints", post(trigger_savepoint))
+            .route("/savepoint-disposal", post(dispose_savepoint))
+            .route("/savepoint-disposal/{trigger}", get(disposal_status))
             .route("/jobs/{jid}/savepoints/{trigger}", get(savepoint_status))
             .route("/jars", get(jars))
             .route("/jars/upload", post(upload))
@@ -441,6 +443,27 @@ async fn trigger_savepoint(
         ),
     );
     (StatusCode::ACCEPTED, Json(json!({"request-id": trigger}))).into_response()
+}
+
+async fn dispose_savepoint(State(fake): State<FakeFlink>, Json(body): Json<Value>) -> Response {
+    let path = body["savepoint-path"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut inner = fake.lock();
+    let trigger = format!("{:032x}", inner.triggers.len() + 1);
+    inner.triggers.insert(format!("{trigger}/disposed"), path);
+    Json(json!({"request-id": trigger})).into_response()
+}
+
+async fn disposal_status(State(fake): State<FakeFlink>, Path(trigger): Path<String>) -> Response {
+    match fake.lock().triggers.get(&format!("{trigger}/disposed")) {
+        Some(_) => Json(json!({"status": {"id": "COMPLETED"}, "operation": {}})).into_response(),
+        None => flink_error(
+            StatusCode::NOT_FOUND,
+            "There is no savepoint disposal with this triggerId",
+        ),
+    }
 }
 
 async fn savepoint_status(

@@ -287,3 +287,86 @@ fn the_savepoint_command_takes_one_now_audited_and_the_job_runs_on() {
         .clone();
     assert_eq!(row["last_savepoint"], path.as_str(), "{row:#}");
 }
+
+#[test]
+fn retention_disposes_old_savepoints_through_flink_and_a_revert_still_restores() {
+    let fixture = JobFixture::new(
+        "retention",
+        |job| {
+            counter_spec(
+                job,
+                "artifacts/counter-v1.jar",
+                "stream_config: { savepoint_trigger_interval: 2000 }\nsavepoints: { keep: 2 }\n",
+            )
+        },
+        "savepoints every 2 s, two kept",
+    );
+    let JobFixture {
+        job,
+        spec_path,
+        repo,
+        work,
+        config,
+        ..
+    } = &fixture;
+    let (code, report) = apply(config);
+    assert_eq!(code, Some(0), "{report:#}");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(11) {
+        let (code, report) = apply(config);
+        assert_eq!(code, Some(0), "{report:#}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let taken = savepoints_of(work.path(), job);
+    assert!(taken.len() >= 4, "{taken:#?}");
+    let store = StateStore::open_read_only(&work.path().join("state"))
+        .unwrap()
+        .unwrap();
+    let disposed: Vec<String> = store
+        .audit_log()
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "dispose" && e.phase == "outcome" && e.result.as_deref() == Some("ok"))
+        .map(|e| {
+            serde_json::from_str::<serde_json::Value>(e.detail.as_deref().unwrap()).unwrap()["disposed"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    drop(store);
+    assert!(
+        disposed.len() >= 2,
+        "old savepoints were disposed of: {disposed:#?}"
+    );
+    let on_disk = |path: &str| {
+        std::path::Path::new(path.strip_prefix("file:").unwrap_or(path))
+            .join("_metadata")
+            .is_file()
+    };
+    for path in &disposed {
+        assert!(!on_disk(path), "Flink deleted {path}");
+    }
+    let newest: Vec<&String> = taken.iter().rev().take(2).map(|(p, _, _)| p).collect();
+    for path in &newest {
+        assert!(!disposed.contains(path), "the two newest stay: {path}");
+        assert!(on_disk(path), "{path}");
+    }
+
+    // An upgrade and its revert after the disposals: both restore their savepoint.
+    let spec = std::fs::read_to_string(repo.path().join(spec_path)).unwrap();
+    repo.write(spec_path, spec.replace("counter-v1.jar", "counter-v2.jar"));
+    repo.commit("v2");
+    let (code, report) = apply(config);
+    assert_eq!(code, Some(0), "{report:#}");
+    repo.git(&["revert", "--no-edit", "HEAD"]);
+    let (code, report) = apply(config);
+    assert_eq!(code, Some(0), "{report:#}");
+    let reverted = outcome_of(&report, job).clone();
+    assert_eq!(reverted["action"], "upgrade", "{report:#}");
+    let back = one_running(job);
+    assert!(flink_gitops::reconcile::restore::same_path(
+        &restored_from(&back).unwrap(),
+        reverted["savepoint"].as_str().unwrap()
+    ));
+}

@@ -489,6 +489,26 @@ impl FlinkClient {
         Ok(response.request_id)
     }
 
+    /// `POST /savepoint-disposal`: Flink deletes a savepoint (its files and any state it owns);
+    /// poll it with [`Self::disposal_status`].
+    pub async fn dispose_savepoint(&self, path: &str) -> Result<String, FlinkError> {
+        let body = serde_json::json!({ "savepoint-path": path });
+        let response: TriggerResponse = self
+            .call(Method::POST, "/savepoint-disposal", |r| r.json(&body))
+            .await?;
+        Ok(response.request_id)
+    }
+
+    /// `GET /savepoint-disposal/:triggerid`.
+    pub async fn disposal_status(&self, trigger_id: &str) -> Result<SavepointPoll, FlinkError> {
+        self.call_idempotent(
+            Method::GET,
+            &format!("/savepoint-disposal/{trigger_id}"),
+            |r| r,
+        )
+        .await
+    }
+
     /// `GET /jobs/:jid/savepoints/:triggerid`.
     pub async fn savepoint_status(
         &self,

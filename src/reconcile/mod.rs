@@ -434,6 +434,7 @@ impl Agent {
                 .await;
             report.jobs.sort_by(|a, b| a.job_id.cmp(&b.job_id));
             report.savepoints = self.periodic_savepoints(&pass, &revision).await;
+            report.savepoints.extend(self.apply_retention(&pass, &revision).await);
             report.jars_deleted = self.delete_unused_jars(&head).await;
             let failed: Vec<String> = report
                 .jobs

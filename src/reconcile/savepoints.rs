@@ -140,9 +140,199 @@ impl Agent {
         Ok(path)
     }
 
+    /// Disposes of the savepoints each steady running stream job's retention policy lets go (the
+    /// spec's `savepoints:`, else the agent's). Never: the job's newest savepoint, the one its
+    /// record names, the newest of each Flink instance it had (the state a rollback to that
+    /// deployment restores) unless older than `max_age`, or anything of a job in flight.
+    pub(super) async fn apply_retention(
+        &self,
+        pass: &PassContext,
+        revision: &VerifiedRevision,
+    ) -> Vec<String> {
+        let mut notes = Vec::new();
+        for job in revision.desired.jobs.values() {
+            let spec = &job.spec;
+            let Some(policy) = spec.savepoint_retention.or(self.config.savepoint_retention) else {
+                continue;
+            };
+            if spec.job_type != JobType::Stream {
+                continue;
+            }
+            let known =
+                self.with_store(|s| Ok((s.job(&spec.job_id)?, s.restore_points(&spec.job_id)?)));
+            let (Some(record), points) = (match known {
+                Ok(found) => found,
+                Err(error) => {
+                    notes.push(format!("{}: retention skipped: {error}", spec.job_id));
+                    continue;
+                }
+            }) else {
+                continue;
+            };
+            // The state of a job in flight is uncertain: nothing of it goes.
+            if record.phase_name() != "steady"
+                || !matches!(record.status.as_str(), "running" | "suspended")
+            {
+                continue;
+            }
+            let candidates =
+                disposable(&points, record.last_savepoint.as_deref(), policy, now_ms());
+            for path in candidates {
+                match self.dispose(pass, &record, &path).await {
+                    Ok(()) => notes.push(format!("{}: disposed of savepoint {path}", spec.job_id)),
+                    Err(error) => {
+                        warn!(job_id = %spec.job_id, %path, error = %error.full(), "savepoint disposal failed");
+                        notes.push(format!(
+                            "{}: disposal of {path} failed: {}",
+                            spec.job_id,
+                            error.full()
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
+        notes
+    }
+
+    async fn dispose(
+        &self,
+        pass: &PassContext,
+        record: &JobRecord,
+        path: &str,
+    ) -> Result<(), StepError> {
+        let disposed = self
+            .audited(
+                &pass.head,
+                &record.job_id,
+                AuditAction::Dispose,
+                json!({"savepoint": path, "reason": "retention"}),
+                async {
+                    let trigger = self.client.dispose_savepoint(path).await?;
+                    let deadline =
+                        tokio::time::Instant::now() + self.config.reconcile.savepoint_timeout;
+                    loop {
+                        let poll = self.client.disposal_status(&trigger).await?;
+                        if poll.status.id == "COMPLETED" {
+                            let failure = poll
+                                .operation
+                                .and_then(|o| o.failure_cause)
+                                .and_then(|c| c.stack_trace.or(c.class));
+                            return match failure {
+                                None => Ok(()),
+                                Some(trace) => Err(StepError::permanent(format!(
+                                    "Flink could not dispose of {path}: {}",
+                                    crate::flink::root_cause(&trace)
+                                ))),
+                            };
+                        }
+                        if tokio::time::Instant::now() >= deadline {
+                            return Err(StepError::transient(format!(
+                                "disposal of {path} not completed in time"
+                            )));
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                },
+                |()| json!({"disposed": path}),
+            )
+            .await;
+        disposed?;
+        self.with_store(|s| s.mark_unusable(&record.job_id, path, "disposed of by retention"))?;
+        info!(job_id = %record.job_id, savepoint = %path, "savepoint disposed of");
+        Ok(())
+    }
+
     fn wake_at_ms(&self, at_ms: i64) {
         if let Some(at) = DateTime::<Utc>::from_timestamp_millis(at_ms) {
             self.wake_batch_at(at);
         }
+    }
+}
+
+/// The savepoints `policy` lets go, oldest last (see [`Agent::apply_retention`] for what is never
+/// disposed of).
+fn disposable(
+    points: &[crate::state::RestorePoint],
+    last_savepoint: Option<&str>,
+    policy: crate::spec::Retention,
+    now_ms: i64,
+) -> Vec<String> {
+    let mut savepoints: Vec<&crate::state::RestorePoint> = points
+        .iter()
+        .filter(|p| p.savepoint && p.unusable.is_none())
+        .collect();
+    savepoints.sort_by(|a, b| b.taken_at_ms.cmp(&a.taken_at_ms));
+    let mut newest_of_instance = std::collections::HashSet::new();
+    let mut seen_instances = std::collections::HashSet::new();
+    for point in &savepoints {
+        if seen_instances.insert(point.flink_job_id.clone()) {
+            newest_of_instance.insert(point.path.as_str());
+        }
+    }
+    let keep = policy.keep.map_or(usize::MAX, |k| k as usize);
+    savepoints
+        .iter()
+        .enumerate()
+        .filter(|(rank, point)| {
+            let age_ms = now_ms - point.taken_at_ms;
+            let too_old = policy
+                .max_age
+                .is_some_and(|max| age_ms > i64::try_from(max.as_millis()).unwrap_or(i64::MAX));
+            let protected = *rank == 0
+                || last_savepoint.is_some_and(|last| super::restore::same_path(last, &point.path))
+                || (newest_of_instance.contains(point.path.as_str()) && !too_old);
+            !protected && (*rank >= keep || too_old)
+        })
+        .map(|(_, point)| point.path.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Retention;
+    use crate::state::RestorePoint;
+    use std::time::Duration;
+
+    fn point(path: &str, instance: &str, at: i64) -> RestorePoint {
+        RestorePoint {
+            job_id: "j".into(),
+            path: path.into(),
+            savepoint: true,
+            flink_job_id: Some(instance.into()),
+            taken_at_ms: at,
+            unusable: None,
+        }
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_and_each_instances_last_state() {
+        let points = [
+            point("p5", "i2", 500),
+            point("p4", "i2", 400),
+            point("p3", "i2", 300),
+            point("s2", "i1", 200),
+            point("p1", "i1", 100),
+        ];
+        let keep_two = Retention {
+            keep: Some(2),
+            max_age: None,
+        };
+        // p3 and p1 go; s2 is the state instance i1 ended with.
+        assert_eq!(
+            disposable(&points, Some("p5"), keep_two, 1000),
+            ["p3", "p1"]
+        );
+        let young = Retention {
+            keep: None,
+            max_age: Some(Duration::from_millis(350)),
+        };
+        // Older than 350 ms at t=1000: p4 and older; the newest stays whatever its age.
+        assert_eq!(
+            disposable(&points, Some("p5"), young, 1000),
+            ["p4", "p3", "s2", "p1"]
+        );
+        assert_eq!(disposable(&points, Some("p5"), young, 520), ["p1"]);
     }
 }

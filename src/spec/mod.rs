@@ -316,6 +316,9 @@ pub struct JobSpec {
     /// A savepoint or retained checkpoint a new job starts from (one-shot: only at creation).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restore_from: Option<String>,
+    /// This job's savepoint retention (else the agent's `savepoints:` policy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub savepoint_retention: Option<Retention>,
     /// Health gate.
     pub health: HealthPolicy,
 }
@@ -414,8 +417,61 @@ struct RawSpec {
     upgrade_mode: Option<UpgradeMode>,
     allow_non_restored_state: Option<bool>,
     restore_from: Option<S<String>>,
+    savepoints: Option<S<RawRetention>>,
     flink_config: Option<std::collections::HashMap<S<String>, FlinkValue>>,
     health: Option<RawHealth>,
+}
+
+/// `savepoints: { keep: 5, max_age: 14d }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetention {
+    keep: Option<u32>,
+    max_age: Option<String>,
+}
+
+/// Which savepoints retention disposes of (see the README, "Savepoint retention").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Retention {
+    /// The newest this many are kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep: Option<u32>,
+    /// Older than this, a savepoint goes (unless protected).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "optional_duration_text"
+    )]
+    pub max_age: Option<Duration>,
+}
+
+impl Retention {
+    /// Validates the raw policy; `why` names the field in errors.
+    pub(crate) fn parse(keep: Option<u32>, max_age: Option<&str>) -> Result<Retention, String> {
+        if keep == Some(0) {
+            return Err(
+                "`keep` must be at least 1: the newest savepoint is never disposed of".into(),
+            );
+        }
+        let max_age = max_age.map(crate::util::parse_duration).transpose()?;
+        if keep.is_none() && max_age.is_none() {
+            return Err("set `keep`, `max_age` or both".into());
+        }
+        Ok(Retention { keep, max_age })
+    }
+}
+
+mod optional_duration_text {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(
+        value: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => serializer.serialize_str(&crate::util::format_duration(*d)),
+            None => serializer.serialize_none(),
+        }
+    }
 }
 
 /// `sql: file.sql` or `sql: [a.sql, b.sql]`.
@@ -1029,6 +1085,19 @@ fn validate(raw: RawSpec, check: &mut Checker<'_>) -> Option<JobSpec> {
             None
         }
     });
+    let savepoint_retention = raw.savepoints.as_ref().and_then(|policy| {
+        if job_type == Some(JobType::Batch) {
+            check.at(policy, "savepoints", "only applies to `job_type: stream`");
+            return None;
+        }
+        match Retention::parse(policy.value.keep, policy.value.max_age.as_deref()) {
+            Ok(retention) => Some(retention),
+            Err(reason) => {
+                check.at(policy, "savepoints", reason);
+                None
+            }
+        }
+    });
     let health = validate_health(raw.health.as_ref(), check);
     let state = raw.state.unwrap_or(DesiredRunState::Running);
     let upgrade_mode = raw.upgrade_mode.unwrap_or(UpgradeMode::Savepoint);
@@ -1059,6 +1128,7 @@ fn validate(raw: RawSpec, check: &mut Checker<'_>) -> Option<JobSpec> {
         upgrade_mode,
         allow_non_restored_state: raw.allow_non_restored_state.unwrap_or(false),
         restore_from,
+        savepoint_retention,
         health,
     })
 }

@@ -284,6 +284,8 @@ pub enum AuditAction {
     Adopt,
     /// A savepoint of a job that runs on (periodic or manual).
     Savepoint,
+    /// A savepoint disposed of by retention.
+    Dispose,
     /// Fields the running job does not use were recorded without a restart.
     Update,
     /// A revert brought back a spec that ran before.
@@ -324,6 +326,7 @@ impl AuditAction {
             AuditAction::Adopt => "adopt",
             AuditAction::Update => "update",
             AuditAction::Savepoint => "savepoint",
+            AuditAction::Dispose => "dispose",
             AuditAction::RollbackByRevert => "rollback-by-revert",
             AuditAction::DeleteJar => "delete-jar",
             AuditAction::BatchRun => "batch-run",
