@@ -262,7 +262,7 @@ fn disposable(
         .iter()
         .filter(|p| p.savepoint && p.unusable.is_none())
         .collect();
-    savepoints.sort_by(|a, b| b.taken_at_ms.cmp(&a.taken_at_ms));
+    savepoints.sort_by_key(|p| std::cmp::Reverse(p.taken_at_ms));
     let mut newest_of_instance = std::collections::HashSet::new();
     let mut seen_instances = std::collections::HashSet::new();
     for point in &savepoints {
