@@ -132,6 +132,52 @@ fn the_fake_flink_answers_only_with_fields_real_flink_has() {
         ] {
             compare(path).await;
         }
+        // A savepoint while the job runs on, then its disposal, on both; compare both answers.
+        let running_trigger = "fedcba9876543210fedcba9876543210";
+        let mut disposals = Vec::new();
+        for client in [&real_client, &fake_client] {
+            client
+                .trigger_savepoint(&jid, &savepoints, running_trigger)
+                .await
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let location = loop {
+                let poll = client
+                    .savepoint_status(&jid, running_trigger)
+                    .await
+                    .unwrap();
+                if poll.status.id == "COMPLETED" {
+                    break poll.operation.unwrap().location.unwrap();
+                }
+                assert!(Instant::now() < deadline, "savepoint never completed");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            };
+            let trigger = client.dispose_savepoint(&location).await.unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while client
+                .disposal_status(&trigger)
+                .await
+                .map(|s| s.status.id != "COMPLETED")
+                .unwrap_or(true)
+            {
+                assert!(Instant::now() < deadline, "disposal never completed");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            disposals.push(trigger);
+        }
+        compare(format!("/jobs/{jid}/savepoints/{running_trigger}")).await;
+        let real_disposal = get_json(
+            &http,
+            &real_base,
+            &format!("/savepoint-disposal/{}", disposals[0]),
+        )
+        .await;
+        let fake_disposal = get_json(
+            &http,
+            &fake_base,
+            &format!("/savepoint-disposal/{}", disposals[1]),
+        )
+        .await;
         // Stop with a savepoint on both and compare the finished operation.
         let trigger = "0123456789abcdef0123456789abcdef";
         for client in [&real_client, &fake_client] {
@@ -151,6 +197,12 @@ fn the_fake_flink_answers_only_with_fields_real_flink_has() {
             }
         }
         compare(format!("/jobs/{jid}/savepoints/{trigger}")).await;
+        invented(
+            &fake_disposal,
+            &real_disposal,
+            "/savepoint-disposal/:id",
+            &mut found,
+        );
         assert!(
             found.is_empty(),
             "the fake Flink drifted from Flink 2.3:\n{}",
