@@ -269,9 +269,11 @@ pub fn plan(
                         entry.reasons.push("state: running".into());
                         entry.reasons.extend(changes);
                     }
+                    // In place only while the job runs: drift is repaired with the new spec.
                     (DesiredRunState::Running, "running")
                         if !changes.is_empty()
                             && job.spec.job_type == JobType::Stream
+                            && instance.is_some_and(|j| is_alive(&j.state))
                             && only_in_place_changes(&record.spec_json, job) =>
                     {
                         entry.action = Action::Update;
