@@ -406,3 +406,37 @@ fn fields_flink_does_not_use_are_updated_in_place_without_a_restart() {
     expect(&report, job, "upgrade", "ok");
     assert_ne!(one_running(job), running);
 }
+
+#[test]
+fn the_health_gate_waits_for_the_checkpoints_the_spec_asks_for() {
+    let fixture = JobFixture::new(
+        "min-cp",
+        |job| {
+            counter_spec(job, "artifacts/counter-v1.jar", "").replace(
+                "  max_restarts: 0\n",
+                "  max_restarts: 0\n  min_checkpoints: 4\n",
+            )
+        },
+        "four checkpoints before it counts as healthy",
+    );
+    let JobFixture {
+        job, work, config, ..
+    } = &fixture;
+    let (code, report) = apply(config);
+    assert_eq!(code, Some(0), "{report:#}");
+    expect(&report, job, "create", "ok");
+    let state = StateStore::open_read_only(&work.path().join("state"))
+        .unwrap()
+        .unwrap();
+    let gate = state
+        .audit_log()
+        .unwrap()
+        .into_iter()
+        .find(|e| e.action == "health" && e.phase == "outcome" && e.job_id.as_deref() == Some(job))
+        .unwrap();
+    let detail: Value = serde_json::from_str(gate.detail.as_deref().unwrap()).unwrap();
+    assert!(
+        detail["checkpoints"].as_u64().unwrap() >= 4,
+        "the gate passed with {detail}"
+    );
+}

@@ -71,6 +71,10 @@ pub struct Deployment {
     pub program: Option<Program>,
 }
 
+fn one() -> u32 {
+    1
+}
+
 fn jar_kind() -> JobKind {
     JobKind::Jar
 }
@@ -84,6 +88,9 @@ pub struct Health {
     pub max_restarts: u32,
     /// One completed checkpoint needed (when checkpointing is on).
     pub require_checkpoint: bool,
+    /// Completed checkpoints needed (when checkpoints are required); 1 unless the spec says more.
+    #[serde(default = "one")]
+    pub min_checkpoints: u32,
     /// Give up after this long.
     pub timeout_ms: u64,
 }
@@ -170,6 +177,7 @@ impl Deployment {
                 stable_for_ms: spec.health.stable_for.as_millis() as u64,
                 max_restarts: spec.health.max_restarts,
                 require_checkpoint: spec.health.require_checkpoint,
+                min_checkpoints: spec.health.min_checkpoints.unwrap_or(1),
                 timeout_ms: spec.health.timeout.as_millis() as u64,
             },
             checkpointing: spec.checkpointing_enabled(),

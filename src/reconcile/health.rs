@@ -118,7 +118,8 @@ pub async fn wait_healthy(
                             .map(|c| c.counts.completed)
                             .unwrap_or(checkpoints);
                     }
-                    if stable && (!needs_checkpoint || checkpoints >= 1) {
+                    let wanted = health.min_checkpoints.max(1) as usize;
+                    if stable && (!needs_checkpoint || checkpoints as usize >= wanted) {
                         return Verdict::Healthy { checkpoints };
                     }
                 } else {

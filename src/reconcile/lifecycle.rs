@@ -541,6 +541,7 @@ mod tests {
                 stable_for_ms: 0,
                 max_restarts: 0,
                 require_checkpoint: true,
+                min_checkpoints: 1,
                 timeout_ms: 1000,
             },
             checkpointing: true,

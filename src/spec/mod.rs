@@ -250,6 +250,10 @@ pub struct HealthPolicy {
     pub max_restarts: u32,
     /// Whether one completed checkpoint is required (only meaningful with checkpointing on).
     pub require_checkpoint: bool,
+    /// Completed checkpoints of the new instance required (`health.min_checkpoints`), when more
+    /// than one: the new version must show it keeps making progress, not just start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_checkpoints: Option<u32>,
     /// How long to wait for all of the above before declaring the deployment failed.
     #[serde(with = "duration_text")]
     pub timeout: Duration,
@@ -552,6 +556,7 @@ struct RawHealth {
     stable_for: Option<S<String>>,
     max_restarts: Option<u32>,
     require_checkpoint: Option<bool>,
+    min_checkpoints: Option<S<u32>>,
     timeout: Option<S<String>>,
 }
 
@@ -1361,6 +1366,7 @@ fn validate_health(raw: Option<&RawHealth>, check: &mut Checker<'_>) -> HealthPo
         stable_for: Duration::from_secs(30),
         max_restarts: 0,
         require_checkpoint: true,
+        min_checkpoints: None,
         timeout: Duration::from_secs(300),
     };
     let Some(raw) = raw else { return policy };
@@ -1379,6 +1385,17 @@ fn validate_health(raw: Option<&RawHealth>, check: &mut Checker<'_>) -> HealthPo
     }
     if let Some(require) = raw.require_checkpoint {
         policy.require_checkpoint = require;
+    }
+    if let Some(min) = &raw.min_checkpoints {
+        if min.value == 0 || !policy.require_checkpoint {
+            check.at(
+                min,
+                "health.min_checkpoints",
+                "must be at least 1, with `require_checkpoint` left on",
+            );
+        } else if min.value > 1 {
+            policy.min_checkpoints = Some(min.value);
+        }
     }
     if policy.timeout <= policy.stable_for {
         if let Some(timeout) = &raw.timeout {
