@@ -71,6 +71,21 @@ struct RawConfig {
     #[serde(default)]
     secrets: RawSecrets,
     savepoints: Option<RawConfigRetention>,
+    #[serde(default)]
+    notify: Vec<RawNotify>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    name: String,
+    /// A generic JSON webhook's URL (not secret: the body is signed).
+    webhook: Option<String>,
+    /// The HMAC key of a webhook.
+    secret_file: Option<String>,
+    /// A file holding a Slack incoming-webhook URL (the URL is the secret).
+    slack_url_file: Option<String>,
+    events: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -213,6 +228,8 @@ pub struct Config {
     pub runner_jar: Option<PathBuf>,
     /// Where `${secret:NAME}` values are read from (`secrets.dir`), if anywhere.
     pub secrets_dir: Option<PathBuf>,
+    /// Where alerts go (`notify:`).
+    pub notify: Vec<crate::notify::Target>,
     /// The default savepoint retention of stream jobs (`savepoints:`); none keeps everything.
     pub savepoint_retention: Option<crate::spec::Retention>,
     /// Put before NAME to make the file name: `PREFIX_` for `secrets.dir: credential:PREFIX`
@@ -490,6 +507,11 @@ impl Config {
         .into_iter()
         .filter_map(|(field, file)| file.as_deref().map(|f| (field, f)))
         .collect();
+        for target in &self.notify {
+            if let crate::notify::TargetKind::Webhook { secret_file } = &target.kind {
+                files.push(("notify.secret_file", secret_file));
+            }
+        }
         match &self.flink.auth {
             FlinkAuth::None => {}
             FlinkAuth::Bearer(file) => files.push(("flink.auth.bearer_token_file", file)),
@@ -520,6 +542,11 @@ impl Config {
         ] {
             if let Some(file) = file {
                 files.push((field, file, true));
+            }
+        }
+        for target in &self.notify {
+            if let crate::notify::TargetKind::Webhook { secret_file } = &target.kind {
+                files.push(("notify.secret_file", secret_file, true));
             }
         }
         match &self.flink.auth {
@@ -939,6 +966,80 @@ impl Config {
                 ),
             ));
         }
+        let mut notify: Vec<crate::notify::Target> = Vec::new();
+        for (index, target) in raw.notify.iter().enumerate() {
+            let field = format!("notify[{index}]");
+            let bad = |reason: String| invalid(&field, reason);
+            if target.name.trim().is_empty() || notify.iter().any(|t| t.name == target.name) {
+                return Err(bad(format!(
+                    "`name` must be set and unique (`{}`)",
+                    target.name
+                )));
+            }
+            let events = match &target.events {
+                None => crate::notify::EVENTS
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect(),
+                Some(events) => {
+                    if let Some(unknown) = events
+                        .iter()
+                        .find(|e| !crate::notify::EVENTS.contains(&e.as_str()))
+                    {
+                        return Err(bad(format!(
+                            "unknown event `{unknown}`; events are {}",
+                            crate::notify::EVENTS.join(", ")
+                        )));
+                    }
+                    events.clone()
+                }
+            };
+            let loopback_or_https = |url: &url::Url| {
+                url.scheme() == "https"
+                    || (url.scheme() == "http"
+                        && matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]")))
+            };
+            let (url, kind) = match (&target.webhook, &target.secret_file, &target.slack_url_file) {
+                (Some(url), Some(secret_file), None) => {
+                    let url = url::Url::parse(url).map_err(|e| bad(format!("`webhook`: {e}")))?;
+                    if !loopback_or_https(&url) {
+                        return Err(bad(
+                            "`webhook` must be https:// (http only on loopback)".into()
+                        ));
+                    }
+                    let secret_file = secret(&format!("{field}.secret_file"), secret_file)?;
+                    (url, crate::notify::TargetKind::Webhook { secret_file })
+                }
+                (Some(_), None, None) => {
+                    return Err(bad(
+                        "a `webhook` needs `secret_file`: its bodies are signed with HMAC-SHA256"
+                            .into(),
+                    ));
+                }
+                (None, None, Some(file)) => {
+                    let file = secret(&format!("{field}.slack_url_file"), file)?;
+                    let text = read_file_limited(&file, 4096)
+                        .map_err(|e| bad(format!("{}: {e}", file.display())))?;
+                    let url = url::Url::parse(String::from_utf8_lossy(&text).trim())
+                        .map_err(|_| bad(format!("{} does not hold a URL", file.display())))?;
+                    if !loopback_or_https(&url) {
+                        return Err(bad("the Slack URL must be https://".into()));
+                    }
+                    (url, crate::notify::TargetKind::Slack)
+                }
+                _ => {
+                    return Err(bad(
+                        "set either `webhook` with `secret_file`, or `slack_url_file`".into(),
+                    ));
+                }
+            };
+            notify.push(crate::notify::Target {
+                name: target.name.clone(),
+                url,
+                kind,
+                events,
+            });
+        }
         let savepoint_retention = raw
             .savepoints
             .as_ref()
@@ -990,6 +1091,7 @@ impl Config {
             secrets_dir,
             secrets_prefix,
             savepoint_retention,
+            notify,
             server: ServerConfig {
                 listen,
                 webhook_secret_file,

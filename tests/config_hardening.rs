@@ -216,3 +216,36 @@ fn a_secrets_folder_holding_the_agents_own_credentials_is_refused() {
         "{stderr}"
     );
 }
+
+#[test]
+fn alert_targets_that_cannot_work_are_refused_at_load() {
+    let repo = SpecRepo::new();
+    repo.write("jobs/.keep", "").commit("empty");
+    let work = tempfile::tempdir().unwrap();
+    for (notify, reason) in [
+        (
+            "  - name: ops\n    webhook: https://hooks.example.com/x\n",
+            "needs `secret_file`",
+        ),
+        (
+            "  - name: ops\n    webhook: http://hooks.example.com/x\n    secret_file: key\n",
+            "must be https://",
+        ),
+        (
+            "  - name: ops\n    webhook: https://hooks.example.com/x\n    secret_file: key\n    events: [rolled_back, exploded]\n",
+            "unknown event `exploded`",
+        ),
+    ] {
+        std::fs::write(work.path().join("key"), "k").unwrap();
+        std::fs::set_permissions(work.path().join("key"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        let path = config(
+            work.path(),
+            &repo,
+            "  url: http://127.0.0.1:1",
+            &format!("notify:\n{notify}"),
+        );
+        let stderr = refused(&path, "plan", "notify[0]", "");
+        assert!(stderr.contains(reason), "{stderr}");
+    }
+}

@@ -581,6 +581,13 @@ impl Agent {
         self.with_store(|s| s.active_runs(None))
     }
 
+    /// Per alert target: delivered, waiting, failed tries (for metrics).
+    pub fn delivery_counts(
+        &self,
+    ) -> Result<Vec<(String, i64, i64, i64)>, crate::state::StateError> {
+        self.with_store(StateStore::delivery_counts)
+    }
+
     /// The newest savepoint of each job (for metrics).
     pub fn newest_savepoints(
         &self,

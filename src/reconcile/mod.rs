@@ -14,6 +14,7 @@ mod executor;
 pub mod health;
 mod jars;
 pub mod lifecycle;
+mod notifications;
 pub mod policy;
 mod report;
 pub mod restore;
@@ -159,6 +160,8 @@ pub struct Agent {
     /// The sha256 of the configured runner JAR, pinned when the agent started: its cached copy is
     /// what SQL and Python jobs run on, whatever happens to `runner.jar` afterwards.
     runner_sha256: Option<String>,
+    /// Sends alerts (short timeouts).
+    alerts: reqwest::Client,
     /// A Python submission has the JobManager to itself (PyFlink's driver keeps process-wide
     /// state while it builds the job); others share it.
     submit_gate: tokio::sync::RwLock<()>,
@@ -234,6 +237,7 @@ impl Agent {
             accept_rollback: None,
             runner_sha256,
             submit_gate: tokio::sync::RwLock::new(()),
+            alerts: notifications::alerts_client(),
         })
     }
 
@@ -350,9 +354,19 @@ impl Agent {
         }
     }
 
-    /// One pass: fetch, verify, handle requests, close interrupted intents, plan, act. Returns what
+    /// One pass: fetch, verify, handle requests, close interrupted intents, plan, act; then its
+    /// events go to the outbox and what is due of the outbox to its targets. Returns what
     /// happened; `Err` only when nothing could be done.
     pub async fn apply_once(&self) -> Result<ApplyReport, AgentError> {
+        let report = self.pass().await?;
+        if !self.config.notify.is_empty() {
+            self.queue_events(&report);
+            self.deliver_events().await;
+        }
+        Ok(report)
+    }
+
+    async fn pass(&self) -> Result<ApplyReport, AgentError> {
         let mut report = ApplyReport::default();
         let (head, verified) = self.fetch_and_verify().await?;
         report.revision = Some(head.clone());

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub periodic_savepoints: Family<KindLabels, Counter>,
     /// Seconds since each job's newest savepoint.
     pub savepoint_age: Family<JobLabels, Gauge>,
+    /// Alerts per target and state (`delivered`, `waiting`, `failed_tries`).
+    pub alerts: Family<AlertLabels, Gauge>,
     /// HTTP connections open now.
     pub http_connections: Gauge<i64, AtomicI64>,
     /// HTTP connections closed to make room for a newer one.
@@ -79,6 +81,15 @@ pub struct JobStateLabels {
     pub state: String,
     /// `jar`, `sql` or `python`.
     pub kind: String,
+}
+
+/// `target` and `state` of alert deliveries.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabels {
+    /// The `notify:` target's name.
+    pub target: String,
+    /// `delivered`, `waiting` or `failed_tries`.
+    pub state: String,
 }
 
 /// Labels of per-job series.
@@ -116,6 +127,12 @@ impl Metrics {
             "periodic_savepoints",
             "Periodic savepoints (stream_config.savepoint_trigger_interval) by result",
             periodic_savepoints.clone(),
+        );
+        let alerts = Family::<AlertLabels, Gauge>::default();
+        registry.register(
+            "alerts",
+            "Alerts per notify target: delivered, waiting (to be retried), failed tries",
+            alerts.clone(),
         );
         let savepoint_age = Family::<JobLabels, Gauge>::default();
         registry.register(
@@ -208,6 +225,7 @@ impl Metrics {
             poll_failures,
             periodic_savepoints,
             savepoint_age,
+            alerts,
         }
     }
 

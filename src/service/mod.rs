@@ -543,6 +543,25 @@ async fn poll_and_reconcile(
         };
         metrics::Metrics::count(&shared.metrics.periodic_savepoints, result);
     }
+    if let Ok(counts) = agent.delivery_counts() {
+        shared.metrics.alerts.clear();
+        for (target, delivered, waiting, failed) in counts {
+            for (state, value) in [
+                ("delivered", delivered),
+                ("waiting", waiting),
+                ("failed_tries", failed),
+            ] {
+                shared
+                    .metrics
+                    .alerts
+                    .get_or_create(&metrics::AlertLabels {
+                        target: target.clone(),
+                        state: state.to_string(),
+                    })
+                    .set(value);
+            }
+        }
+    }
     if let Ok(newest) = agent.newest_savepoints() {
         shared.metrics.savepoint_age.clear();
         let now = chrono::Utc::now().timestamp_millis();

@@ -132,6 +132,24 @@ const MIGRATIONS: &[&str] = &[
     // reverts can tell them apart.
     "ALTER TABLE restore_points ADD COLUMN kind TEXT;
     ALTER TABLE restore_points ADD COLUMN commit_id TEXT;",
+    // 6: alerts: events waiting to reach their targets (one row per event, one per target).
+    "CREATE TABLE outbox (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        at         TEXT NOT NULL,
+        event      TEXT NOT NULL,
+        job_id     TEXT,
+        dedupe_key TEXT NOT NULL UNIQUE,
+        body       TEXT NOT NULL
+    );
+    CREATE TABLE deliveries (
+        event_id     INTEGER NOT NULL REFERENCES outbox(id),
+        target       TEXT NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        next_at_ms   INTEGER NOT NULL,
+        delivered_at TEXT,
+        last_error   TEXT,
+        PRIMARY KEY (event_id, target)
+    );",
 ];
 
 /// The schema version this binary writes.

@@ -140,6 +140,19 @@ pub struct JobRecord {
     pub rejected_spec_hash: Option<String>,
 }
 
+/// An event still to be delivered to one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The outbox id (the event id receivers see).
+    pub event_id: i64,
+    /// The target's name.
+    pub target: String,
+    /// Tries so far.
+    pub attempts: u32,
+    /// The event as JSON.
+    pub body: String,
+}
+
 /// A savepoint the agent knows of.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SavepointTaken {
@@ -966,6 +979,103 @@ impl StateStore {
             .map_err(sqlite(&self.path, "read savepoints"))?;
         rows.collect::<Result<Vec<_>, _>>()
             .map_err(sqlite(&self.path, "read savepoints"))
+    }
+
+    /// Puts an event in the outbox for `targets`, unless an event with the same `dedupe_key` was
+    /// queued before; true when it was new.
+    pub fn enqueue_event(
+        &self,
+        event: &str,
+        job_id: Option<&str>,
+        dedupe_key: &str,
+        body: &str,
+        targets: &[&str],
+    ) -> Result<bool, StateError> {
+        let path = self.path.clone();
+        let tx = self
+            .connection
+            .unchecked_transaction()
+            .map_err(sqlite(&path, "queue an event"))?;
+        let inserted = tx
+            .execute(
+                "INSERT OR IGNORE INTO outbox (at, event, job_id, dedupe_key, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![now_rfc3339(), event, job_id, dedupe_key, body],
+            )
+            .map_err(sqlite(&path, "queue an event"))?;
+        if inserted == 1 {
+            let id = tx.last_insert_rowid();
+            for target in targets {
+                tx.execute(
+                    "INSERT INTO deliveries (event_id, target, next_at_ms) VALUES (?1, ?2, 0)",
+                    params![id, target],
+                )
+                .map_err(sqlite(&path, "queue an event"))?;
+            }
+        }
+        tx.commit().map_err(sqlite(&path, "queue an event"))?;
+        Ok(inserted == 1)
+    }
+
+    /// Deliveries due at `now_ms`, oldest first, at most `limit`.
+    pub fn due_deliveries(&self, now_ms: i64, limit: u32) -> Result<Vec<Delivery>, StateError> {
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT d.event_id, d.target, d.attempts, o.body FROM deliveries d JOIN outbox o ON o.id = d.event_id
+                 WHERE d.delivered_at IS NULL AND d.next_at_ms <= ?1 ORDER BY d.event_id LIMIT ?2",
+            )
+            .map_err(sqlite(&self.path, "read deliveries"))?;
+        let rows = statement
+            .query_map(params![now_ms, limit], |row| {
+                Ok(Delivery {
+                    event_id: row.get(0)?,
+                    target: row.get(1)?,
+                    attempts: row.get(2)?,
+                    body: row.get(3)?,
+                })
+            })
+            .map_err(sqlite(&self.path, "read deliveries"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sqlite(&self.path, "read deliveries"))
+    }
+
+    /// Per target: alerts delivered, alerts waiting, and failed tries so far.
+    pub fn delivery_counts(&self) -> Result<Vec<(String, i64, i64, i64)>, StateError> {
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT target, SUM(delivered_at IS NOT NULL), SUM(delivered_at IS NULL),
+                        SUM(attempts - (delivered_at IS NOT NULL))
+                 FROM deliveries GROUP BY target",
+            )
+            .map_err(sqlite(&self.path, "count deliveries"))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })
+            .map_err(sqlite(&self.path, "count deliveries"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sqlite(&self.path, "count deliveries"))
+    }
+
+    /// Records a delivery attempt: delivered, or failed with when to try again.
+    pub fn record_delivery(
+        &self,
+        delivery: &Delivery,
+        result: Result<(), (&str, i64)>,
+    ) -> Result<(), StateError> {
+        match result {
+            Ok(()) => self.connection.execute(
+                "UPDATE deliveries SET delivered_at = ?1, attempts = attempts + 1, last_error = NULL WHERE event_id = ?2 AND target = ?3",
+                params![now_rfc3339(), delivery.event_id, delivery.target],
+            ),
+            Err((error, next_at_ms)) => self.connection.execute(
+                "UPDATE deliveries SET attempts = attempts + 1, next_at_ms = ?1, last_error = ?2 WHERE event_id = ?3 AND target = ?4",
+                params![next_at_ms, error, delivery.event_id, delivery.target],
+            ),
+        }
+        .map_err(sqlite(&self.path, "record a delivery"))?;
+        Ok(())
     }
 
     /// Marks a path as not restorable (recording it if it was not known).

@@ -1,0 +1,177 @@
+//! Alerts on the real Flink 2.3 cluster: a receiver in the test gets signed webhooks for a
+//! deployment, an automatic rollback (with Flink's root cause) and a refused unsigned commit; the
+//! ones raised while it was down arrive once it is up, after the agent was restarted, exactly
+//! once.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flink_gitops::notify::{EVENT_ID_HEADER, SIGNATURE_HEADER, signature};
+use serde_json::Value;
+use support::*;
+
+/// One request the receiver got: its headers (lower-case names) and body.
+type Received = Arc<Mutex<Vec<(Vec<(String, String)>, String)>>>;
+
+/// A tiny HTTP receiver on `port` that answers 200 to every POST and keeps what it got.
+fn receiver(port: u16) -> Received {
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let received: Received = Arc::default();
+    let keep = Arc::clone(&received);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut headers = Vec::new();
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = line.trim().split_once(':') {
+                    headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+                }
+            }
+            let length: usize = headers
+                .iter()
+                .find(|(n, _)| n == "content-length")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            keep.lock()
+                .unwrap()
+                .push((headers, String::from_utf8_lossy(&body).into_owned()));
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    received
+}
+
+fn events(received: &Received) -> Vec<Value> {
+    received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, body)| serde_json::from_str(body).unwrap())
+        .collect()
+}
+
+#[test]
+fn signed_alerts_for_a_rollback_and_a_refused_commit_arrive_once_after_the_receiver_was_down() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let fixture = JobFixture::new(
+        "alerts",
+        |job| counter_spec(job, "artifacts/counter-v1.jar", ""),
+        "create",
+    );
+    let JobFixture {
+        job,
+        spec_path,
+        repo,
+        work,
+        config,
+        ..
+    } = &fixture;
+    let key = "alert-key-123";
+    std::fs::write(work.path().join("alert-key"), key).unwrap();
+    std::fs::set_permissions(
+        work.path().join("alert-key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let mut text = std::fs::read_to_string(config).unwrap();
+    text.push_str(&format!(
+        "notify:\n  - name: ops\n    webhook: http://127.0.0.1:{port}/hook\n    secret_file: alert-key\n    events: [deployed, rolled_back, commit_refused]\n"
+    ));
+    std::fs::write(config, text).unwrap();
+
+    // The receiver is down: a deployment and an automatic rollback happen meanwhile.
+    let (code, report) = apply(config);
+    assert_eq!(code, Some(0), "{report:#}");
+    repo.write(
+        spec_path,
+        counter_spec(job, "artifacts/counter-broken.jar", ""),
+    );
+    repo.commit("broken build");
+    let (code, report) = apply(config);
+    assert_eq!(code, Some(1), "{report:#}");
+    assert_eq!(outcome_of(&report, job)["outcome"], "rolled_back");
+
+    // Up again; a new agent process (every `apply` is one) delivers what waited, once.
+    let received = receiver(port);
+    std::thread::sleep(Duration::from_secs(3));
+    for _ in 0..2 {
+        let (code, report) = apply(config);
+        assert_eq!(code, Some(1), "the broken spec stays blocked: {report:#}");
+    }
+    let got = events(&received);
+    let kinds: Vec<&str> = got.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["deployed", "rolled_back"], "{got:#?}");
+    let rolled = &got[1];
+    assert_eq!(rolled["job_id"], job.as_str());
+    assert!(
+        rolled["root_cause"]
+            .as_str()
+            .unwrap()
+            .contains("counter-broken: simulated start-up failure"),
+        "{rolled:#}"
+    );
+    for (headers, body) in received.lock().unwrap().iter() {
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == &name.to_ascii_lowercase())
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(header(SIGNATURE_HEADER), signature(key.as_bytes(), body));
+        let id: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(header(EVENT_ID_HEADER), id["id"].to_string());
+    }
+
+    // An unsigned commit is refused and said so, once however often the head is polled.
+    repo.write("jobs/notes.txt", "not signed");
+    repo.git(&["add", "-A"]);
+    repo.git(&[
+        "-c",
+        "commit.gpgsign=false",
+        "commit",
+        "-q",
+        "-m",
+        "an unsigned commit",
+    ]);
+    for _ in 0..2 {
+        let (code, report) = apply(config);
+        assert_eq!(code, Some(1), "{report:#}");
+        assert_eq!(report["refused"][0], "signature", "{report:#}");
+    }
+    let got = events(&received);
+    let refused: Vec<&Value> = got
+        .iter()
+        .filter(|e| e["event"] == "commit_refused")
+        .collect();
+    assert_eq!(refused.len(), 1, "{got:#?}");
+    assert!(
+        refused[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("an unsigned commit")
+            || refused[0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("not signed"),
+        "{refused:#?}"
+    );
+}
