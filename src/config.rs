@@ -85,6 +85,8 @@ struct RawNotify {
     secret_file: Option<String>,
     /// A file holding a Slack incoming-webhook URL (the URL is the secret).
     slack_url_file: Option<String>,
+    /// A command (program and arguments, no shell) that gets the event on stdin.
+    exec: Option<Vec<String>>,
     events: Option<Vec<String>>,
 }
 
@@ -999,6 +1001,24 @@ impl Config {
                     || (url.scheme() == "http"
                         && matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]")))
             };
+            if let Some(command) = &target.exec {
+                if target.webhook.is_some()
+                    || target.secret_file.is_some()
+                    || target.slack_url_file.is_some()
+                    || command.is_empty()
+                {
+                    return Err(bad("`exec` names a program (and its arguments), and nothing else is set with it".into()));
+                }
+                notify.push(crate::notify::Target {
+                    name: target.name.clone(),
+                    url: url::Url::parse("exec:command").map_err(|e| bad(e.to_string()))?,
+                    kind: crate::notify::TargetKind::Exec {
+                        command: command.clone(),
+                    },
+                    events,
+                });
+                continue;
+            }
             let (url, kind) = match (&target.webhook, &target.secret_file, &target.slack_url_file) {
                 (Some(url), Some(secret_file), None) => {
                     let url = url::Url::parse(url).map_err(|e| bad(format!("`webhook`: {e}")))?;
@@ -1029,7 +1049,8 @@ impl Config {
                 }
                 _ => {
                     return Err(bad(
-                        "set either `webhook` with `secret_file`, or `slack_url_file`".into(),
+                        "set either `webhook` with `secret_file`, `slack_url_file`, or `exec`"
+                            .into(),
                     ));
                 }
             };

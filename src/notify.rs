@@ -39,6 +39,11 @@ pub enum TargetKind {
     },
     /// `{"text": …}` for Slack-compatible incoming webhooks (the URL is the secret).
     Slack,
+    /// A command run with the event as JSON on stdin (mail, paging tools); exit 0 is delivered.
+    Exec {
+        /// The program and its arguments (no shell).
+        command: Vec<String>,
+    },
 }
 
 /// One configured target (`notify:` in the config).
@@ -46,7 +51,7 @@ pub enum TargetKind {
 pub struct Target {
     /// Its name, unique, used in metrics and the outbox.
     pub name: String,
-    /// Where to POST.
+    /// Where to POST (unused by `exec` targets).
     pub url: url::Url,
     /// What it is.
     pub kind: TargetKind,
@@ -132,7 +137,7 @@ pub fn events_of(report: &ApplyReport) -> Vec<Event> {
 pub fn body_for(target: &Target, id: i64, json: &str) -> String {
     let event: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
     match target.kind {
-        TargetKind::Webhook { .. } => {
+        TargetKind::Webhook { .. } | TargetKind::Exec { .. } => {
             let mut body = event;
             body["id"] = serde_json::json!(id);
             body.to_string()
@@ -165,6 +170,9 @@ pub fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(2u64.saturating_pow(attempts.min(10)).min(600))
 }
 
+/// How long an `exec` target's command may take.
+const EXEC_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Sends one body; `Err` says why it did not arrive.
 pub async fn send(
     client: &reqwest::Client,
@@ -172,6 +180,9 @@ pub async fn send(
     id: i64,
     body: String,
 ) -> Result<(), String> {
+    if let TargetKind::Exec { command } = &target.kind {
+        return run_command(command, id, body).await;
+    }
     let mut request = client
         .post(target.url.clone())
         .header("Content-Type", "application/json")
@@ -194,9 +205,101 @@ pub async fn send(
     }
 }
 
+async fn run_command(command: &[String], id: i64, body: String) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    let (program, args) = command.split_first().ok_or("empty command")?;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .env("FLINK_GITOPS_EVENT_ID", id.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(body.as_bytes())
+            .await
+            .map_err(|e| format!("{program}: stdin: {e}"))?;
+    }
+    let output = tokio::time::timeout(EXEC_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| {
+            format!(
+                "{program} did not finish within {} s",
+                EXEC_TIMEOUT.as_secs()
+            )
+        })?
+        .map_err(|e| format!("{program}: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        Err(format!("{program} exited with {}: {last}", output.status))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_exec_target_gets_the_event_on_stdin_and_its_exit_status_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("got");
+        let target = |script: String| Target {
+            name: "pager".into(),
+            url: url::Url::parse("exec:pager").unwrap(),
+            kind: TargetKind::Exec {
+                command: vec!["sh".into(), "-c".into(), script],
+            },
+            events: vec!["failed".into()],
+        };
+        let client = reqwest::Client::new();
+        let ok = target(format!(
+            "cat > {} && echo \"$FLINK_GITOPS_EVENT_ID\" >> {}",
+            file.display(),
+            file.display()
+        ));
+        let body = body_for(&ok, 7, r#"{"event":"failed","message":"m"}"#);
+        send(&client, &ok, 7, body).await.unwrap();
+        let got = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            got.contains(r#""event":"failed""#)
+                && got.contains(r#""id":7"#)
+                && got.ends_with("7\n"),
+            "{got}"
+        );
+        let failing = target("echo 'pager down' >&2; exit 3".into());
+        let error = send(&client, &failing, 8, "{}".into()).await.unwrap_err();
+        assert!(error.contains("pager down"), "{error}");
+    }
+
+    #[test]
+    fn slack_gets_readable_text() {
+        let slack = Target {
+            name: "chat".into(),
+            url: url::Url::parse("https://hooks.slack.com/services/x").unwrap(),
+            kind: TargetKind::Slack,
+            events: vec![],
+        };
+        let body = body_for(
+            &slack,
+            1,
+            r#"{"event":"rolled_back","job_id":"orders","message":"rolled back","root_cause":"boom"}"#,
+        );
+        let text: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            text["text"],
+            "flink-gitops: rolled back orders: rolled back\nroot cause: boom"
+        );
+    }
 
     #[test]
     fn signatures_are_hmac_sha256_of_the_body() {
@@ -239,6 +342,10 @@ mod outbox_tests {
         assert_eq!(total.iter().map(|c| c.0).sum::<i64>(), 1);
         assert_eq!(total.iter().map(|c| c.1).sum::<i64>(), 3);
         assert_eq!(total.iter().map(|c| c.2).sum::<i64>(), 1);
-        assert_eq!(store.due_deliveries(0, 10).unwrap().len(), 2, "the failed one waits");
+        assert_eq!(
+            store.due_deliveries(0, 10).unwrap().len(),
+            2,
+            "the failed one waits"
+        );
     }
 }

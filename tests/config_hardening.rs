@@ -237,8 +237,11 @@ fn alert_targets_that_cannot_work_are_refused_at_load() {
         ),
     ] {
         std::fs::write(work.path().join("key"), "k").unwrap();
-        std::fs::set_permissions(work.path().join("key"), std::fs::Permissions::from_mode(0o600))
-            .unwrap();
+        std::fs::set_permissions(
+            work.path().join("key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
         let path = config(
             work.path(),
             &repo,
