@@ -83,8 +83,9 @@ pub struct Event {
     pub dedupe_key: String,
 }
 
-/// The events a pass report holds.
-pub fn events_of(report: &ApplyReport) -> Vec<Event> {
+/// The events a pass report holds. A job whose spec sets `monitoring.alert_on_failure: false`
+/// (in `desired`) raises no failure events (rolled back, failed, blocked).
+pub fn events_of(report: &ApplyReport, desired: Option<&crate::spec::DesiredState>) -> Vec<Event> {
     let revision = report.revision.clone();
     let mut events = Vec::new();
     if let Some((kind, message)) = &report.refused {
@@ -110,6 +111,12 @@ pub fn events_of(report: &ApplyReport) -> Vec<Event> {
             (Outcome::Ok, Action::Delete) => "deleted",
             _ => continue,
         };
+        let quiet = desired
+            .and_then(|d| d.jobs.get(&job.job_id))
+            .is_some_and(|j| !j.spec.alert_on_failure);
+        if quiet && matches!(event, "rolled_back" | "failed" | "blocked") {
+            continue;
+        }
         // A job that stays blocked or failing says so every pass: one alert per condition.
         let condition = crate::util::sha256_hex(
             format!(
@@ -279,6 +286,50 @@ mod tests {
         let failing = target("echo 'pager down' >&2; exit 3".into());
         let error = send(&client, &failing, 8, "{}".into()).await.unwrap_err();
         assert!(error.contains("pager down"), "{error}");
+    }
+
+    #[test]
+    fn alert_on_failure_false_silences_the_jobs_failure_events() {
+        use crate::reconcile::JobOutcome;
+        let spec = |extra: &str| {
+            crate::spec::parse_spec(
+                "jobs/o.yaml",
+                &format!("job_id: orders\njob_type: stream\nartifact_path: a.jar\n{extra}"),
+            )
+            .unwrap()
+        };
+        let desired = |job| crate::spec::DesiredState {
+            jobs: [(
+                "orders".to_string(),
+                crate::spec::DesiredJob {
+                    spec: job,
+                    file: crate::spec::RepoPath::parse("jobs/o.yaml").unwrap(),
+                    artifact_content: String::new(),
+                    program: None,
+                    secrets: Default::default(),
+                },
+            )]
+            .into(),
+        };
+        let plan = crate::plan::JobPlan {
+            job_id: "orders".into(),
+            action: Action::Upgrade,
+            reasons: vec![],
+            flink_job_id: None,
+            flink_state: None,
+            phase: "steady".into(),
+            kind: None,
+            source_diff: None,
+            warnings: vec![],
+        };
+        let report = ApplyReport {
+            jobs: vec![JobOutcome::new(&plan, Outcome::RolledBack, "rolled back")],
+            ..ApplyReport::default()
+        };
+        let loud = desired(spec(""));
+        assert_eq!(events_of(&report, Some(&loud)).len(), 1);
+        let quiet = desired(spec("monitoring: { alert_on_failure: false }\n"));
+        assert!(events_of(&report, Some(&quiet)).is_empty());
     }
 
     #[test]

@@ -13,7 +13,14 @@ const DELIVERIES_PER_PASS: u32 = 50;
 impl Agent {
     /// Puts the report's events in the outbox, one delivery per target that wants each.
     pub(super) fn queue_events(&self, report: &ApplyReport) {
-        for event in notify::events_of(report) {
+        let events = {
+            let verified = self
+                .verified
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            notify::events_of(report, verified.as_ref().map(|r| &r.desired))
+        };
+        for event in events {
             let targets: Vec<&str> = self
                 .config
                 .notify
