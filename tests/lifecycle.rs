@@ -7,16 +7,6 @@ use flink_gitops::state::StateStore;
 use serde_json::Value;
 use support::*;
 
-fn expect(report: &Value, job_id: &str, action: &str, outcome: &str) -> Value {
-    let entry = outcome_of(report, job_id).clone();
-    assert_eq!(
-        (entry["action"].as_str(), entry["outcome"].as_str()),
-        (Some(action), Some(outcome)),
-        "{report:#}"
-    );
-    entry
-}
-
 #[test]
 fn create_upgrade_rollback_revert_suspend_resume_delete() {
     let job = unique("life");

@@ -8,18 +8,7 @@ mod support;
 use std::path::Path;
 
 use flink_gitops::reconcile::restore::same_path as same_savepoint;
-use serde_json::Value;
 use support::*;
-
-fn expect(report: &Value, job_id: &str, action: &str, outcome: &str) -> Value {
-    let entry = outcome_of(report, job_id).clone();
-    assert_eq!(
-        (entry["action"].as_str(), entry["outcome"].as_str()),
-        (Some(action), Some(outcome)),
-        "{report:#}"
-    );
-    entry
-}
 
 fn python_spec(job_id: &str, args: &str) -> String {
     format!(
@@ -95,16 +84,6 @@ fn a_pyflink_job_deploys_upgrades_with_its_state_and_a_python_error_is_rolled_ba
         &restored_from(&back_jid).unwrap(),
         rolled["savepoint"].as_str().unwrap()
     ));
-    let status = flink_gitops_json(
-        &["status", "-c", config.to_str().unwrap(), "--output", "json"],
-        0,
-    );
-    let row = status["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|j| j["job_id"] == job.as_str())
-        .unwrap()
-        .clone();
+    let row = status_row(&config, &job);
     assert_eq!(row["kind"], "python", "{row:#}");
 }

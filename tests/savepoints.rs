@@ -85,17 +85,7 @@ fn a_running_job_gets_a_savepoint_every_interval_recorded_with_its_revision_and_
         running,
         "the job ran on through its savepoints"
     );
-    let status = flink_gitops_json(
-        &["status", "-c", config.to_str().unwrap(), "--output", "json"],
-        0,
-    );
-    let row = status["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|j| j["job_id"] == job.as_str())
-        .unwrap()
-        .clone();
+    let row = status_row(config, job);
     assert_eq!(
         row["last_savepoint"],
         taken.last().unwrap().0.as_str(),
@@ -277,14 +267,7 @@ fn the_savepoint_command_takes_one_now_audited_and_the_job_runs_on() {
     );
     assert!(store.open_intents().unwrap().is_empty());
     drop(store);
-    let status = flink_gitops_json(&["status", "-c", config_arg, "--output", "json"], 0);
-    let row = status["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|j| j["job_id"] == job.as_str())
-        .unwrap()
-        .clone();
+    let row = status_row(config, job);
     assert_eq!(row["last_savepoint"], path.as_str(), "{row:#}");
 }
 

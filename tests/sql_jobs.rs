@@ -17,16 +17,6 @@ use support::*;
 /// Valid SQL that Flink's planner refuses when the job is submitted.
 const COUNT_BROKEN: &str = "INSERT INTO counts\nSELECT user_id, COUNT(referrer) AS clicks\nFROM clicks\nGROUP BY user_id;\n";
 
-fn expect(report: &Value, job_id: &str, action: &str, outcome: &str) -> Value {
-    let entry = outcome_of(report, job_id).clone();
-    assert_eq!(
-        (entry["action"].as_str(), entry["outcome"].as_str()),
-        (Some(action), Some(outcome)),
-        "{report:#}"
-    );
-    entry
-}
-
 /// The apply config of these tests: the runner JAR and, when given, a secrets folder.
 fn sql_config(work: &Path, repo: &SpecRepo, secrets: Option<&Path>) -> PathBuf {
     let path = write_apply_config(work, repo);
@@ -187,13 +177,7 @@ fn a_sql_pipeline_upgrades_with_its_state_rolls_back_reverts_suspends_and_is_del
 
     // status and history say what kind of job this is
     let config_arg = config.to_str().unwrap();
-    let status = flink_gitops_json(&["status", "-c", config_arg, "--output", "json"], 0);
-    let row = status["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|j| j["job_id"] == job.as_str())
-        .unwrap();
+    let row = status_row(&config, &job);
     assert_eq!(row["kind"], "sql", "{row:#}");
 
     // delete: stopped with a final savepoint that is recorded

@@ -560,3 +560,34 @@ pub fn sql_spec(job_id: &str, files: &[&str], extra: &str) -> String {
         files.join(", ")
     )
 }
+
+/// The report entry of `job_id`, checked to have done `action` with `outcome`.
+pub fn expect(
+    report: &serde_json::Value,
+    job_id: &str,
+    action: &str,
+    outcome: &str,
+) -> serde_json::Value {
+    let entry = outcome_of(report, job_id).clone();
+    assert_eq!(
+        (entry["action"].as_str(), entry["outcome"].as_str()),
+        (Some(action), Some(outcome)),
+        "{report:#}"
+    );
+    entry
+}
+
+/// `status --output json`'s row of `job_id`.
+pub fn status_row(config: &Path, job_id: &str) -> serde_json::Value {
+    let status = flink_gitops_json(
+        &["status", "-c", config.to_str().unwrap(), "--output", "json"],
+        0,
+    );
+    status["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_id"] == job_id)
+        .unwrap_or_else(|| panic!("{job_id} not in {status:#}"))
+        .clone()
+}
