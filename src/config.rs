@@ -88,6 +88,8 @@ struct RawNotify {
     /// A command (program and arguments, no shell) that gets the event on stdin.
     exec: Option<Vec<String>>,
     events: Option<Vec<String>>,
+    /// At most this many deliveries a minute; the rest wait their turn.
+    max_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -95,6 +97,7 @@ struct RawNotify {
 struct RawConfigRetention {
     keep: Option<u32>,
     max_age: Option<String>,
+    keep_final_on_delete: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -234,6 +237,9 @@ pub struct Config {
     pub notify: Vec<crate::notify::Target>,
     /// The default savepoint retention of stream jobs (`savepoints:`); none keeps everything.
     pub savepoint_retention: Option<crate::spec::Retention>,
+    /// A deleted spec's final savepoint is kept (`savepoints.keep_final_on_delete`, default
+    /// true); false disposes of it with the rest once the job is gone.
+    pub keep_final_on_delete: bool,
     /// Put before NAME to make the file name: `PREFIX_` for `secrets.dir: credential:PREFIX`
     /// (systemd names the files of a folder given to `LoadCredential=PREFIX:…` `PREFIX_FILE`).
     pub secrets_prefix: String,
@@ -996,6 +1002,10 @@ impl Config {
                     events.clone()
                 }
             };
+            let max_per_minute = target.max_per_minute.unwrap_or(20);
+            if max_per_minute == 0 {
+                return Err(bad("`max_per_minute` must be at least 1".into()));
+            }
             let loopback_or_https = |url: &url::Url| {
                 url.scheme() == "https"
                     || (url.scheme() == "http"
@@ -1016,6 +1026,7 @@ impl Config {
                         command: command.clone(),
                     },
                     events,
+                    max_per_minute,
                 });
                 continue;
             }
@@ -1059,14 +1070,21 @@ impl Config {
                 url,
                 kind,
                 events,
+                max_per_minute,
             });
         }
         let savepoint_retention = raw
             .savepoints
             .as_ref()
+            .filter(|p| p.keep.is_some() || p.max_age.is_some())
             .map(|p| crate::spec::Retention::parse(p.keep, p.max_age.as_deref()))
             .transpose()
             .map_err(|reason| invalid("savepoints", reason))?;
+        let keep_final_on_delete = raw
+            .savepoints
+            .as_ref()
+            .and_then(|p| p.keep_final_on_delete)
+            .unwrap_or(true);
         let (secrets_dir, secrets_prefix) = match raw.secrets.dir.as_deref() {
             None => (None, String::new()),
             Some(dir) => match dir.strip_prefix("credential:") {
@@ -1112,6 +1130,7 @@ impl Config {
             secrets_dir,
             secrets_prefix,
             savepoint_retention,
+            keep_final_on_delete,
             notify,
             server: ServerConfig {
                 listen,

@@ -11,18 +11,30 @@ use serde::Serialize;
 use crate::plan::Action;
 use crate::reconcile::{ApplyReport, Outcome};
 
-/// The events a target may ask for.
+/// The events a target may ask for. A condition (failure, backpressure, checkpoints, the
+/// cluster) is alerted once while it lasts; when it clears, the targets that got the alert get a
+/// `resolved` event naming it.
 pub const EVENTS: &[&str] = &[
     "deployed",
     "upgraded",
     "updated",
+    "resumed",
     "rolled_back",
     "failed",
     "blocked",
     "suspended",
     "deleted",
+    "drift_repaired",
+    "batch_failed",
+    "batch_timed_out",
     "commit_refused",
+    "backpressure",
+    "checkpoints",
+    "cluster_unreachable",
 ];
+
+/// The job-failure events; one condition, `failure`, covers them.
+const FAILURE_EVENTS: &[&str] = &["rolled_back", "failed", "blocked"];
 
 /// The header carrying the body's HMAC-SHA256 (`sha256=<hex>`).
 pub const SIGNATURE_HEADER: &str = "X-Flink-Gitops-Signature";
@@ -57,13 +69,31 @@ pub struct Target {
     pub kind: TargetKind,
     /// The events it wants (all when the config names none).
     pub events: Vec<String>,
+    /// Deliveries a minute at most (`max_per_minute`, default 20); the rest wait their turn.
+    pub max_per_minute: u32,
+}
+
+impl Target {
+    /// Whether it wants `event` (a `resolved` goes where the alert it resolves went).
+    pub fn wants(&self, event: &Event) -> bool {
+        let wants = |name: &str| self.events.iter().any(|e| e == name);
+        match event.resolves.as_deref() {
+            Some("failure") => FAILURE_EVENTS.iter().any(|e| wants(e)),
+            Some(condition) => wants(condition),
+            None => wants(&event.event),
+        }
+    }
 }
 
 /// One event of a pass.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Event {
-    /// One of [`EVENTS`].
+    /// One of [`EVENTS`], or `resolved`.
     pub event: String,
+    /// For `resolved`: the condition that cleared (`failure`, `backpressure`, `checkpoints`,
+    /// `cluster_unreachable`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolves: Option<String>,
     /// The job, for job events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
@@ -78,66 +108,246 @@ pub struct Event {
     /// The Flink job concerned.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flink_job_id: Option<String>,
-    /// One condition is reported once: the same key is not enqueued again.
-    #[serde(skip)]
-    pub dedupe_key: String,
 }
 
-/// The events a pass report holds. A job whose spec sets `monitoring.alert_on_failure: false`
-/// (in `desired`) raises no failure events (rolled back, failed, blocked).
-pub fn events_of(report: &ApplyReport, desired: Option<&crate::spec::DesiredState>) -> Vec<Event> {
-    let revision = report.revision.clone();
-    let mut events = Vec::new();
-    if let Some((kind, message)) = &report.refused {
-        events.push(Event {
-            event: "commit_refused".into(),
-            job_id: None,
-            revision: revision.clone(),
-            message: format!("{kind}: {message}"),
+impl Event {
+    fn new(event: &str, job_id: Option<&str>, revision: Option<&String>, message: String) -> Event {
+        Event {
+            event: event.into(),
+            resolves: None,
+            job_id: job_id.map(str::to_string),
+            revision: revision.cloned(),
+            message,
             root_cause: None,
             flink_job_id: None,
-            dedupe_key: format!("commit_refused:{}", revision.as_deref().unwrap_or_default()),
+        }
+    }
+}
+
+/// What a pass says to the alerting side.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Signal {
+    /// Something that happened once; `dedupe_key` keeps a repeated report from alerting twice.
+    Once {
+        /// The event.
+        event: Event,
+        /// Same key, same alert.
+        dedupe_key: String,
+    },
+    /// A condition that holds or not now: alerted once after holding for `hold`, then
+    /// `resolved` when it clears.
+    Condition {
+        /// Which condition, e.g. `backpressure:orders`.
+        key: String,
+        /// The job it belongs to.
+        job_id: Option<String>,
+        /// Whether it holds in this pass.
+        holds: bool,
+        /// How long it must hold before the alert.
+        hold: Duration,
+        /// The alert; `None` marks the condition alerted without one (a `Once` said it).
+        raise: Option<Event>,
+        /// The message when it clears.
+        resolve: Event,
+    },
+}
+
+/// What a pass report says: its events, and the conditions it saw hold or clear. A job whose spec
+/// sets `monitoring.alert_on_failure: false` (in `desired`) raises no failure or checkpoint
+/// alerts, one without `alert_on_backpressure` no backpressure alerts.
+pub fn signals_of(report: &ApplyReport, desired: Option<&crate::spec::DesiredState>) -> Vec<Signal> {
+    let revision = report.revision.as_ref();
+    let mut signals = Vec::new();
+    if let Some((kind, message)) = &report.refused {
+        signals.push(Signal::Once {
+            event: Event::new("commit_refused", None, revision, format!("{kind}: {message}")),
+            dedupe_key: format!("commit_refused:{}", revision.map(String::as_str).unwrap_or_default()),
+        });
+    } else {
+        signals.push(Signal::Condition {
+            key: "cluster".into(),
+            job_id: None,
+            holds: report.cluster_error.is_some(),
+            hold: Duration::ZERO,
+            raise: Some(Event::new(
+                "cluster_unreachable",
+                None,
+                revision,
+                format!(
+                    "the Flink cluster cannot be reached: {}",
+                    report.cluster_error.as_deref().unwrap_or_default()
+                ),
+            )),
+            resolve: resolved("cluster_unreachable", None, revision, "the Flink cluster answers again".into()),
         });
     }
+    let spec_of = |job_id: &str| desired.and_then(|d| d.jobs.get(job_id)).map(|j| &j.spec);
     for job in &report.jobs {
-        let event = match (job.outcome, job.action) {
-            (Outcome::RolledBack, _) => "rolled_back",
-            (Outcome::Failed, _) => "failed",
-            (Outcome::Blocked, _) => "blocked",
+        let spec = spec_of(&job.job_id);
+        let alert_on_failure = spec.is_none_or(|s| s.alert_on_failure);
+        let id = Some(job.job_id.as_str());
+        let mut event = Event::new("", id, revision, job.message.clone());
+        event.root_cause = job.root_cause.clone();
+        event.flink_job_id = job.flink_job_id.clone();
+        for run in &job.run_failures {
+            if !alert_on_failure {
+                break;
+            }
+            let kind = if run.timed_out { "batch_timed_out" } else { "batch_failed" };
+            let mut event = Event::new(kind, id, revision, run.message.clone());
+            event.root_cause = run.root_cause.clone();
+            event.flink_job_id = Some(run.flink_job_id.clone());
+            signals.push(Signal::Once {
+                event,
+                dedupe_key: format!("{kind}:{}", run.flink_job_id),
+            });
+        }
+        let failure = match job.outcome {
+            Outcome::RolledBack => Some("rolled_back"),
+            Outcome::Failed if job.run_failures.is_empty() => Some("failed"),
+            Outcome::Blocked => Some("blocked"),
+            _ => None,
+        };
+        let failure_key = format!("failure:{}", job.job_id);
+        if let Some(kind) = failure {
+            if !alert_on_failure {
+                continue;
+            }
+            event.event = kind.into();
+            let resolve = resolved("failure", id, revision, format!("{} is healthy again", job.job_id));
+            if kind == "rolled_back" {
+                // Every rollback is news, even while the job is already known to be failing.
+                let condition = crate::util::sha256_hex(
+                    format!("{}|{}", job.message, job.flink_job_id.as_deref().unwrap_or_default())
+                        .as_bytes(),
+                );
+                signals.push(Signal::Once {
+                    event,
+                    dedupe_key: format!("rolled_back:{}:{}", job.job_id, &condition[..16]),
+                });
+                signals.push(Signal::Condition {
+                    key: failure_key,
+                    job_id: id.map(str::to_string),
+                    holds: true,
+                    hold: Duration::ZERO,
+                    raise: None,
+                    resolve,
+                });
+            } else {
+                signals.push(Signal::Condition {
+                    key: failure_key,
+                    job_id: id.map(str::to_string),
+                    holds: true,
+                    hold: Duration::ZERO,
+                    raise: Some(event),
+                    resolve,
+                });
+            }
+            continue;
+        }
+        let kind = match (job.outcome, job.action) {
             (Outcome::Ok, Action::Create) => "deployed",
-            (Outcome::Ok, Action::Upgrade | Action::Resume | Action::Restart) => "upgraded",
+            (Outcome::Ok, Action::Upgrade) => "upgraded",
+            (Outcome::Ok, Action::Resume) => "resumed",
+            (Outcome::Ok, Action::Restart) => "drift_repaired",
             (Outcome::Ok, Action::Update) => "updated",
             (Outcome::Ok, Action::Suspend) => "suspended",
             (Outcome::Ok, Action::Delete) => "deleted",
-            _ => continue,
+            _ => "",
         };
-        let quiet = desired
-            .and_then(|d| d.jobs.get(&job.job_id))
-            .is_some_and(|j| !j.spec.alert_on_failure);
-        if quiet && matches!(event, "rolled_back" | "failed" | "blocked") {
-            continue;
+        if matches!(job.outcome, Outcome::Ok | Outcome::Unchanged) {
+            signals.push(Signal::Condition {
+                key: failure_key,
+                job_id: id.map(str::to_string),
+                holds: false,
+                hold: Duration::ZERO,
+                raise: None,
+                resolve: resolved("failure", id, revision, format!("{} is healthy again", job.job_id)),
+            });
         }
-        // A job that stays blocked or failing says so every pass: one alert per condition.
-        let condition = crate::util::sha256_hex(
-            format!(
-                "{}|{}|{}",
-                job.message,
-                job.root_cause.as_deref().unwrap_or_default(),
+        if !kind.is_empty() {
+            event.event = kind.into();
+            let dedupe_key = format!(
+                "{kind}:{}:{}:{}",
+                job.job_id,
+                revision.map(String::as_str).unwrap_or_default(),
                 job.flink_job_id.as_deref().unwrap_or_default()
-            )
-            .as_bytes(),
-        );
-        events.push(Event {
-            event: event.into(),
-            job_id: Some(job.job_id.clone()),
-            revision: revision.clone(),
-            message: job.message.clone(),
-            root_cause: job.root_cause.clone(),
-            flink_job_id: job.flink_job_id.clone(),
-            dedupe_key: format!("{event}:{}:{}", job.job_id, &condition[..16]),
-        });
+            );
+            signals.push(Signal::Once { event, dedupe_key });
+        }
     }
-    events
+    for probe in &report.probes {
+        let Some(spec) = spec_of(&probe.job_id) else { continue };
+        let id = Some(probe.job_id.as_str());
+        if let (Some(ratio), true) = (probe.backpressure, spec.alert_on_backpressure) {
+            let limit = spec.watch.backpressure_ratio;
+            let vertex = probe.backpressured_vertex.as_deref().unwrap_or("a task");
+            let mut event = Event::new(
+                "backpressure",
+                id,
+                revision,
+                format!(
+                    "{} is backpressured: {vertex} at {:.0}% for {} or more (monitoring.backpressure_ratio is {limit})",
+                    probe.job_id,
+                    ratio * 100.0,
+                    crate::util::format_duration(spec.watch.backpressure_for)
+                ),
+            );
+            event.flink_job_id = Some(probe.flink_job_id.clone());
+            signals.push(Signal::Condition {
+                key: format!("backpressure:{}", probe.job_id),
+                job_id: id.map(str::to_string),
+                holds: ratio >= limit.get(),
+                hold: spec.watch.backpressure_for,
+                raise: Some(event),
+                resolve: resolved(
+                    "backpressure",
+                    id,
+                    revision,
+                    format!("{} keeps up again ({vertex} at {:.0}%)", probe.job_id, ratio * 100.0),
+                ),
+            });
+        }
+        if let (Some(age), Some(max_age), true) = (
+            probe.checkpoint_age_seconds,
+            spec.watch.max_checkpoint_age,
+            spec.alert_on_failure,
+        ) {
+            let mut event = Event::new(
+                "checkpoints",
+                id,
+                revision,
+                format!(
+                    "{}: the newest completed checkpoint is {} old (monitoring.max_checkpoint_age is {}); {} failed checkpoint(s)",
+                    probe.job_id,
+                    crate::util::format_duration(Duration::from_secs_f64(age.max(0.0))),
+                    crate::util::format_duration(max_age),
+                    probe.failed_checkpoints.unwrap_or_default()
+                ),
+            );
+            event.flink_job_id = Some(probe.flink_job_id.clone());
+            signals.push(Signal::Condition {
+                key: format!("checkpoints:{}", probe.job_id),
+                job_id: id.map(str::to_string),
+                holds: age > max_age.as_secs_f64(),
+                hold: Duration::ZERO,
+                raise: Some(event),
+                resolve: resolved(
+                    "checkpoints",
+                    id,
+                    revision,
+                    format!("{} completes checkpoints again", probe.job_id),
+                ),
+            });
+        }
+    }
+    signals
+}
+
+fn resolved(condition: &str, job_id: Option<&str>, revision: Option<&String>, message: String) -> Event {
+    let mut event = Event::new("resolved", job_id, revision, message);
+    event.resolves = Some(condition.into());
+    event
 }
 
 /// The body a target gets for an event stored as `json` (an [`Event`]) with outbox id `id`.
@@ -151,7 +361,11 @@ pub fn body_for(target: &Target, id: i64, json: &str) -> String {
         }
         TargetKind::Slack => {
             let field = |k: &str| event[k].as_str().unwrap_or_default().to_string();
-            let mut text = format!("flink-gitops: {}", field("event").replace('_', " "));
+            let what = match field("event").as_str() {
+                "resolved" => format!("resolved ({})", field("resolves").replace('_', " ")),
+                other => other.replace('_', " "),
+            };
+            let mut text = format!("flink-gitops: {what}");
             if !field("job_id").is_empty() {
                 text.push_str(&format!(" {}", field("job_id")));
             }
@@ -267,6 +481,7 @@ mod tests {
                 command: vec!["sh".into(), "-c".into(), script],
             },
             events: vec!["failed".into()],
+            max_per_minute: 20,
         };
         let client = reqwest::Client::new();
         let ok = target(format!(
@@ -326,10 +541,25 @@ mod tests {
             jobs: vec![JobOutcome::new(&plan, Outcome::RolledBack, "rolled back")],
             ..ApplyReport::default()
         };
+        // The events that would be alerted: one-offs, and conditions that hold with an alert.
+        let alerts = |desired: &crate::spec::DesiredState| -> Vec<String> {
+            signals_of(&report, Some(desired))
+                .into_iter()
+                .filter_map(|signal| match signal {
+                    Signal::Once { event, .. } => Some(event.event),
+                    Signal::Condition {
+                        holds: true,
+                        raise: Some(event),
+                        ..
+                    } => Some(event.event),
+                    Signal::Condition { .. } => None,
+                })
+                .collect()
+        };
         let loud = desired(spec(""));
-        assert_eq!(events_of(&report, Some(&loud)).len(), 1);
+        assert_eq!(alerts(&loud), ["rolled_back"]);
         let quiet = desired(spec("monitoring: { alert_on_failure: false }\n"));
-        assert!(events_of(&report, Some(&quiet)).is_empty());
+        assert!(alerts(&quiet).is_empty());
     }
 
     #[test]
@@ -339,6 +569,7 @@ mod tests {
             url: url::Url::parse("https://hooks.slack.com/services/x").unwrap(),
             kind: TargetKind::Slack,
             events: vec![],
+            max_per_minute: 20,
         };
         let body = body_for(
             &slack,

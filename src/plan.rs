@@ -454,6 +454,7 @@ pub fn only_in_place_changes(applied_json: &str, desired: &DesiredJob) -> bool {
             IN_PLACE_FIELDS.contains(&key.as_str())
                 || key.starts_with("spec.health.")
                 || key.starts_with("spec.savepoint_retention.")
+                || key.starts_with("spec.monitoring.")
         })
 }
 

@@ -69,6 +69,8 @@ struct Inner {
     rules: Vec<FaultRule>,
     failing_arg: Option<String>,
     missing_paths: Vec<String>,
+    backpressure: f64,
+    checkpoint_acked_at: Option<i64>,
 }
 
 /// The fake server's shared state.
@@ -123,6 +125,16 @@ impl FakeFlink {
     /// Jobs whose program arguments contain `marker` fail right after they start.
     pub fn fail_jobs_with_arg(&self, marker: &str) {
         self.lock().failing_arg = Some(marker.to_string());
+    }
+
+    /// Every running subtask reports this backpressured ratio (0..1) from now on.
+    pub fn set_backpressure(&self, ratio: f64) {
+        self.lock().backpressure = ratio;
+    }
+
+    /// Every job's newest completed checkpoint was acknowledged at `epoch_ms` (else at its start).
+    pub fn set_checkpoint_acked_at(&self, epoch_ms: i64) {
+        self.lock().checkpoint_acked_at = Some(epoch_ms);
     }
 
     /// A JobManager restart: every job and savepoint operation is forgotten; uploaded JARs stay.
@@ -201,6 +213,10 @@ impl FakeFlink {
             .route("/jobs/{jid}/checkpoints/config", get(checkpoint_config))
             .route("/jobs/{jid}/config", get(job_config))
             .route("/jobs/{jid}/exceptions", get(exceptions))
+            .route(
+                "/jobs/{jid}/vertices/{vid}/backpressure",
+                get(vertex_backpressure),
+            )
             .route("/jobs/{jid}/stop", post(stop))
             .route("/jobs/{jid}/savepoints", post(trigger_savepoint))
             .route("/savepoint-disposal", post(dispose_savepoint))
@@ -351,13 +367,37 @@ async fn checkpoints(State(fake): State<FakeFlink>, Path(jid): Path<String>) -> 
         Some(j) => Json(json!({
             "counts": {"restored": 0, "total": 1, "in_progress": 0, "completed": 1, "failed": 0},
             "latest": {
-                "completed": {"id": 1, "external_path": format!("file:/fake/checkpoints/{jid}/chk-1"), "latest_ack_timestamp": j.start, "is_savepoint": false},
+                "completed": {"id": 1, "external_path": format!("file:/fake/checkpoints/{jid}/chk-1"), "latest_ack_timestamp": inner.checkpoint_acked_at.unwrap_or(j.start), "is_savepoint": false},
                 "restored": j.restored_from.as_ref().map(|p| json!({"id": 1, "restore_timestamp": j.start, "is_savepoint": true, "external_path": p}))
             }
         }))
         .into_response(),
         None => flink_error(StatusCode::NOT_FOUND, "Job could not be found."),
     }
+}
+
+async fn vertex_backpressure(
+    State(fake): State<FakeFlink>,
+    Path((jid, _vid)): Path<(String, String)>,
+) -> Response {
+    let inner = fake.lock();
+    if !inner.jobs.contains_key(&jid) {
+        return flink_error(StatusCode::NOT_FOUND, "Job could not be found.");
+    }
+    let ratio = inner.backpressure;
+    let level = if ratio > 0.5 {
+        "high"
+    } else if ratio > 0.1 {
+        "low"
+    } else {
+        "ok"
+    };
+    Json(json!({
+        "status": "ok", "backpressureLevel": level, "end-timestamp": now_ms(),
+        "subtasks": [{"subtask": 0, "backpressureLevel": level, "ratio": ratio, "idleRatio": 1.0 - ratio, "busyRatio": 0.0, "backpressure-level": level}],
+        "backpressure-level": level
+    }))
+    .into_response()
 }
 
 async fn checkpoint_config() -> Json<Value> {

@@ -132,6 +132,22 @@ fn the_fake_flink_answers_only_with_fields_real_flink_has() {
         ] {
             compare(path).await;
         }
+        // Backpressure is asked per vertex; each side names its own vertices.
+        let vertex_of = async |base: &str| {
+            get_json(&http, base, &format!("/jobs/{jid}")).await["vertices"][0]["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let (real_vertex, fake_vertex) = (vertex_of(&real_base).await, vertex_of(&fake_base).await);
+        let backpressure = |vertex: &str| format!("/jobs/{jid}/vertices/{vertex}/backpressure");
+        let real = get_json(&http, &real_base, &backpressure(&real_vertex)).await;
+        let fake = get_json(&http, &fake_base, &backpressure(&fake_vertex)).await;
+        assert!(
+            real["subtasks"].as_array().is_some_and(|s| !s.is_empty()),
+            "real Flink gave no backpressure figures: {real:#}"
+        );
+        invented(&fake, &real, "/jobs/:id/vertices/:id/backpressure", &mut found);
         // A savepoint while the job runs on, then its disposal, on both; compare both answers.
         let running_trigger = "fedcba9876543210fedcba9876543210";
         let mut disposals = Vec::new();

@@ -355,6 +355,44 @@ impl FlinkClient {
             .await
     }
 
+    /// `GET /jobs/:jid/vertices/:vid/backpressure`.
+    pub async fn backpressure(
+        &self,
+        job_id: &str,
+        vertex_id: &str,
+    ) -> Result<VertexBackPressure, FlinkError> {
+        self.call_idempotent(
+            Method::GET,
+            &format!("/jobs/{job_id}/vertices/{vertex_id}/backpressure"),
+            |r| r,
+        )
+        .await
+    }
+
+    /// The most backpressured subtask of a running job: its ratio (0..1) and vertex name.
+    /// `None` while Flink has no figures yet (metrics lag the job by up to 10 s).
+    pub async fn job_backpressure(
+        &self,
+        job_id: &str,
+    ) -> Result<Option<(f64, String)>, FlinkError> {
+        let job = self.job(job_id).await?;
+        let mut worst: Option<(f64, String)> = None;
+        for vertex in job.vertices.iter().filter(|v| v.status == "RUNNING") {
+            let answer = self.backpressure(job_id, &vertex.id).await?;
+            let ratio = answer
+                .subtasks
+                .iter()
+                .map(|s| s.ratio)
+                .fold(None, |max: Option<f64>, r| Some(max.map_or(r, |m| m.max(r))));
+            if let Some(ratio) = ratio
+                && worst.as_ref().is_none_or(|(w, _)| ratio > *w)
+            {
+                worst = Some((ratio, vertex.name.clone()));
+            }
+        }
+        Ok(worst)
+    }
+
     /// `GET /jobs/:jid/checkpoints`.
     pub async fn checkpoints(&self, job_id: &str) -> Result<CheckpointStats, FlinkError> {
         self.call_idempotent(Method::GET, &format!("/jobs/{job_id}/checkpoints"), |r| r)

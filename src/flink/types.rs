@@ -60,6 +60,35 @@ pub struct Vertex {
     pub status: String,
 }
 
+/// One subtask of `GET /jobs/:jid/vertices/:vid/backpressure`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct SubtaskBackPressure {
+    /// Subtask index.
+    pub subtask: u32,
+    /// Share of time it was backpressured (0..1).
+    pub ratio: f64,
+    /// Share of time it was busy (0..1).
+    #[serde(rename = "busyRatio")]
+    pub busy_ratio: f64,
+}
+
+/// `GET /jobs/:jid/vertices/:vid/backpressure` (built from task metrics, so it lags like them).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct VertexBackPressure {
+    /// `ok` once metrics exist.
+    pub status: String,
+    /// `ok`, `low` or `high`.
+    #[serde(rename = "backpressureLevel")]
+    pub level: String,
+    /// When the figures were computed, epoch ms.
+    #[serde(rename = "end-timestamp")]
+    pub end_timestamp: i64,
+    /// Per subtask.
+    pub subtasks: Vec<SubtaskBackPressure>,
+}
+
 /// `GET /jobs/:jid`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]

@@ -125,10 +125,19 @@ impl Agent {
             _ => record,
         };
         let mut failure: Option<(String, Option<String>)> = None;
+        let mut run_failures = Vec::new();
         let watched = self.watch_runs(pass, &entry.job_id).await?;
         for (run, note) in watched.changed {
             if run.status == RunStatus::Failed {
                 failure = Some((note.clone(), run.root_cause.clone()));
+            }
+            if matches!(run.status, RunStatus::Failed | RunStatus::TimedOut) {
+                run_failures.push(super::report::RunFailure {
+                    flink_job_id: run.flink_job_id.clone(),
+                    timed_out: run.status == RunStatus::TimedOut,
+                    message: note.clone(),
+                    root_cause: run.root_cause.clone(),
+                });
             }
             notes.push(note);
             outcome_kind = Outcome::Ok;
@@ -230,9 +239,11 @@ impl Agent {
         if let Some((message, root_cause)) = failure {
             let mut outcome = JobOutcome::new(entry, Outcome::Failed, message);
             outcome.root_cause = root_cause;
+            outcome.run_failures = run_failures;
             return Ok(outcome);
         }
         let mut outcome = JobOutcome::new(entry, outcome_kind, notes.join("; "));
+        outcome.run_failures = run_failures;
         if started.is_some() {
             outcome.flink_job_id = started;
         }

@@ -93,6 +93,12 @@ pub struct Health {
     pub min_checkpoints: u32,
     /// Give up after this long.
     pub timeout_ms: u64,
+    /// The newest completed checkpoint must be younger than this when the gate passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_checkpoint_age_ms: Option<u64>,
+    /// Backpressure at or above this many thousandths restarts the stable window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backpressure_permille: Option<u16>,
 }
 
 impl Health {
@@ -104,6 +110,17 @@ impl Health {
     /// `timeout` as a duration.
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+
+    /// `max_checkpoint_age` as a duration.
+    pub fn max_checkpoint_age(&self) -> Option<Duration> {
+        self.max_checkpoint_age_ms.map(Duration::from_millis)
+    }
+
+    /// `max_backpressure` as a ratio (0..1).
+    pub fn max_backpressure(&self) -> Option<f64> {
+        self.max_backpressure_permille
+            .map(|permille| f64::from(permille) / 1000.0)
     }
 }
 
@@ -179,6 +196,14 @@ impl Deployment {
                 require_checkpoint: spec.health.require_checkpoint,
                 min_checkpoints: spec.health.min_checkpoints.unwrap_or(1),
                 timeout_ms: spec.health.timeout.as_millis() as u64,
+                max_checkpoint_age_ms: spec
+                    .health
+                    .max_checkpoint_age
+                    .map(|age| age.as_millis() as u64),
+                max_backpressure_permille: spec
+                    .health
+                    .max_backpressure
+                    .map(|ratio| (ratio.get() * 1000.0).round() as u16),
             },
             checkpointing: spec.checkpointing_enabled(),
             spec_hash,

@@ -65,6 +65,8 @@ pub async fn wait_healthy(
     let mut stable_since: Option<Instant> = None;
     let mut last_state = String::from("unknown");
     let mut checkpoints = 0;
+    // Why the gate is still waiting beyond the job running, for the timeout's message.
+    let mut waiting_for: Option<String> = None;
     loop {
         let now = Instant::now();
         match client.job(job_id).await {
@@ -108,19 +110,49 @@ pub async fn wait_healthy(
                         .iter()
                         .all(|v| v.status == "RUNNING" || v.status == "FINISHED");
                 if all_running {
-                    let since = *stable_since.get_or_insert(now);
-                    let stable = now.duration_since(since) >= health.stable_for();
-                    let needs_checkpoint = deployment.checkpointing && health.require_checkpoint;
-                    if needs_checkpoint {
-                        checkpoints = client
-                            .checkpoints(job_id)
-                            .await
-                            .map(|c| c.counts.completed)
-                            .unwrap_or(checkpoints);
-                    }
-                    let wanted = health.min_checkpoints.max(1) as usize;
-                    if stable && (!needs_checkpoint || checkpoints as usize >= wanted) {
-                        return Verdict::Healthy { checkpoints };
+                    // A version that cannot keep up is not stable, however long it runs.
+                    if let Some(limit) = health.max_backpressure()
+                        && let Ok(Some((ratio, vertex))) = client.job_backpressure(job_id).await
+                        && ratio >= limit
+                    {
+                        stable_since = None;
+                        waiting_for = Some(format!(
+                            "backpressure {:.0}% at {vertex} (health.max_backpressure is {limit})",
+                            ratio * 100.0
+                        ));
+                        debug!(job = job_id, ratio, "backpressured; the stable window starts over");
+                    } else {
+                        let since = *stable_since.get_or_insert(now);
+                        let stable = now.duration_since(since) >= health.stable_for();
+                        let needs_checkpoint = deployment.checkpointing && health.require_checkpoint;
+                        let mut newest_checkpoint_at = None;
+                        if needs_checkpoint || health.max_checkpoint_age().is_some() {
+                            if let Ok(stats) = client.checkpoints(job_id).await {
+                                checkpoints = stats.counts.completed;
+                                newest_checkpoint_at =
+                                    stats.latest.completed.map(|c| c.latest_ack_timestamp);
+                            }
+                        }
+                        let wanted = health.min_checkpoints.max(1) as usize;
+                        let enough = !needs_checkpoint || checkpoints as usize >= wanted;
+                        let fresh = match health.max_checkpoint_age() {
+                            None => true,
+                            Some(max_age) => newest_checkpoint_at.is_some_and(|at| {
+                                chrono::Utc::now().timestamp_millis() - at
+                                    <= max_age.as_millis() as i64
+                            }),
+                        };
+                        if !fresh {
+                            waiting_for = Some(format!(
+                                "no completed checkpoint younger than {} (health.max_checkpoint_age)",
+                                crate::util::format_duration(
+                                    health.max_checkpoint_age().unwrap_or_default()
+                                )
+                            ));
+                        }
+                        if stable && enough && fresh {
+                            return Verdict::Healthy { checkpoints };
+                        }
                     }
                 } else {
                     stable_since = None;
@@ -132,8 +164,9 @@ pub async fn wait_healthy(
         if Instant::now() >= deadline {
             return Verdict::Unhealthy {
                 reason: format!(
-                    "job {job_id} not healthy within {} (state {last_state}, {checkpoints} completed checkpoint(s))",
-                    crate::util::format_duration(health.timeout())
+                    "job {job_id} not healthy within {} (state {last_state}, {checkpoints} completed checkpoint(s){})",
+                    crate::util::format_duration(health.timeout()),
+                    waiting_for.map(|w| format!("; {w}")).unwrap_or_default()
                 ),
                 root_cause: newest_failure(client, job_id, since_ms).await,
             };

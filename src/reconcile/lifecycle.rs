@@ -543,6 +543,8 @@ mod tests {
                 require_checkpoint: true,
                 min_checkpoints: 1,
                 timeout_ms: 1000,
+                max_checkpoint_age_ms: None,
+                max_backpressure_permille: None,
             },
             checkpointing: true,
             spec_hash: hash.into(),

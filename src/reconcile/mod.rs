@@ -14,6 +14,7 @@ mod executor;
 pub mod health;
 mod jars;
 pub mod lifecycle;
+mod monitor;
 mod notifications;
 pub mod policy;
 mod report;
@@ -47,7 +48,7 @@ pub use executor::new_trigger_id;
 use jars::cache_jars;
 use lifecycle::Phase;
 pub use policy::StepError;
-pub use report::{ApplyReport, JobOutcome, Outcome};
+pub use report::{ApplyReport, JobOutcome, JobProbe, Outcome, RunFailure};
 
 /// For `--accept-rollback-to`: why the head needs accepting (the refusal it overrides), or `None`
 /// when it descends from the watermark anyway. The named commit must be the head: an operator
@@ -162,6 +163,8 @@ pub struct Agent {
     runner_sha256: Option<String>,
     /// Sends alerts (short timeouts).
     alerts: reqwest::Client,
+    /// Told when a pass queued alerts, so the service delivers them now.
+    alerts_queued: tokio::sync::Notify,
     /// A Python submission has the JobManager to itself (PyFlink's driver keeps process-wide
     /// state while it builds the job); others share it.
     submit_gate: tokio::sync::RwLock<()>,
@@ -238,6 +241,7 @@ impl Agent {
             runner_sha256,
             submit_gate: tokio::sync::RwLock::new(()),
             alerts: notifications::alerts_client(),
+            alerts_queued: tokio::sync::Notify::new(),
         })
     }
 
@@ -358,11 +362,17 @@ impl Agent {
     /// events go to the outbox and what is due of the outbox to its targets. Returns what
     /// happened; `Err` only when nothing could be done.
     pub async fn apply_once(&self) -> Result<ApplyReport, AgentError> {
-        let report = self.pass().await?;
+        let report = self.reconcile_once().await?;
         if !self.config.notify.is_empty() {
-            self.queue_events(&report);
             self.deliver_events().await;
         }
+        Ok(report)
+    }
+
+    /// One pass, its events put in the outbox; the service delivers them on its own task.
+    pub async fn reconcile_once(&self) -> Result<ApplyReport, AgentError> {
+        let report = self.pass().await?;
+        self.queue_events(&report);
         Ok(report)
     }
 
@@ -447,6 +457,7 @@ impl Agent {
                 .collect()
                 .await;
             report.jobs.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+            report.probes = self.probe_watched_jobs(&revision, &report.jobs).await;
             report.savepoints = self.periodic_savepoints(&pass, &revision).await;
             report.savepoints.extend(self.apply_retention(&pass, &revision).await);
             report.jars_deleted = self.delete_unused_jars(&head).await;

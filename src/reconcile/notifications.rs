@@ -1,92 +1,189 @@
 //! The agent's side of alerts: a pass's events into the outbox, and the outbox to the targets.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tracing::{info, warn};
 
 use super::{Agent, ApplyReport, now_ms};
 use crate::notify;
+use crate::state::{ConditionChange, Delivery, QueuedEvent};
 
-/// Deliveries tried per pass; the rest wait for the next one.
-const DELIVERIES_PER_PASS: u32 = 50;
+/// Deliveries tried per round; the rest wait for the next one.
+const DELIVERIES_PER_ROUND: u32 = 200;
 
 impl Agent {
-    /// Puts the report's events in the outbox, one delivery per target that wants each.
+    /// Puts the report's events in the outbox, and notes the conditions it saw, each with its
+    /// alert or "resolved" in the same transaction.
     pub(super) fn queue_events(&self, report: &ApplyReport) {
-        let events = {
+        let signals = {
             let verified = self
                 .verified
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            notify::events_of(report, verified.as_ref().map(|r| &r.desired))
+            notify::signals_of(report, verified.as_ref().map(|r| &r.desired))
         };
-        for event in events {
-            let targets: Vec<&str> = self
-                .config
-                .notify
-                .iter()
-                .filter(|t| t.events.contains(&event.event))
-                .map(|t| t.name.as_str())
-                .collect();
-            if targets.is_empty() {
-                continue;
-            }
-            let body = serde_json::to_string(&event).unwrap_or_default();
-            let queued = self.with_store(|s| {
-                s.enqueue_event(
-                    &event.event,
-                    event.job_id.as_deref(),
-                    &event.dedupe_key,
-                    &body,
-                    &targets,
-                )
-            });
-            match queued {
-                Ok(true) => info!(event = %event.event, job_id = ?event.job_id, "alert queued"),
-                Ok(false) => {}
-                Err(error) => warn!(%error, event = %event.event, "alert could not be queued"),
-            }
-        }
-    }
-
-    /// Sends what is due in the outbox; a target that fails is tried again later with backoff,
-    /// and never holds up the others for longer than its timeout.
-    pub(super) async fn deliver_events(&self) {
-        let due = match self.with_store(|s| s.due_deliveries(now_ms(), DELIVERIES_PER_PASS)) {
-            Ok(due) => due,
+        // Most passes clear conditions that never held: only the known ones cost a write.
+        let watched = match self.with_store(|s| s.alert_conditions()) {
+            Ok(keys) => keys,
             Err(error) => {
-                warn!(%error, "alerts: cannot read the outbox");
+                warn!(%error, "alerts: cannot read the alert conditions");
                 return;
             }
         };
+        let now = now_ms();
+        for job in &report.jobs {
+            if job.outcome == super::Outcome::Ok
+                && matches!(job.action, crate::plan::Action::Delete | crate::plan::Action::Suspend)
+                && let Err(error) = self.with_store(|s| s.forget_conditions_of(&job.job_id))
+            {
+                warn!(%error, job_id = %job.job_id, "alerts: cannot forget the job's conditions");
+            }
+        }
+        for signal in signals {
+            let result = match &signal {
+                notify::Signal::Once { event, dedupe_key } => {
+                    let body = serde_json::to_string(event).unwrap_or_default();
+                    let targets = self.targets_for(event);
+                    self.with_store(|s| {
+                        s.enqueue_event(
+                            &event.event,
+                            event.job_id.as_deref(),
+                            dedupe_key,
+                            &body,
+                            &targets,
+                        )
+                    })
+                    .map(|queued| queued.then_some(event))
+                }
+                notify::Signal::Condition {
+                    key,
+                    job_id,
+                    holds,
+                    hold,
+                    raise,
+                    resolve,
+                } => {
+                    if !holds && !watched.contains(key) {
+                        continue;
+                    }
+                    let raise_body = raise
+                        .as_ref()
+                        .map(|e| serde_json::to_string(e).unwrap_or_default())
+                        .unwrap_or_default();
+                    let raise_targets = raise.as_ref().map(|e| self.targets_for(e)).unwrap_or_default();
+                    let resolve_body = serde_json::to_string(resolve).unwrap_or_default();
+                    let resolve_targets = self.targets_for(resolve);
+                    let job_id = job_id.as_deref();
+                    let raise_event = QueuedEvent {
+                        event: raise.as_ref().map_or("", |e| e.event.as_str()),
+                        job_id,
+                        body: &raise_body,
+                        targets: &raise_targets,
+                    };
+                    let resolve_event = QueuedEvent {
+                        event: &resolve.event,
+                        job_id,
+                        body: &resolve_body,
+                        targets: &resolve_targets,
+                    };
+                    let hold_ms = i64::try_from(hold.as_millis()).unwrap_or(i64::MAX);
+                    self.with_store(|s| {
+                        s.observe_condition(key, *holds, hold_ms, now, &raise_event, &resolve_event)
+                    })
+                    .map(|change| match change {
+                        ConditionChange::Raised => raise.as_ref(),
+                        ConditionChange::Resolved => Some(resolve),
+                        ConditionChange::Pending | ConditionChange::Unchanged => None,
+                    })
+                }
+            };
+            match result {
+                Ok(Some(event)) => {
+                    info!(event = %event.event, resolves = ?event.resolves, job_id = ?event.job_id, message = %event.message, "alert")
+                }
+                Ok(None) => {}
+                Err(error) => warn!(%error, "alert could not be queued"),
+            }
+        }
+        self.alerts_queued.notify_one();
+    }
+
+    fn targets_for(&self, event: &notify::Event) -> Vec<&str> {
+        self.config
+            .notify
+            .iter()
+            .filter(|t| t.wants(event))
+            .map(|t| t.name.as_str())
+            .collect()
+    }
+
+    /// Sends what is due in the outbox, each target on its own so a slow or dead one holds up
+    /// no other; a failed delivery is tried again later with backoff, and a target gets at most
+    /// its `max_per_minute`. Returns when the next delivery is due, if one waits.
+    pub async fn deliver_events(&self) -> Option<i64> {
+        let due = match self.with_store(|s| s.due_deliveries(now_ms(), DELIVERIES_PER_ROUND)) {
+            Ok(due) => due,
+            Err(error) => {
+                warn!(%error, "alerts: cannot read the outbox");
+                return None;
+            }
+        };
+        let mut per_target: BTreeMap<&str, Vec<Delivery>> = BTreeMap::new();
         for delivery in due {
-            let Some(target) = self
-                .config
-                .notify
-                .iter()
-                .find(|t| t.name == delivery.target)
-            else {
+            let Some(target) = self.config.notify.iter().find(|t| t.name == delivery.target) else {
                 // A target removed from the config: its deliveries stay undelivered, not retried.
                 continue;
             };
-            let body = notify::body_for(target, delivery.event_id, &delivery.body);
-            let sent = notify::send(&self.alerts, target, delivery.event_id, body).await;
-            let result = match &sent {
-                Ok(()) => Ok(()),
-                Err(error) => {
-                    let wait = notify::backoff(delivery.attempts);
-                    warn!(target = %target.name, event_id = delivery.event_id, %error, retry_in = ?wait, "alert not delivered");
-                    Err((
-                        error.as_str(),
-                        now_ms()
-                            .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)),
-                    ))
-                }
-            };
-            if let Err(error) = self.with_store(|s| s.record_delivery(&delivery, result)) {
-                warn!(%error, "alerts: cannot record a delivery");
-            }
+            per_target.entry(target.name.as_str()).or_default().push(delivery);
         }
+        let rounds = per_target.into_iter().map(|(name, deliveries)| async move {
+            let target = self.config.notify.iter().find(|t| t.name == name)?;
+            let minute_ago = now_ms() - 60_000;
+            let sent = self
+                .with_store(|s| s.delivered_since(&target.name, minute_ago))
+                .unwrap_or(0);
+            let allowed = target.max_per_minute.saturating_sub(sent) as usize;
+            if deliveries.len() > allowed {
+                warn!(target = %target.name, waiting = deliveries.len() - allowed, max_per_minute = target.max_per_minute, "alerts held back by the target's rate limit");
+            }
+            for delivery in deliveries.iter().take(allowed) {
+                self.deliver_one(target, delivery).await;
+            }
+            // Held back by the limit: due again once the oldest of the minute's deliveries ages out.
+            (deliveries.len() > allowed).then(|| now_ms() + 5_000)
+        });
+        let held: Vec<Option<i64>> = futures::future::join_all(rounds).await;
+        let names: Vec<&str> = self.config.notify.iter().map(|t| t.name.as_str()).collect();
+        let next_retry = self
+            .with_store(|s| s.next_delivery_at(&names))
+            .ok()
+            .flatten();
+        held.into_iter().flatten().chain(next_retry).min()
+    }
+
+    async fn deliver_one(&self, target: &notify::Target, delivery: &Delivery) {
+        let body = notify::body_for(target, delivery.event_id, &delivery.body);
+        let sent = notify::send(&self.alerts, target, delivery.event_id, body).await;
+        let result = match &sent {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                let wait = notify::backoff(delivery.attempts);
+                warn!(target = %target.name, event_id = delivery.event_id, %error, retry_in = ?wait, "alert not delivered");
+                Err((
+                    error.as_str(),
+                    now_ms().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)),
+                ))
+            }
+        };
+        if let Err(error) = self.with_store(|s| s.record_delivery(delivery, result)) {
+            warn!(%error, "alerts: cannot record a delivery");
+        }
+    }
+
+    /// Wakes when a pass queued alerts (for the service's delivery task).
+    pub fn alerts_queued(&self) -> &tokio::sync::Notify {
+        &self.alerts_queued
     }
 }
 

@@ -60,6 +60,44 @@ pub struct JobOutcome {
     pub root_cause: Option<String>,
     /// Values the job's own code overrode, and other notes.
     pub warnings: Vec<String>,
+    /// Batch runs that failed or were cancelled at their deadline this pass.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub run_failures: Vec<RunFailure>,
+}
+
+/// A batch run that ended badly.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunFailure {
+    /// The run's Flink job.
+    pub flink_job_id: String,
+    /// Cancelled at its `ttl_seconds` deadline (else it failed).
+    pub timed_out: bool,
+    /// What happened, for people.
+    pub message: String,
+    /// Flink's root cause of a failed run.
+    pub root_cause: Option<String>,
+}
+
+/// What the agent saw of a running job it watches (`monitoring:`) this pass.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobProbe {
+    /// The spec's job id.
+    pub job_id: String,
+    /// The Flink job looked at.
+    pub flink_job_id: String,
+    /// The most backpressured subtask's ratio (0..1), when watched and Flink had figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backpressure: Option<f64>,
+    /// The vertex that subtask belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backpressured_vertex: Option<String>,
+    /// Seconds since the newest completed checkpoint (or since the job started, without one),
+    /// when watched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_age_seconds: Option<f64>,
+    /// Failed checkpoints of this job instance, when watched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_checkpoints: Option<u64>,
 }
 
 impl JobOutcome {
@@ -76,6 +114,7 @@ impl JobOutcome {
             savepoint: None,
             root_cause: None,
             warnings: Vec::new(),
+            run_failures: Vec::new(),
         }
     }
 }
@@ -100,6 +139,9 @@ pub struct ApplyReport {
     pub unmanaged: Vec<JobOverview>,
     /// JARs deleted because no job uses them.
     pub jars_deleted: Vec<String>,
+    /// What was seen of the running jobs the agent watches.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<JobProbe>,
 }
 
 impl ApplyReport {

@@ -192,6 +192,66 @@ impl Agent {
                 }
             }
         }
+        notes.extend(self.retention_of_deleted_jobs(pass, revision).await);
+        notes
+    }
+
+    /// Deleted specs: their savepoints go by the agent's policy, except the final one, which
+    /// stays unless `savepoints.keep_final_on_delete` is false (then everything goes).
+    async fn retention_of_deleted_jobs(
+        &self,
+        pass: &PassContext,
+        revision: &VerifiedRevision,
+    ) -> Vec<String> {
+        let mut notes = Vec::new();
+        let policy = self.config.savepoint_retention;
+        if policy.is_none() && self.config.keep_final_on_delete {
+            return notes;
+        }
+        let records = match self.with_store(|s| s.jobs()) {
+            Ok(records) => records,
+            Err(error) => return vec![format!("retention of deleted jobs skipped: {error}")],
+        };
+        let deleted = records.into_iter().filter(|r| {
+            r.status == "deleted"
+                && r.phase_name() == "steady"
+                && !revision.desired.jobs.contains_key(&r.job_id)
+        });
+        for record in deleted {
+            let points = match self.with_store(|s| s.restore_points(&record.job_id)) {
+                Ok(points) => points,
+                Err(error) => {
+                    notes.push(format!("{}: retention skipped: {error}", record.job_id));
+                    continue;
+                }
+            };
+            let candidates = if self.config.keep_final_on_delete {
+                let Some(policy) = policy else { continue };
+                disposable(&points, record.last_savepoint.as_deref(), policy, now_ms())
+            } else {
+                points
+                    .iter()
+                    .filter(|p| p.savepoint && p.unusable.is_none())
+                    .map(|p| p.path.clone())
+                    .collect()
+            };
+            for path in candidates {
+                match self.dispose(pass, &record, &path).await {
+                    Ok(()) => notes.push(format!(
+                        "{} (deleted): disposed of savepoint {path}",
+                        record.job_id
+                    )),
+                    Err(error) => {
+                        notes.push(format!(
+                            "{} (deleted): disposal of {path} failed: {}",
+                            record.job_id,
+                            error.full()
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
         notes
     }
 

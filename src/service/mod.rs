@@ -175,6 +175,7 @@ pub async fn run(config_path: &Path) -> Result<(), AgentError> {
         });
     }
 
+    let deliveries = tokio::spawn(deliver_alerts(Arc::clone(&shared)));
     let _watcher = watch_local_repo(&config, Arc::clone(&shared));
     let mut terminate =
         signal(SignalKind::terminate()).map_err(|e| AgentError::Config(e.to_string()))?;
@@ -273,8 +274,37 @@ pub async fn run(config_path: &Path) -> Result<(), AgentError> {
         }
     }
     server.abort();
+    deliveries.abort();
     info!("stopped");
     Ok(())
+}
+
+/// Delivers alerts on their own task, so a slow or dead target never holds up a pass: after each
+/// pass that queued some, and when a retry is due.
+async fn deliver_alerts(shared: Arc<Shared>) {
+    const LONGEST_WAIT: Duration = Duration::from_secs(5);
+    loop {
+        let Some(agent) = shared.agent() else {
+            tokio::time::sleep(LONGEST_WAIT).await;
+            continue;
+        };
+        if agent.config().notify.is_empty() {
+            tokio::select! {
+                _ = agent.alerts_queued().notified() => {}
+                _ = tokio::time::sleep(LONGEST_WAIT) => {}
+            }
+            continue;
+        }
+        let next_due = agent.deliver_events().await;
+        let wait = next_due
+            .map(|at| Duration::from_millis((at - chrono::Utc::now().timestamp_millis()).max(0) as u64))
+            .unwrap_or(LONGEST_WAIT)
+            .clamp(Duration::from_millis(200), LONGEST_WAIT);
+        tokio::select! {
+            _ = agent.alerts_queued().notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
 }
 
 /// The database was deleted or replaced under the agent: log it loudly, stop acting, and return
@@ -492,7 +522,7 @@ async fn poll_and_reconcile(
     }
     *next_reconcile = tokio::time::Instant::now() + config.reconcile.interval;
     let started = std::time::Instant::now();
-    let result = agent.apply_once().await;
+    let result = agent.reconcile_once().await;
     shared
         .metrics
         .reconcile_duration

@@ -254,6 +254,17 @@ pub struct HealthPolicy {
     /// than one: the new version must show it keeps making progress, not just start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_checkpoints: Option<u32>,
+    /// The newest completed checkpoint must be younger than this when the gate passes
+    /// (`health.max_checkpoint_age`).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "optional_duration_text"
+    )]
+    pub max_checkpoint_age: Option<Duration>,
+    /// Backpressure at or above this ratio restarts the `stable_for` window
+    /// (`health.max_backpressure`): a version that cannot keep up is not healthy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_backpressure: Option<Ratio>,
     /// How long to wait for all of the above before declaring the deployment failed.
     #[serde(with = "duration_text")]
     pub timeout: Duration,
@@ -307,6 +318,9 @@ pub struct JobSpec {
     pub alert_on_failure: bool,
     /// Report backpressure of this job.
     pub alert_on_backpressure: bool,
+    /// What "backpressured" and "checkpoints too old" mean for this job's alerts.
+    #[serde(rename = "monitoring", skip_serializing_if = "Watch::is_default")]
+    pub watch: Watch,
     /// Periodic savepoints, in milliseconds.
     pub savepoint_trigger_interval_ms: Option<u64>,
     /// Batch scheduling, for batch jobs.
@@ -434,6 +448,68 @@ pub(crate) struct RawRetention {
     max_age: Option<String>,
 }
 
+/// A ratio between 0 and 1, kept in thousandths so specs compare and hash exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ratio(u16);
+
+impl Ratio {
+    /// From a number written in a spec; `None` outside 0..=1.
+    pub fn parse(value: f64) -> Option<Ratio> {
+        (0.0..=1.0)
+            .contains(&value)
+            .then(|| Ratio((value * 1000.0).round() as u16))
+    }
+
+    /// As a fraction.
+    pub fn get(self) -> f64 {
+        f64::from(self.0) / 1000.0
+    }
+}
+
+impl std::fmt::Display for Ratio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.get())
+    }
+}
+
+impl Serialize for Ratio {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+/// What the agent watches on a running stream job (`monitoring:`), beyond the alert switches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Watch {
+    /// A job whose most backpressured subtask is at or above this ratio is backpressured.
+    pub backpressure_ratio: Ratio,
+    /// How long it must stay backpressured before the alert.
+    #[serde(with = "duration_text")]
+    pub backpressure_for: Duration,
+    /// A newest completed checkpoint older than this raises the `checkpoints` alert.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "optional_duration_text"
+    )]
+    pub max_checkpoint_age: Option<Duration>,
+}
+
+impl Default for Watch {
+    fn default() -> Watch {
+        Watch {
+            backpressure_ratio: Ratio(500),
+            backpressure_for: Duration::from_secs(60),
+            max_checkpoint_age: None,
+        }
+    }
+}
+
+impl Watch {
+    fn is_default(&self) -> bool {
+        *self == Watch::default()
+    }
+}
+
 /// Which savepoints retention disposes of (see the README, "Savepoint retention").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Retention {
@@ -519,6 +595,9 @@ struct RawMonitoring {
     log_level: Option<S<IgnoredAny>>,
     alert_on_failure: Option<bool>,
     alert_on_backpressure: Option<bool>,
+    backpressure_ratio: Option<S<f64>>,
+    backpressure_for: Option<S<String>>,
+    max_checkpoint_age: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -557,6 +636,8 @@ struct RawHealth {
     max_restarts: Option<u32>,
     require_checkpoint: Option<bool>,
     min_checkpoints: Option<S<u32>>,
+    max_checkpoint_age: Option<S<String>>,
+    max_backpressure: Option<S<f64>>,
     timeout: Option<S<String>>,
 }
 
@@ -920,6 +1001,7 @@ fn validate(raw: RawSpec, check: &mut Checker<'_>) -> Option<JobSpec> {
         artifact_verification = security.artifact_verification.unwrap_or(false);
     }
     let (mut alert_on_failure, mut alert_on_backpressure) = (true, false);
+    let mut watch = Watch::default();
     if let Some(monitoring) = &raw.monitoring {
         check.refuse(
             &monitoring.metrics_port,
@@ -933,6 +1015,29 @@ fn validate(raw: RawSpec, check: &mut Checker<'_>) -> Option<JobSpec> {
         );
         alert_on_failure = monitoring.alert_on_failure.unwrap_or(true);
         alert_on_backpressure = monitoring.alert_on_backpressure.unwrap_or(false);
+        if let Some(ratio) = &monitoring.backpressure_ratio {
+            match Ratio::parse(ratio.value) {
+                Some(r) if r.0 > 0 => watch.backpressure_ratio = r,
+                _ => check.at(
+                    ratio,
+                    "monitoring.backpressure_ratio",
+                    "must be a number above 0 and at most 1 (the share of time a task is backpressured)",
+                ),
+            }
+        }
+        if let Some(text) = &monitoring.backpressure_for {
+            match crate::util::parse_duration(&text.value) {
+                Ok(d) => watch.backpressure_for = d,
+                Err(reason) => check.at(text, "monitoring.backpressure_for", reason),
+            }
+        }
+        if let Some(text) = &monitoring.max_checkpoint_age {
+            match crate::util::parse_duration(&text.value) {
+                Ok(d) if !d.is_zero() => watch.max_checkpoint_age = Some(d),
+                Ok(_) => check.at(text, "monitoring.max_checkpoint_age", "must be longer than 0 s"),
+                Err(reason) => check.at(text, "monitoring.max_checkpoint_age", reason),
+            }
+        }
     }
     if let Some(advanced) = &raw.advanced {
         check.refuse(
@@ -1127,6 +1232,7 @@ fn validate(raw: RawSpec, check: &mut Checker<'_>) -> Option<JobSpec> {
         artifact_verification,
         alert_on_failure,
         alert_on_backpressure,
+        watch,
         savepoint_trigger_interval_ms,
         batch,
         state,
@@ -1367,6 +1473,8 @@ fn validate_health(raw: Option<&RawHealth>, check: &mut Checker<'_>) -> HealthPo
         max_restarts: 0,
         require_checkpoint: true,
         min_checkpoints: None,
+        max_checkpoint_age: None,
+        max_backpressure: None,
         timeout: Duration::from_secs(300),
     };
     let Some(raw) = raw else { return policy };
@@ -1395,6 +1503,23 @@ fn validate_health(raw: Option<&RawHealth>, check: &mut Checker<'_>) -> HealthPo
             );
         } else if min.value > 1 {
             policy.min_checkpoints = Some(min.value);
+        }
+    }
+    if let Some(text) = &raw.max_checkpoint_age {
+        match crate::util::parse_duration(&text.value) {
+            Ok(d) if !d.is_zero() => policy.max_checkpoint_age = Some(d),
+            Ok(_) => check.at(text, "health.max_checkpoint_age", "must be longer than 0 s"),
+            Err(reason) => check.at(text, "health.max_checkpoint_age", reason),
+        }
+    }
+    if let Some(ratio) = &raw.max_backpressure {
+        match Ratio::parse(ratio.value) {
+            Some(r) if r.0 > 0 => policy.max_backpressure = Some(r),
+            _ => check.at(
+                ratio,
+                "health.max_backpressure",
+                "must be a number above 0 and at most 1 (the share of time a task is backpressured)",
+            ),
         }
     }
     if policy.timeout <= policy.stable_for {

@@ -150,6 +150,15 @@ const MIGRATIONS: &[&str] = &[
         last_error   TEXT,
         PRIMARY KEY (event_id, target)
     );",
+    // 7: conditions alerts are about (one alert until it clears, then a "resolved"), and when
+    // each delivery arrived, for per-target rate limits.
+    "CREATE TABLE alert_conditions (
+        key       TEXT PRIMARY KEY,
+        job_id    TEXT,
+        since_ms  INTEGER NOT NULL,
+        raised    INTEGER NOT NULL DEFAULT 0
+    );
+    ALTER TABLE deliveries ADD COLUMN delivered_ms INTEGER;",
 ];
 
 /// The schema version this binary writes.

@@ -153,6 +153,61 @@ pub struct Delivery {
     pub body: String,
 }
 
+/// An event to put in the outbox, for the targets that want it.
+#[derive(Debug, Clone, Copy)]
+pub struct QueuedEvent<'a> {
+    /// Its kind.
+    pub event: &'a str,
+    /// The job, for job events.
+    pub job_id: Option<&'a str>,
+    /// The event as JSON.
+    pub body: &'a str,
+    /// Who gets it; none queues nothing.
+    pub targets: &'a [&'a str],
+}
+
+/// What noting a condition did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConditionChange {
+    /// Nothing new.
+    Unchanged,
+    /// It holds, not long enough yet.
+    Pending,
+    /// Its alert was queued.
+    Raised,
+    /// It cleared after its alert; the "resolved" was queued.
+    Resolved,
+}
+
+fn enqueue_in(
+    connection: &Connection,
+    path: &Path,
+    event: &QueuedEvent<'_>,
+    dedupe_key: &str,
+) -> Result<bool, StateError> {
+    if event.targets.is_empty() {
+        return Ok(false);
+    }
+    let inserted = connection
+        .execute(
+            "INSERT OR IGNORE INTO outbox (at, event, job_id, dedupe_key, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![now_rfc3339(), event.event, event.job_id, dedupe_key, event.body],
+        )
+        .map_err(sqlite(path, "queue an event"))?;
+    if inserted == 1 {
+        let id = connection.last_insert_rowid();
+        for target in event.targets {
+            connection
+                .execute(
+                    "INSERT INTO deliveries (event_id, target, next_at_ms) VALUES (?1, ?2, 0)",
+                    params![id, target],
+                )
+                .map_err(sqlite(path, "queue an event"))?;
+        }
+    }
+    Ok(inserted == 1)
+}
+
 /// A savepoint the agent knows of.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SavepointTaken {
@@ -996,24 +1051,148 @@ impl StateStore {
             .connection
             .unchecked_transaction()
             .map_err(sqlite(&path, "queue an event"))?;
-        let inserted = tx
-            .execute(
-                "INSERT OR IGNORE INTO outbox (at, event, job_id, dedupe_key, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![now_rfc3339(), event, job_id, dedupe_key, body],
-            )
-            .map_err(sqlite(&path, "queue an event"))?;
-        if inserted == 1 {
-            let id = tx.last_insert_rowid();
-            for target in targets {
-                tx.execute(
-                    "INSERT INTO deliveries (event_id, target, next_at_ms) VALUES (?1, ?2, 0)",
-                    params![id, target],
-                )
-                .map_err(sqlite(&path, "queue an event"))?;
-            }
-        }
+        let queued = enqueue_in(
+            &tx,
+            &path,
+            &QueuedEvent {
+                event,
+                job_id,
+                body,
+                targets,
+            },
+            dedupe_key,
+        )?;
         tx.commit().map_err(sqlite(&path, "queue an event"))?;
-        Ok(inserted == 1)
+        Ok(queued)
+    }
+
+    /// The keys of the conditions being watched (pending or alerted).
+    pub fn alert_conditions(&self) -> Result<std::collections::HashSet<String>, StateError> {
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT key FROM alert_conditions")
+            .map_err(sqlite(&self.path, "read alert conditions"))?;
+        let rows = statement
+            .query_map([], |row| row.get(0))
+            .map_err(sqlite(&self.path, "read alert conditions"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sqlite(&self.path, "read alert conditions"))
+    }
+
+    /// Notes whether the condition `key` holds now. A condition that has held for `hold_ms`
+    /// queues `raise` once; when it stops holding after that, `resolve` is queued and the
+    /// condition forgotten. Both happen in one transaction with the condition's row, so a crash
+    /// neither loses nor repeats an alert.
+    pub fn observe_condition(
+        &self,
+        key: &str,
+        holds: bool,
+        hold_ms: i64,
+        now_ms: i64,
+        raise: &QueuedEvent<'_>,
+        resolve: &QueuedEvent<'_>,
+    ) -> Result<ConditionChange, StateError> {
+        let path = self.path.clone();
+        const OPERATION: &str = "record an alert condition";
+        let tx = self
+            .connection
+            .unchecked_transaction()
+            .map_err(sqlite(&path, OPERATION))?;
+        let known: Option<(i64, bool)> = tx
+            .query_row(
+                "SELECT since_ms, raised FROM alert_conditions WHERE key = ?1",
+                params![key],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()
+            .map_err(sqlite(&path, OPERATION))?;
+        let change = match (holds, known) {
+            (true, None) => {
+                tx.execute(
+                    "INSERT INTO alert_conditions (key, job_id, since_ms) VALUES (?1, ?2, ?3)",
+                    params![key, raise.job_id, now_ms],
+                )
+                .map_err(sqlite(&path, OPERATION))?;
+                if hold_ms <= 0 {
+                    self.raise_in(&tx, key, now_ms, raise)?
+                } else {
+                    ConditionChange::Pending
+                }
+            }
+            (true, Some((since, false))) if now_ms - since >= hold_ms => {
+                self.raise_in(&tx, key, since, raise)?
+            }
+            (true, Some((_, false))) => ConditionChange::Pending,
+            (true, Some((_, true))) => ConditionChange::Unchanged,
+            (false, Some((since, raised))) => {
+                tx.execute(
+                    "DELETE FROM alert_conditions WHERE key = ?1",
+                    params![key],
+                )
+                .map_err(sqlite(&path, OPERATION))?;
+                if raised {
+                    enqueue_in(&tx, &path, resolve, &format!("condition:{key}:{since}:resolved"))?;
+                    ConditionChange::Resolved
+                } else {
+                    ConditionChange::Unchanged
+                }
+            }
+            (false, None) => ConditionChange::Unchanged,
+        };
+        tx.commit().map_err(sqlite(&path, OPERATION))?;
+        Ok(change)
+    }
+
+    fn raise_in(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        key: &str,
+        since: i64,
+        raise: &QueuedEvent<'_>,
+    ) -> Result<ConditionChange, StateError> {
+        tx.execute(
+            "UPDATE alert_conditions SET raised = 1 WHERE key = ?1",
+            params![key],
+        )
+        .map_err(sqlite(&self.path, "record an alert condition"))?;
+        enqueue_in(tx, &self.path, raise, &format!("condition:{key}:{since}"))?;
+        Ok(ConditionChange::Raised)
+    }
+
+    /// Forgets the job's conditions without a "resolved" (the job was deleted or suspended).
+    pub fn forget_conditions_of(&self, job_id: &str) -> Result<(), StateError> {
+        self.connection
+            .execute(
+                "DELETE FROM alert_conditions WHERE job_id = ?1",
+                params![job_id],
+            )
+            .map_err(sqlite(&self.path, "forget alert conditions"))?;
+        Ok(())
+    }
+
+    /// When the earliest undelivered delivery to one of `targets` is due, epoch ms.
+    pub fn next_delivery_at(&self, targets: &[&str]) -> Result<Option<i64>, StateError> {
+        let placeholders = vec!["?"; targets.len()].join(", ");
+        self.connection
+            .query_row(
+                &format!(
+                    "SELECT MIN(next_at_ms) FROM deliveries WHERE delivered_at IS NULL AND target IN ({placeholders})"
+                ),
+                rusqlite::params_from_iter(targets),
+                |row| row.get(0),
+            )
+            .map_err(sqlite(&self.path, "read deliveries"))
+    }
+
+    /// Deliveries to `target` that arrived since `since_ms` (for its rate limit).
+    pub fn delivered_since(&self, target: &str, since_ms: i64) -> Result<u32, StateError> {
+        self.connection
+            .query_row(
+                "SELECT COUNT(*) FROM deliveries WHERE target = ?1 AND delivered_ms >= ?2",
+                params![target, since_ms],
+                |row| row.get(0),
+            )
+            .map_err(sqlite(&self.path, "count deliveries"))
     }
 
     /// Deliveries due at `now_ms`, oldest first, at most `limit`.
@@ -1066,8 +1245,8 @@ impl StateStore {
     ) -> Result<(), StateError> {
         match result {
             Ok(()) => self.connection.execute(
-                "UPDATE deliveries SET delivered_at = ?1, attempts = attempts + 1, last_error = NULL WHERE event_id = ?2 AND target = ?3",
-                params![now_rfc3339(), delivery.event_id, delivery.target],
+                "UPDATE deliveries SET delivered_at = ?1, delivered_ms = ?4, attempts = attempts + 1, last_error = NULL WHERE event_id = ?2 AND target = ?3",
+                params![now_rfc3339(), delivery.event_id, delivery.target, chrono::Utc::now().timestamp_millis()],
             ),
             Err((error, next_at_ms)) => self.connection.execute(
                 "UPDATE deliveries SET attempts = attempts + 1, next_at_ms = ?1, last_error = ?2 WHERE event_id = ?3 AND target = ?4",

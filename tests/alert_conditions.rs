@@ -1,0 +1,135 @@
+//! Alert conditions against the in-process fake Flink, which can be made backpressured, behind on
+//! checkpoints or unreachable on demand: each condition is alerted once while it lasts and gets a
+//! "resolved" when it clears; a target's rate limit holds the rest back. The backpressure of a
+//! real job on the real cluster is in tests/alerts.rs.
+
+mod support;
+
+use flink_gitops::config::Config;
+use flink_gitops::reconcile::Agent;
+use flink_gitops::testing::{FakeFlink, Scenario};
+use serde_json::Value;
+use support::*;
+
+const SPEC: &str = "job_id: watched\njob_type: stream\nartifact_path: artifacts/job.jar\ndeployment:\n  checkpoint_interval: 1000\nhealth:\n  stable_for: 0s\n  timeout: 10s\nmonitoring:\n  alert_on_backpressure: true\n  backpressure_ratio: 0.6\n  backpressure_for: 0s\n  max_checkpoint_age: 30s\n";
+
+/// What an exec target wrote: one JSON event per line.
+fn got(file: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `event` or `resolved(condition)`, per event.
+fn names(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match e["resolves"].as_str() {
+            Some(condition) => format!("resolved({condition})"),
+            None => e["event"].as_str().unwrap().to_string(),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_condition_alerts_once_then_resolves_and_a_rate_limit_holds_the_rest_back() {
+    let fake = FakeFlink::new();
+    let address = fake.serve().await.unwrap();
+    let repo = SpecRepo::new();
+    repo.write("artifacts/job.jar", b"PK\x03\x04 fake job");
+    repo.write("jobs/watched.yaml", SPEC);
+    repo.commit("a watched job");
+    let work = tempfile::tempdir().unwrap();
+    let path = write_config(work.path(), &repo, &format!("http://{address}"));
+    let (all, limited) = (work.path().join("all.jsonl"), work.path().join("limited.jsonl"));
+    let exec = |file: &std::path::Path| {
+        format!(
+            "[sh, -c, 'cat >> {} && echo >> {}']",
+            file.display(),
+            file.display()
+        )
+    };
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(&format!(
+        "notify:\n  - name: all\n    exec: {}\n  - name: limited\n    exec: {}\n    max_per_minute: 2\n    events: [deployed, backpressure, checkpoints, cluster_unreachable]\n",
+        exec(&all),
+        exec(&limited)
+    ));
+    std::fs::write(&path, text).unwrap();
+    let agent = Agent::open(Config::load(&path).unwrap()).unwrap();
+    let apply = async || {
+        let report = agent.apply_once().await.unwrap();
+        serde_json::to_value(&report).unwrap()
+    };
+
+    let report = apply().await;
+    assert_eq!(report["jobs"][0]["outcome"], "ok", "{report:#}");
+    assert_eq!(names(&got(&all)), ["deployed"]);
+
+    // Backpressured: one alert however many passes see it, naming the ratio and the limit.
+    fake.set_backpressure(0.9);
+    for _ in 0..2 {
+        let report = apply().await;
+        assert_eq!(report["probes"][0]["backpressure"], 0.9, "{report:#}");
+    }
+    let events = got(&all);
+    assert_eq!(names(&events), ["deployed", "backpressure"]);
+    let message = events[1]["message"].as_str().unwrap();
+    assert!(
+        message.contains("90%") && message.contains("backpressure_ratio is 0.6"),
+        "{message}"
+    );
+    fake.set_backpressure(0.1);
+    apply().await;
+    apply().await;
+    assert_eq!(
+        names(&got(&all)),
+        ["deployed", "backpressure", "resolved(backpressure)"]
+    );
+
+    // The newest checkpoint is two minutes old, then fresh again.
+    fake.set_checkpoint_acked_at(chrono::Utc::now().timestamp_millis() - 120_000);
+    apply().await;
+    apply().await;
+    fake.set_checkpoint_acked_at(chrono::Utc::now().timestamp_millis());
+    apply().await;
+    let events = got(&all);
+    assert_eq!(
+        names(&events[3..]),
+        ["checkpoints", "resolved(checkpoints)"]
+    );
+    assert!(
+        events[3]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_checkpoint_age is 30s"),
+        "{:#}",
+        events[3]
+    );
+
+    // The cluster answers 500 to everything, then recovers.
+    fake.set_scenario(Scenario::ServerError500);
+    let report = apply().await;
+    assert!(report["cluster_error"].is_string(), "{report:#}");
+    apply().await;
+    fake.set_scenario(Scenario::Healthy);
+    apply().await;
+    let events = got(&all);
+    assert_eq!(
+        names(&events[5..]),
+        ["cluster_unreachable", "resolved(cluster_unreachable)"]
+    );
+
+    // The limited target wanted 7 of these within the minute and got 2; the rest wait.
+    assert_eq!(names(&got(&limited)), ["deployed", "backpressure"]);
+    let counts = agent.delivery_counts().unwrap();
+    let limited_counts = counts.iter().find(|c| c.0 == "limited").unwrap();
+    assert_eq!(
+        (limited_counts.1, limited_counts.2),
+        (2, 5),
+        "delivered, waiting: {counts:?}"
+    );
+}
