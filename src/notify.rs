@@ -155,13 +155,24 @@ pub enum Signal {
 /// What a pass report says: its events, and the conditions it saw hold or clear. A job whose spec
 /// sets `monitoring.alert_on_failure: false` (in `desired`) raises no failure or checkpoint
 /// alerts, one without `alert_on_backpressure` no backpressure alerts.
-pub fn signals_of(report: &ApplyReport, desired: Option<&crate::spec::DesiredState>) -> Vec<Signal> {
+pub fn signals_of(
+    report: &ApplyReport,
+    desired: Option<&crate::spec::DesiredState>,
+) -> Vec<Signal> {
     let revision = report.revision.as_ref();
     let mut signals = Vec::new();
     if let Some((kind, message)) = &report.refused {
         signals.push(Signal::Once {
-            event: Event::new("commit_refused", None, revision, format!("{kind}: {message}")),
-            dedupe_key: format!("commit_refused:{}", revision.map(String::as_str).unwrap_or_default()),
+            event: Event::new(
+                "commit_refused",
+                None,
+                revision,
+                format!("{kind}: {message}"),
+            ),
+            dedupe_key: format!(
+                "commit_refused:{}",
+                revision.map(String::as_str).unwrap_or_default()
+            ),
         });
     } else {
         signals.push(Signal::Condition {
@@ -178,7 +189,12 @@ pub fn signals_of(report: &ApplyReport, desired: Option<&crate::spec::DesiredSta
                     report.cluster_error.as_deref().unwrap_or_default()
                 ),
             )),
-            resolve: resolved("cluster_unreachable", None, revision, "the Flink cluster answers again".into()),
+            resolve: resolved(
+                "cluster_unreachable",
+                None,
+                revision,
+                "the Flink cluster answers again".into(),
+            ),
         });
     }
     let spec_of = |job_id: &str| desired.and_then(|d| d.jobs.get(job_id)).map(|j| &j.spec);
@@ -193,7 +209,11 @@ pub fn signals_of(report: &ApplyReport, desired: Option<&crate::spec::DesiredSta
             if !alert_on_failure {
                 break;
             }
-            let kind = if run.timed_out { "batch_timed_out" } else { "batch_failed" };
+            let kind = if run.timed_out {
+                "batch_timed_out"
+            } else {
+                "batch_failed"
+            };
             let mut event = Event::new(kind, id, revision, run.message.clone());
             event.root_cause = run.root_cause.clone();
             event.flink_job_id = Some(run.flink_job_id.clone());
@@ -214,12 +234,21 @@ pub fn signals_of(report: &ApplyReport, desired: Option<&crate::spec::DesiredSta
                 continue;
             }
             event.event = kind.into();
-            let resolve = resolved("failure", id, revision, format!("{} is healthy again", job.job_id));
+            let resolve = resolved(
+                "failure",
+                id,
+                revision,
+                format!("{} is healthy again", job.job_id),
+            );
             if kind == "rolled_back" {
                 // Every rollback is news, even while the job is already known to be failing.
                 let condition = crate::util::sha256_hex(
-                    format!("{}|{}", job.message, job.flink_job_id.as_deref().unwrap_or_default())
-                        .as_bytes(),
+                    format!(
+                        "{}|{}",
+                        job.message,
+                        job.flink_job_id.as_deref().unwrap_or_default()
+                    )
+                    .as_bytes(),
                 );
                 signals.push(Signal::Once {
                     event,
@@ -262,7 +291,12 @@ pub fn signals_of(report: &ApplyReport, desired: Option<&crate::spec::DesiredSta
                 holds: false,
                 hold: Duration::ZERO,
                 raise: None,
-                resolve: resolved("failure", id, revision, format!("{} is healthy again", job.job_id)),
+                resolve: resolved(
+                    "failure",
+                    id,
+                    revision,
+                    format!("{} is healthy again", job.job_id),
+                ),
             });
         }
         if !kind.is_empty() {
@@ -277,7 +311,9 @@ pub fn signals_of(report: &ApplyReport, desired: Option<&crate::spec::DesiredSta
         }
     }
     for probe in &report.probes {
-        let Some(spec) = spec_of(&probe.job_id) else { continue };
+        let Some(spec) = spec_of(&probe.job_id) else {
+            continue;
+        };
         let id = Some(probe.job_id.as_str());
         if let (Some(ratio), true) = (probe.backpressure, spec.alert_on_backpressure) {
             let limit = spec.watch.backpressure_ratio;
@@ -304,7 +340,11 @@ pub fn signals_of(report: &ApplyReport, desired: Option<&crate::spec::DesiredSta
                     "backpressure",
                     id,
                     revision,
-                    format!("{} keeps up again ({vertex} at {:.0}%)", probe.job_id, ratio * 100.0),
+                    format!(
+                        "{} keeps up again ({vertex} at {:.0}%)",
+                        probe.job_id,
+                        ratio * 100.0
+                    ),
                 ),
             });
         }
@@ -344,7 +384,12 @@ pub fn signals_of(report: &ApplyReport, desired: Option<&crate::spec::DesiredSta
     signals
 }
 
-fn resolved(condition: &str, job_id: Option<&str>, revision: Option<&String>, message: String) -> Event {
+fn resolved(
+    condition: &str,
+    job_id: Option<&str>,
+    revision: Option<&String>,
+    message: String,
+) -> Event {
     let mut event = Event::new("resolved", job_id, revision, message);
     event.resolves = Some(condition.into());
     event

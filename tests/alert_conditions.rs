@@ -44,7 +44,10 @@ async fn each_condition_alerts_once_then_resolves_and_a_rate_limit_holds_the_res
     repo.commit("a watched job");
     let work = tempfile::tempdir().unwrap();
     let path = write_config(work.path(), &repo, &format!("http://{address}"));
-    let (all, limited) = (work.path().join("all.jsonl"), work.path().join("limited.jsonl"));
+    let (all, limited) = (
+        work.path().join("all.jsonl"),
+        work.path().join("limited.jsonl"),
+    );
     let exec = |file: &std::path::Path| {
         format!(
             "[sh, -c, 'cat >> {} && echo >> {}']",

@@ -1,7 +1,7 @@
 //! Alerts on the real Flink 2.3 cluster: a receiver in the test gets signed webhooks for a
 //! deployment, an automatic rollback (with Flink's root cause) and a refused unsigned commit; the
 //! ones raised while it was down arrive once it is up, after the agent was restarted, exactly
-//! once.
+//! once. A job with a slow sink raises a backpressure alert, and its "resolved" once it keeps up.
 
 mod support;
 
@@ -64,38 +64,131 @@ fn events(received: &Received) -> Vec<Value> {
         .collect()
 }
 
-#[test]
-fn signed_alerts_for_a_rollback_and_a_refused_commit_arrive_once_after_the_receiver_was_down() {
-    let port = TcpListener::bind("127.0.0.1:0")
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+/// Adds a webhook target `ops` on `port` wanting `events`, signed with `key`.
+fn add_webhook(fixture: &JobFixture, port: u16, key: &str, events: &str) {
+    let key_file = fixture.work.path().join("alert-key");
+    std::fs::write(&key_file, key).unwrap();
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let mut text = std::fs::read_to_string(&fixture.config).unwrap();
+    text.push_str(&format!(
+        "notify:\n  - name: ops\n    webhook: http://127.0.0.1:{port}/hook\n    secret_file: alert-key\n    events: [{events}]\n"
+    ));
+    std::fs::write(&fixture.config, text).unwrap();
+}
+
+/// Checks every request's signature and event id header.
+fn assert_signed(received: &Received, key: &str) {
+    for (headers, body) in received.lock().unwrap().iter() {
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == &name.to_ascii_lowercase())
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(header(SIGNATURE_HEADER), signature(key.as_bytes(), body));
+        let id: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(header(EVENT_ID_HEADER), id["id"].to_string());
+    }
+}
+
+#[test]
+fn a_job_with_a_slow_sink_raises_a_backpressure_alert_and_its_resolved() {
+    let port = free_port();
+    let slow_dir = tempfile::tempdir().unwrap();
+    let slow = slow_dir.path().join("slow");
+    std::fs::write(&slow, "").unwrap();
+    let fixture = JobFixture::new(
+        "backpressure",
+        |job| {
+            format!(
+                "job_id: {job}\njob_type: stream\nartifact_path: artifacts/counter-v1.jar\ndeployment:\n  parallelism: 1\nargs: [\"--name\", \"{job}\", \"--rate\", \"5000\", \"--slow-while\", \"{}\"]\nhealth:\n  stable_for: 1s\n  timeout: 60s\nmonitoring:\n  alert_on_backpressure: true\n  backpressure_ratio: 0.5\n  backpressure_for: 3s\n",
+                slow.display()
+            )
+        },
+        "a job whose sink is slow while a file exists",
+    );
+    let key = "backpressure-key";
+    add_webhook(&fixture, port, key, "backpressure");
+    let received = receiver(port);
+    let (code, report) = apply(&fixture.config);
+    assert_eq!(code, Some(0), "{report:#}");
+
+    // The network buffers between source and sink hold some 30,000 records before the source is
+    // held back (hence 5,000 records/s against a sink that takes 50/s); Flink's figures come
+    // from its metric store (up to 10 s behind), and the condition must hold for 3 s: a pass
+    // every 2 s until the alert arrives.
+    let wait_for = |what: &str, count: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let (code, report) = apply(&fixture.config);
+            assert_eq!(code, Some(0), "{report:#}");
+            if events(&received).len() >= count {
+                return report;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {what} alert within 90 s; last report: {report:#}"
+            );
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    };
+    let report = wait_for("backpressure", 1);
+    let probe = &report["probes"][0];
+    assert!(probe["backpressure"].as_f64().unwrap() >= 0.5, "{report:#}");
+    let got = events(&received);
+    assert_eq!(got[0]["event"], "backpressure", "{got:#?}");
+    assert_eq!(got[0]["job_id"], fixture.job.as_str());
+    assert!(
+        got[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is backpressured"),
+        "{got:#?}"
+    );
+
+    // The sink keeps up again: one "resolved", and nothing more on later passes.
+    std::fs::remove_file(&slow).unwrap();
+    wait_for("resolved", 2);
+    let (code, _) = apply(&fixture.config);
+    assert_eq!(code, Some(0));
+    let got = events(&received);
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert_eq!(got[1]["event"], "resolved");
+    assert_eq!(got[1]["resolves"], "backpressure");
+    assert_eq!(got[1]["job_id"], fixture.job.as_str());
+    assert_signed(&received, key);
+}
+
+#[test]
+fn signed_alerts_for_a_rollback_and_a_refused_commit_arrive_once_after_the_receiver_was_down() {
+    let port = free_port();
     let fixture = JobFixture::new(
         "alerts",
         |job| counter_spec(job, "artifacts/counter-v1.jar", ""),
         "create",
     );
+    let key = "alert-key-123";
+    add_webhook(&fixture, port, key, "deployed, rolled_back, commit_refused");
     let JobFixture {
         job,
         spec_path,
         repo,
-        work,
         config,
         ..
     } = &fixture;
-    let key = "alert-key-123";
-    std::fs::write(work.path().join("alert-key"), key).unwrap();
-    std::fs::set_permissions(
-        work.path().join("alert-key"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
-    let mut text = std::fs::read_to_string(config).unwrap();
-    text.push_str(&format!(
-        "notify:\n  - name: ops\n    webhook: http://127.0.0.1:{port}/hook\n    secret_file: alert-key\n    events: [deployed, rolled_back, commit_refused]\n"
-    ));
-    std::fs::write(config, text).unwrap();
 
     // The receiver is down: a deployment and an automatic rollback happen meanwhile.
     let (code, report) = apply(config);
@@ -128,18 +221,7 @@ fn signed_alerts_for_a_rollback_and_a_refused_commit_arrive_once_after_the_recei
             .contains("counter-broken: simulated start-up failure"),
         "{rolled:#}"
     );
-    for (headers, body) in received.lock().unwrap().iter() {
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n == &name.to_ascii_lowercase())
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default()
-        };
-        assert_eq!(header(SIGNATURE_HEADER), signature(key.as_bytes(), body));
-        let id: Value = serde_json::from_str(body).unwrap();
-        assert_eq!(header(EVENT_ID_HEADER), id["id"].to_string());
-    }
+    assert_signed(&received, key);
 
     // An unsigned commit is refused and said so, once however often the head is polled.
     repo.write("jobs/notes.txt", "not signed");

@@ -383,7 +383,9 @@ impl FlinkClient {
                 .subtasks
                 .iter()
                 .map(|s| s.ratio)
-                .fold(None, |max: Option<f64>, r| Some(max.map_or(r, |m| m.max(r))));
+                .fold(None, |max: Option<f64>, r| {
+                    Some(max.map_or(r, |m| m.max(r)))
+                });
             if let Some(ratio) = ratio
                 && worst.as_ref().is_none_or(|(w, _)| ratio > *w)
             {

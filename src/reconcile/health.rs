@@ -120,11 +120,15 @@ pub async fn wait_healthy(
                             "backpressure {:.0}% at {vertex} (health.max_backpressure is {limit})",
                             ratio * 100.0
                         ));
-                        debug!(job = job_id, ratio, "backpressured; the stable window starts over");
+                        debug!(
+                            job = job_id,
+                            ratio, "backpressured; the stable window starts over"
+                        );
                     } else {
                         let since = *stable_since.get_or_insert(now);
                         let stable = now.duration_since(since) >= health.stable_for();
-                        let needs_checkpoint = deployment.checkpointing && health.require_checkpoint;
+                        let needs_checkpoint =
+                            deployment.checkpointing && health.require_checkpoint;
                         let mut newest_checkpoint_at = None;
                         if needs_checkpoint || health.max_checkpoint_age().is_some() {
                             if let Ok(stats) = client.checkpoints(job_id).await {

@@ -34,7 +34,10 @@ impl Agent {
         let now = now_ms();
         for job in &report.jobs {
             if job.outcome == super::Outcome::Ok
-                && matches!(job.action, crate::plan::Action::Delete | crate::plan::Action::Suspend)
+                && matches!(
+                    job.action,
+                    crate::plan::Action::Delete | crate::plan::Action::Suspend
+                )
                 && let Err(error) = self.with_store(|s| s.forget_conditions_of(&job.job_id))
             {
                 warn!(%error, job_id = %job.job_id, "alerts: cannot forget the job's conditions");
@@ -71,7 +74,10 @@ impl Agent {
                         .as_ref()
                         .map(|e| serde_json::to_string(e).unwrap_or_default())
                         .unwrap_or_default();
-                    let raise_targets = raise.as_ref().map(|e| self.targets_for(e)).unwrap_or_default();
+                    let raise_targets = raise
+                        .as_ref()
+                        .map(|e| self.targets_for(e))
+                        .unwrap_or_default();
                     let resolve_body = serde_json::to_string(resolve).unwrap_or_default();
                     let resolve_targets = self.targets_for(resolve);
                     let job_id = job_id.as_deref();
@@ -131,11 +137,19 @@ impl Agent {
         };
         let mut per_target: BTreeMap<&str, Vec<Delivery>> = BTreeMap::new();
         for delivery in due {
-            let Some(target) = self.config.notify.iter().find(|t| t.name == delivery.target) else {
+            let Some(target) = self
+                .config
+                .notify
+                .iter()
+                .find(|t| t.name == delivery.target)
+            else {
                 // A target removed from the config: its deliveries stay undelivered, not retried.
                 continue;
             };
-            per_target.entry(target.name.as_str()).or_default().push(delivery);
+            per_target
+                .entry(target.name.as_str())
+                .or_default()
+                .push(delivery);
         }
         let rounds = per_target.into_iter().map(|(name, deliveries)| async move {
             let target = self.config.notify.iter().find(|t| t.name == name)?;

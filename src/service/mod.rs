@@ -297,7 +297,9 @@ async fn deliver_alerts(shared: Arc<Shared>) {
         }
         let next_due = agent.deliver_events().await;
         let wait = next_due
-            .map(|at| Duration::from_millis((at - chrono::Utc::now().timestamp_millis()).max(0) as u64))
+            .map(|at| {
+                Duration::from_millis((at - chrono::Utc::now().timestamp_millis()).max(0) as u64)
+            })
             .unwrap_or(LONGEST_WAIT)
             .clamp(Duration::from_millis(200), LONGEST_WAIT);
         tokio::select! {

@@ -1034,7 +1034,11 @@ fn validate(raw: RawSpec, check: &mut Checker<'_>) -> Option<JobSpec> {
         if let Some(text) = &monitoring.max_checkpoint_age {
             match crate::util::parse_duration(&text.value) {
                 Ok(d) if !d.is_zero() => watch.max_checkpoint_age = Some(d),
-                Ok(_) => check.at(text, "monitoring.max_checkpoint_age", "must be longer than 0 s"),
+                Ok(_) => check.at(
+                    text,
+                    "monitoring.max_checkpoint_age",
+                    "must be longer than 0 s",
+                ),
                 Err(reason) => check.at(text, "monitoring.max_checkpoint_age", reason),
             }
         }

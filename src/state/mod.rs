@@ -1125,13 +1125,15 @@ impl StateStore {
             (true, Some((_, false))) => ConditionChange::Pending,
             (true, Some((_, true))) => ConditionChange::Unchanged,
             (false, Some((since, raised))) => {
-                tx.execute(
-                    "DELETE FROM alert_conditions WHERE key = ?1",
-                    params![key],
-                )
-                .map_err(sqlite(&path, OPERATION))?;
+                tx.execute("DELETE FROM alert_conditions WHERE key = ?1", params![key])
+                    .map_err(sqlite(&path, OPERATION))?;
                 if raised {
-                    enqueue_in(&tx, &path, resolve, &format!("condition:{key}:{since}:resolved"))?;
+                    enqueue_in(
+                        &tx,
+                        &path,
+                        resolve,
+                        &format!("condition:{key}:{since}:resolved"),
+                    )?;
                     ConditionChange::Resolved
                 } else {
                     ConditionChange::Unchanged
