@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use hmac::{KeyInit, Mac};
 use serde::Serialize;
+use serde_json::Value;
 
-use crate::plan::Action;
 use crate::reconcile::{ApplyReport, Outcome};
 
 /// The events a target may ask for. A condition (failure, backpressure, checkpoints, the
@@ -122,6 +122,69 @@ impl Event {
             flink_job_id: None,
         }
     }
+}
+
+/// The event an operation that ended well stands for (by its audit action), if any.
+pub fn event_of_operation(action: &str) -> Option<&'static str> {
+    Some(match action {
+        "create" => "deployed",
+        "upgrade" => "upgraded",
+        "restart" => "drift_repaired",
+        "resume" => "resumed",
+        "rollback" => "rolled_back",
+        "suspend" => "suspended",
+        "delete" => "deleted",
+        "update" => "updated",
+        _ => return None,
+    })
+}
+
+/// The alert for an operation the audit log says ended well, keyed by its audit row: a pass's
+/// report adds its words and Flink's root cause when it has the job; without it (the process
+/// died between the audit row and the outbox) the audit row alone says what happened.
+pub fn operation_event(
+    operation: &crate::state::FinishedOperation,
+    report: &ApplyReport,
+    desired: Option<&crate::spec::DesiredState>,
+) -> Option<(String, Event)> {
+    let kind = event_of_operation(&operation.action)?;
+    let job_id = operation.job_id.as_deref()?;
+    let spec = desired.and_then(|d| d.jobs.get(job_id)).map(|j| &j.spec);
+    if kind == "rolled_back" && spec.is_some_and(|s| !s.alert_on_failure) {
+        return None;
+    }
+    let json = |text: &Option<String>| -> Value {
+        text.as_deref()
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or(Value::Null)
+    };
+    let (detail, intent) = (json(&operation.detail), json(&operation.intent_detail));
+    let reported = report.jobs.iter().find(|job| {
+        job.job_id == job_id
+            && match kind {
+                "rolled_back" => job.outcome == Outcome::RolledBack,
+                _ => job.outcome == Outcome::Ok,
+            }
+    });
+    let flink_job_id = detail["flink_job_id"].as_str().map(str::to_string);
+    let message = match reported {
+        Some(job) => job.message.clone(),
+        None => {
+            let what = kind.replace('_', " ");
+            match (&flink_job_id, detail["status"].as_str()) {
+                (Some(id), _) => format!("{job_id} {what}: Flink job {id}"),
+                _ => format!("{job_id} {what}"),
+            }
+        }
+    };
+    let mut event = Event::new(kind, Some(job_id), operation.commit_id.as_ref(), message);
+    event.flink_job_id = flink_job_id.or_else(|| reported.and_then(|j| j.flink_job_id.clone()));
+    if kind == "rolled_back" {
+        event.root_cause = reported
+            .and_then(|j| j.root_cause.clone())
+            .or_else(|| intent["reason"].as_str().map(str::to_string));
+    }
+    Some((format!("audit:{}", operation.audit_id), event))
 }
 
 /// What a pass says to the alerting side.
@@ -241,19 +304,8 @@ pub fn signals_of(
                 format!("{} is healthy again", job.job_id),
             );
             if kind == "rolled_back" {
-                // Every rollback is news, even while the job is already known to be failing.
-                let condition = crate::util::sha256_hex(
-                    format!(
-                        "{}|{}",
-                        job.message,
-                        job.flink_job_id.as_deref().unwrap_or_default()
-                    )
-                    .as_bytes(),
-                );
-                signals.push(Signal::Once {
-                    event,
-                    dedupe_key: format!("rolled_back:{}:{}", job.job_id, &condition[..16]),
-                });
+                // The rollback itself is news from the audit log (operation_event); here the
+                // job only becomes a failing one, to be resolved once it is healthy again.
                 signals.push(Signal::Condition {
                     key: failure_key,
                     job_id: id.map(str::to_string),
@@ -274,16 +326,6 @@ pub fn signals_of(
             }
             continue;
         }
-        let kind = match (job.outcome, job.action) {
-            (Outcome::Ok, Action::Create) => "deployed",
-            (Outcome::Ok, Action::Upgrade) => "upgraded",
-            (Outcome::Ok, Action::Resume) => "resumed",
-            (Outcome::Ok, Action::Restart) => "drift_repaired",
-            (Outcome::Ok, Action::Update) => "updated",
-            (Outcome::Ok, Action::Suspend) => "suspended",
-            (Outcome::Ok, Action::Delete) => "deleted",
-            _ => "",
-        };
         if matches!(job.outcome, Outcome::Ok | Outcome::Unchanged) {
             signals.push(Signal::Condition {
                 key: failure_key,
@@ -298,16 +340,6 @@ pub fn signals_of(
                     format!("{} is healthy again", job.job_id),
                 ),
             });
-        }
-        if !kind.is_empty() {
-            event.event = kind.into();
-            let dedupe_key = format!(
-                "{kind}:{}:{}:{}",
-                job.job_id,
-                revision.map(String::as_str).unwrap_or_default(),
-                job.flink_job_id.as_deref().unwrap_or_default()
-            );
-            signals.push(Signal::Once { event, dedupe_key });
         }
     }
     for probe in &report.probes {
@@ -573,7 +605,7 @@ mod tests {
         };
         let plan = crate::plan::JobPlan {
             job_id: "orders".into(),
-            action: Action::Upgrade,
+            action: crate::plan::Action::Upgrade,
             reasons: vec![],
             flink_job_id: None,
             flink_state: None,
@@ -586,19 +618,33 @@ mod tests {
             jobs: vec![JobOutcome::new(&plan, Outcome::RolledBack, "rolled back")],
             ..ApplyReport::default()
         };
-        // The events that would be alerted: one-offs, and conditions that hold with an alert.
+        let rollback = crate::state::FinishedOperation {
+            audit_id: 7,
+            commit_id: Some("abc".into()),
+            job_id: Some("orders".into()),
+            action: "rollback".into(),
+            detail: Some(r#"{"flink_job_id":"f00"}"#.into()),
+            intent_detail: Some(r#"{"reason":"boom"}"#.into()),
+        };
+        // The events that would be alerted: the operation's, one-offs, and conditions that hold
+        // with an alert.
         let alerts = |desired: &crate::spec::DesiredState| -> Vec<String> {
-            signals_of(&report, Some(desired))
+            operation_event(&rollback, &report, Some(desired))
+                .map(|(_, event)| event.event)
                 .into_iter()
-                .filter_map(|signal| match signal {
-                    Signal::Once { event, .. } => Some(event.event),
-                    Signal::Condition {
-                        holds: true,
-                        raise: Some(event),
-                        ..
-                    } => Some(event.event),
-                    Signal::Condition { .. } => None,
-                })
+                .chain(
+                    signals_of(&report, Some(desired)).into_iter().filter_map(
+                        |signal| match signal {
+                            Signal::Once { event, .. } => Some(event.event),
+                            Signal::Condition {
+                                holds: true,
+                                raise: Some(event),
+                                ..
+                            } => Some(event.event),
+                            Signal::Condition { .. } => None,
+                        },
+                    ),
+                )
                 .collect()
         };
         let loud = desired(spec(""));

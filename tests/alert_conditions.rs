@@ -1,7 +1,8 @@
 //! Alert conditions against the in-process fake Flink, which can be made backpressured, behind on
 //! checkpoints or unreachable on demand: each condition is alerted once while it lasts and gets a
 //! "resolved" when it clears; a target's rate limit holds the rest back. The backpressure of a
-//! real job on the real cluster is in tests/alerts.rs.
+//! real job on the real cluster is in tests/alerts.rs. An operation whose process is killed
+//! between its audit row and its alert is alerted by the next process, once.
 
 mod support;
 
@@ -135,4 +136,66 @@ async fn each_condition_alerts_once_then_resolves_and_a_rate_limit_holds_the_res
         (2, 5),
         "delivered, waiting: {counts:?}"
     );
+}
+
+/// A repo with one plain job, an agent config for the fake Flink at `address`, and an exec target
+/// `all` writing to the returned file.
+fn plain_job_with_a_target(
+    address: std::net::SocketAddr,
+) -> (
+    SpecRepo,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    let repo = SpecRepo::new();
+    repo.write("artifacts/job.jar", b"PK\x03\x04 fake job");
+    repo.write(
+        "jobs/plain.yaml",
+        "job_id: plain\njob_type: stream\nartifact_path: artifacts/job.jar\nhealth:\n  stable_for: 0s\n  timeout: 10s\n",
+    );
+    repo.commit("a plain job");
+    let work = tempfile::tempdir().unwrap();
+    let path = write_config(work.path(), &repo, &format!("http://{address}"));
+    let all = work.path().join("all.jsonl");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(&format!(
+        "notify:\n  - name: all\n    exec: [sh, -c, 'cat >> {0} && echo >> {0}']\n",
+        all.display()
+    ));
+    std::fs::write(&path, text).unwrap();
+    (repo, work, path, all)
+}
+
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_killed_before_its_alert_was_queued_is_alerted_once_by_the_next_process() {
+    let fake = FakeFlink::new();
+    let address = fake.serve().await.unwrap();
+    let (_repo, _work, config, all) = plain_job_with_a_target(address);
+    let run = |config: std::path::PathBuf, killed_at: Option<&'static str>| {
+        tokio::task::spawn_blocking(move || match killed_at {
+            Some(step) => {
+                apply_killed_at(&config, step);
+                None
+            }
+            None => Some(apply(&config)),
+        })
+    };
+
+    // Killed once the deployment's outcome is in the audit log, before the pass could queue
+    // its alert: nothing was sent.
+    run(config.clone(), Some("after:promote")).await.unwrap();
+    assert!(got(&all).is_empty(), "{:?}", got(&all));
+
+    // The next process finds the job deployed (nothing to do) and still alerts it, once.
+    for _ in 0..2 {
+        let (code, report) = run(config.clone(), None).await.unwrap().unwrap();
+        assert_eq!(code, Some(0), "{report:#}");
+        assert_eq!(report["jobs"][0]["outcome"], "unchanged", "{report:#}");
+    }
+    let events = got(&all);
+    assert_eq!(names(&events), ["deployed"], "{events:#?}");
+    assert_eq!(events[0]["job_id"], "plain");
+    assert!(events[0]["flink_job_id"].is_string(), "{:#}", events[0]);
 }

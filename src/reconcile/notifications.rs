@@ -16,6 +16,7 @@ impl Agent {
     /// Puts the report's events in the outbox, and notes the conditions it saw, each with its
     /// alert or "resolved" in the same transaction.
     pub(super) fn queue_events(&self, report: &ApplyReport) {
+        self.queue_operation_events(report);
         let signals = {
             let verified = self
                 .verified
@@ -113,6 +114,66 @@ impl Agent {
             }
         }
         self.alerts_queued.notify_one();
+    }
+
+    /// Queues an alert for every operation the audit log says ended well since the last call,
+    /// keyed by its audit row. An operation whose process died before its alert was queued gets
+    /// it from the next pass (of the next process), and none gets two.
+    fn queue_operation_events(&self, report: &ApplyReport) {
+        let finished = self.with_store(|s| {
+            let cursor = s.alerts_audit_cursor()?;
+            s.finished_operations_after(cursor)
+        });
+        let (operations, cursor) = match finished {
+            Ok(found) => found,
+            Err(error) => {
+                warn!(%error, "alerts: cannot read the audit log");
+                return;
+            }
+        };
+        let events: Vec<(String, notify::Event)> = {
+            let verified = self
+                .verified
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let desired = verified.as_ref().map(|r| &r.desired);
+            operations
+                .iter()
+                .filter_map(|operation| notify::operation_event(operation, report, desired))
+                .collect()
+        };
+        let bodies: Vec<(String, Vec<&str>)> = events
+            .iter()
+            .map(|(_, event)| {
+                (
+                    serde_json::to_string(event).unwrap_or_default(),
+                    self.targets_for(event),
+                )
+            })
+            .collect();
+        let queued: Vec<(String, QueuedEvent)> = events
+            .iter()
+            .zip(&bodies)
+            .map(|((dedupe_key, event), (body, targets))| {
+                (
+                    dedupe_key.clone(),
+                    QueuedEvent {
+                        event: &event.event,
+                        job_id: event.job_id.as_deref(),
+                        body,
+                        targets,
+                    },
+                )
+            })
+            .collect();
+        match self.with_store(|s| s.queue_operation_events(&queued, cursor)) {
+            Ok(_) => {
+                for (_, event) in &events {
+                    info!(event = %event.event, job_id = ?event.job_id, message = %event.message, "alert");
+                }
+            }
+            Err(error) => warn!(%error, "alerts: operation events could not be queued"),
+        }
     }
 
     fn targets_for(&self, event: &notify::Event) -> Vec<&str> {

@@ -159,6 +159,10 @@ const MIGRATIONS: &[&str] = &[
         raised    INTEGER NOT NULL DEFAULT 0
     );
     ALTER TABLE deliveries ADD COLUMN delivered_ms INTEGER;",
+    // 8: the audit row up to which operations' events are queued. What was done before alerts
+    // derived from the audit log is history, not news.
+    "INSERT OR REPLACE INTO meta (key, value)
+        SELECT 'alerts_audit_cursor', CAST(COALESCE(MAX(id), 0) AS TEXT) FROM audit_log;",
 ];
 
 /// The schema version this binary writes.

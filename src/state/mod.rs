@@ -208,6 +208,23 @@ fn enqueue_in(
     Ok(inserted == 1)
 }
 
+/// An operation on a job that ended well, as the audit log has it: what alerts are made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishedOperation {
+    /// The outcome's audit row, which keys its event.
+    pub audit_id: i64,
+    /// The revision being applied.
+    pub commit_id: Option<String>,
+    /// The job.
+    pub job_id: Option<String>,
+    /// `create`, `upgrade`, `rollback`...
+    pub action: String,
+    /// The outcome's detail (JSON).
+    pub detail: Option<String>,
+    /// The intent's detail (JSON): why a rollback happened.
+    pub intent_detail: Option<String>,
+}
+
 /// A savepoint the agent knows of.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SavepointTaken {
@@ -1064,6 +1081,83 @@ impl StateStore {
         )?;
         tx.commit().map_err(sqlite(&path, "queue an event"))?;
         Ok(queued)
+    }
+
+    /// Operations that ended well after the audit row `after`, with what their intent said, up
+    /// to the newest audit row (returned too, as the next cursor).
+    pub fn finished_operations_after(
+        &self,
+        after: i64,
+    ) -> Result<(Vec<FinishedOperation>, i64), StateError> {
+        const OPERATION: &str = "read finished operations";
+        let newest: i64 = self
+            .connection
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM audit_log", [], |row| {
+                row.get(0)
+            })
+            .map_err(sqlite(&self.path, OPERATION))?;
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT o.id, o.commit_id, o.job_id, o.action, o.detail, i.detail FROM audit_log o
+                 JOIN audit_log i ON i.id = o.intent_id
+                 WHERE o.id > ?1 AND o.id <= ?2 AND o.phase = 'outcome' AND o.result = 'ok'
+                   AND o.action IN ('create', 'upgrade', 'restart', 'resume', 'rollback', 'suspend', 'delete', 'update')
+                 ORDER BY o.id",
+            )
+            .map_err(sqlite(&self.path, OPERATION))?;
+        let rows = statement
+            .query_map(params![after, newest], |row| {
+                Ok(FinishedOperation {
+                    audit_id: row.get(0)?,
+                    commit_id: row.get(1)?,
+                    job_id: row.get(2)?,
+                    action: row.get(3)?,
+                    detail: row.get(4)?,
+                    intent_detail: row.get(5)?,
+                })
+            })
+            .map_err(sqlite(&self.path, OPERATION))?;
+        let operations = rows
+            .collect::<Result<_, _>>()
+            .map_err(sqlite(&self.path, OPERATION))?;
+        Ok((operations, newest))
+    }
+
+    /// Queues the events of finished operations (each keyed by its audit row, so queuing one
+    /// twice is a no-op) and moves the cursor to `cursor`, in one transaction.
+    pub fn queue_operation_events(
+        &self,
+        events: &[(String, QueuedEvent<'_>)],
+        cursor: i64,
+    ) -> Result<usize, StateError> {
+        let path = self.path.clone();
+        const OPERATION: &str = "queue operation events";
+        let tx = self
+            .connection
+            .unchecked_transaction()
+            .map_err(sqlite(&path, OPERATION))?;
+        let mut queued = 0;
+        for (dedupe_key, event) in events {
+            if enqueue_in(&tx, &path, event, dedupe_key)? {
+                queued += 1;
+            }
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('alerts_audit_cursor', ?1)",
+            [cursor.to_string()],
+        )
+        .map_err(sqlite(&path, OPERATION))?;
+        tx.commit().map_err(sqlite(&path, OPERATION))?;
+        Ok(queued)
+    }
+
+    /// The audit row up to which operations' events are queued.
+    pub fn alerts_audit_cursor(&self) -> Result<i64, StateError> {
+        Ok(self
+            .meta("alerts_audit_cursor")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
     }
 
     /// The keys of the conditions being watched (pending or alerted).
