@@ -189,6 +189,10 @@ pub fn operation_event(
 
 /// What a pass says to the alerting side.
 #[derive(Debug, Clone, PartialEq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a few per pass, consumed at once: boxing buys nothing"
+)]
 pub enum Signal {
     /// Something that happened once; `dedupe_key` keeps a repeated report from alerting twice.
     Once {

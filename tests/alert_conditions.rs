@@ -138,6 +138,7 @@ async fn each_condition_alerts_once_then_resolves_and_a_rate_limit_holds_the_res
     );
 }
 
+#[cfg(feature = "failpoints")]
 /// A repo with one plain job, an agent config for the fake Flink at `address`, and an exec target
 /// `all` writing to the returned file.
 fn plain_job_with_a_target(

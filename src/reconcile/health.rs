@@ -130,12 +130,12 @@ pub async fn wait_healthy(
                         let needs_checkpoint =
                             deployment.checkpointing && health.require_checkpoint;
                         let mut newest_checkpoint_at = None;
-                        if needs_checkpoint || health.max_checkpoint_age().is_some() {
-                            if let Ok(stats) = client.checkpoints(job_id).await {
-                                checkpoints = stats.counts.completed;
-                                newest_checkpoint_at =
-                                    stats.latest.completed.map(|c| c.latest_ack_timestamp);
-                            }
+                        if (needs_checkpoint || health.max_checkpoint_age().is_some())
+                            && let Ok(stats) = client.checkpoints(job_id).await
+                        {
+                            checkpoints = stats.counts.completed;
+                            newest_checkpoint_at =
+                                stats.latest.completed.map(|c| c.latest_ack_timestamp);
                         }
                         let wanted = health.min_checkpoints.max(1) as usize;
                         let enough = !needs_checkpoint || checkpoints as usize >= wanted;
