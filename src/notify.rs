@@ -187,6 +187,46 @@ pub fn operation_event(
     Some((format!("audit:{}", operation.audit_id), event))
 }
 
+/// The alert for a batch run that ended badly (failed, or cancelled at its deadline), keyed by
+/// its Flink job id; the report's words when the pass saw it end.
+pub fn run_event(
+    run: &crate::state::RunRecord,
+    report: &ApplyReport,
+    desired: Option<&crate::spec::DesiredState>,
+) -> Option<(String, Event)> {
+    use crate::state::RunStatus;
+    let kind = match run.status {
+        RunStatus::Failed => "batch_failed",
+        RunStatus::TimedOut => "batch_timed_out",
+        _ => return None,
+    };
+    let spec = desired
+        .and_then(|d| d.jobs.get(&run.job_id))
+        .map(|j| &j.spec);
+    if spec.is_some_and(|s| !s.alert_on_failure) {
+        return None;
+    }
+    let reported = report
+        .jobs
+        .iter()
+        .flat_map(|job| &job.run_failures)
+        .find(|failure| failure.flink_job_id == run.flink_job_id);
+    let message = match reported {
+        Some(failure) => failure.message.clone(),
+        None if kind == "batch_failed" => {
+            format!("{}: batch run {} failed", run.job_id, run.flink_job_id)
+        }
+        None => format!(
+            "{}: batch run {} was cancelled at its deadline (ttl_seconds)",
+            run.job_id, run.flink_job_id
+        ),
+    };
+    let mut event = Event::new(kind, Some(&run.job_id), Some(&run.commit_id), message);
+    event.root_cause = run.root_cause.clone();
+    event.flink_job_id = Some(run.flink_job_id.clone());
+    Some((format!("{kind}:{}", run.flink_job_id), event))
+}
+
 /// What a pass says to the alerting side.
 #[derive(Debug, Clone, PartialEq)]
 #[expect(
@@ -272,23 +312,6 @@ pub fn signals_of(
         let mut event = Event::new("", id, revision, job.message.clone());
         event.root_cause = job.root_cause.clone();
         event.flink_job_id = job.flink_job_id.clone();
-        for run in &job.run_failures {
-            if !alert_on_failure {
-                break;
-            }
-            let kind = if run.timed_out {
-                "batch_timed_out"
-            } else {
-                "batch_failed"
-            };
-            let mut event = Event::new(kind, id, revision, run.message.clone());
-            event.root_cause = run.root_cause.clone();
-            event.flink_job_id = Some(run.flink_job_id.clone());
-            signals.push(Signal::Once {
-                event,
-                dedupe_key: format!("{kind}:{}", run.flink_job_id),
-            });
-        }
         let failure = match job.outcome {
             Outcome::RolledBack => Some("rolled_back"),
             Outcome::Failed if job.run_failures.is_empty() => Some("failed"),

@@ -138,7 +138,6 @@ async fn each_condition_alerts_once_then_resolves_and_a_rate_limit_holds_the_res
     );
 }
 
-#[cfg(feature = "failpoints")]
 /// A repo with one plain job, an agent config for the fake Flink at `address`, and an exec target
 /// `all` writing to the returned file.
 fn plain_job_with_a_target(
@@ -199,4 +198,40 @@ async fn a_deployment_killed_before_its_alert_was_queued_is_alerted_once_by_the_
     assert_eq!(names(&events), ["deployed"], "{events:#?}");
     assert_eq!(events[0]["job_id"], "plain");
     assert!(events[0]["flink_job_id"].is_string(), "{:#}", events[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_run_that_fails_is_alerted_once_with_flinks_root_cause() {
+    let fake = FakeFlink::new();
+    let address = fake.serve().await.unwrap();
+    let (repo, _work, config, all) = plain_job_with_a_target(address);
+    repo.write(
+        "jobs/plain.yaml",
+        "job_id: plain\njob_type: batch\nartifact_path: artifacts/job.jar\n",
+    );
+    repo.commit("a batch job run once at apply");
+    fake.set_scenario(Scenario::JobFailsAfterStart);
+    let agent = Agent::open(Config::load(&config).unwrap()).unwrap();
+    let mut failed = None;
+    for _ in 0..10 {
+        let report = agent.apply_once().await.unwrap();
+        if failed.is_none() {
+            failed = got(&all).into_iter().find(|e| e["event"] == "batch_failed");
+        }
+        if failed.is_some() && report.jobs.iter().all(|j| j.run_failures.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let failed = failed.expect("no batch_failed alert");
+    assert_eq!(failed["job_id"], "plain", "{failed:#}");
+    assert!(failed["flink_job_id"].is_string(), "{failed:#}");
+    assert!(failed["root_cause"].is_string(), "{failed:#}");
+    let events = got(&all);
+    let kinds = names(&events);
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "batch_failed").count(),
+        1,
+        "{events:#?}"
+    );
 }

@@ -17,6 +17,7 @@ impl Agent {
     /// alert or "resolved" in the same transaction.
     pub(super) fn queue_events(&self, report: &ApplyReport) {
         self.queue_operation_events(report);
+        self.queue_run_events(report);
         let signals = {
             let verified = self
                 .verified
@@ -142,6 +143,47 @@ impl Agent {
                 .filter_map(|operation| notify::operation_event(operation, report, desired))
                 .collect()
         };
+        self.queue_keyed(&events, |queued| {
+            self.with_store(|s| s.queue_operation_events(queued, cursor))
+        });
+    }
+
+    /// Queues an alert for every batch run that ended badly and was not alerted yet, however
+    /// the pass that saw it end was cut short.
+    fn queue_run_events(&self, report: &ApplyReport) {
+        let runs = match self.with_store(|s| s.ended_runs_not_alerted()) {
+            Ok(runs) => runs,
+            Err(error) => {
+                warn!(%error, "alerts: cannot read ended batch runs");
+                return;
+            }
+        };
+        if runs.is_empty() {
+            return;
+        }
+        let events: Vec<(String, notify::Event)> = {
+            let verified = self
+                .verified
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let desired = verified.as_ref().map(|r| &r.desired);
+            runs.iter()
+                .filter_map(|run| notify::run_event(run, report, desired))
+                .collect()
+        };
+        let ids: Vec<i64> = runs.iter().map(|run| run.id).collect();
+        self.queue_keyed(&events, |queued| {
+            self.with_store(|s| s.mark_runs_alerted(queued, &ids))
+        });
+    }
+
+    /// Queues `events` (each with its dedupe key) through `write`, which does it in one
+    /// transaction with whatever marks them queued, and logs them.
+    fn queue_keyed(
+        &self,
+        events: &[(String, notify::Event)],
+        write: impl FnOnce(&[(String, QueuedEvent)]) -> Result<(), crate::state::StateError>,
+    ) {
         let bodies: Vec<(String, Vec<&str>)> = events
             .iter()
             .map(|(_, event)| {
@@ -166,13 +208,13 @@ impl Agent {
                 )
             })
             .collect();
-        match self.with_store(|s| s.queue_operation_events(&queued, cursor)) {
-            Ok(_) => {
-                for (_, event) in &events {
+        match write(&queued) {
+            Ok(()) => {
+                for (_, event) in events {
                     info!(event = %event.event, job_id = ?event.job_id, message = %event.message, "alert");
                 }
             }
-            Err(error) => warn!(%error, "alerts: operation events could not be queued"),
+            Err(error) => warn!(%error, "alerts could not be queued"),
         }
     }
 

@@ -161,8 +161,12 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE deliveries ADD COLUMN delivered_ms INTEGER;",
     // 8: the audit row up to which operations' events are queued. What was done before alerts
     // derived from the audit log is history, not news.
+    // Likewise, every batch run that ended is marked once its alert (if any) is queued.
     "INSERT OR REPLACE INTO meta (key, value)
-        SELECT 'alerts_audit_cursor', CAST(COALESCE(MAX(id), 0) AS TEXT) FROM audit_log;",
+        SELECT 'alerts_audit_cursor', CAST(COALESCE(MAX(id), 0) AS TEXT) FROM audit_log;
+    ALTER TABLE runs ADD COLUMN alerted INTEGER NOT NULL DEFAULT 0;
+    UPDATE runs SET alerted = 1 WHERE status NOT IN ('submitting', 'running');
+    CREATE INDEX runs_not_alerted ON runs(id) WHERE alerted = 0;",
 ];
 
 /// The schema version this binary writes.

@@ -1130,26 +1130,22 @@ impl StateStore {
         &self,
         events: &[(String, QueuedEvent<'_>)],
         cursor: i64,
-    ) -> Result<usize, StateError> {
+    ) -> Result<(), StateError> {
         let path = self.path.clone();
         const OPERATION: &str = "queue operation events";
         let tx = self
             .connection
             .unchecked_transaction()
             .map_err(sqlite(&path, OPERATION))?;
-        let mut queued = 0;
         for (dedupe_key, event) in events {
-            if enqueue_in(&tx, &path, event, dedupe_key)? {
-                queued += 1;
-            }
+            enqueue_in(&tx, &path, event, dedupe_key)?;
         }
         tx.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('alerts_audit_cursor', ?1)",
             [cursor.to_string()],
         )
         .map_err(sqlite(&path, OPERATION))?;
-        tx.commit().map_err(sqlite(&path, OPERATION))?;
-        Ok(queued)
+        tx.commit().map_err(sqlite(&path, OPERATION))
     }
 
     /// The audit row up to which operations' events are queued.

@@ -245,6 +245,38 @@ impl StateStore {
         )
     }
 
+    /// Runs that ended and whose alert is not queued yet (see [`StateStore::mark_runs_alerted`]).
+    pub fn ended_runs_not_alerted(&self) -> Result<Vec<RunRecord>, StateError> {
+        self.select_runs(
+            "alerted = 0 AND status NOT IN ('submitting', 'running') ORDER BY id",
+            [],
+            "read runs to alert",
+        )
+    }
+
+    /// Queues the alerts of ended runs and marks `runs` alerted, in one transaction: a run's
+    /// alert is queued once, whatever process or pass sees it end.
+    pub fn mark_runs_alerted(
+        &self,
+        events: &[(String, super::QueuedEvent<'_>)],
+        runs: &[i64],
+    ) -> Result<(), StateError> {
+        let path = self.path.clone();
+        const OPERATION: &str = "queue batch run alerts";
+        let tx = self
+            .connection
+            .unchecked_transaction()
+            .map_err(sqlite(&path, OPERATION))?;
+        for (dedupe_key, event) in events {
+            super::enqueue_in(&tx, &path, event, dedupe_key)?;
+        }
+        for id in runs {
+            tx.execute("UPDATE runs SET alerted = 1 WHERE id = ?1", [id])
+                .map_err(sqlite(&path, OPERATION))?;
+        }
+        tx.commit().map_err(sqlite(&path, OPERATION))
+    }
+
     /// How many runs one spec revision of a job has made (what `max_runs` limits).
     pub fn count_runs_of_revision(
         &self,
