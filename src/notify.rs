@@ -543,10 +543,13 @@ async fn run_command(command: &[String], id: i64, body: String) -> Result<(), St
         .spawn()
         .map_err(|e| format!("{program}: {e}"))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(body.as_bytes())
-            .await
-            .map_err(|e| format!("{program}: stdin: {e}"))?;
+        // A command may exit without reading the event: its exit status says what happened.
+        match stdin.write_all(body.as_bytes()).await {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                return Err(format!("{program}: stdin: {e}"));
+            }
+            _ => {}
+        }
     }
     let output = tokio::time::timeout(EXEC_TIMEOUT, child.wait_with_output())
         .await
