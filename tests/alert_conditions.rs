@@ -235,3 +235,55 @@ async fn a_batch_run_that_fails_is_alerted_once_with_flinks_root_cause() {
         "{events:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_gate_refuses_a_backpressured_version_and_one_without_fresh_checkpoints() {
+    let fake = FakeFlink::new();
+    let address = fake.serve().await.unwrap();
+    let (repo, _work, config, _all) = plain_job_with_a_target(address);
+    let spec = |health: &str, args: &str| {
+        format!(
+            "job_id: plain\njob_type: stream\nartifact_path: artifacts/job.jar\ndeployment:\n  checkpoint_interval: 1000\nargs: [{args}]\nhealth:\n  stable_for: 1s\n  timeout: 3s\n{health}"
+        )
+    };
+    let agent = Agent::open(Config::load(&config).unwrap()).unwrap();
+    let outcome = async |health: &str, args: &str, message: &str| {
+        repo.write("jobs/plain.yaml", spec(health, args));
+        repo.commit(message);
+        let report = serde_json::to_value(agent.apply_once().await.unwrap()).unwrap();
+        report["jobs"][0].clone()
+    };
+
+    // Backpressured at 90 % against a bound of 50 %: the stable window never completes.
+    fake.set_backpressure(0.9);
+    let job = outcome("  max_backpressure: 0.5\n", "", "bounded backpressure").await;
+    assert_eq!(job["outcome"], "blocked", "{job:#}");
+    let message = job["message"].as_str().unwrap();
+    assert!(
+        message.contains("backpressure 90%") && message.contains("health.max_backpressure is 0.5"),
+        "{job:#}"
+    );
+
+    // Keeping up, it passes the same gate.
+    fake.set_backpressure(0.1);
+    let job = outcome("  max_backpressure: 0.5\n", "\"--v\", \"2\"", "keeps up").await;
+    assert_eq!(job["outcome"], "ok", "{job:#}");
+
+    // Checkpoints stall (the newest is ten minutes old): an upgrade that asks for fresh ones is
+    // rolled back, with what it waited for.
+    fake.set_checkpoint_acked_at(chrono::Utc::now().timestamp_millis() - 600_000);
+    let job = outcome(
+        "  max_checkpoint_age: 30s\n",
+        "\"--v\", \"3\"",
+        "fresh checkpoints",
+    )
+    .await;
+    assert_eq!(job["outcome"], "rolled_back", "{job:#}");
+    assert!(
+        job["message"]
+            .as_str()
+            .unwrap()
+            .contains("no completed checkpoint younger than 30s (health.max_checkpoint_age)"),
+        "{job:#}"
+    );
+}
