@@ -164,7 +164,7 @@ pub struct Agent {
     /// Sends alerts (short timeouts).
     alerts: reqwest::Client,
     /// Told when a pass queued alerts, so the service delivers them now.
-    alerts_queued: tokio::sync::Notify,
+    alerts_queued: Arc<tokio::sync::Notify>,
     /// A Python submission has the JobManager to itself (PyFlink's driver keeps process-wide
     /// state while it builds the job); others share it.
     submit_gate: tokio::sync::RwLock<()>,
@@ -241,7 +241,7 @@ impl Agent {
             runner_sha256,
             submit_gate: tokio::sync::RwLock::new(()),
             alerts: notifications::alerts_client(),
-            alerts_queued: tokio::sync::Notify::new(),
+            alerts_queued: Arc::default(),
         })
     }
 

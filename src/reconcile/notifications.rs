@@ -299,8 +299,8 @@ impl Agent {
     }
 
     /// Wakes when a pass queued alerts (for the service's delivery task).
-    pub fn alerts_queued(&self) -> &tokio::sync::Notify {
-        &self.alerts_queued
+    pub fn alerts_queued(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        std::sync::Arc::clone(&self.alerts_queued)
     }
 }
 

@@ -288,22 +288,25 @@ async fn deliver_alerts(shared: Arc<Shared>) {
             tokio::time::sleep(LONGEST_WAIT).await;
             continue;
         };
-        if agent.config().notify.is_empty() {
-            tokio::select! {
-                _ = agent.alerts_queued().notified() => {}
-                _ = tokio::time::sleep(LONGEST_WAIT) => {}
-            }
-            continue;
-        }
-        let next_due = agent.deliver_events().await;
-        let wait = next_due
-            .map(|at| {
-                Duration::from_millis((at - chrono::Utc::now().timestamp_millis()).max(0) as u64)
-            })
-            .unwrap_or(LONGEST_WAIT)
-            .clamp(Duration::from_millis(200), LONGEST_WAIT);
+        let queued = agent.alerts_queued();
+        let wait = if agent.config().notify.is_empty() {
+            LONGEST_WAIT
+        } else {
+            agent
+                .deliver_events()
+                .await
+                .map(|at| {
+                    Duration::from_millis(
+                        (at - chrono::Utc::now().timestamp_millis()).max(0) as u64,
+                    )
+                })
+                .unwrap_or(LONGEST_WAIT)
+                .clamp(Duration::from_millis(200), LONGEST_WAIT)
+        };
+        // A reload (SIGHUP) replaces the agent once nobody holds the old one: never wait with it.
+        drop(agent);
         tokio::select! {
-            _ = agent.alerts_queued().notified() => {}
+            _ = queued.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
@@ -359,8 +362,9 @@ fn reload(
     };
     // The new agent takes the state directory's lock over from the old one.
     *shared.agent.write().unwrap_or_else(|p| p.into_inner()) = None;
+    // Others (an HTTP request, an alert delivery to a slow target) may hold it a little longer.
     let mut agent = agent;
-    for _ in 0..200 {
+    for _ in 0..3000 {
         match Arc::try_unwrap(agent) {
             Ok(only) => {
                 drop(only);
