@@ -71,6 +71,7 @@ struct Inner {
     missing_paths: Vec<String>,
     backpressure: f64,
     checkpoint_acked_at: Option<i64>,
+    required_authorization: Option<String>,
 }
 
 /// The fake server's shared state.
@@ -95,6 +96,12 @@ impl FakeFlink {
     /// A healthy fake with no jobs.
     pub fn new() -> FakeFlink {
         FakeFlink::default()
+    }
+
+    /// From now on, a request without exactly this `Authorization` header gets 401, as behind an
+    /// authenticating proxy.
+    pub fn require_authorization(&self, value: &str) {
+        self.lock().required_authorization = Some(value.to_string());
     }
 
     /// Sets the fault scenario.
@@ -257,8 +264,20 @@ async fn faults(
         .collect::<Vec<_>>()
         .join("/");
     let key = format!("{method} {pattern}");
+    let sent = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let (scenario, fault) = {
         let mut inner = fake.lock();
+        if inner
+            .required_authorization
+            .as_ref()
+            .is_some_and(|required| sent.as_ref() != Some(required))
+        {
+            return (StatusCode::UNAUTHORIZED, "401 Unauthorized").into_response();
+        }
         *inner.requests.entry(key.clone()).or_default() += 1;
         let fault = inner
             .rules

@@ -194,3 +194,53 @@ async fn a_second_agent_on_the_same_state_is_refused() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flinks_bearer_token_and_basic_auth_are_sent_and_a_wrong_one_is_a_clear_401() {
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode("agent:s3cret-pass");
+    let cases = [
+        (
+            "{ bearer_token_file: flink-token }",
+            "t0ken-for-flink",
+            "Bearer t0ken-for-flink".to_string(),
+        ),
+        (
+            "{ username: agent, password_file: flink-token }",
+            "s3cret-pass",
+            format!("Basic {basic}"),
+        ),
+    ];
+    for (auth, secret, header) in cases {
+        let s = setup(1, "").await;
+        s.fake.require_authorization(&header);
+        let path = s.work.path().join("config.yaml");
+        let token = s.work.path().join("flink-token");
+        std::fs::write(&token, secret).unwrap();
+        std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let with_auth = |text: &str| {
+            text.replace(
+                "  request_timeout: 5s\n",
+                &format!("  request_timeout: 5s\n  auth: {auth}\n"),
+            )
+        };
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, with_auth(&text)).unwrap();
+        let agent = Agent::open(Config::load(&path).unwrap()).unwrap();
+        let report = agent.apply_once().await.unwrap();
+        assert_eq!(
+            outcome(&report, "job-0").outcome,
+            Outcome::Ok,
+            "{auth}: {report:#?}"
+        );
+        drop(agent);
+
+        // Another secret in the file: every call is refused, and the report says why.
+        std::fs::write(&token, "not-the-secret").unwrap();
+        let agent = Agent::open(Config::load(&path).unwrap()).unwrap();
+        let report = agent.apply_once().await.unwrap();
+        let error = report.cluster_error.clone().unwrap_or_default();
+        assert!(error.contains("401"), "{auth}: {report:#?}");
+    }
+}

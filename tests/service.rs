@@ -249,17 +249,22 @@ fn readyz_follows_the_cluster_and_nothing_is_applied_while_it_is_down() {
     });
     let (_, body) = daemon.get("/readyz");
     assert!(body.contains("Flink unreachable"), "{body}");
-    std::thread::sleep(Duration::from_secs(3));
-    {
+    // The agent polls and verifies the new head meanwhile, and does not mark it applied.
+    let seen = |_: &Daemon| {
         let store = flink_gitops::state::StateStore::open_read_only(&work.path().join("state"))
             .unwrap()
             .unwrap();
-        let revision = store.revision(&during).unwrap();
-        assert!(
-            revision.is_none_or(|r| r.applied_at.is_none()),
-            "nothing may be marked applied while Flink is down"
-        );
-    }
+        store.revision(&during).unwrap()
+    };
+    daemon.wait_for("the new head seen", Duration::from_secs(30), |d| {
+        seen(d).is_some_and(|r| r.verified_at.is_some())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let revision = seen(&daemon).unwrap();
+    assert!(
+        revision.applied_at.is_none(),
+        "nothing may be marked applied while Flink is down: {revision:?}"
+    );
 
     local(&["start", "--dir", &dir_arg, "--port", &port.to_string()]);
     daemon.wait_for("200 again", Duration::from_secs(60), |d| {

@@ -132,7 +132,12 @@ pub struct FlinkClient {
     timeout: Duration,
     submit_timeout: Duration,
     retry_attempts: u32,
+    max_answer_bytes: usize,
 }
+
+/// The largest answer read from Flink: the job list of a busy cluster is a few MiB; more is a
+/// broken or hostile server, and reading it would take the agent's memory.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 
 impl FlinkClient {
     /// A client for the cluster at `base` whose calls each time out after `timeout`.
@@ -152,6 +157,7 @@ impl FlinkClient {
             timeout,
             submit_timeout: timeout,
             retry_attempts: 3,
+            max_answer_bytes: MAX_ANSWER_BYTES,
         })
     }
 
@@ -225,12 +231,19 @@ impl FlinkClient {
             timeout: config.request_timeout,
             submit_timeout: config.submit_timeout,
             retry_attempts: 3,
+            max_answer_bytes: MAX_ANSWER_BYTES,
         })
     }
 
     /// Sets how many times idempotent calls are tried on transient errors (at least once).
     pub fn with_retry_attempts(mut self, attempts: u32) -> FlinkClient {
         self.retry_attempts = attempts.max(1);
+        self
+    }
+
+    /// Sets the largest answer read from Flink (default [`MAX_ANSWER_BYTES`]).
+    pub fn with_max_answer_bytes(mut self, bytes: usize) -> FlinkClient {
+        self.max_answer_bytes = bytes;
         self
     }
 
@@ -291,10 +304,26 @@ impl FlinkClient {
             .await
             .map_err(|e| self.transport_error(&method, &url, timeout, e))?;
         let status = response.status();
-        let body = response
-            .text()
+        let mut response = response;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| self.transport_error(&method, &url, timeout, e))?;
+            .map_err(|e| self.transport_error(&method, &url, timeout, e))?
+        {
+            if bytes.len() + chunk.len() > self.max_answer_bytes {
+                return Err(FlinkError::Decode {
+                    method: method.to_string(),
+                    endpoint: endpoint.to_string(),
+                    reason: format!(
+                        "the answer is larger than {} bytes; not read",
+                        self.max_answer_bytes
+                    ),
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let body = String::from_utf8_lossy(&bytes).into_owned();
         if !status.is_success() {
             return Err(FlinkError::Status {
                 method: method.to_string(),
@@ -409,13 +438,18 @@ impl FlinkClient {
 
     /// `POST /jars/upload` of the file at `path` under the name `name` (must end in `.jar`); returns the JAR id.
     pub async fn upload_jar_as(&self, path: &Path, name: &str) -> Result<String, FlinkError> {
-        let bytes = tokio::fs::read(path)
-            .await
-            .map_err(|source| FlinkError::Local {
-                path: path.display().to_string(),
-                source,
-            })?;
-        let part = reqwest::multipart::Part::bytes(bytes)
+        let local = |source| FlinkError::Local {
+            path: path.display().to_string(),
+            source,
+        };
+        // Streamed from disk: a JAR may be up to a gigabyte, the agent's memory stays small.
+        let file = tokio::fs::File::open(path).await.map_err(local)?;
+        let length = file.metadata().await.map_err(local)?.len();
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+            file,
+            256 * 1024,
+        ));
+        let part = reqwest::multipart::Part::stream_with_length(body, length)
             .file_name(name.to_string())
             .mime_str("application/x-java-archive")
             .map_err(|e| FlinkError::Decode {
@@ -603,6 +637,39 @@ impl FlinkClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answer_over_the_limit_is_refused_not_read() {
+        let fake = crate::testing::FakeFlink::new();
+        let address = fake.serve().await.unwrap();
+        fake.add_running_jobs((0..200).map(|n| format!("{n:032x}")));
+        let base = url::Url::parse(&format!("http://{address}")).unwrap();
+        let client = FlinkClient::new(&base, Duration::from_secs(5)).unwrap();
+        assert_eq!(client.jobs().await.unwrap().len(), 200);
+        let small = client.with_max_answer_bytes(4096);
+        let error = small.jobs().await.unwrap_err().to_string();
+        assert!(
+            error.contains("/jobs/overview") && error.contains("larger than 4096 bytes"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_job_without_its_id_or_state_is_an_error_not_a_dead_job() {
+        let parse = |job: &str| {
+            serde_json::from_str::<types::JobsOverview>(&format!("{{\"jobs\":[{job}]}}"))
+                .map(|o| o.jobs.len())
+        };
+        assert_eq!(parse(r#"{"jid":"a","state":"RUNNING"}"#).unwrap(), 1);
+        let missing_state = parse(r#"{"jid":"a","name":"n"}"#).unwrap_err();
+        assert!(
+            missing_state.to_string().contains("state"),
+            "{missing_state}"
+        );
+        let missing_id = parse(r#"{"state":"RUNNING"}"#).unwrap_err();
+        assert!(missing_id.to_string().contains("jid"), "{missing_id}");
+        assert!(serde_json::from_str::<types::JobDetail>(r#"{"jid":"a"}"#).is_err());
+    }
 
     #[test]
     fn root_cause_takes_the_last_caused_by() {

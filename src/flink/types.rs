@@ -20,21 +20,22 @@ pub struct ClusterOverview {
     pub flink_version: String,
 }
 
-/// One entry of `GET /jobs/overview`.
+/// One entry of `GET /jobs/overview`. `jid` and `state` are required: an answer without them is
+/// an error, never a job that silently reads as "not alive".
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(default)]
 pub struct JobOverview {
     /// 32-hex job id.
     pub jid: String,
     /// The name the job's code gave it.
+    #[serde(default)]
     pub name: String,
     /// Job status (`RUNNING`, `FAILED`...).
     pub state: String,
     /// Start time, epoch ms.
-    #[serde(rename = "start-time")]
+    #[serde(rename = "start-time", default)]
     pub start_time: i64,
     /// End time, epoch ms, or -1.
-    #[serde(rename = "end-time")]
+    #[serde(rename = "end-time", default)]
     pub end_time: i64,
 }
 
@@ -89,25 +90,27 @@ pub struct VertexBackPressure {
     pub subtasks: Vec<SubtaskBackPressure>,
 }
 
-/// `GET /jobs/:jid`.
+/// `GET /jobs/:jid`; `jid` and `state` are required, as in [`JobOverview`].
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default)]
 pub struct JobDetail {
     /// 32-hex job id.
     pub jid: String,
     /// Job name.
+    #[serde(default)]
     pub name: String,
     /// Job status.
     pub state: String,
     /// Start, epoch ms.
-    #[serde(rename = "start-time")]
+    #[serde(rename = "start-time", default)]
     pub start_time: i64,
     /// End, epoch ms, or -1.
-    #[serde(rename = "end-time")]
+    #[serde(rename = "end-time", default)]
     pub end_time: i64,
     /// Last time each state was entered (0 = never).
+    #[serde(default)]
     pub timestamps: BTreeMap<String, i64>,
     /// Vertices.
+    #[serde(default)]
     pub vertices: Vec<Vertex>,
 }
 

@@ -308,6 +308,10 @@ pub fn commits_to_verify(
 }
 
 /// Verifies the range from `start` to `head`; `first_seen` gives the time each commit's keys are judged at.
+///
+/// git2 is read in order on this thread; the signature checks, the costly and independent part,
+/// run on every core; then each commit is judged in order, since a clean merge needs its
+/// parents' verdicts.
 pub fn verify_range(
     repo: &Repository,
     start: Start,
@@ -317,26 +321,112 @@ pub fn verify_range(
 ) -> Result<RangeReport, RangeError> {
     let commits = commits_to_verify(repo, start, head, policy.mode)?;
     let trusted_base = start.trusted_base();
+    let read: Vec<ReadCommit> = commits
+        .into_iter()
+        .map(|oid| ReadCommit {
+            oid,
+            at: first_seen(oid),
+            signature: read_signature(repo, oid),
+        })
+        .collect();
+    let checked = check_signatures_in_parallel(&read, policy.signers);
     let mut accepted: HashSet<Oid> = HashSet::new();
     let mut report = RangeReport::default();
-    for oid in commits {
-        let at = first_seen(oid);
+    for (ReadCommit { oid, at, .. }, signature) in read.iter().zip(checked) {
         let summary = repo
-            .find_commit(oid)
+            .find_commit(*oid)
             .ok()
             .and_then(|c| c.summary().ok().flatten().map(str::to_string))
             .unwrap_or_default();
-        let result = verify_commit(repo, oid, policy, at, &accepted, trusted_base);
+        let result = signature
+            .and_then(|verified| judge(repo, *oid, verified, policy, *at, &accepted, trusted_base));
         if result.is_ok() {
-            accepted.insert(oid);
+            accepted.insert(*oid);
         }
         report.verdicts.push(Verdict {
-            commit: oid,
+            commit: *oid,
             summary,
             result,
         });
     }
     Ok(report)
+}
+
+/// A commit of the range as read from git, before its signature is checked.
+struct ReadCommit {
+    oid: Oid,
+    /// The time its keys are judged at.
+    at: DateTime<Utc>,
+    signature: Result<Option<SignedParts>, CommitError>,
+}
+
+/// A commit's signature and the payload it signs.
+struct SignedParts {
+    signature: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+/// The commit's one signature, if any (two or more are refused).
+fn read_signature(repo: &Repository, oid: Oid) -> Result<Option<SignedParts>, CommitError> {
+    let headers = signature_headers(repo, oid)?;
+    if headers > 1 {
+        return Err(CommitError::MultipleSignatures(headers));
+    }
+    match repo.extract_signature(&oid, None) {
+        Ok((signature, payload)) => Ok(Some(SignedParts {
+            signature: signature.to_vec(),
+            payload: payload.to_vec(),
+        })),
+        Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
+        Err(e) => Err(CommitError::Git(e.message().into())),
+    }
+}
+
+/// Checks every signature read, on as many threads as there are cores; `Ok(None)` for an
+/// unsigned commit.
+fn check_signatures_in_parallel(
+    read: &[ReadCommit],
+    signers: &AllowedSigners,
+) -> Vec<Result<Option<Verified>, CommitError>> {
+    let check = |ReadCommit {
+                     at,
+                     signature: parts,
+                     ..
+                 }: &ReadCommit| {
+        match parts {
+            Err(error) => Err(error.clone()),
+            Ok(None) => Ok(None),
+            Ok(Some(parts)) => verify_armored(
+                &parts.signature,
+                &parts.payload,
+                GIT_NAMESPACE,
+                signers,
+                *at,
+            )
+            .map(Some)
+            .map_err(CommitError::from),
+        }
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Below a few hundred commits a thread costs more than it saves.
+    if threads == 1 || read.len() < 256 {
+        return read.iter().map(check).collect();
+    }
+    let chunk = read.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = read
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(check).collect::<Vec<_>>()))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| {
+                worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
 }
 
 fn signature_headers(repo: &Repository, oid: Oid) -> Result<usize, CommitError> {
@@ -366,26 +456,40 @@ pub fn verify_commit(
     accepted: &HashSet<Oid>,
     trusted_base: Option<Oid>,
 ) -> Result<Acceptance, CommitError> {
+    let verified = match read_signature(repo, oid)? {
+        None => None,
+        Some(parts) => Some(verify_armored(
+            &parts.signature,
+            &parts.payload,
+            GIT_NAMESPACE,
+            policy.signers,
+            at,
+        )?),
+    };
+    judge(repo, oid, verified, policy, at, accepted, trusted_base)
+}
+
+/// A commit's verdict once its signature (if any) was checked: path ownership for a signed one,
+/// the clean-merge rule for an unsigned merge.
+fn judge(
+    repo: &Repository,
+    oid: Oid,
+    verified: Option<Verified>,
+    policy: &Policy<'_>,
+    at: DateTime<Utc>,
+    accepted: &HashSet<Oid>,
+    trusted_base: Option<Oid>,
+) -> Result<Acceptance, CommitError> {
     let commit = repo
         .find_commit(oid)
         .map_err(|e| CommitError::Git(e.message().into()))?;
-    let headers = signature_headers(repo, oid)?;
-    if headers > 1 {
-        return Err(CommitError::MultipleSignatures(headers));
-    }
-    let signed = match repo.extract_signature(&oid, None) {
-        Ok(parts) => Some(parts),
-        Err(e) if e.code() == git2::ErrorCode::NotFound => None,
-        Err(e) => return Err(CommitError::Git(e.message().into())),
-    };
-    let Some((signature, payload)) = signed else {
+    let Some(verified) = verified else {
         return match commit.parent_count() {
             0 | 1 => Err(CommitError::Unsigned),
             _ if !policy.clean_merges => Err(CommitError::UnsignedMerge),
             _ => check_clean_merge(repo, &commit, policy, at, accepted, trusted_base),
         };
     };
-    let verified = verify_armored(&signature, &payload, GIT_NAMESPACE, policy.signers, at)?;
     for file in changed_files(repo, &commit)? {
         if let Some(violation) = policy.owners.violation(&file, &verified) {
             return Err(violation);
