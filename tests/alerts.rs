@@ -2,6 +2,7 @@
 //! deployment, an automatic rollback (with Flink's root cause) and a refused unsigned commit; the
 //! ones raised while it was down arrive once it is up, after the agent was restarted, exactly
 //! once. A job with a slow sink raises a backpressure alert, and its "resolved" once it keeps up.
+#![cfg(feature = "real-flink")]
 
 mod support;
 

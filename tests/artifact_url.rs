@@ -1,5 +1,6 @@
 //! `artifact_url` JARs against the real cluster: fetched, checked against the spec's sha256 pin and
 //! their detached signature, and only then uploaded; a tampered or unsigned JAR never reaches Flink.
+#![cfg(feature = "real-flink")]
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! Batch jobs against the real Flink 2.3 cluster: cron runs recorded FINISHED, `max_runs`,
 //! `ttl_seconds`, a crash right after a submit re-attached instead of resubmitted, and `history`.
+#![cfg(feature = "real-flink")]
 
 mod support;
 

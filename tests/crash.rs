@@ -1,5 +1,6 @@
 //! SIGKILL the agent at every intent step of an upgrade; the next start finishes or undoes the step:
 //! exactly one instance runs, it restored the savepoint that was taken, and every intent has an outcome.
+#![cfg(feature = "real-flink")]
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! The in-process fake Flink (fault injection, benchmarks) must not invent: every field it returns
 //! exists, with the same JSON type, in real Flink 2.3's answer to the same request on the same job.
+#![cfg(feature = "real-flink")]
 
 mod support;
 

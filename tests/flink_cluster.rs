@@ -1,4 +1,5 @@
 //! `status` and `plan` read jobs this test submits itself to the real Flink 2.3 cluster.
+#![cfg(feature = "real-flink")]
 
 mod support;
 
@@ -172,31 +173,4 @@ fn status_and_plan_read_jobs_on_the_real_cluster() {
         stdout.contains("not deployed by flink-gitops (left alone)"),
         "{stdout}"
     );
-}
-
-#[test]
-fn an_unreachable_cluster_is_reported_not_guessed() {
-    let repo = SpecRepo::new();
-    repo.write("artifacts/a.jar", b"PK\x03\x04")
-        .write("jobs/a.yaml", stream_spec("a", "artifacts/a.jar", 1));
-    repo.commit("one job");
-    let work = tempfile::tempdir().unwrap();
-    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = write_config(work.path(), &repo, &format!("http://127.0.0.1:{dead_port}"));
-    let plan = flink_gitops_json(
-        &["plan", "-c", config.to_str().unwrap(), "--output", "json"],
-        1,
-    );
-    assert!(
-        plan["plan"]["cluster_unreachable"]
-            .as_str()
-            .unwrap()
-            .contains("unreachable"),
-        "{plan}"
-    );
-    assert_eq!(job_entry(&plan["plan"], "jobs", "a")["action"], "create");
 }

@@ -1,4 +1,5 @@
-//! `plan` and `status` follow a real git repository as commits are added (against the real cluster).
+//! `plan` and `status` follow a real git repository as commits are added (against the fake Flink:
+//! what they show comes from git and the agent's records; Flink only says which jobs run).
 
 mod support;
 
@@ -48,12 +49,19 @@ fn plan_follows_the_branch_head() {
         );
     let first = repo.commit("two jobs");
     let work = tempfile::tempdir().unwrap();
-    let config = write_config(work.path(), &repo, &flink_url());
+    // The runtime serves the fake while the binary runs; it lives as long as the test.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = flink_gitops::testing::FakeFlink::new();
+    let address = runtime.block_on(fake.serve()).unwrap();
+    let config = write_config(work.path(), &repo, &format!("http://{address}"));
     let config_arg = config.to_str().unwrap();
 
     let plan = flink_gitops_json(&["plan", "-c", config_arg, "--output", "json"], 0);
     assert_eq!(plan["revision"], first.as_str());
-    assert_eq!(plan["flink_version"], "2.3.0");
+    assert_eq!(
+        plan["flink_version"], "2.3.0-fake",
+        "the version the cluster reports"
+    );
     assert_eq!(
         actions(&plan),
         [
@@ -216,5 +224,37 @@ fn validate_a_checkout_offline() {
                 .as_str()
                 .unwrap()
                 .contains("already used by jobs/orders.yaml")
+    );
+}
+
+#[test]
+fn an_unreachable_cluster_is_reported_not_guessed() {
+    let repo = SpecRepo::new();
+    repo.write("artifacts/a.jar", b"PK\x03\x04")
+        .write("jobs/a.yaml", stream_spec("a", "artifacts/a.jar", 1));
+    repo.commit("one job");
+    let work = tempfile::tempdir().unwrap();
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = write_config(work.path(), &repo, &format!("http://127.0.0.1:{dead_port}"));
+    let plan = flink_gitops_json(
+        &["plan", "-c", config.to_str().unwrap(), "--output", "json"],
+        1,
+    );
+    assert!(
+        plan["plan"]["cluster_unreachable"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable"),
+        "{plan}"
+    );
+    let jobs = plan["plan"]["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{plan}");
+    assert_eq!(
+        (&jobs[0]["job_id"], &jobs[0]["action"]),
+        (&"a".into(), &"create".into())
     );
 }

@@ -4,6 +4,7 @@
 //!
 //! This test restarts the run's shared cluster, so it lives in a test binary of its own (cargo runs
 //! test binaries one after another) and brings the cluster back even when it fails.
+#![cfg(feature = "real-flink")]
 
 mod support;
 

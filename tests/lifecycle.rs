@@ -1,4 +1,5 @@
 //! The whole life of a streaming job against the real Flink 2.3 cluster, through `flink-gitops apply`.
+#![cfg(feature = "real-flink")]
 
 mod support;
 

@@ -2,6 +2,7 @@
 //! from the signed commit and travel in the run request; it deploys, upgrades through a savepoint
 //! that its keyed state is restored from, and a version that raises while it builds its job is
 //! rolled back with the Python exception's last line as the root cause.
+#![cfg(feature = "real-flink")]
 
 mod support;
 

@@ -3,6 +3,7 @@
 //! `pipeline.name`, imports a shipped helper module on the TaskManagers, stops with a savepoint,
 //! and a changed version restores its keyed state from it; a program that raises while it builds
 //! its job is refused with the Python exception as the root cause of Flink's answer.
+#![cfg(feature = "real-flink")]
 
 mod support;
 

@@ -2,6 +2,7 @@
 //! gives a running job a savepoint whenever its newest one is older than the interval, recorded
 //! with the revision it ran and shown by `status`; the job keeps running; after the agent was
 //! away for several intervals it gets one savepoint, not a burst.
+#![cfg(feature = "real-flink")]
 
 mod support;
 

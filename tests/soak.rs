@@ -11,6 +11,7 @@
 //!
 //! `FLINK_GITOPS_SOAK_KILLS` sets the number of kills (default 20, the suite's short variant);
 //! `FLINK_GITOPS_SOAK_SEED` replays a run (the seed is printed at the start).
+#![cfg(feature = "real-flink")]
 
 mod support;
 

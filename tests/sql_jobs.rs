@@ -3,6 +3,7 @@
 //! restoring its state from the savepoint, a broken change rolled back with Flink's root cause,
 //! `git revert`, suspend/resume, delete), a batch pipeline on a cron with `max_runs` and a TTL,
 //! and `${secret:NAME}` values that reach Flink and nothing else.
+#![cfg(feature = "real-flink")]
 
 mod support;
 

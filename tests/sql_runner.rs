@@ -2,6 +2,7 @@
 //! run request runs under our job id and `SET` name, stops with a savepoint, and a changed version
 //! restores its state from that savepoint; a file with two jobs or a malformed `SET` is refused by
 //! the runner with a message Flink passes back.
+#![cfg(feature = "real-flink")]
 
 mod support;
 
