@@ -153,6 +153,45 @@ pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// When the process last made progress (epoch ms): the service loop and every answer from Flink
+/// mark it, and the systemd watchdog is fed only while it is recent, so a hung loop is restarted.
+static LAST_PROGRESS_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Whether the service loop is waiting for its next poll: idle, which is not hung.
+static IDLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Notes that the service loop starts or stops waiting for its next poll.
+pub fn set_idle(idle: bool) {
+    IDLE.store(idle, std::sync::atomic::Ordering::Relaxed);
+    mark_progress();
+}
+
+/// How long ago the process last made progress; zero while it waits idle for its next poll.
+pub fn since_progress_or_idle() -> Duration {
+    if IDLE.load(std::sync::atomic::Ordering::Relaxed) {
+        Duration::ZERO
+    } else {
+        since_progress()
+    }
+}
+
+/// Notes that the process made progress now.
+pub fn mark_progress() {
+    LAST_PROGRESS_MS.store(
+        chrono::Utc::now().timestamp_millis(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// How long ago the process last made progress (forever if it never did).
+pub fn since_progress() -> Duration {
+    let last = LAST_PROGRESS_MS.load(std::sync::atomic::Ordering::Relaxed);
+    if last == 0 {
+        return Duration::MAX;
+    }
+    Duration::from_millis((chrono::Utc::now().timestamp_millis() - last).max(0) as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -540,3 +540,128 @@ fn a_failing_repository_is_polled_with_backoff_not_in_a_tight_loop() {
     assert!(status["next_poll_at"].as_f64().is_some(), "{status}");
     assert!(status["last_poll_error"].as_str().is_some(), "{status}");
 }
+
+#[test]
+fn metrics_pass_promtools_linter_and_prometheus_gets_openmetrics() {
+    let promtool = ["/usr/bin/promtool", "promtool"]
+        .into_iter()
+        .find(|p| Command::new(p).arg("--version").output().is_ok())
+        .expect("promtool is needed for this test (scripts/test installs Debian's `prometheus`)");
+    let repo = SpecRepo::new();
+    repo.write("jobs/.keep", "").commit("empty");
+    let work = tempfile::tempdir().unwrap();
+    // Flink is not there: the counters of failed contacts and polls move all the same.
+    let config = service_config(work.path(), &repo, "http://127.0.0.1:9", "", "1s");
+    let daemon = Daemon::start(&config, work.path().join("daemon.log"), &[]);
+    daemon.wait_for("a poll counted", Duration::from_secs(20), |d| {
+        d.get("/metrics").1.contains("flink_gitops_polls_total")
+    });
+    let (code, text) = daemon.get("/metrics");
+    assert_eq!(code, 200);
+    use std::io::Write as _;
+    let mut lint = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    lint.stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let linted = lint.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&linted.stdout),
+        String::from_utf8_lossy(&linted.stderr)
+    );
+    assert!(
+        linted.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {said}\n{text}"
+    );
+
+    // What Prometheus asks for: OpenMetrics, counters named without `_total`, ending in `# EOF`.
+    let openmetrics = Command::new("curl")
+        .args([
+            "-s",
+            "-H",
+            "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+            &format!("http://127.0.0.1:{}/metrics", daemon.port),
+        ])
+        .output()
+        .unwrap();
+    let openmetrics = String::from_utf8_lossy(&openmetrics.stdout);
+    assert!(
+        openmetrics.contains("# TYPE flink_gitops_polls counter"),
+        "{openmetrics}"
+    );
+    assert!(openmetrics.trim_end().ends_with("# EOF"), "{openmetrics}");
+}
+
+/// The watchdog pings (`WATCHDOG=1`) seen over `window`, starting `after` past READY=1, with
+/// `WATCHDOG_USEC` at 1 s.
+#[cfg(feature = "failpoints")]
+fn watchdog_pings(failpoint: Option<&str>, after: Duration, window: Duration) -> usize {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = flink_gitops::testing::FakeFlink::new();
+    let address = runtime.block_on(fake.serve()).unwrap();
+    let repo = SpecRepo::new();
+    repo.write("jobs/placeholder.txt", "nothing to run");
+    repo.commit("no jobs");
+    let work = tempfile::tempdir().unwrap();
+    let config = service_config(work.path(), &repo, &format!("http://{address}"), "", "1s");
+    let socket_path = work.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut env = vec![
+        ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+        ("WATCHDOG_USEC", "1000000"),
+    ];
+    if let Some(failpoint) = failpoint {
+        env.push(("FLINK_GITOPS_FAILPOINT", failpoint));
+    }
+    let _daemon = Daemon::start(&config, work.path().join("daemon.log"), &env);
+    let mut buffer = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "no READY=1");
+        if let Ok(n) = socket.recv(&mut buffer)
+            && String::from_utf8_lossy(&buffer[..n]).contains("READY=1")
+        {
+            break;
+        }
+    }
+    let start = Instant::now() + after;
+    let end = start + window;
+    let mut pings = 0;
+    while Instant::now() < end {
+        if let Ok(n) = socket.recv(&mut buffer)
+            && Instant::now() >= start
+            && String::from_utf8_lossy(&buffer[..n]).contains("WATCHDOG=1")
+        {
+            pings += 1;
+        }
+    }
+    pings
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn the_watchdog_is_fed_by_the_loops_progress_and_starves_when_it_hangs() {
+    // The service_config reconciles every 2 s: the second pass starts within that and hangs.
+    let hung = watchdog_pings(
+        Some("hang:pass"),
+        Duration::from_secs(5),
+        Duration::from_secs(4),
+    );
+    assert_eq!(hung, 0, "a hung loop must not feed the watchdog");
+    let alive = watchdog_pings(None, Duration::from_secs(5), Duration::from_secs(4));
+    assert!(
+        alive >= 4,
+        "a live loop feeds it every half interval: {alive} pings in 4 s"
+    );
+}

@@ -299,10 +299,10 @@ impl FlinkClient {
     ) -> Result<T, FlinkError> {
         let url = format!("{}{endpoint}", self.base);
         let request = build(self.http.request(method.clone(), &url)).timeout(timeout);
-        let response = request
-            .send()
-            .await
-            .map_err(|e| self.transport_error(&method, &url, timeout, e))?;
+        let response = request.send().await;
+        // An answer, or an error within the timeout, is the agent getting on with its work.
+        crate::util::mark_progress();
+        let response = response.map_err(|e| self.transport_error(&method, &url, timeout, e))?;
         let status = response.status();
         let mut response = response;
         let mut bytes = Vec::new();

@@ -50,13 +50,12 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     match shared.agent() {
         None => reasons.push("the state database is not open".to_string()),
         // Checked here too, not only by the loop: readiness must drop the moment the file goes.
-        Some(agent) => match agent.check_state() {
-            Err(lost) => reasons.push(lost.to_string()),
-            Ok(()) if agent.records().is_err() => {
-                reasons.push("the state database is not open".to_string())
+        // One stat of the file and the status in memory: never the store, which a pass may hold.
+        Some(agent) => {
+            if let Err(lost) = agent.check_state() {
+                reasons.push(lost.to_string());
             }
-            Ok(()) => {}
-        },
+        }
     }
     match status.last_poll_ok {
         Some(at) if now - at <= window => {}
@@ -85,15 +84,32 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        shared.metrics.render(),
-    )
-        .into_response()
+/// OpenMetrics when the scraper asks for it (Prometheus does), else the classic text format.
+async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|accept| accept.contains("application/openmetrics-text"));
+    if openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            shared.metrics.render(),
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            shared.metrics.render_text(),
+        )
+            .into_response()
+    }
 }
 
 async fn status(State(shared): State<Arc<Shared>>) -> Response {

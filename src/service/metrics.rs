@@ -229,11 +229,17 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics exposition (what Prometheus asks for first).
     pub fn render(&self) -> String {
         let mut text = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+
+    /// The classic Prometheus text format (0.0.4), for scrapers and tools that do not speak
+    /// OpenMetrics (`promtool check metrics`, curl).
+    pub fn render_text(&self) -> String {
+        openmetrics_to_text(&self.render())
     }
 
     /// Counts one more of `kind` in a single-label family.
@@ -249,5 +255,47 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+/// OpenMetrics to the classic text format: a counter family `x` describes its samples `x_total`
+/// there, and `# UNIT` and `# EOF` do not exist.
+fn openmetrics_to_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split_once(' '))
+        .filter(|(_, kind)| *kind == "counter")
+        .map(|(name, _)| name)
+        .collect();
+    let mut text = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let described = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        text.push_str(described.as_deref().unwrap_or(line).trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::openmetrics_to_text;
+
+    #[test]
+    fn counters_are_described_by_their_sample_names_in_the_text_format() {
+        let openmetrics = "# HELP flink_gitops_polls Polls by result.\n# TYPE flink_gitops_polls counter\nflink_gitops_polls_total{kind=\"ok\"} 3\n# HELP flink_gitops_jobs Jobs.\n# TYPE flink_gitops_jobs gauge\n# UNIT flink_gitops_jobs jobs\nflink_gitops_jobs 2\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_text(openmetrics),
+            "# HELP flink_gitops_polls_total Polls by result.\n# TYPE flink_gitops_polls_total counter\nflink_gitops_polls_total{kind=\"ok\"} 3\n# HELP flink_gitops_jobs Jobs.\n# TYPE flink_gitops_jobs gauge\nflink_gitops_jobs 2\n"
+        );
     }
 }

@@ -163,12 +163,15 @@ pub async fn run(config_path: &Path) -> Result<(), AgentError> {
         Arc::clone(&shared),
         connections::Limits::of(&config.server),
     ));
+    crate::util::mark_progress();
     if let Some(watchdog) = sd_notify::watchdog_enabled() {
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(watchdog / 2).await;
-                if shared.agent().is_some() {
+                // Fed only while the loop (or a pass talking to Flink) gets on: a hung loop
+                // stops the pings and systemd restarts the service.
+                if shared.agent().is_some() && crate::util::since_progress_or_idle() < watchdog {
                     notify(&[sd_notify::NotifyState::Watchdog]);
                 }
             }
@@ -189,6 +192,7 @@ pub async fn run(config_path: &Path) -> Result<(), AgentError> {
     let mut next_reconcile = tokio::time::Instant::now();
     let mut failures: u32 = 0;
     loop {
+        crate::util::mark_progress();
         agent
             .check_state()
             .map_err(|lost| state_lost(&agent, &server, lost))?;
@@ -249,6 +253,7 @@ pub async fn run(config_path: &Path) -> Result<(), AgentError> {
         };
         let wait =
             tokio::time::sleep(next_poll.min(until_reconcile.max(Duration::from_millis(100))));
+        crate::util::set_idle(true);
         let stopped = tokio::select! {
             _ = wait => false,
             _ = shared.trigger.notified() => { info!("triggered: polling now"); false }
@@ -268,6 +273,7 @@ pub async fn run(config_path: &Path) -> Result<(), AgentError> {
             _ = terminate.recv() => true,
             _ = interrupt.recv() => true,
         };
+        crate::util::set_idle(false);
         if stopped {
             notify(&[sd_notify::NotifyState::Stopping]);
             break;
@@ -528,6 +534,7 @@ async fn poll_and_reconcile(
     }
     *next_reconcile = tokio::time::Instant::now() + config.reconcile.interval;
     let started = std::time::Instant::now();
+    hang_if_told(shared).await;
     let result = agent.reconcile_once().await;
     shared
         .metrics
@@ -698,3 +705,18 @@ fn head_commit_age(config: &Config, head: &str) -> Option<f64> {
     let commit = repo.find_commit(git2::Oid::from_str(head).ok()?).ok()?;
     Some((unix_now() - commit.time().seconds() as f64).max(0.0))
 }
+
+/// Failpoint `hang:pass`: every pass after the first hangs for good, as a deadlocked loop would
+/// (for the watchdog test).
+#[cfg(feature = "failpoints")]
+async fn hang_if_told(shared: &Shared) {
+    if std::env::var("FLINK_GITOPS_FAILPOINT").is_ok_and(|v| v == "hang:pass")
+        && shared.status().last_report.is_some()
+    {
+        warn!("failpoint hang:pass reached: this pass never ends");
+        std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(not(feature = "failpoints"))]
+async fn hang_if_told(_shared: &Shared) {}
