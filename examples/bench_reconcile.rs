@@ -33,6 +33,15 @@ async fn main() {
         "first apply, {jobs} jobs created: exit {code}, {seconds:.2} s, peak RSS {rss:.1} MiB"
     );
 
+    // For profiling by hand: keep the fake Flink and the state while you run the agent yourself.
+    if let Some(seconds) = std::env::var("BENCH_HOLD_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        println!("holding {seconds} s: flink-gitops apply -c {config_arg}");
+        tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
+    }
+
     for pass in 1..=3 {
         let before = fake.total_requests();
         let (code, seconds, rss) = tokio::task::block_in_place(|| timed_agent(&binary, &apply));

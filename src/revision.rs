@@ -178,6 +178,9 @@ pub fn verify_revision(
         .fingerprint_jobs(desired.jobs.values_mut())
         .map_err(RevisionError::Specs)?;
     let mut artifacts = BTreeMap::new();
+    // Jobs that share a JAR (and its pin and signature demand) share one check: it is hashed once.
+    let mut checked: std::collections::HashMap<(&str, Option<&str>, bool), ArtifactCheck> =
+        std::collections::HashMap::new();
     for (job_id, job) in &desired.jobs {
         // A JAR job's JAR, or the runner JAR a SQL or Python spec brings along.
         let path = match (&job.spec.artifact, &job.spec.runner) {
@@ -185,6 +188,15 @@ pub fn verify_revision(
             (Artifact::Sql { .. } | Artifact::Python { .. }, Some(runner)) => runner,
             _ => continue,
         };
+        let key = (
+            path.as_str(),
+            job.spec.artifact_sha256.as_deref(),
+            job.spec.artifact_verification,
+        );
+        if let Some(check) = checked.get(&key) {
+            artifacts.insert(job_id.clone(), check.clone());
+            continue;
+        }
         let artifact_policy = trust.artifact_policy(config, job.spec.artifact_verification);
         let check = check_in_repo_jar(
             repo,
@@ -198,6 +210,7 @@ pub fn verify_revision(
             job_id: job_id.clone(),
             error,
         })?;
+        checked.insert(key, check.clone());
         artifacts.insert(job_id.clone(), check);
     }
     Ok(VerifiedRevision {

@@ -249,7 +249,7 @@ impl Agent {
             deadline: self.config.reconcile.download_timeout,
         };
         let (partial, signature) = fetch_jar(
-            &self.downloads,
+            self.downloads().map_err(fail)?,
             url,
             target.with_extension("jar.download"),
             &limits,

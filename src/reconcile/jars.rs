@@ -343,7 +343,12 @@ pub(super) fn cache_jars(
 ) -> Result<(), String> {
     let tree = crate::spec::GitTree::new(repo, revision.head).map_err(|e| e.to_string())?;
     let streams = crate::git::BlobStreams::new(repo).map_err(|e| e.message().to_string())?;
+    let mut seen = std::collections::HashSet::new();
     for check in revision.artifacts.values() {
+        // Jobs sharing a JAR share its cached copy: one look each.
+        if !seen.insert(check.sha256.as_str()) {
+            continue;
+        }
         let target = cache_dir.join(format!("{}.jar", check.sha256));
         if target.exists() {
             continue;

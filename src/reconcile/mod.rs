@@ -151,7 +151,9 @@ pub struct Agent {
     trust: Arc<TrustMaterial>,
     cache_dir: PathBuf,
     /// Fetches `artifact_url` JARs (system roots, rustls; redirects only to https).
-    downloads: reqwest::Client,
+    /// Fetches `artifact_url` JARs; built on first use (building one reads the system's CA
+    /// certificates, which a pass without downloads does not need).
+    downloads: std::sync::OnceLock<reqwest::Client>,
     /// When the batch scheduler needs the next pass; recomputed by every pass.
     batch_wakeup: Mutex<Option<chrono::DateTime<chrono::Utc>>>,
     /// The database file as opened: checked before the pass writes, and by the service loop.
@@ -162,7 +164,7 @@ pub struct Agent {
     /// what SQL and Python jobs run on, whatever happens to `runner.jar` afterwards.
     runner_sha256: Option<String>,
     /// Sends alerts (short timeouts).
-    alerts: reqwest::Client,
+    alerts: std::sync::OnceLock<reqwest::Client>,
     /// Told when a pass queued alerts, so the service delivers them now.
     alerts_queued: Arc<tokio::sync::Notify>,
     /// A Python submission has the JobManager to itself (PyFlink's driver keeps process-wide
@@ -219,15 +221,8 @@ impl Agent {
             Some(jar) => Some(jars::pin_runner(jar, &cache_dir).map_err(AgentError::Config)?),
             None => None,
         };
-        let downloads = reqwest::Client::builder()
-            .connect_timeout(config.flink.request_timeout.min(Duration::from_secs(30)))
-            .read_timeout(Duration::from_secs(120))
-            .redirect(download::redirect_policy())
-            .user_agent(concat!("flink-gitops/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| AgentError::Config(format!("HTTP client for artifact_url: {e}")))?;
         Ok(Agent {
-            downloads,
+            downloads: std::sync::OnceLock::new(),
             shutdown: tokio_util::sync::CancellationToken::new(),
             verified: Arc::new(Mutex::new(None)),
             config,
@@ -240,7 +235,7 @@ impl Agent {
             accept_rollback: None,
             runner_sha256,
             submit_gate: tokio::sync::RwLock::new(()),
-            alerts: notifications::alerts_client(),
+            alerts: std::sync::OnceLock::new(),
             alerts_queued: Arc::default(),
         })
     }
@@ -299,6 +294,26 @@ impl Agent {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&guard)
+    }
+
+    /// The HTTP client for `artifact_url` downloads.
+    fn downloads(&self) -> Result<&reqwest::Client, String> {
+        if let Some(client) = self.downloads.get() {
+            return Ok(client);
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(
+                self.config
+                    .flink
+                    .request_timeout
+                    .min(Duration::from_secs(30)),
+            )
+            .read_timeout(Duration::from_secs(120))
+            .redirect(download::redirect_policy())
+            .user_agent(concat!("flink-gitops/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("HTTP client for artifact_url: {e}"))?;
+        Ok(self.downloads.get_or_init(|| client))
     }
 
     fn intent(

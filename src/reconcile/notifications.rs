@@ -281,7 +281,8 @@ impl Agent {
 
     async fn deliver_one(&self, target: &notify::Target, delivery: &Delivery) {
         let body = notify::body_for(target, delivery.event_id, &delivery.body);
-        let sent = notify::send(&self.alerts, target, delivery.event_id, body).await;
+        let client = self.alerts.get_or_init(alerts_client);
+        let sent = notify::send(client, target, delivery.event_id, body).await;
         let result = match &sent {
             Ok(()) => Ok(()),
             Err(error) => {
