@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, SecondsFormat};
 use serde::Serialize;
 
-use crate::state::{AuditAction, AuditEntry, RunRecord, StateStore};
+use crate::state::{AuditAction, RunRecord, StateStore};
 
 /// Audit actions that changed what runs on the cluster (uploads, health probes and stops are steps of these).
 const DEPLOYMENT_ACTIONS: &[AuditAction] = &[
@@ -64,50 +64,43 @@ fn parse(detail: Option<&str>) -> serde_json::Value {
         .unwrap_or_default()
 }
 
-fn deployment_entries(log: &[AuditEntry]) -> Vec<HistoryEntry> {
-    let intents: BTreeMap<i64, &AuditEntry> = log
-        .iter()
-        .filter(|e| e.phase == "intent")
-        .map(|e| (e.id, e))
-        .collect();
-    log.iter()
-        .filter(|e| {
-            e.phase == "outcome" && DEPLOYMENT_ACTIONS.iter().any(|a| a.as_str() == e.action)
-        })
-        .filter_map(|outcome| {
-            // With `--since` an outcome's intent may lie before the window; the outcome still counts.
-            let before = outcome
-                .intent_id
-                .and_then(|id| intents.get(&id))
-                .map(|intent| parse(intent.detail.as_deref()))
-                .unwrap_or_default();
-            let after = parse(outcome.detail.as_deref());
-            Some(HistoryEntry {
-                at: outcome.at.clone(),
-                job_id: outcome.job_id.clone()?,
-                kind: "deployment",
-                job_kind: "jar",
-                action: outcome.action.clone(),
-                result: outcome.result.clone().unwrap_or_default(),
-                revision: outcome.commit_id.clone(),
-                signer: None,
-                flink_job_id: field(&before, "flink_job_id")
-                    .or_else(|| field(&after, "flink_job_id")),
-                savepoint: field(&before, "savepoint")
-                    .or_else(|| field(&after, "savepoint"))
-                    .or_else(|| field(&before, "from_savepoint")),
-                detail: field(&before, "reason")
-                    .or_else(|| field(&before, "by").map(|by| format!("requested by {by}")))
-                    .or_else(|| field(&before, "to_commit").map(|c| format!("to commit {c}")))
-                    .or_else(|| {
-                        // A rollback promotes an older commit's spec while the head is the failed one.
-                        field(&before, "commit")
-                            .filter(|c| Some(c) != outcome.commit_id.as_ref())
-                            .map(|c| format!("runs the spec of commit {c}"))
-                    }),
-            })
-        })
-        .collect()
+/// An operation's outcome, with its intent's detail (which may lie before a `--since` window).
+struct DeploymentRow {
+    at: String,
+    job_id: String,
+    action: String,
+    result: Option<String>,
+    commit_id: Option<String>,
+    detail: Option<String>,
+    intent_detail: Option<String>,
+}
+
+fn deployment_entry(row: DeploymentRow) -> HistoryEntry {
+    let before = parse(row.intent_detail.as_deref());
+    let after = parse(row.detail.as_deref());
+    HistoryEntry {
+        detail: field(&before, "reason")
+            .or_else(|| field(&before, "by").map(|by| format!("requested by {by}")))
+            .or_else(|| field(&before, "to_commit").map(|c| format!("to commit {c}")))
+            .or_else(|| {
+                // A rollback promotes an older commit's spec while the head is the failed one.
+                field(&before, "commit")
+                    .filter(|c| Some(c) != row.commit_id.as_ref())
+                    .map(|c| format!("runs the spec of commit {c}"))
+            }),
+        at: row.at,
+        job_id: row.job_id,
+        kind: "deployment",
+        job_kind: "jar",
+        action: row.action,
+        result: row.result.unwrap_or_default(),
+        revision: row.commit_id,
+        signer: None,
+        flink_job_id: field(&before, "flink_job_id").or_else(|| field(&after, "flink_job_id")),
+        savepoint: field(&before, "savepoint")
+            .or_else(|| field(&after, "savepoint"))
+            .or_else(|| field(&before, "from_savepoint")),
+    }
 }
 
 fn run_entry(run: &RunRecord) -> HistoryEntry {
@@ -139,22 +132,78 @@ fn run_entry(run: &RunRecord) -> HistoryEntry {
     }
 }
 
-/// Every deployment and run recorded from `since` on, oldest first; of one job when `job_id` is given.
-pub fn entries(
+/// Calls `each` with every deployment and run recorded from `since` on, oldest first; of one job
+/// when `job_id` is given. The audit log and the runs are read in one merged pass of two ordered
+/// queries, so memory stays flat however many rows there are.
+pub fn for_each(
     store: &StateStore,
     job_id: Option<&str>,
     since: Option<DateTime<chrono::Utc>>,
-) -> Result<Vec<HistoryEntry>, crate::state::StateError> {
+    mut each: impl FnMut(HistoryEntry) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let audit_since = since
         .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
         .unwrap_or_default();
     let runs_since = since.map_or(i64::MIN, |t| t.timestamp_millis());
-    let mut entries = deployment_entries(&store.audit_log_since(&audit_since)?);
-    entries.extend(store.runs_since(job_id, runs_since)?.iter().map(run_entry));
-    entries.retain(|e| job_id.is_none_or(|id| e.job_id == id));
+    let actions = DEPLOYMENT_ACTIONS
+        .iter()
+        .map(|a| format!("'{}'", a.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let connection = store.connection();
+    let mut deployments = connection.prepare(&format!(
+        "SELECT o.at, o.job_id, o.action, o.result, o.commit_id, o.detail, i.detail
+         FROM audit_log o LEFT JOIN audit_log i ON i.id = o.intent_id
+         WHERE o.phase = 'outcome' AND o.action IN ({actions}) AND o.job_id IS NOT NULL
+           AND o.at >= ?1 AND (?2 IS NULL OR o.job_id = ?2)
+         ORDER BY o.id"
+    ))?;
+    let mut deployments = deployments
+        .query_map(rusqlite::params![audit_since, job_id], |row| {
+            Ok(DeploymentRow {
+                at: row.get(0)?,
+                job_id: row.get(1)?,
+                action: row.get(2)?,
+                result: row.get(3)?,
+                commit_id: row.get(4)?,
+                detail: row.get(5)?,
+                intent_detail: row.get(6)?,
+            })
+        })?
+        .map(|row| row.map(deployment_entry))
+        .peekable();
+    let mut runs = connection.prepare(&format!(
+        "SELECT {} FROM runs WHERE (?1 IS NULL OR job_id = ?1) AND submitted_at_ms >= ?2
+         ORDER BY submitted_at_ms, id",
+        crate::state::runs::RUN_COLUMNS
+    ))?;
+    let mut runs = runs
+        .query_map(
+            rusqlite::params![job_id, runs_since],
+            crate::state::runs::run_from_row,
+        )?
+        .map(|row| row.map(|run| run_entry(&run)))
+        .peekable();
+    // Per job its kind, per revision its signer: as many as there are jobs and revisions.
     let mut signers: BTreeMap<String, Option<String>> = BTreeMap::new();
     let mut kinds: BTreeMap<String, &'static str> = BTreeMap::new();
-    for entry in &mut entries {
+    loop {
+        // The older first; a deployment before a run at the same instant.
+        let take_deployment = match (deployments.peek(), runs.peek()) {
+            (None, None) => break,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some(Err(_)), _) => true,
+            (_, Some(Err(_))) => false,
+            (Some(Ok(d)), Some(Ok(r))) => d.at <= r.at,
+        };
+        let next = if take_deployment {
+            deployments.next()
+        } else {
+            runs.next()
+        };
+        let Some(entry) = next else { break };
+        let mut entry = entry?;
         if !kinds.contains_key(&entry.job_id) {
             let kind = store
                 .job(&entry.job_id)?
@@ -169,47 +218,112 @@ pub fn entries(
             }
             entry.signer = signers.get(commit).cloned().flatten();
         }
+        each(entry)?;
     }
-    entries.sort_by(|a, b| a.at.cmp(&b.at));
-    Ok(entries)
+    Ok(())
 }
 
-/// Prints history as a table.
-pub fn print(entries: &[HistoryEntry]) {
-    if entries.is_empty() {
-        println!("no deployments or runs recorded");
-        return;
-    }
+/// The table's header line.
+pub fn print_header() {
     println!(
         "{:<24} {:<24} {:<10} {:<20} {:<11} {:<12} {:<24} {:<32} DETAIL",
         "TIME", "JOB", "KIND", "ACTION", "RESULT", "REVISION", "SIGNER", "FLINK JOB"
     );
+}
+
+/// Prints one entry as a line of the table.
+pub fn print_entry(e: &HistoryEntry) {
     let dash = || "-".to_string();
-    for e in entries {
-        let detail = match (&e.savepoint, &e.detail) {
-            (Some(s), Some(d)) => format!("savepoint {s}; {d}"),
-            (Some(s), None) => format!("savepoint {s}"),
-            (None, Some(d)) => d.clone(),
-            (None, None) => String::new(),
+    let detail = match (&e.savepoint, &e.detail) {
+        (Some(s), Some(d)) => format!("savepoint {s}; {d}"),
+        (Some(s), None) => format!("savepoint {s}"),
+        (None, Some(d)) => d.clone(),
+        (None, None) => String::new(),
+    };
+    println!(
+        "{:<24} {:<24} {:<10} {:<20} {:<11} {:<12} {:<24} {:<32} {}",
+        e.at,
+        if e.job_kind == "jar" {
+            e.job_id.clone()
+        } else {
+            format!("{} [{}]", e.job_id, e.job_kind)
+        },
+        e.kind,
+        e.action,
+        e.result,
+        e.revision
+            .as_deref()
+            .map(|r| crate::spec::source::short_id(r).to_string())
+            .unwrap_or_else(dash),
+        e.signer.clone().unwrap_or_else(dash),
+        e.flink_job_id.clone().unwrap_or_else(dash),
+        detail
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::RunStatus;
+
+    fn run(job_id: &str, n: i64, submitted_at_ms: i64) -> RunRecord {
+        RunRecord {
+            id: 0,
+            job_id: job_id.into(),
+            flink_job_id: format!("{n:032x}"),
+            commit_id: "c0ffee".into(),
+            spec_commit: "c0ffee".into(),
+            spec_hash: "h".into(),
+            jar_sha256: "j".into(),
+            trigger: "cron".into(),
+            scheduled_for: None,
+            status: RunStatus::Finished,
+            submitted_at_ms,
+            deadline_ms: None,
+            ended_at_ms: Some(submitted_at_ms + 1_000),
+            flink_state: Some("FINISHED".into()),
+            root_cause: None,
+        }
+    }
+
+    #[test]
+    fn deployments_and_runs_come_merged_oldest_first_and_filtered_by_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open_exclusive(dir.path()).unwrap();
+        let now = chrono::Utc::now().timestamp_millis();
+        // Runs an hour, and a minute, ago; a deployment now; a run of another job in between.
+        store
+            .insert_run(&run("report", 1, now - 3_600_000))
+            .unwrap();
+        store.insert_run(&run("other", 2, now - 1_800_000)).unwrap();
+        store.insert_run(&run("report", 3, now - 60_000)).unwrap();
+        let intent = store
+            .audit_intent(Some("c0ffee"), Some("report"), AuditAction::Promote, "{}")
+            .unwrap();
+        store
+            .audit_outcome(intent, "ok", r#"{"flink_job_id":"abc"}"#)
+            .unwrap();
+        let collect = |job: Option<&str>, since: Option<DateTime<chrono::Utc>>| {
+            let mut seen = Vec::new();
+            for_each(&store, job, since, |e| {
+                seen.push(format!("{} {}", e.job_id, e.kind));
+                Ok(())
+            })
+            .unwrap();
+            seen
         };
-        println!(
-            "{:<24} {:<24} {:<10} {:<20} {:<11} {:<12} {:<24} {:<32} {}",
-            e.at,
-            if e.job_kind == "jar" {
-                e.job_id.clone()
-            } else {
-                format!("{} [{}]", e.job_id, e.job_kind)
-            },
-            e.kind,
-            e.action,
-            e.result,
-            e.revision
-                .as_deref()
-                .map(|r| crate::spec::source::short_id(r).to_string())
-                .unwrap_or_else(dash),
-            e.signer.clone().unwrap_or_else(dash),
-            e.flink_job_id.clone().unwrap_or_else(dash),
-            detail
+        assert_eq!(
+            collect(None, None),
+            ["report run", "other run", "report run", "report deployment"]
+        );
+        assert_eq!(
+            collect(Some("report"), None),
+            ["report run", "report run", "report deployment"]
+        );
+        let ten_minutes_ago = chrono::Utc::now() - chrono::Duration::minutes(10);
+        assert_eq!(
+            collect(Some("report"), Some(ten_minutes_ago)),
+            ["report run", "report deployment"]
         );
     }
 }

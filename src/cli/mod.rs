@@ -686,16 +686,51 @@ fn history(
         })
         .transpose()?;
     let config = load_config(config_path)?;
-    let mut entries = match StateStore::open_read_only(&config.state.dir)? {
-        Some(store) => history::entries(&store, job, since)?,
-        None => Vec::new(),
+    let store = StateStore::open_read_only(&config.state.dir)?;
+    // Streamed as read: a JSON array written entry by entry, or table lines. With `--limit`
+    // only the newest `limit` entries are kept on the way.
+    let mut printed = 0usize;
+    let mut print = |entry: &history::HistoryEntry| -> anyhow::Result<()> {
+        match format {
+            OutputFormat::Json => {
+                let separator = if printed == 0 { "[\n  " } else { ",\n  " };
+                print!("{separator}{}", serde_json::to_string(entry)?);
+            }
+            OutputFormat::Text => {
+                if printed == 0 {
+                    history::print_header();
+                }
+                history::print_entry(entry);
+            }
+        }
+        printed += 1;
+        Ok(())
     };
-    if let Some(limit) = limit {
-        entries.drain(..entries.len().saturating_sub(limit));
+    if let Some(store) = &store {
+        match limit {
+            None => history::for_each(store, job, since, |entry| print(&entry))?,
+            Some(limit) => {
+                let mut newest = std::collections::VecDeque::with_capacity(limit.min(100_000));
+                history::for_each(store, job, since, |entry| {
+                    if newest.len() == limit {
+                        newest.pop_front();
+                    }
+                    if limit > 0 {
+                        newest.push_back(entry);
+                    }
+                    Ok(())
+                })?;
+                for entry in &newest {
+                    print(entry)?;
+                }
+            }
+        }
     }
-    match format {
-        OutputFormat::Json => output::print_json(&entries)?,
-        OutputFormat::Text => history::print(&entries),
+    match (format, printed) {
+        (OutputFormat::Json, 0) => println!("[]"),
+        (OutputFormat::Json, _) => println!("\n]"),
+        (OutputFormat::Text, 0) => println!("no deployments or runs recorded"),
+        (OutputFormat::Text, _) => {}
     }
     Ok(EXIT_OK)
 }

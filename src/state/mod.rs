@@ -1,7 +1,7 @@
 //! SQLite state: what was applied, per job and per revision, and the append-only audit log.
 
 mod migrations;
-mod runs;
+pub(crate) mod runs;
 mod watermark;
 
 pub use runs::{RunRecord, RunStatus, ScheduleCursor};

@@ -102,9 +102,9 @@ pub struct ScheduleCursor {
     pub cursor_ms: i64,
 }
 
-const RUN_COLUMNS: &str = "id, job_id, flink_job_id, commit_id, spec_commit, spec_hash, jar_sha256, trigger, scheduled_for, status, submitted_at_ms, deadline_ms, ended_at_ms, flink_state, root_cause";
+pub(crate) const RUN_COLUMNS: &str = "id, job_id, flink_job_id, commit_id, spec_commit, spec_hash, jar_sha256, trigger, scheduled_for, status, submitted_at_ms, deadline_ms, ended_at_ms, flink_state, root_cause";
 
-fn run_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
+pub(crate) fn run_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
     let status: String = row.get(9)?;
     Ok(RunRecord {
         id: row.get(0)?,
@@ -245,10 +245,19 @@ impl StateStore {
         )
     }
 
-    /// Runs that ended and whose alert is not queued yet (see [`StateStore::mark_runs_alerted`]).
+    /// Runs that ended badly (failed, timed out) and whose alert is not queued yet (see
+    /// [`StateStore::mark_runs_alerted`]); runs that ended otherwise are marked alerted on the way,
+    /// in SQL, so a long history never passes through memory.
     pub fn ended_runs_not_alerted(&self) -> Result<Vec<RunRecord>, StateError> {
+        self.connection
+            .execute(
+                "UPDATE runs SET alerted = 1 WHERE alerted = 0
+                 AND status NOT IN ('submitting', 'running', 'failed', 'timed_out')",
+                [],
+            )
+            .map_err(sqlite(&self.path, "mark runs alerted"))?;
         self.select_runs(
-            "alerted = 0 AND status NOT IN ('submitting', 'running') ORDER BY id",
+            "alerted = 0 AND status IN ('failed', 'timed_out') ORDER BY id LIMIT 1000",
             [],
             "read runs to alert",
         )
