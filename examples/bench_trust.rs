@@ -2,6 +2,9 @@
 //!
 //! Run: `cargo run --release --example bench_trust [COMMITS] [JAR_MB]`
 
+mod common;
+use common::peak_rss_mib;
+
 use std::io::Write;
 use std::process::Command;
 use std::time::Instant;
@@ -53,23 +56,6 @@ fn sshsig(key: &SigningKey, message: &[u8]) -> String {
         "-----BEGIN SSH SIGNATURE-----\n{}\n-----END SSH SIGNATURE-----",
         lines.join("\n")
     )
-}
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(str::to_string)
-        })
-        .and_then(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
 }
 
 fn main() {

@@ -3,6 +3,9 @@
 //!
 //! Run: `cargo run --release --example bench_upload [MIB]` (default 512)
 
+mod common;
+use common::peak_rss_mib;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -10,19 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use flink_gitops::flink::FlinkClient;
-
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
 
 /// Answers one upload like Flink does, after reading the whole request and throwing it away.
 fn discarding_receiver(received: Arc<AtomicU64>) -> u16 {

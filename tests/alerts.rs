@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use flink_gitops::notify::{EVENT_ID_HEADER, SIGNATURE_HEADER, signature};
 use serde_json::Value;
+use support::daemon::free_port;
 use support::*;
 
 /// One request the receiver got: its headers (lower-case names) and body.
@@ -63,14 +64,6 @@ fn events(received: &Received) -> Vec<Value> {
         .iter()
         .map(|(_, body)| serde_json::from_str(body).unwrap())
         .collect()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Adds a webhook target `ops` on `port` wanting `events`, signed with `key`.

@@ -441,16 +441,42 @@ fn a_commit_to_a_local_repo_is_seen_at_once_by_the_watcher() {
     );
 }
 
+/// A service config for a spec repository with no jobs and the in-process fake Flink, which
+/// `_runtime` serves for as long as the test holds it.
+struct EmptyService {
+    _runtime: tokio::runtime::Runtime,
+    _repo: SpecRepo,
+    work: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl EmptyService {
+    fn new() -> EmptyService {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let fake = flink_gitops::testing::FakeFlink::new();
+        let address = runtime.block_on(fake.serve()).unwrap();
+        let repo = SpecRepo::new();
+        repo.write("jobs/placeholder.txt", "nothing to run");
+        repo.commit("no jobs");
+        let work = tempfile::tempdir().unwrap();
+        let config = service_config(work.path(), &repo, &format!("http://{address}"), "", "1s");
+        EmptyService {
+            _runtime: runtime,
+            _repo: repo,
+            work,
+            config,
+        }
+    }
+}
+
 #[test]
 fn deleting_the_state_database_makes_the_service_unready_and_exit_for_a_restart() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let fake = flink_gitops::testing::FakeFlink::new();
-    let address = runtime.block_on(fake.serve()).unwrap();
-    let repo = SpecRepo::new();
-    repo.write("jobs/placeholder.txt", "nothing to run");
-    repo.commit("no jobs");
-    let work = tempfile::tempdir().unwrap();
-    let config = service_config(work.path(), &repo, &format!("http://{address}"), "", "1s");
+    let EmptyService {
+        _runtime,
+        _repo,
+        work,
+        config,
+    } = EmptyService::new();
     let mut daemon = Daemon::start(&config, work.path().join("daemon.log"), &[]);
     daemon.wait_for("ready", Duration::from_secs(30), |d| {
         d.get("/readyz").0 == 200
@@ -604,14 +630,12 @@ fn metrics_pass_promtools_linter_and_prometheus_gets_openmetrics() {
 /// `WATCHDOG_USEC` at 1 s.
 #[cfg(feature = "failpoints")]
 fn watchdog_pings(failpoint: Option<&str>, after: Duration, window: Duration) -> usize {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let fake = flink_gitops::testing::FakeFlink::new();
-    let address = runtime.block_on(fake.serve()).unwrap();
-    let repo = SpecRepo::new();
-    repo.write("jobs/placeholder.txt", "nothing to run");
-    repo.commit("no jobs");
-    let work = tempfile::tempdir().unwrap();
-    let config = service_config(work.path(), &repo, &format!("http://{address}"), "", "1s");
+    let EmptyService {
+        _runtime,
+        _repo,
+        work,
+        config,
+    } = EmptyService::new();
     let socket_path = work.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     socket

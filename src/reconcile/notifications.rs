@@ -18,13 +18,7 @@ impl Agent {
     pub(super) fn queue_events(&self, report: &ApplyReport) {
         self.queue_operation_events(report);
         self.queue_run_events(report);
-        let signals = {
-            let verified = self
-                .verified
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            notify::signals_of(report, verified.as_ref().map(|r| &r.desired))
-        };
+        let signals = self.with_desired(|desired| notify::signals_of(report, desired));
         // Most passes clear conditions that never held: only the known ones cost a write.
         let watched = match self.with_store(|s| s.alert_conditions()) {
             Ok(keys) => keys,
@@ -132,17 +126,12 @@ impl Agent {
                 return;
             }
         };
-        let events: Vec<(String, notify::Event)> = {
-            let verified = self
-                .verified
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let desired = verified.as_ref().map(|r| &r.desired);
+        let events: Vec<(String, notify::Event)> = self.with_desired(|desired| {
             operations
                 .iter()
                 .filter_map(|operation| notify::operation_event(operation, report, desired))
                 .collect()
-        };
+        });
         self.queue_keyed(&events, |queued| {
             self.with_store(|s| s.queue_operation_events(queued, cursor))
         });
@@ -161,16 +150,11 @@ impl Agent {
         if runs.is_empty() {
             return;
         }
-        let events: Vec<(String, notify::Event)> = {
-            let verified = self
-                .verified
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let desired = verified.as_ref().map(|r| &r.desired);
+        let events: Vec<(String, notify::Event)> = self.with_desired(|desired| {
             runs.iter()
                 .filter_map(|run| notify::run_event(run, report, desired))
                 .collect()
-        };
+        });
         let ids: Vec<i64> = runs.iter().map(|run| run.id).collect();
         self.queue_keyed(&events, |queued| {
             self.with_store(|s| s.mark_runs_alerted(queued, &ids))
@@ -216,6 +200,16 @@ impl Agent {
             }
             Err(error) => warn!(%error, "alerts could not be queued"),
         }
+    }
+
+    /// Runs `f` with the desired state of the revision last verified (which says, per job,
+    /// which alerts it wants).
+    fn with_desired<T>(&self, f: impl FnOnce(Option<&crate::spec::DesiredState>) -> T) -> T {
+        let verified = self
+            .verified
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(verified.as_ref().map(|r| &r.desired))
     }
 
     fn targets_for(&self, event: &notify::Event) -> Vec<&str> {

@@ -1083,8 +1083,9 @@ impl StateStore {
         Ok(queued)
     }
 
-    /// Operations that ended well after the audit row `after`, with what their intent said, up
-    /// to the newest audit row (returned too, as the next cursor).
+    /// Operations and steps that ended well after the audit row `after`, with what their intent
+    /// said, up to the newest audit row (returned too, as the next cursor). Which of them are news
+    /// is the alerting side's call (`notify::event_of_operation`).
     pub fn finished_operations_after(
         &self,
         after: i64,
@@ -1102,7 +1103,6 @@ impl StateStore {
                 "SELECT o.id, o.commit_id, o.job_id, o.action, o.detail, i.detail FROM audit_log o
                  JOIN audit_log i ON i.id = o.intent_id
                  WHERE o.id > ?1 AND o.id <= ?2 AND o.phase = 'outcome' AND o.result = 'ok'
-                   AND o.action IN ('create', 'upgrade', 'restart', 'resume', 'rollback', 'suspend', 'delete', 'update')
                  ORDER BY o.id",
             )
             .map_err(sqlite(&self.path, OPERATION))?;
@@ -1131,21 +1131,32 @@ impl StateStore {
         events: &[(String, QueuedEvent<'_>)],
         cursor: i64,
     ) -> Result<(), StateError> {
-        let path = self.path.clone();
-        const OPERATION: &str = "queue operation events";
+        self.queue_events_with(events, "queue operation events", |tx| {
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('alerts_audit_cursor', ?1)",
+                [cursor.to_string()],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Queues `events` (each under its dedupe key) and runs `mark`, which records them queued,
+    /// in one transaction: both land or neither does.
+    pub(super) fn queue_events_with(
+        &self,
+        events: &[(String, QueuedEvent<'_>)],
+        operation: &'static str,
+        mark: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,
+    ) -> Result<(), StateError> {
         let tx = self
             .connection
             .unchecked_transaction()
-            .map_err(sqlite(&path, OPERATION))?;
+            .map_err(sqlite(&self.path, operation))?;
         for (dedupe_key, event) in events {
-            enqueue_in(&tx, &path, event, dedupe_key)?;
+            enqueue_in(&tx, &self.path, event, dedupe_key)?;
         }
-        tx.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES ('alerts_audit_cursor', ?1)",
-            [cursor.to_string()],
-        )
-        .map_err(sqlite(&path, OPERATION))?;
-        tx.commit().map_err(sqlite(&path, OPERATION))
+        mark(&tx).map_err(sqlite(&self.path, operation))?;
+        tx.commit().map_err(sqlite(&self.path, operation))
     }
 
     /// The audit row up to which operations' events are queued.

@@ -270,20 +270,12 @@ impl StateStore {
         events: &[(String, super::QueuedEvent<'_>)],
         runs: &[i64],
     ) -> Result<(), StateError> {
-        let path = self.path.clone();
-        const OPERATION: &str = "queue batch run alerts";
-        let tx = self
-            .connection
-            .unchecked_transaction()
-            .map_err(sqlite(&path, OPERATION))?;
-        for (dedupe_key, event) in events {
-            super::enqueue_in(&tx, &path, event, dedupe_key)?;
-        }
-        for id in runs {
-            tx.execute("UPDATE runs SET alerted = 1 WHERE id = ?1", [id])
-                .map_err(sqlite(&path, OPERATION))?;
-        }
-        tx.commit().map_err(sqlite(&path, OPERATION))
+        self.queue_events_with(events, "queue batch run alerts", |tx| {
+            for id in runs {
+                tx.execute("UPDATE runs SET alerted = 1 WHERE id = ?1", [id])?;
+            }
+            Ok(())
+        })
     }
 
     /// How many runs one spec revision of a job has made (what `max_runs` limits).

@@ -366,6 +366,19 @@ struct SignedParts {
     payload: Vec<u8>,
 }
 
+impl SignedParts {
+    /// The signer, when the signature is a git-namespace signature by a key trusted at `at`.
+    fn verify(&self, signers: &AllowedSigners, at: DateTime<Utc>) -> Result<Verified, CommitError> {
+        Ok(verify_armored(
+            &self.signature,
+            &self.payload,
+            GIT_NAMESPACE,
+            signers,
+            at,
+        )?)
+    }
+}
+
 /// The commit's one signature, if any (two or more are refused).
 fn read_signature(repo: &Repository, oid: Oid) -> Result<Option<SignedParts>, CommitError> {
     let headers = signature_headers(repo, oid)?;
@@ -396,15 +409,7 @@ fn check_signatures_in_parallel(
         match parts {
             Err(error) => Err(error.clone()),
             Ok(None) => Ok(None),
-            Ok(Some(parts)) => verify_armored(
-                &parts.signature,
-                &parts.payload,
-                GIT_NAMESPACE,
-                signers,
-                *at,
-            )
-            .map(Some)
-            .map_err(CommitError::from),
+            Ok(Some(parts)) => parts.verify(signers, *at).map(Some),
         }
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -458,13 +463,7 @@ pub fn verify_commit(
 ) -> Result<Acceptance, CommitError> {
     let verified = match read_signature(repo, oid)? {
         None => None,
-        Some(parts) => Some(verify_armored(
-            &parts.signature,
-            &parts.payload,
-            GIT_NAMESPACE,
-            policy.signers,
-            at,
-        )?),
+        Some(parts) => Some(parts.verify(policy.signers, at)?),
     };
     judge(repo, oid, verified, policy, at, accepted, trusted_base)
 }
