@@ -7,7 +7,8 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use git2::{CertificateCheckStatus, FetchOptions, Oid, RemoteCallbacks, Repository};
@@ -95,14 +96,28 @@ const TREE_CACHE_LIMIT: usize = 64 * 1024 * 1024;
 /// - Large trees stay cached: libgit2 caches parsed trees only up to 4 KiB, so every path lookup in a
 ///   folder of thousands of specs parsed that folder again, and `plan` grew with the square of the
 ///   specs in one folder (5,000 specs: 10.7 s, now 0.5 s).
+/// - The system's CA bundle is read on the first https fetch, not at start: libgit2 makes its one
+///   TLS context when it starts and OpenSSL then parses the whole bundle (about 20 ms and 1 MiB),
+///   which was the largest part of a no-op `apply` of a local or ssh repository.
 ///
 /// # Safety
 /// libgit2 keeps these settings in globals it reads without synchronization: call this before any
 /// other thread exists, as `main` does before it starts the runtime.
 pub unsafe fn tune_libgit2() -> Result<(), git2::Error> {
-    // SAFETY: the caller guarantees no other thread is running (see above).
+    let system_bundle = std::env::var_os(CA_BUNDLE_VARIABLE);
+    // SAFETY: the caller guarantees no other thread is running (see above). OpenSSL reads the
+    // variable only while libgit2 starts (the first git2 call below); it is put back at once, so
+    // children and the HTTP clients see the environment the agent was started with.
     unsafe {
+        std::env::set_var(CA_BUNDLE_VARIABLE, "/dev/null");
         git2::opts::set_mwindow_size(PACK_WINDOW)?;
+        match system_bundle {
+            Some(bundle) => std::env::set_var(CA_BUNDLE_VARIABLE, bundle),
+            None => std::env::remove_var(CA_BUNDLE_VARIABLE),
+        }
+        SYSTEM_CAS_DEFERRED.store(true, Ordering::Relaxed);
+    }
+    unsafe {
         git2::opts::set_mwindow_mapped_limit(PACK_MAPPED_LIMIT)?;
         git2::opts::set_cache_object_limit(git2::ObjectType::Tree, TREE_CACHE_LIMIT)?;
     }
@@ -257,6 +272,31 @@ impl Drop for InFlight {
     }
 }
 
+/// OpenSSL's variable naming the CA bundle file that its default verify paths load.
+const CA_BUNDLE_VARIABLE: &str = "SSL_CERT_FILE";
+
+/// Set when libgit2 started without the system CA bundle, which the first https fetch then loads.
+static SYSTEM_CAS_DEFERRED: AtomicBool = AtomicBool::new(false);
+
+/// Hands the system CA bundle to libgit2 once, if `tune_libgit2` kept it from loading at start.
+fn load_system_cas() -> Result<(), git2::Error> {
+    static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
+    if !SYSTEM_CAS_DEFERRED.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    LOADED
+        .get_or_init(|| match openssl_probe::probe().cert_file {
+            // SAFETY: libgit2 reads the option when it opens a TLS connection; OnceLock makes every
+            // fetch wait until it is set, so no connection sees it half done.
+            Some(bundle) => unsafe { git2::opts::set_ssl_cert_file(&bundle) }
+                .map_err(|e| format!("system CA bundle {}: {}", bundle.display(), e.message())),
+            // No bundle file: OpenSSL still looks certificates up in the hashed CA directory.
+            None => Ok(()),
+        })
+        .clone()
+        .map_err(|message| git2::Error::from_str(&message))
+}
+
 /// The CA file last handed to libgit2, whose TLS settings are process-wide.
 static CA_FILE_IN_USE: Mutex<Option<PathBuf>> = Mutex::new(None);
 
@@ -302,6 +342,9 @@ fn fetch_into(mirror: &Path, config: &RepoConfig, deadline: Instant) -> Result<(
         .find_remote("origin")
         .map_err(|e| fetch_error(e.message().to_string()))?;
     set_network_timeouts(config.fetch_timeout).map_err(|e| fetch_error(e.message().to_string()))?;
+    if Remote::parse(&config.url) == Ok(Remote::Https) {
+        load_system_cas().map_err(|e| fetch_error(e.message().to_string()))?;
+    }
     if let Some(ca_file) = &config.ca_file {
         use_ca_file(ca_file).map_err(|e| {
             fetch_error(format!(

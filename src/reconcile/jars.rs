@@ -227,9 +227,13 @@ impl Agent {
 
     /// Deletes uploaded JARs that no job record or pending deployment uses.
     pub(super) async fn delete_unused_jars(&self, head: &str) -> Vec<String> {
-        let (jars, rows) = match self.with_store(|s| Ok((s.jars()?, s.jobs()?))) {
-            Ok(found) => found,
-            Err(_) => return Vec::new(),
+        // In a pass that changed nothing every JAR is held by a running job: one small query.
+        let jars = match self.with_store(|s| s.jars_not_held_by_a_settled_job()) {
+            Ok(jars) if !jars.is_empty() => jars,
+            _ => return Vec::new(),
+        };
+        let Ok(rows) = self.with_store(|s| s.jobs()) else {
+            return Vec::new();
         };
         let runs = self.with_store(|s| s.active_runs(None)).unwrap_or_default();
         let mut used: BTreeMap<String, ()> = BTreeMap::new();

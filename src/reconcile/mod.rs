@@ -23,11 +23,12 @@ mod savepoints;
 
 use crate::state::AuditAction;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::json;
+use tokio::runtime::RuntimeFlavor;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::Config;
@@ -274,6 +275,11 @@ impl Agent {
         self.with_store(StateStore::jobs)
     }
 
+    /// The soonest time after `after_ms` at which a job backing off is tried again.
+    pub fn next_retry_at_ms(&self, after_ms: i64) -> Result<Option<i64>, StateError> {
+        self.with_store(|s| s.next_retry_at_ms(after_ms))
+    }
+
     /// Fetches the spec repository and returns its head, without verifying or acting.
     pub async fn fetch_head(&self) -> Result<String, AgentError> {
         let config = self.config.clone();
@@ -285,15 +291,20 @@ impl Agent {
         .map_err(|e| AgentError::Task(e.to_string()))?
     }
 
+    /// Runs `f` with the store. SQLite waits for the disk, and the lock for whoever holds it: on a
+    /// multi-threaded runtime the worker first hands its other tasks to another thread, so the
+    /// HTTP server and timers keep running meanwhile.
     fn with_store<T>(
         &self,
         f: impl FnOnce(&StateStore) -> Result<T, StateError>,
     ) -> Result<T, StateError> {
-        let guard = self
-            .store
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&guard)
+        let run = || f(&self.store.lock().unwrap_or_else(PoisonError::into_inner));
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if runtime.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(run)
+            }
+            _ => run(),
+        }
     }
 
     /// The HTTP client for `artifact_url` downloads.
@@ -578,9 +589,10 @@ impl Agent {
             if let Some(revision) = cached {
                 return Ok((head.to_string(), Ok(revision)));
             }
-            let guard = store
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            // The store is held only to read and record, never while commits are checked or JARs
+            // cached: the HTTP API, alert delivery and `flink-gitops savepoint` use it meanwhile.
+            let lock = || store.lock().unwrap_or_else(PoisonError::into_inner);
+            let guard = lock();
             // Nothing is verified into (nor a watermark written to) a database nobody will read.
             guard.check_identity()?;
             let watermark = guard.meta("watermark")?;
@@ -616,14 +628,17 @@ impl Agent {
                 )?),
                 _ => None,
             };
+            drop(guard);
             let verified = verify_revision(
                 source.repo(),
                 &config,
                 &trust,
                 start,
                 head,
-                recording_first_seen(&guard),
+                |commit| recording_first_seen(&lock())(commit),
             );
+            let guard = lock();
+            guard.check_identity()?;
             match &verified {
                 Ok(revision) => {
                     record_verified(&guard, revision)?;
@@ -632,6 +647,7 @@ impl Agent {
                         warn!(head = %head, "rollback accepted by the operator: the watermark moved to the head");
                         guard.audit_outcome(intent, "ok", &json!({"watermark": head.to_string()}).to_string())?;
                     }
+                    drop(guard);
                     cache_jars(source.repo(), revision, &cache_dir).map_err(AgentError::Config)?;
                     *verified_cache
                         .lock()

@@ -546,14 +546,7 @@ async fn poll_and_reconcile(
     }
     // A job backing off is tried again when its wait is over, not at the next interval.
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let records = agent.records().ok();
-    if let Some(retry_at) = records.as_ref().and_then(|records| {
-        records
-            .iter()
-            .filter_map(|r| r.retry_at_ms)
-            .filter(|at| *at > now_ms)
-            .min()
-    }) {
+    if let Ok(Some(retry_at)) = agent.next_retry_at_ms(now_ms) {
         let until = Duration::from_millis((retry_at - now_ms) as u64);
         *next_reconcile = (*next_reconcile).min(tokio::time::Instant::now() + until);
     }
@@ -651,7 +644,7 @@ async fn poll_and_reconcile(
         shared.metrics.last_sync.set(unix_now());
         shared.update(|s| s.last_applied = Some(head.clone()));
     }
-    if let Some(records) = records {
+    if let Ok(records) = agent.records() {
         shared.metrics.jobs.clear();
         shared.metrics.job_phases.clear();
         shared.metrics.job_failures.clear();
@@ -694,14 +687,19 @@ async fn poll_and_reconcile(
                 .set(count);
         }
     }
-    if let Some(age) = head_commit_age(config, &head) {
+    let repo = config.state.dir.join("repo.git");
+    let commit = head.clone();
+    // git2 reads the disk: off the async workers.
+    if let Ok(Some(age)) =
+        tokio::task::spawn_blocking(move || head_commit_age(&repo, &commit)).await
+    {
         shared.metrics.head_commit_age.set(age);
     }
     shared.update(|s| s.last_report = Some(report));
 }
 
-fn head_commit_age(config: &Config, head: &str) -> Option<f64> {
-    let repo = git2::Repository::open_bare(config.state.dir.join("repo.git")).ok()?;
+fn head_commit_age(mirror: &Path, head: &str) -> Option<f64> {
+    let repo = git2::Repository::open_bare(mirror).ok()?;
     let commit = repo.find_commit(git2::Oid::from_str(head).ok()?).ok()?;
     Some((unix_now() - commit.time().seconds() as f64).max(0.0))
 }

@@ -947,6 +947,41 @@ impl StateStore {
             .map_err(sqlite(&self.path, "list jars"))
     }
 
+    /// The uploaded JARs that no running, suspended or failed job holds: the only ones that can be
+    /// unused, so the full check of job phases and batch runs is needed only for these.
+    pub fn jars_not_held_by_a_settled_job(&self) -> Result<Vec<JarRecord>, StateError> {
+        let mut statement = self
+            .connection
+            .prepare(
+                "SELECT sha256, jar_id FROM jars WHERE sha256 NOT IN (
+                     SELECT jar_sha256 FROM jobs
+                     WHERE status IN ('running', 'suspended', 'failed') AND jar_sha256 IS NOT NULL)
+                 ORDER BY sha256",
+            )
+            .map_err(sqlite(&self.path, "list jars"))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok(JarRecord {
+                    sha256: row.get(0)?,
+                    jar_id: row.get(1)?,
+                })
+            })
+            .map_err(sqlite(&self.path, "list jars"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sqlite(&self.path, "list jars"))
+    }
+
+    /// The soonest time after `after_ms` at which a job backing off is tried again.
+    pub fn next_retry_at_ms(&self, after_ms: i64) -> Result<Option<i64>, StateError> {
+        self.connection
+            .query_row(
+                "SELECT MIN(retry_at_ms) FROM jobs WHERE retry_at_ms > ?1",
+                params![after_ms],
+                |row| row.get(0),
+            )
+            .map_err(sqlite(&self.path, "read retry times"))
+    }
+
     /// Remembers an uploaded JAR (replacing an older upload of the same digest).
     pub fn put_jar(&self, sha256: &str, jar_id: &str) -> Result<(), StateError> {
         self.connection
