@@ -1,6 +1,6 @@
 //! `flink-gitops apply`: one reconcile pass towards the verified branch head.
 
-use super::requester::{current_uid, user_name};
+use super::request::requested_by;
 use super::{EXIT_FINDINGS, EXIT_OK, Failure, OutputFormat, agent_failure, load_config, output};
 
 pub(super) async fn run(
@@ -11,9 +11,7 @@ pub(super) async fn run(
     let config = load_config(config_path)?;
     let mut agent = crate::reconcile::Agent::open(config).map_err(agent_failure)?;
     if let Some(commit) = accept_rollback_to {
-        let by = std::env::var("SUDO_USER")
-            .or_else(|_| std::env::var("USER"))
-            .unwrap_or_else(|_| user_name(&current_uid()));
+        let by = requested_by();
         agent = agent.accept_rollback(crate::reconcile::RollbackAcceptance { commit, by });
     }
     // A failed pass is a failed operation (1), whatever its cause, except a lost database (3).

@@ -4,7 +4,7 @@ mod apply;
 mod history;
 mod output;
 mod plan;
-mod requester;
+mod request;
 mod retry;
 mod savepoint;
 mod snapshot;

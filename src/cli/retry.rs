@@ -1,30 +1,19 @@
 //! `flink-gitops retry`: queues a request to try a blocked or backing-off job again.
 
-use super::requester::{current_uid, user_name};
-use super::{EXIT_OK, Failure, usage};
-use crate::config::Config;
-use crate::state::StateStore;
+use super::request::{recorded_job, requested_by};
+use super::{EXIT_OK, Failure};
 
 pub(super) fn run(
     config_path: &std::path::Path,
     job_id: &str,
     start_empty: bool,
 ) -> Result<u8, Failure> {
-    let config = Config::load(config_path).map_err(usage)?;
-    let store = StateStore::open_for_requests(&config.state.dir)?.ok_or_else(|| {
-        usage(anyhow::anyhow!(
-            "no state in {}: the agent has not run yet, so there is nothing to retry",
-            config.state.dir.display()
-        ))
-    })?;
-    let Some(record) = store.job(job_id)? else {
-        return Err(usage(anyhow::anyhow!(
-            "the agent has no record of job `{job_id}` (see `flink-gitops status`)"
-        )));
-    };
-    let by = std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| user_name(&current_uid()));
+    let (_, store, record) = recorded_job(
+        config_path,
+        job_id,
+        "the agent has not run yet, so there is nothing to retry",
+    )?;
+    let by = requested_by();
     let kind = if start_empty {
         "retry-start-empty"
     } else {

@@ -2,11 +2,9 @@
 
 use serde::Serialize;
 
-use super::requester::{current_uid, user_name};
+use super::request::{recorded_job, requested_by};
 use super::{EXIT_OK, Failure, OutputFormat, output, usage};
-use crate::config::Config;
 use crate::flink::FlinkClient;
-use crate::state::StateStore;
 
 /// What `savepoint` did.
 #[derive(Serialize)]
@@ -23,18 +21,11 @@ pub(super) async fn run(
     format: OutputFormat,
 ) -> Result<u8, Failure> {
     use crate::state::AuditAction;
-    let config = Config::load(config_path).map_err(usage)?;
-    let store = StateStore::open_for_requests(&config.state.dir)?.ok_or_else(|| {
-        usage(anyhow::anyhow!(
-            "no state in {}: the agent has not deployed anything yet",
-            config.state.dir.display()
-        ))
-    })?;
-    let Some(record) = store.job(job_id)? else {
-        return Err(usage(anyhow::anyhow!(
-            "the agent has no record of job `{job_id}` (see `flink-gitops status`)"
-        )));
-    };
+    let (config, store, record) = recorded_job(
+        config_path,
+        job_id,
+        "the agent has not deployed anything yet",
+    )?;
     let (Some(jid), Some(deployment)) = (
         record.flink_job_id.clone(),
         record
@@ -58,9 +49,7 @@ pub(super) async fn run(
             "`{job_id}`'s Flink job {jid} is {state}, not RUNNING"
         )));
     }
-    let by = std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| user_name(&current_uid()));
+    let by = requested_by();
     let trigger = crate::reconcile::new_trigger_id(&jid);
     let target = deployment.savepoint_dir.clone();
     let intent = store.audit_intent(
