@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, SecondsFormat};
 use serde::Serialize;
 
+use super::{EXIT_OK, Failure, OutputFormat, load_config, usage};
 use crate::state::{AuditAction, RunRecord, StateStore};
 
 /// Audit actions that changed what runs on the cluster (uploads, health probes and stops are steps of these).
@@ -259,6 +260,81 @@ pub fn print_entry(e: &HistoryEntry) {
         e.flink_job_id.clone().unwrap_or_else(dash),
         detail
     );
+}
+
+pub(super) fn run(
+    config_path: &std::path::Path,
+    job: Option<&str>,
+    since: Option<&str>,
+    limit: Option<usize>,
+    format: OutputFormat,
+) -> Result<u8, Failure> {
+    let since = since
+        .map(|text| {
+            chrono::DateTime::parse_from_rfc3339(text)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .or_else(|_| {
+                    crate::util::parse_duration(text)
+                        .ok()
+                        .and_then(|ago| chrono::Duration::from_std(ago).ok())
+                        .map(|ago| chrono::Utc::now() - ago)
+                        .ok_or(())
+                })
+                .map_err(|()| {
+                    usage(anyhow::anyhow!(
+                        "--since `{text}`: give an RFC 3339 time (2026-11-01T00:00:00Z) or how long ago (7d, 12h)"
+                    ))
+                })
+        })
+        .transpose()?;
+    let config = load_config(config_path)?;
+    let store = StateStore::open_read_only(&config.state.dir)?;
+    // Streamed as read: a JSON array written entry by entry, or table lines. With `--limit`
+    // only the newest `limit` entries are kept on the way.
+    let mut printed = 0usize;
+    let mut print = |entry: &HistoryEntry| -> anyhow::Result<()> {
+        match format {
+            OutputFormat::Json => {
+                let separator = if printed == 0 { "[\n  " } else { ",\n  " };
+                print!("{separator}{}", serde_json::to_string(entry)?);
+            }
+            OutputFormat::Text => {
+                if printed == 0 {
+                    print_header();
+                }
+                print_entry(entry);
+            }
+        }
+        printed += 1;
+        Ok(())
+    };
+    if let Some(store) = &store {
+        match limit {
+            None => for_each(store, job, since, |entry| print(&entry))?,
+            Some(limit) => {
+                let mut newest = std::collections::VecDeque::with_capacity(limit.min(100_000));
+                for_each(store, job, since, |entry| {
+                    if newest.len() == limit {
+                        newest.pop_front();
+                    }
+                    if limit > 0 {
+                        newest.push_back(entry);
+                    }
+                    Ok(())
+                })?;
+                for entry in &newest {
+                    print(entry)?;
+                }
+            }
+        }
+    }
+    match (format, printed) {
+        (OutputFormat::Json, 0) => println!("[]"),
+        (OutputFormat::Json, _) => println!("\n]"),
+        (OutputFormat::Text, 0) => println!("no deployments or runs recorded"),
+        (OutputFormat::Text, _) => {}
+    }
+    Ok(EXIT_OK)
 }
 
 #[cfg(test)]

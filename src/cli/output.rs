@@ -2,12 +2,10 @@
 
 use serde::Serialize;
 
-use super::{CommitLine, Refusal};
+use super::{CommitLine, JobStatus, Refusal};
 use crate::flink::{ClusterOverview, JobOverview};
 use crate::plan::{Action, Plan};
 use crate::spec::source::short_id;
-
-use super::JobStatus;
 
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {

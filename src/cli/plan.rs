@@ -1,0 +1,122 @@
+//! `flink-gitops plan`: what `apply` would do to reach the branch head, changing nothing.
+
+use serde::Serialize;
+
+use super::snapshot::{Refusal, snapshot};
+use super::verify::CommitLine;
+use super::{EXIT_FINDINGS, EXIT_OK, Failure, OutputFormat, output};
+use crate::plan::{Action, Observed, Plan};
+use crate::revision::ArtifactCheck;
+
+#[derive(Serialize)]
+struct TrustSummary<'a> {
+    verified_from: Option<&'a str>,
+    commits: Vec<CommitLine>,
+    artifacts: &'a std::collections::BTreeMap<String, ArtifactCheck>,
+}
+
+#[derive(Serialize)]
+struct PlanReport<'a> {
+    revision: &'a str,
+    branch: &'a str,
+    repo: &'a str,
+    flink: &'a str,
+    flink_version: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trust: Option<TrustSummary<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refused: Option<&'a Refusal>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan: Option<&'a Plan>,
+}
+
+pub(super) async fn run(
+    config_path: &std::path::Path,
+    format: OutputFormat,
+) -> Result<u8, Failure> {
+    let snap = snapshot(config_path, true).await?;
+    let computed = snap.revision.as_ref().ok().map(|revision| {
+        let observed = match &snap.cluster {
+            Ok((_, jobs)) => Observed::Jobs(jobs),
+            Err(reason) => Observed::Unreachable(reason.clone()),
+        };
+        let mut plan = crate::plan::plan(
+            &revision.desired,
+            observed,
+            &snap.records,
+            chrono::Utc::now().timestamp_millis(),
+        );
+        for entry in &mut plan.jobs {
+            if matches!(entry.action, Action::Delete | Action::Suspend) {
+                continue;
+            }
+            let next = revision
+                .desired
+                .jobs
+                .get(&entry.job_id)
+                .and_then(|job| job.spec.batch.as_ref())
+                .and_then(|batch| {
+                    crate::batch::next_run(batch, chrono::Utc::now())
+                        .map(|next| crate::batch::schedule::in_zone(next, &batch.timezone))
+                });
+            if let Some(next) = next {
+                entry.reasons.push(format!("next run at {next}"));
+            }
+        }
+        plan
+    });
+    let trust = snap.revision.as_ref().ok().map(|r| TrustSummary {
+        verified_from: snap.watermark.as_deref(),
+        commits: r
+            .commits
+            .iter()
+            .map(|(oid, signer)| CommitLine {
+                commit: oid.to_string(),
+                summary: String::new(),
+                ok: true,
+                signer: Some(signer.clone()),
+                error: None,
+            })
+            .collect(),
+        artifacts: &r.artifacts,
+    });
+    let repo_url = crate::util::redact_url(&snap.config.repo.url);
+    let flink_url = crate::util::redact_url(snap.config.flink.url.as_str());
+    let report = PlanReport {
+        revision: &snap.head,
+        branch: &snap.config.repo.branch,
+        repo: &repo_url,
+        flink: &flink_url,
+        flink_version: snap
+            .cluster
+            .as_ref()
+            .ok()
+            .map(|(o, _)| o.flink_version.as_str()),
+        trust,
+        refused: snap.revision.as_ref().err(),
+        plan: computed.as_ref(),
+    };
+    match format {
+        OutputFormat::Json => output::print_json(&report)?,
+        OutputFormat::Text => output::print_plan(
+            &report.revision_line(),
+            report.trust.as_ref().map(|t| t.commits.as_slice()),
+            report.refused,
+            computed.as_ref(),
+            &snap.cluster,
+        ),
+    }
+    let failed = snap.revision.is_err() || snap.cluster.is_err();
+    Ok(if failed { EXIT_FINDINGS } else { EXIT_OK })
+}
+
+impl PlanReport<'_> {
+    fn revision_line(&self) -> String {
+        format!(
+            "revision {} ({} of {})",
+            crate::spec::source::short_id(self.revision),
+            self.branch,
+            self.repo
+        )
+    }
+}

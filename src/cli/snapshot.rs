@@ -1,0 +1,155 @@
+//! What `plan` and `status` read before they report: config, verified head, records, cluster.
+
+use serde::Serialize;
+use tracing::{info, instrument, warn};
+
+use super::verify::{CommitLine, commit_lines};
+use super::{Failure, load_config, usage};
+use crate::config::Config;
+use crate::flink::{ClusterOverview, FlinkClient, JobOverview};
+use crate::git::GitSource;
+use crate::revision::{RevisionError, TrustMaterial, VerifiedRevision, verify_revision};
+use crate::spec::SpecError;
+use crate::state::{JobRecord, StateStore};
+use crate::trust::commits::Start;
+
+/// Why the branch head is not used; the cluster keeps the last verified state.
+#[derive(Debug, Serialize)]
+pub struct Refusal {
+    /// `signature`, `rollback`, `teleport`, `spec`, `artifact`...
+    pub kind: &'static str,
+    /// The reason, naming the commit or file.
+    pub message: String,
+    /// Per-commit verdicts when a commit was refused.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub commits: Vec<CommitLine>,
+    /// Spec problems when the specs were refused.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub spec_errors: Vec<SpecError>,
+}
+
+impl From<RevisionError> for Refusal {
+    fn from(error: RevisionError) -> Refusal {
+        let kind = error.kind();
+        let message = error.to_string();
+        match error {
+            RevisionError::Commit { report, .. } => Refusal {
+                kind,
+                message,
+                commits: commit_lines(&report),
+                spec_errors: Vec::new(),
+            },
+            RevisionError::Specs(errors) => Refusal {
+                kind,
+                message: "the specs at this revision are invalid; nothing would be applied".into(),
+                commits: Vec::new(),
+                spec_errors: errors,
+            },
+            _ => Refusal {
+                kind,
+                message,
+                commits: Vec::new(),
+                spec_errors: Vec::new(),
+            },
+        }
+    }
+}
+
+/// Everything a reporting command needs, read once.
+pub(super) struct Snapshot {
+    pub(super) config: Config,
+    pub(super) head: String,
+    pub(super) watermark: Option<String>,
+    pub(super) revision: Result<VerifiedRevision, Refusal>,
+    pub(super) records: Vec<JobRecord>,
+    pub(super) cluster: Result<(ClusterOverview, Vec<JobOverview>), String>,
+}
+
+/// Reads the first-seen time of a commit from the state DB, or now for a commit never seen.
+fn first_seen_in(
+    store: Option<&StateStore>,
+) -> impl FnMut(git2::Oid) -> chrono::DateTime<chrono::Utc> + '_ {
+    let now = chrono::Utc::now();
+    move |oid| {
+        store
+            .and_then(|s| s.revision(&oid.to_string()).ok().flatten())
+            .and_then(|r| chrono::DateTime::parse_from_rfc3339(&r.first_seen_at).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .unwrap_or(now)
+    }
+}
+
+#[instrument(skip_all, fields(config = %config_path.display()))]
+pub(super) async fn snapshot(
+    config_path: &std::path::Path,
+    fetch: bool,
+) -> Result<Snapshot, Failure> {
+    let config = load_config(config_path)?;
+    let trust = TrustMaterial::load(&config).map_err(usage)?;
+    let blocking_config = config.clone();
+    let (head, watermark, revision, records) =
+        tokio::task::spawn_blocking(move || -> Result<_, Failure> {
+            let config = blocking_config;
+            let source = GitSource::open(&config.state.dir.join("repo.git"), &config.repo)?;
+            let head = match (fetch, source.head()?) {
+                (false, Some(head)) => head,
+                _ => source.fetch()?,
+            };
+            let store = StateStore::open_read_only(&config.state.dir)?;
+            let recorded = match &store {
+                Some(s) => s.meta("watermark")?,
+                None => None,
+            };
+            let kept = crate::state::kept_watermark(&config.state.dir)?;
+            let records = match &store {
+                Some(s) => s.jobs()?,
+                None => Vec::new(),
+            };
+            let start = crate::revision::verification_start(
+                source.repo(),
+                &config,
+                recorded.as_deref(),
+                kept.as_deref(),
+            )
+            .map_err(|e| usage(anyhow::anyhow!(e)))?;
+            let watermark = match start {
+                Start::Watermark(w) | Start::Kept(w) => Some(w.to_string()),
+                _ => None,
+            };
+            let revision = verify_revision(
+                source.repo(),
+                &config,
+                &trust,
+                start,
+                head,
+                first_seen_in(store.as_ref()),
+            )
+            .map_err(Refusal::from);
+            Ok((head.to_string(), watermark, revision, records))
+        })
+        .await
+        .map_err(anyhow::Error::from)??;
+    match &revision {
+        Ok(r) => info!(revision = %head, new_commits = r.commits.len(), "verified"),
+        Err(refusal) => {
+            warn!(revision = %head, kind = refusal.kind, reason = %refusal.message, "head refused")
+        }
+    }
+
+    let client = FlinkClient::from_config(&config.flink)?;
+    let cluster = match tokio::try_join!(client.overview(), client.jobs()) {
+        Ok(found) => Ok(found),
+        Err(e) => {
+            warn!(error = %e, "cannot read the cluster");
+            Err(e.to_string())
+        }
+    };
+    Ok(Snapshot {
+        config,
+        head,
+        watermark,
+        revision,
+        records,
+        cluster,
+    })
+}

@@ -1,0 +1,396 @@
+//! The validated spec model: what a revision asks the cluster to run.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::RepoPath;
+use super::program::Program;
+
+/// Stream or batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobType {
+    /// An unbounded streaming job kept running.
+    Stream,
+    /// A bounded job run on a schedule or once per revision.
+    Batch,
+}
+
+/// Whether the job should be running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DesiredRunState {
+    /// Running (the default).
+    Running,
+    /// Stopped with a savepoint that is kept for resuming.
+    Suspended,
+}
+
+/// How state moves from the old job to the new one on upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpgradeMode {
+    /// Stop with a savepoint, start the new version from it.
+    Savepoint,
+    /// Start from the latest completed retained checkpoint.
+    LastState,
+    /// Cancel and start fresh.
+    Stateless,
+}
+
+/// Flink restart strategies the spec may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartStrategy {
+    /// `fixed-delay`.
+    FixedDelay,
+    /// `exponential-delay`.
+    ExponentialDelay,
+    /// `failure-rate`.
+    FailureRate,
+    /// `none`: never restart.
+    None,
+}
+
+/// What to do when a batch run is due while the previous one still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Concurrency {
+    /// Skip the new run (the default).
+    Forbid,
+    /// Cancel the running one and start the new one.
+    Replace,
+    /// Run both.
+    Allow,
+}
+
+/// What runs: a JAR, or a SQL or Python program run by the runner JAR.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Artifact {
+    /// A JAR file in the spec repository.
+    Path(RepoPath),
+    /// A JAR at an https or file URL; its digest must be pinned.
+    Url(String),
+    /// SQL files in the repository, executed in order.
+    Sql {
+        /// The files.
+        files: Vec<RepoPath>,
+    },
+    /// A PyFlink program in the repository.
+    Python {
+        /// The main file.
+        entry: RepoPath,
+        /// More files or folders shipped with it.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        files: Vec<RepoPath>,
+    },
+}
+
+/// The three kinds of job, for `status`, `history` and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    /// A JAR with its own `main`.
+    Jar,
+    /// A Flink SQL pipeline.
+    Sql,
+    /// A PyFlink program.
+    Python,
+}
+
+impl JobKind {
+    /// `jar`, `sql` or `python`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Jar => "jar",
+            JobKind::Sql => "sql",
+            JobKind::Python => "python",
+        }
+    }
+}
+
+impl Artifact {
+    /// Which kind of job this artifact makes.
+    pub fn kind(&self) -> JobKind {
+        match self {
+            Artifact::Path(_) | Artifact::Url(_) => JobKind::Jar,
+            Artifact::Sql { .. } => JobKind::Sql,
+            Artifact::Python { .. } => JobKind::Python,
+        }
+    }
+}
+
+/// When a new deployment counts as healthy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthPolicy {
+    /// How long it must stay RUNNING.
+    #[serde(with = "duration_text")]
+    pub stable_for: Duration,
+    /// Restarts tolerated while stabilising.
+    pub max_restarts: u32,
+    /// Whether one completed checkpoint is required (only meaningful with checkpointing on).
+    pub require_checkpoint: bool,
+    /// Completed checkpoints of the new instance required (`health.min_checkpoints`), when more
+    /// than one: the new version must show it keeps making progress, not just start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_checkpoints: Option<u32>,
+    /// The newest completed checkpoint must be younger than this when the gate passes
+    /// (`health.max_checkpoint_age`).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "optional_duration_text"
+    )]
+    pub max_checkpoint_age: Option<Duration>,
+    /// Backpressure at or above this ratio restarts the `stable_for` window
+    /// (`health.max_backpressure`): a version that cannot keep up is not healthy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_backpressure: Option<Ratio>,
+    /// How long to wait for all of the above before declaring the deployment failed.
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+}
+
+/// The batch part of a spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BatchSpec {
+    /// Cron expression as written (5 or 6 fields); `None` means once per revision.
+    pub cron: Option<String>,
+    /// IANA time zone of the schedule.
+    pub timezone: String,
+    /// Runs allowed per spec revision.
+    pub max_runs: Option<u32>,
+    /// A run still going after this long is cancelled.
+    pub ttl_seconds: Option<u64>,
+    /// Delete the uploaded JAR after a run when nothing else needs it.
+    pub cleanup_on_completion: bool,
+    /// Overlap policy.
+    pub concurrency: Concurrency,
+}
+
+/// A validated job spec. Serialized, it is the canonical form that is hashed and diffed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobSpec {
+    /// The job's identity forever.
+    pub job_id: String,
+    /// Stream or batch.
+    pub job_type: JobType,
+    /// The JAR, or the SQL or Python program.
+    pub artifact: Artifact,
+    /// The spec's own runner JAR in the repository (SQL and Python jobs that bring connectors);
+    /// `None` runs them on the agent's configured runner.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runner: Option<RepoPath>,
+    /// Pinned `sha256:` digest of the JAR, lower-case hex.
+    pub artifact_sha256: Option<String>,
+    /// Main class when the manifest has none.
+    pub entry_class: Option<String>,
+    /// Run parallelism; `None` means the cluster default.
+    pub parallelism: Option<NonZeroU32>,
+    /// Program arguments.
+    pub args: Vec<String>,
+    /// Savepoint directory for this job (else the agent's default).
+    pub savepoint_dir: Option<String>,
+    /// Per-job Flink options, from the structured fields and `flink_config`.
+    pub flink_configuration: BTreeMap<String, String>,
+    /// This job needs a detached artifact signature whatever the policy.
+    pub artifact_verification: bool,
+    /// Report failures of this job.
+    pub alert_on_failure: bool,
+    /// Report backpressure of this job.
+    pub alert_on_backpressure: bool,
+    /// What "backpressured" and "checkpoints too old" mean for this job's alerts.
+    #[serde(rename = "monitoring", skip_serializing_if = "Watch::is_default")]
+    pub watch: Watch,
+    /// Periodic savepoints, in milliseconds.
+    pub savepoint_trigger_interval_ms: Option<u64>,
+    /// Batch scheduling, for batch jobs.
+    pub batch: Option<BatchSpec>,
+    /// Running or suspended.
+    pub state: DesiredRunState,
+    /// Upgrade mode.
+    pub upgrade_mode: UpgradeMode,
+    /// Allow savepoint state that no operator claims.
+    pub allow_non_restored_state: bool,
+    /// A savepoint or retained checkpoint a new job starts from (one-shot: only at creation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<String>,
+    /// This job's savepoint retention (else the agent's `savepoints:` policy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub savepoint_retention: Option<Retention>,
+    /// Health gate.
+    pub health: HealthPolicy,
+}
+
+impl JobSpec {
+    /// Whether checkpointing is configured for this job.
+    pub fn checkpointing_enabled(&self) -> bool {
+        self.flink_configuration
+            .get("execution.checkpointing.interval")
+            .is_some_and(|v| v != "0" && v != "0 ms")
+    }
+}
+
+mod duration_text {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(
+        value: &Duration,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&crate::util::format_duration(*value))
+    }
+}
+
+/// A job the repository asks for, with where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DesiredJob {
+    /// The validated spec.
+    pub spec: JobSpec,
+    /// Repo-relative spec file.
+    pub file: RepoPath,
+    /// Identity of what runs in this revision: the JAR's (`git-blob:<oid>`, `sha256:<hex>` or the
+    /// pinned digest), or the SQL/Python sources' (`sources-sha256:<hex>`, with the spec's runner).
+    pub artifact_content: String,
+    /// The SQL or Python sources, for those jobs.
+    #[serde(skip)]
+    pub program: Option<Program>,
+    /// Keyed fingerprints of the `${secret:NAME}` values the job uses (never the values), so a
+    /// changed secret redeploys the job; empty until the agent resolves them.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
+}
+
+impl DesiredJob {
+    /// The canonical JSON of everything that, when changed, needs a redeploy.
+    pub fn canonical_json(&self) -> String {
+        let mut value =
+            serde_json::json!({ "spec": self.spec, "artifact_content": self.artifact_content });
+        // Only present when used, so the hashes of jobs without secrets stay what they were.
+        if !self.secrets.is_empty() {
+            value["secrets"] = serde_json::json!(self.secrets);
+        }
+        value.to_string()
+    }
+
+    /// SHA-256 of [`Self::canonical_json`].
+    pub fn spec_hash(&self) -> String {
+        crate::util::sha256_hex(self.canonical_json().as_bytes())
+    }
+}
+
+/// All jobs a revision asks for, keyed by `job_id`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DesiredState {
+    /// The jobs.
+    pub jobs: BTreeMap<String, DesiredJob>,
+}
+
+/// A ratio between 0 and 1, kept in thousandths so specs compare and hash exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ratio(pub(super) u16);
+
+impl Ratio {
+    /// From a number written in a spec; `None` outside 0..=1.
+    pub fn parse(value: f64) -> Option<Ratio> {
+        (0.0..=1.0)
+            .contains(&value)
+            .then(|| Ratio((value * 1000.0).round() as u16))
+    }
+
+    /// As a fraction.
+    pub fn get(self) -> f64 {
+        f64::from(self.0) / 1000.0
+    }
+}
+
+impl std::fmt::Display for Ratio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.get())
+    }
+}
+
+impl Serialize for Ratio {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+/// What the agent watches on a running stream job (`monitoring:`), beyond the alert switches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Watch {
+    /// A job whose most backpressured subtask is at or above this ratio is backpressured.
+    pub backpressure_ratio: Ratio,
+    /// How long it must stay backpressured before the alert.
+    #[serde(with = "duration_text")]
+    pub backpressure_for: Duration,
+    /// A newest completed checkpoint older than this raises the `checkpoints` alert.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "optional_duration_text"
+    )]
+    pub max_checkpoint_age: Option<Duration>,
+}
+
+impl Default for Watch {
+    fn default() -> Watch {
+        Watch {
+            backpressure_ratio: Ratio(500),
+            backpressure_for: Duration::from_secs(60),
+            max_checkpoint_age: None,
+        }
+    }
+}
+
+impl Watch {
+    fn is_default(&self) -> bool {
+        *self == Watch::default()
+    }
+}
+
+/// Which savepoints retention disposes of (see the README, "Savepoint retention").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Retention {
+    /// The newest this many are kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep: Option<u32>,
+    /// Older than this, a savepoint goes (unless protected).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "optional_duration_text"
+    )]
+    pub max_age: Option<Duration>,
+}
+
+impl Retention {
+    /// Validates the raw policy; `why` names the field in errors.
+    pub(crate) fn parse(keep: Option<u32>, max_age: Option<&str>) -> Result<Retention, String> {
+        if keep == Some(0) {
+            return Err(
+                "`keep` must be at least 1: the newest savepoint is never disposed of".into(),
+            );
+        }
+        let max_age = max_age.map(crate::util::parse_duration).transpose()?;
+        if keep.is_none() && max_age.is_none() {
+            return Err("set `keep`, `max_age` or both".into());
+        }
+        Ok(Retention { keep, max_age })
+    }
+}
+
+mod optional_duration_text {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(
+        value: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => serializer.serialize_str(&crate::util::format_duration(*d)),
+            None => serializer.serialize_none(),
+        }
+    }
+}
