@@ -109,6 +109,15 @@ fn pushes_deploy_without_restart_webhooks_metrics_notify_and_no_secrets_in_logs(
         counter_spec(&job, "artifacts/counter-v1.jar", ""),
     );
     repo.commit("add a job");
+    // What the agent has done so far: its first poll and pass at start.
+    let polls = |d: &Daemon| {
+        d.metric("flink_gitops_polls_total{kind=\"ok\"}")
+            + d.metric("flink_gitops_polls_total{kind=\"failed\"}")
+    };
+    let passes = |d: &Daemon| d.metric("flink_gitops_reconcile_duration_seconds_count");
+    let refused = |d: &Daemon| d.metric("flink_gitops_webhooks_total{kind=\"unauthorized\"}");
+    let (polls_before, passes_before, refused_before) =
+        (polls(&daemon), passes(&daemon), refused(&daemon));
     let body = r#"{"ref":"refs/heads/main"}"#;
     assert_eq!(daemon.post_webhook(body, &[]), 401, "unsigned webhook");
     assert_eq!(
@@ -126,10 +135,16 @@ fn pushes_deploy_without_restart_webhooks_metrics_notify_and_no_secrets_in_logs(
         ),
         401
     );
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        running_instances(&job).is_empty(),
-        "a refused webhook must not trigger anything"
+    // The refusals are counted before the 401 is sent, so the counter reads exact at once.
+    assert_eq!(
+        refused(&daemon),
+        refused_before + 3.0,
+        "three refusals counted"
+    );
+    assert_eq!(
+        (polls(&daemon), passes(&daemon)),
+        (polls_before, passes_before),
+        "a refused webhook must not start a poll or a pass"
     );
     assert_eq!(
         daemon.post_webhook(
@@ -144,6 +159,20 @@ fn pushes_deploy_without_restart_webhooks_metrics_notify_and_no_secrets_in_logs(
     daemon.wait_for("the job deployed", Duration::from_secs(90), |_| {
         running_instances(&job).len() == 1
     });
+    // Exactly one poll since the refusals, the accepted webhook's: a poll a refusal had woken
+    // would have run at once, before the accepted one came (a poll that found the new head
+    // runs a pass of seconds, and the later triggers wait for it and count again).
+    daemon.wait_for(
+        "the accepted webhook's pass",
+        Duration::from_secs(30),
+        |d| passes(d) == passes_before + 1.0,
+    );
+    assert_eq!(
+        polls(&daemon),
+        polls_before + 1.0,
+        "one poll since the refusals, the accepted webhook's; log:\n{}",
+        daemon.log_text()
+    );
     daemon.wait_for("status reporting it", Duration::from_secs(30), |d| {
         let (_, body) = d.get("/api/v1/status");
         let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
