@@ -489,10 +489,22 @@ async fn trigger_savepoint(
         .unwrap_or("file:/fake/savepoints")
         .to_string();
     let mut inner = fake.lock();
-    if inner.jobs.get(&jid).is_none_or(|j| j.state != "RUNNING") {
-        return flink_error(StatusCode::NOT_FOUND, "Job could not be found.");
-    }
     inner.triggers.insert(trigger.clone(), jid.clone());
+    // Like Flink 2.3, a savepoint of a job that does not run is accepted (202) and the
+    // operation ends with the cause; a job that has ended is no longer known to the dispatcher.
+    let refusal = match inner.jobs.get(&jid).map(|j| j.state.as_str()) {
+        Some("RUNNING") => None,
+        None | Some("FINISHED" | "CANCELED" | "FAILED") => Some(format!(
+            "org.apache.flink.runtime.messages.FlinkJobNotFoundException: Could not find Flink job ({jid})"
+        )),
+        Some(_) => Some(
+            "org.apache.flink.runtime.checkpoint.CheckpointException: Not all required tasks are currently running.".to_string(),
+        ),
+    };
+    if let Some(cause) = refusal {
+        inner.triggers.insert(format!("{trigger}/failed"), cause);
+        return (StatusCode::ACCEPTED, Json(json!({"request-id": trigger}))).into_response();
+    }
     inner.triggers.insert(
         format!("{trigger}/location"),
         format!(
@@ -533,6 +545,10 @@ async fn savepoint_status(
     match inner.scenario {
         Some(Scenario::SavepointNeverCompletes) => Json(json!({"status": {"id": "IN_PROGRESS"}, "operation": null})).into_response(),
         Some(Scenario::SavepointFails) => Json(json!({"status": {"id": "COMPLETED"}, "operation": {"failure-cause": {"class": "java.io.IOException", "stack-trace": "org.apache.flink.runtime.checkpoint.CheckpointException: An Exception occurred while triggering the checkpoint. IO-problem detected.\nCaused by: java.io.IOException: injected: disk full"}}})).into_response(),
+        _ if inner.triggers.contains_key(&format!("{trigger}/failed")) => {
+            let cause = &inner.triggers[&format!("{trigger}/failed")];
+            Json(json!({"status": {"id": "COMPLETED"}, "operation": {"failure-cause": {"class": "java.util.concurrent.CompletionException", "stack-trace": format!("java.util.concurrent.CompletionException: {cause}\n\tat org.apache.flink.Fake.trigger(Fake.java:1)")}}})).into_response()
+        }
         _ => match inner.triggers.get(&format!("{trigger}/location")) {
             Some(location) => Json(json!({"status": {"id": "COMPLETED"}, "operation": {"location": location}})).into_response(),
             None => flink_error(StatusCode::NOT_FOUND, "There is no savepoint operation with this triggerId"),
