@@ -256,8 +256,15 @@ async fn a_submit_that_timed_out_but_reached_flink_is_verified_not_sent_twice() 
         "submitted",
         "the submission stays recorded"
     );
-    // Flink took it after all; the next pass finds it and verifies it.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Flink takes it after all, once its delay is over; the next pass finds it and verifies it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.fake.jobs_with_prefix(&flink_job_prefix(JOB)).len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the delayed submission never reached the fake"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let report = settle(&agent, &s, "slow submit").await;
     assert!(report.converged(), "{report:#?}");
     let ours = s.fake.jobs_with_prefix(&flink_job_prefix(JOB));

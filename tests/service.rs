@@ -292,7 +292,13 @@ fn readyz_follows_the_cluster_and_nothing_is_applied_while_it_is_down() {
     daemon.wait_for("the new head seen", Duration::from_secs(30), |d| {
         seen(d).is_some_and(|r| r.verified_at.is_some())
     });
-    std::thread::sleep(Duration::from_secs(3));
+    // The pass that verified it tries the cluster next; the check comes after that pass and the
+    // one after it have ended (each pass, also one Flink refused, is counted when it ends).
+    let passes = |d: &Daemon| d.metric("flink_gitops_reconcile_duration_seconds_count");
+    let passes_at_verification = passes(&daemon);
+    daemon.wait_for("two more passes", Duration::from_secs(30), |d| {
+        passes(d) >= passes_at_verification + 2.0
+    });
     let revision = seen(&daemon).unwrap();
     assert!(
         revision.applied_at.is_none(),
@@ -562,37 +568,45 @@ fn a_failing_repository_is_polled_with_backoff_not_in_a_tight_loop() {
     daemon.wait_for("the metrics endpoint", Duration::from_secs(20), |d| {
         d.get("/metrics").0 == 200
     });
-    std::thread::sleep(Duration::from_secs(8));
-    let (_, metrics) = daemon.get("/metrics");
-    let failed: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("flink_gitops_polls_total{kind=\"failed\"}"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no failed-poll counter in\n{metrics}"));
-    // 1 s, 2 s, 4 s, 8 s apart (with up to a fifth of jitter): at most 5 in ~9 s, where a tight
-    // loop made about 10 a second.
-    assert!(
-        (2.0..=5.0).contains(&failed),
-        "{failed} failed polls in ~9 s"
+    let failed = |d: &Daemon| d.metric("flink_gitops_polls_total{kind=\"failed\"}");
+    daemon.wait_for("the first failed poll", Duration::from_secs(20), |d| {
+        failed(d) >= 1.0
+    });
+    assert_eq!(
+        failed(&daemon),
+        1.0,
+        "the second poll comes 1 s after the first"
     );
-    let in_a_row: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("flink_gitops_poll_failures_in_a_row "))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    assert_eq!(in_a_row, failed);
+    // Watched from before it happens, each poll is seen within one look (250 ms).
+    daemon.wait_for("the second failed poll", Duration::from_secs(20), |d| {
+        failed(d) >= 2.0
+    });
+    let second_seen = Instant::now();
+    daemon.wait_for("the fourth failed poll", Duration::from_secs(20), |d| {
+        failed(d) >= 4.0
+    });
+    // Waits of 2 s and 4 s, each plus up to a fifth as jitter, came between the second and the
+    // fourth; a tight loop makes about ten a second.
+    let took = second_seen.elapsed();
+    assert!(
+        took >= Duration::from_millis(6000 - 250) && took <= Duration::from_millis(7200 + 500),
+        "the fourth failed poll {took:?} after the second, not 6 to 7.2 s"
+    );
+    assert_eq!(failed(&daemon), 4.0, "no fifth poll before its 8 s wait");
+    assert_eq!(daemon.metric("flink_gitops_poll_failures_in_a_row"), 4.0);
     let (_, status) = daemon.get("/api/v1/status");
     let status: serde_json::Value = serde_json::from_str(&status).unwrap_or_default();
-    // Read after the metrics: a poll may have failed in between.
+    assert_eq!(status["poll_failures"], 4, "{status}");
+    // The fifth poll waits 8 s (plus up to 1.6 s of jitter) from the fourth.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let next_in = status["next_poll_at"].as_f64().unwrap_or_default() - now;
     assert!(
-        status["poll_failures"]
-            .as_f64()
-            .is_some_and(|n| n >= failed && n <= failed + 1.0),
-        "{status}"
+        (8.0 - 0.5..=9.6).contains(&next_in),
+        "the next poll in {next_in} s, not 8 to 9.6 s: {status}"
     );
-    assert!(status["next_poll_at"].as_f64().is_some(), "{status}");
     assert!(status["last_poll_error"].as_str().is_some(), "{status}");
 }
 
