@@ -242,13 +242,9 @@ fn ttl_cancels_a_run_that_is_still_going() {
     let run = runs(config, job).pop().unwrap();
     assert_eq!(run["result"], "timed_out", "{run:#}");
     assert_eq!(run["flink_job_id"], jid.as_str());
-    for _ in 0..20 {
-        if flink_state(&jid) == "CANCELED" {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    assert_eq!(flink_state(&jid), "CANCELED");
+    wait_until("Flink to cancel the run", Duration::from_secs(10), || {
+        flink_state(&jid) == "CANCELED"
+    });
     let kept = uploaded_jars(work.path());
     assert_eq!(
         kept.len(),
@@ -353,13 +349,11 @@ fn replace_cancels_the_run_still_going_and_deleting_the_spec_cancels_its_runs() 
     assert_eq!(recorded[0]["result"], "replaced", "{recorded:#?}");
     let first = recorded[0]["flink_job_id"].as_str().unwrap().to_string();
     let second = recorded[1]["flink_job_id"].as_str().unwrap().to_string();
-    for _ in 0..20 {
-        if flink_state(&first) == "CANCELED" {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    assert_eq!(flink_state(&first), "CANCELED");
+    wait_until(
+        "Flink to cancel the replaced run",
+        Duration::from_secs(10),
+        || flink_state(&first) == "CANCELED",
+    );
 
     repo.remove(spec_path);
     repo.commit("retire the report");
