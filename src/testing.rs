@@ -446,6 +446,22 @@ async fn exceptions(State(fake): State<FakeFlink>, Path(jid): Path<String>) -> J
     Json(json!({"exceptionHistory": {"entries": entries, "truncated": false}}))
 }
 
+/// Why Flink 2.3 fails a savepoint (or a stop with one) of job `jid`, if it does: it accepts the
+/// request (202) and ends the operation with this cause, for a job that does not run.
+fn savepoint_refusal(inner: &Inner, jid: &str) -> Option<String> {
+    match inner.jobs.get(jid).map(|j| j.state.as_str()) {
+        Some("RUNNING") => None,
+        // A job that has ended is no longer known to the dispatcher.
+        None | Some("FINISHED" | "CANCELED" | "FAILED") => Some(format!(
+            "org.apache.flink.runtime.messages.FlinkJobNotFoundException: Could not find Flink job ({jid})"
+        )),
+        Some(_) => Some(
+            "org.apache.flink.runtime.checkpoint.CheckpointException: Not all required tasks are currently running."
+                .to_string(),
+        ),
+    }
+}
+
 async fn stop(
     State(fake): State<FakeFlink>,
     Path(jid): Path<String>,
@@ -458,8 +474,15 @@ async fn stop(
         .to_string();
     let mut inner = fake.lock();
     let scenario = inner.scenario.clone();
+    if inner.triggers.contains_key(&trigger) {
+        // Like Flink, a trigger id already used names the operation it started: a retried
+        // request starts nothing new.
+        return (StatusCode::ACCEPTED, Json(json!({"request-id": trigger}))).into_response();
+    }
     inner.triggers.insert(trigger.clone(), jid.clone());
-    if scenario == Some(Scenario::Healthy)
+    if let Some(cause) = savepoint_refusal(&inner, &jid) {
+        inner.triggers.insert(format!("{trigger}/failed"), cause);
+    } else if scenario == Some(Scenario::Healthy)
         || scenario.is_none()
         || scenario == Some(Scenario::JobFailsAfterStart)
     {
@@ -489,19 +512,12 @@ async fn trigger_savepoint(
         .unwrap_or("file:/fake/savepoints")
         .to_string();
     let mut inner = fake.lock();
+    if inner.triggers.contains_key(&trigger) {
+        // A retried request: the operation of this trigger id is already under way.
+        return (StatusCode::ACCEPTED, Json(json!({"request-id": trigger}))).into_response();
+    }
     inner.triggers.insert(trigger.clone(), jid.clone());
-    // Like Flink 2.3, a savepoint of a job that does not run is accepted (202) and the
-    // operation ends with the cause; a job that has ended is no longer known to the dispatcher.
-    let refusal = match inner.jobs.get(&jid).map(|j| j.state.as_str()) {
-        Some("RUNNING") => None,
-        None | Some("FINISHED" | "CANCELED" | "FAILED") => Some(format!(
-            "org.apache.flink.runtime.messages.FlinkJobNotFoundException: Could not find Flink job ({jid})"
-        )),
-        Some(_) => Some(
-            "org.apache.flink.runtime.checkpoint.CheckpointException: Not all required tasks are currently running.".to_string(),
-        ),
-    };
-    if let Some(cause) = refusal {
+    if let Some(cause) = savepoint_refusal(&inner, &jid) {
         inner.triggers.insert(format!("{trigger}/failed"), cause);
         return (StatusCode::ACCEPTED, Json(json!({"request-id": trigger}))).into_response();
     }

@@ -303,6 +303,24 @@ async fn exercise(
         .unwrap_or_else(|| panic!("{base}: the savepoint failed: {done:?}"))
         .to_string();
     keep("GET /jobs/:id/savepoints/:trigger (completed)", done);
+    // The agent retries a trigger with the same id: it names the operation already made.
+    keep(
+        "POST /jobs/:id/savepoints (the trigger id again)",
+        send(
+            http.post(url(&format!("/jobs/{jid}/savepoints")))
+                .json(&body),
+        )
+        .await,
+    );
+    let again = keep(
+        "GET /jobs/:id/savepoints/:trigger (after the retry)",
+        send(http.get(url(&status_path))).await,
+    );
+    assert_eq!(
+        again.body["operation"]["location"].as_str(),
+        Some(location.as_str()),
+        "{base}: a retried trigger started another savepoint: {again:?}"
+    );
     keep(
         "GET /jobs/:id/savepoints/:unknown",
         send(http.get(url(&format!("/jobs/{jid}/savepoints/{unknown}")))).await,
@@ -417,6 +435,24 @@ async fn exercise(
         )
         .await;
         keep("GET /jobs/:id/savepoints/:trigger (finished job)", ended);
+    }
+
+    let lost = "fedcba9876543210fedcba9876543213";
+    let body = serde_json::json!({"targetDirectory": savepoints, "drain": false, "formatType": "CANONICAL", "triggerId": lost});
+    let lost_stop = keep(
+        "POST /jobs/:unknown/stop",
+        send(http.post(url(&format!("/jobs/{unknown}/stop"))).json(&body)).await,
+    );
+    if (200..300).contains(&lost_stop.status) {
+        let ended = poll(
+            &http,
+            base,
+            &format!("/jobs/{unknown}/savepoints/{lost}"),
+            "the stop of an unknown job to end",
+            completed,
+        )
+        .await;
+        keep("GET /jobs/:unknown/savepoints/:trigger", ended);
     }
 
     let deleted = keep(
