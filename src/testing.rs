@@ -446,6 +446,22 @@ async fn exceptions(State(fake): State<FakeFlink>, Path(jid): Path<String>) -> J
     Json(json!({"exceptionHistory": {"entries": entries, "truncated": false}}))
 }
 
+/// Why Flink 2.3 fails a savepoint (or a stop with one) of job `jid`, if it does: it accepts the
+/// request (202) and ends the operation with this cause, for a job that does not run.
+fn savepoint_refusal(inner: &Inner, jid: &str) -> Option<String> {
+    match inner.jobs.get(jid).map(|j| j.state.as_str()) {
+        Some("RUNNING") => None,
+        // A job that has ended is no longer known to the dispatcher.
+        None | Some("FINISHED" | "CANCELED" | "FAILED") => Some(format!(
+            "org.apache.flink.runtime.messages.FlinkJobNotFoundException: Could not find Flink job ({jid})"
+        )),
+        Some(_) => Some(
+            "org.apache.flink.runtime.checkpoint.CheckpointException: Not all required tasks are currently running."
+                .to_string(),
+        ),
+    }
+}
+
 async fn stop(
     State(fake): State<FakeFlink>,
     Path(jid): Path<String>,
@@ -458,8 +474,15 @@ async fn stop(
         .to_string();
     let mut inner = fake.lock();
     let scenario = inner.scenario.clone();
+    if inner.triggers.contains_key(&trigger) {
+        // Like Flink, a trigger id already used names the operation it started: a retried
+        // request starts nothing new.
+        return (StatusCode::ACCEPTED, Json(json!({"request-id": trigger}))).into_response();
+    }
     inner.triggers.insert(trigger.clone(), jid.clone());
-    if scenario == Some(Scenario::Healthy)
+    if let Some(cause) = savepoint_refusal(&inner, &jid) {
+        inner.triggers.insert(format!("{trigger}/failed"), cause);
+    } else if scenario == Some(Scenario::Healthy)
         || scenario.is_none()
         || scenario == Some(Scenario::JobFailsAfterStart)
     {
@@ -489,10 +512,15 @@ async fn trigger_savepoint(
         .unwrap_or("file:/fake/savepoints")
         .to_string();
     let mut inner = fake.lock();
-    if inner.jobs.get(&jid).is_none_or(|j| j.state != "RUNNING") {
-        return flink_error(StatusCode::NOT_FOUND, "Job could not be found.");
+    if inner.triggers.contains_key(&trigger) {
+        // A retried request: the operation of this trigger id is already under way.
+        return (StatusCode::ACCEPTED, Json(json!({"request-id": trigger}))).into_response();
     }
     inner.triggers.insert(trigger.clone(), jid.clone());
+    if let Some(cause) = savepoint_refusal(&inner, &jid) {
+        inner.triggers.insert(format!("{trigger}/failed"), cause);
+        return (StatusCode::ACCEPTED, Json(json!({"request-id": trigger}))).into_response();
+    }
     inner.triggers.insert(
         format!("{trigger}/location"),
         format!(
@@ -533,6 +561,10 @@ async fn savepoint_status(
     match inner.scenario {
         Some(Scenario::SavepointNeverCompletes) => Json(json!({"status": {"id": "IN_PROGRESS"}, "operation": null})).into_response(),
         Some(Scenario::SavepointFails) => Json(json!({"status": {"id": "COMPLETED"}, "operation": {"failure-cause": {"class": "java.io.IOException", "stack-trace": "org.apache.flink.runtime.checkpoint.CheckpointException: An Exception occurred while triggering the checkpoint. IO-problem detected.\nCaused by: java.io.IOException: injected: disk full"}}})).into_response(),
+        _ if inner.triggers.contains_key(&format!("{trigger}/failed")) => {
+            let cause = &inner.triggers[&format!("{trigger}/failed")];
+            Json(json!({"status": {"id": "COMPLETED"}, "operation": {"failure-cause": {"class": "java.util.concurrent.CompletionException", "stack-trace": format!("java.util.concurrent.CompletionException: {cause}\n\tat org.apache.flink.Fake.trigger(Fake.java:1)")}}})).into_response()
+        }
         _ => match inner.triggers.get(&format!("{trigger}/location")) {
             Some(location) => Json(json!({"status": {"id": "COMPLETED"}, "operation": {"location": location}})).into_response(),
             None => flink_error(StatusCode::NOT_FOUND, "There is no savepoint operation with this triggerId"),

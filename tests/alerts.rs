@@ -196,14 +196,26 @@ fn signed_alerts_for_a_rollback_and_a_refused_commit_arrive_once_after_the_recei
     assert_eq!(code, Some(1), "{report:#}");
     assert_eq!(outcome_of(&report, job)["outcome"], "rolled_back");
 
-    // Up again; a new agent process (every `apply` is one) delivers what waited, once.
+    // Up again; a new agent process (every `apply` is one) delivers what waited once its retry
+    // is due (after 1 s, then 2 s), and only once: applies until both came, then one more.
     let received = receiver(port);
-    std::thread::sleep(Duration::from_secs(3));
-    for _ in 0..2 {
+    let blocked_apply = || {
         let (code, report) = apply(config);
         assert_eq!(code, Some(1), "the broken spec stays blocked: {report:#}");
-    }
-    let got = events(&received);
+    };
+    wait_until(
+        "the two alerts that waited",
+        Duration::from_secs(30),
+        || {
+            blocked_apply();
+            events(&received).len() >= 2
+        },
+    );
+    blocked_apply();
+    // Each alert waited out its own retry backoff, so they may come in either order; their ids
+    // give the order they were raised in.
+    let mut got = events(&received);
+    got.sort_by_key(|e| e["id"].as_i64());
     let kinds: Vec<&str> = got.iter().map(|e| e["event"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["deployed", "rolled_back"], "{got:#?}");
     let rolled = &got[1];

@@ -366,6 +366,7 @@ fn a_server_that_never_answers_is_given_up_at_the_fetch_timeout() {
         for stream in silent.incoming().take(4).flatten() {
             open.push(stream);
         }
+        // Holds the connections open past the agent's timeouts; the test does not wait for it.
         std::thread::sleep(Duration::from_secs(30));
     });
     let (_runtime, flink) = fake_flink();

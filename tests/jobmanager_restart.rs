@@ -93,7 +93,17 @@ fn a_jobmanager_restart_mid_upgrade_and_under_a_running_job_loses_no_state() {
         .as_str()
         .unwrap()
         .to_string();
-    std::thread::sleep(Duration::from_secs(3));
+    let savepoint_time =
+        std::fs::metadata(PathBuf::from(normalized(&upgrade_savepoint)).join("_metadata"))
+            .unwrap()
+            .modified()
+            .unwrap();
+    // The test needs a retained checkpoint newer than the upgrade savepoint (one a second).
+    wait_until(
+        "a checkpoint newer than the upgrade savepoint",
+        Duration::from_secs(30),
+        || newest_checkpoint_on_disk(&running_jid).is_some_and(|(time, _)| time > savepoint_time),
+    );
 
     // `upgrading` is in the middle of an upgrade: stopped with a savepoint, the agent killed.
     repo.write(
@@ -124,11 +134,6 @@ fn a_jobmanager_restart_mid_upgrade_and_under_a_running_job_loses_no_state() {
     );
     let (newest_time, newest_checkpoint) =
         newest_checkpoint_on_disk(&running_jid).expect("retained checkpoints stay on disk");
-    let savepoint_time =
-        std::fs::metadata(PathBuf::from(normalized(&upgrade_savepoint)).join("_metadata"))
-            .unwrap()
-            .modified()
-            .unwrap();
     assert!(
         newest_time > savepoint_time,
         "the test needs a checkpoint newer than the upgrade savepoint"

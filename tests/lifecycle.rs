@@ -289,14 +289,17 @@ fn adoption_after_losing_the_state_db_and_drift_repair() {
     expect(&report, &job, "unchanged", "unchanged");
 
     // Someone cancels the job by hand: drift, restarted from its retained checkpoint.
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    wait_until(
+        "a checkpoint to restart from",
+        std::time::Duration::from_secs(30),
+        || has_completed_checkpoint(&first),
+    );
     cancel_flink_job(&first);
-    for _ in 0..40 {
-        if flink_json(&format!("/jobs/{first}"))["state"] == "CANCELED" {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
+    wait_until(
+        "the cancellation",
+        std::time::Duration::from_secs(10),
+        || flink_json(&format!("/jobs/{first}"))["state"] == "CANCELED",
+    );
     let (code, report) = apply(&config);
     assert_eq!(code, Some(0), "{report:#}");
     let restarted = expect(&report, &job, "restart", "ok");

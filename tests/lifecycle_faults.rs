@@ -97,6 +97,10 @@ fn assert_never_left_down(s: &Setup, context: &str, report: &ApplyReport) {
     }
 }
 
+/// The pause between two passes: it outlasts a retry's wait (retry_max 20 ms plus up to a fifth),
+/// as the service waits it out before its next pass.
+const BETWEEN_PASSES: Duration = Duration::from_millis(30);
+
 /// Passes until the job settles (converged, or rolled back / blocked with the old job running).
 async fn settle(agent: &Agent, s: &Setup, context: &str) -> ApplyReport {
     for _ in 0..12 {
@@ -105,7 +109,7 @@ async fn settle(agent: &Agent, s: &Setup, context: &str) -> ApplyReport {
         let Some(job) = report.jobs.iter().find(|j| j.job_id == JOB) else {
             // The cluster could not be read at all this pass: nothing was done.
             assert!(report.cluster_error.is_some(), "{context}: {report:#?}");
-            tokio::time::sleep(Duration::from_millis(30)).await;
+            tokio::time::sleep(BETWEEN_PASSES).await;
             continue;
         };
         if matches!(
@@ -114,7 +118,7 @@ async fn settle(agent: &Agent, s: &Setup, context: &str) -> ApplyReport {
         ) {
             return report;
         }
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        tokio::time::sleep(BETWEEN_PASSES).await;
     }
     panic!("{context}: the job did not settle within 12 passes")
 }
@@ -256,8 +260,15 @@ async fn a_submit_that_timed_out_but_reached_flink_is_verified_not_sent_twice() 
         "submitted",
         "the submission stays recorded"
     );
-    // Flink took it after all; the next pass finds it and verifies it.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Flink takes it after all, once its delay is over; the next pass finds it and verifies it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.fake.jobs_with_prefix(&flink_job_prefix(JOB)).len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the delayed submission never reached the fake"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let report = settle(&agent, &s, "slow submit").await;
     assert!(report.converged(), "{report:#?}");
     let ours = s.fake.jobs_with_prefix(&flink_job_prefix(JOB));
@@ -284,7 +295,7 @@ async fn a_savepoint_flink_keeps_refusing_blocks_the_job_and_retry_brings_it_bac
     s.repo.commit("orders v2");
     let mut outcomes = Vec::new();
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        tokio::time::sleep(BETWEEN_PASSES).await;
         let report = agent.apply_once().await.unwrap();
         assert_never_left_down(&s, "savepoint fails", &report);
         let job = report
@@ -486,14 +497,14 @@ async fn a_suspend_whose_savepoint_keeps_failing_is_blocked_and_stays_blocked() 
         .write(SPEC, format!("{}state: suspended\n", spec(1, &[])));
     s.repo.commit("suspend orders");
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        tokio::time::sleep(BETWEEN_PASSES).await;
         agent.apply_once().await.unwrap();
     }
     assert_eq!(record(&s).phase, "blocked");
     // Blocked means no further savepoint attempts on that spec, however many passes follow.
     let stops = s.fake.requests().get("POST /jobs/:id/stop").copied();
     for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        tokio::time::sleep(BETWEEN_PASSES).await;
         let report = agent.apply_once().await.unwrap();
         assert_eq!(report.jobs[0].outcome, Outcome::Blocked, "{report:#?}");
     }

@@ -109,8 +109,12 @@ async fn a_python_job_runs_from_the_request_and_restores_its_state_after_a_chang
     );
     eprintln!("run request to all tasks RUNNING: {:?}", started.elapsed());
 
-    // Let the keyed counts build up, then stop with a savepoint.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Once the keyed counts hold something, stop with a savepoint.
+    tokio::task::block_in_place(|| {
+        wait_until("clicks counted", Duration::from_secs(30), || {
+            records_flowed(&first)
+        })
+    });
     let savepoints = format!("file://{}/savepoints", flink_dir().display());
     let second = flink_job_id(&job, 2);
     let trigger = second.clone();

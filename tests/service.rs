@@ -109,6 +109,15 @@ fn pushes_deploy_without_restart_webhooks_metrics_notify_and_no_secrets_in_logs(
         counter_spec(&job, "artifacts/counter-v1.jar", ""),
     );
     repo.commit("add a job");
+    // What the agent has done so far: its first poll and pass at start.
+    let polls = |d: &Daemon| {
+        d.metric("flink_gitops_polls_total{kind=\"ok\"}")
+            + d.metric("flink_gitops_polls_total{kind=\"failed\"}")
+    };
+    let passes = |d: &Daemon| d.metric("flink_gitops_reconcile_duration_seconds_count");
+    let refused = |d: &Daemon| d.metric("flink_gitops_webhooks_total{kind=\"unauthorized\"}");
+    let (polls_before, passes_before, refused_before) =
+        (polls(&daemon), passes(&daemon), refused(&daemon));
     let body = r#"{"ref":"refs/heads/main"}"#;
     assert_eq!(daemon.post_webhook(body, &[]), 401, "unsigned webhook");
     assert_eq!(
@@ -126,10 +135,16 @@ fn pushes_deploy_without_restart_webhooks_metrics_notify_and_no_secrets_in_logs(
         ),
         401
     );
-    std::thread::sleep(Duration::from_secs(2));
-    assert!(
-        running_instances(&job).is_empty(),
-        "a refused webhook must not trigger anything"
+    // The refusals are counted before the 401 is sent, so the counter reads exact at once.
+    assert_eq!(
+        refused(&daemon),
+        refused_before + 3.0,
+        "three refusals counted"
+    );
+    assert_eq!(
+        (polls(&daemon), passes(&daemon)),
+        (polls_before, passes_before),
+        "a refused webhook must not start a poll or a pass"
     );
     assert_eq!(
         daemon.post_webhook(
@@ -144,6 +159,20 @@ fn pushes_deploy_without_restart_webhooks_metrics_notify_and_no_secrets_in_logs(
     daemon.wait_for("the job deployed", Duration::from_secs(90), |_| {
         running_instances(&job).len() == 1
     });
+    // Exactly one poll since the refusals, the accepted webhook's: a poll a refusal had woken
+    // would have run at once, before the accepted one came (a poll that found the new head
+    // runs a pass of seconds, and the later triggers wait for it and count again).
+    daemon.wait_for(
+        "the accepted webhook's pass",
+        Duration::from_secs(30),
+        |d| passes(d) == passes_before + 1.0,
+    );
+    assert_eq!(
+        polls(&daemon),
+        polls_before + 1.0,
+        "one poll since the refusals, the accepted webhook's; log:\n{}",
+        daemon.log_text()
+    );
     daemon.wait_for("status reporting it", Duration::from_secs(30), |d| {
         let (_, body) = d.get("/api/v1/status");
         let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
@@ -263,7 +292,13 @@ fn readyz_follows_the_cluster_and_nothing_is_applied_while_it_is_down() {
     daemon.wait_for("the new head seen", Duration::from_secs(30), |d| {
         seen(d).is_some_and(|r| r.verified_at.is_some())
     });
-    std::thread::sleep(Duration::from_secs(3));
+    // The pass that verified it tries the cluster next; the check comes after that pass and the
+    // one after it have ended (each pass, also one Flink refused, is counted when it ends).
+    let passes = |d: &Daemon| d.metric("flink_gitops_reconcile_duration_seconds_count");
+    let passes_at_verification = passes(&daemon);
+    daemon.wait_for("two more passes", Duration::from_secs(30), |d| {
+        passes(d) >= passes_at_verification + 2.0
+    });
     let revision = seen(&daemon).unwrap();
     assert!(
         revision.applied_at.is_none(),
@@ -533,37 +568,45 @@ fn a_failing_repository_is_polled_with_backoff_not_in_a_tight_loop() {
     daemon.wait_for("the metrics endpoint", Duration::from_secs(20), |d| {
         d.get("/metrics").0 == 200
     });
-    std::thread::sleep(Duration::from_secs(8));
-    let (_, metrics) = daemon.get("/metrics");
-    let failed: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("flink_gitops_polls_total{kind=\"failed\"}"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no failed-poll counter in\n{metrics}"));
-    // 1 s, 2 s, 4 s, 8 s apart (with up to a fifth of jitter): at most 5 in ~9 s, where a tight
-    // loop made about 10 a second.
-    assert!(
-        (2.0..=5.0).contains(&failed),
-        "{failed} failed polls in ~9 s"
+    let failed = |d: &Daemon| d.metric("flink_gitops_polls_total{kind=\"failed\"}");
+    daemon.wait_for("the first failed poll", Duration::from_secs(20), |d| {
+        failed(d) >= 1.0
+    });
+    assert_eq!(
+        failed(&daemon),
+        1.0,
+        "the second poll comes 1 s after the first"
     );
-    let in_a_row: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("flink_gitops_poll_failures_in_a_row "))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    assert_eq!(in_a_row, failed);
+    // Watched from before it happens, each poll is seen within one look (250 ms).
+    daemon.wait_for("the second failed poll", Duration::from_secs(20), |d| {
+        failed(d) >= 2.0
+    });
+    let second_seen = Instant::now();
+    daemon.wait_for("the fourth failed poll", Duration::from_secs(20), |d| {
+        failed(d) >= 4.0
+    });
+    // Waits of 2 s and 4 s, each plus up to a fifth as jitter, came between the second and the
+    // fourth; a tight loop makes about ten a second.
+    let took = second_seen.elapsed();
+    assert!(
+        took >= Duration::from_millis(6000 - 250) && took <= Duration::from_millis(7200 + 500),
+        "the fourth failed poll {took:?} after the second, not 6 to 7.2 s"
+    );
+    assert_eq!(failed(&daemon), 4.0, "no fifth poll before its 8 s wait");
+    assert_eq!(daemon.metric("flink_gitops_poll_failures_in_a_row"), 4.0);
     let (_, status) = daemon.get("/api/v1/status");
     let status: serde_json::Value = serde_json::from_str(&status).unwrap_or_default();
-    // Read after the metrics: a poll may have failed in between.
+    assert_eq!(status["poll_failures"], 4, "{status}");
+    // The fifth poll waits 8 s (plus up to 1.6 s of jitter) from the fourth.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let next_in = status["next_poll_at"].as_f64().unwrap_or_default() - now;
     assert!(
-        status["poll_failures"]
-            .as_f64()
-            .is_some_and(|n| n >= failed && n <= failed + 1.0),
-        "{status}"
+        (8.0 - 0.5..=9.6).contains(&next_in),
+        "the next poll in {next_in} s, not 8 to 9.6 s: {status}"
     );
-    assert!(status["next_poll_at"].as_f64().is_some(), "{status}");
     assert!(status["last_poll_error"].as_str().is_some(), "{status}");
 }
 

@@ -81,8 +81,12 @@ async fn a_sql_pipeline_runs_from_the_request_and_restores_its_state_after_a_cha
         "SET 'pipeline.name' names the job"
     );
 
-    // Let a checkpoint-free stream build up state, then stop it with a savepoint.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Once the checkpoint-free stream's counts hold something, stop it with a savepoint.
+    tokio::task::block_in_place(|| {
+        wait_until("clicks counted", Duration::from_secs(30), || {
+            records_flowed(&first)
+        })
+    });
     let savepoints = format!("file://{}/savepoints", flink_dir().display());
     // Any 32 hex digits unique to this stop will do: the next instance's id is one.
     let second = flink_job_id(&job, 2);

@@ -25,17 +25,25 @@ fn the_unit_is_hardened_to_the_exposure_the_readme_states() {
         concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/flink-gitops.service"),
     ]);
     let text = String::from_utf8_lossy(&output.stdout);
-    let score: f64 = text
+    let score = text
         .lines()
         .find_map(|l| {
             l.split("Overall exposure level for flink-gitops.service: ")
                 .nth(1)
         })
         .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no score in: {text}"));
-    // The README promises 1.1; a unit that loosens any setting scores higher and fails here.
-    assert!(score <= 1.1, "exposure {score} > 1.1 (README):\n{text}");
+    // Exactly the README's figure: a unit that loosens a setting scores higher, and one hardened
+    // further must have the README say so.
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .unwrap()
+        .replace('\n', " ");
+    let promised = readme
+        .split("is hardened to an exposure of ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the README states the unit's exposure");
+    assert_eq!(score, promised, "exposure (README: {promised}):\n{text}");
 }
 
 #[test]

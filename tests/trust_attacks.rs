@@ -940,6 +940,8 @@ fn verified_commits_are_recorded_with_their_signer_and_first_sight() {
     );
     assert!(merge.verified_at.is_some());
     let first_time = merge.first_seen_at.clone();
+    // Deliberate: times are kept to the millisecond, so a second record made after 20 ms would
+    // carry a later first_seen_at and fail the check below.
     std::thread::sleep(std::time::Duration::from_millis(20));
     verify_revision(
         &repo,

@@ -63,6 +63,22 @@ impl Daemon {
         (code.parse().unwrap_or(0), body.to_string())
     }
 
+    /// One series of `/metrics` as the text format prints it (`name` or `name{label="value"}`);
+    /// 0 when absent, as a labelled counter is until it first counts.
+    pub fn metric(&self, series: &str) -> f64 {
+        let (code, text) = self.get("/metrics");
+        assert_eq!(code, 200, "/metrics: {text}");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .map(|value| {
+                value
+                    .trim()
+                    .parse()
+                    .unwrap_or_else(|e| panic!("{series} {value}: {e}"))
+            })
+            .unwrap_or(0.0)
+    }
+
     pub fn post_webhook(&self, body: &str, headers: &[String]) -> u16 {
         let mut command = Command::new("curl");
         command.args([

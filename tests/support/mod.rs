@@ -326,6 +326,41 @@ pub fn complete_folders(dir: &Path, name_prefix: &str) -> Vec<(std::time::System
         .collect()
 }
 
+/// Asks `condition` every 250 ms until it holds; panics naming `what` when `timeout` passes first.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
+/// Flink has completed a checkpoint of job `jid` of the shared cluster.
+pub fn has_completed_checkpoint(jid: &str) -> bool {
+    flink_json(&format!("/jobs/{jid}/checkpoints"))["latest"]["completed"].is_object()
+}
+
+/// Every task of job `jid` runs: a job is RUNNING before its tasks are, and a savepoint needs them.
+pub fn all_tasks_running(jid: &str) -> bool {
+    flink_json(&format!("/jobs/{jid}"))["vertices"]
+        .as_array()
+        .is_some_and(|v| !v.is_empty() && v.iter().all(|v| v["status"] == "RUNNING"))
+}
+
+/// Records of job `jid` have crossed from one task to the next (into a keyed operator, its state
+/// now holds something). Flink's figures lag by up to its metric fetcher's interval (10 s).
+pub fn records_flowed(jid: &str) -> bool {
+    flink_json(&format!("/jobs/{jid}"))["vertices"]
+        .as_array()
+        .is_some_and(|v| {
+            v.iter()
+                .any(|v| v["metrics"]["read-records"].as_u64().is_some_and(|n| n > 0))
+        })
+}
+
 /// Cancels a job on the shared cluster.
 pub fn cancel_flink_job(jid: &str) {
     let _ = Command::new("curl")
