@@ -15,6 +15,9 @@ pub mod secrets;
 pub mod service;
 pub mod spec;
 pub mod state;
+/// The fake Flink: for tests and benchmarks only (the `fake-flink` feature, which `cargo test`
+/// turns on through the dev-dependency on this crate), never in the release binary.
+#[cfg(any(test, feature = "fake-flink"))]
 pub mod testing;
 pub mod trust;
 pub mod util;

@@ -73,17 +73,36 @@ pub struct ArtifactCheck {
     pub signer: Option<String>,
 }
 
-/// A revision whose every check passed.
+/// A revision whose every check passed. Only [`verify_revision`] makes one, so holding one is
+/// proof that the commits, specs and JARs in it were checked.
 #[derive(Debug, Clone)]
 pub struct VerifiedRevision {
+    head: Oid,
+    commits: Vec<(Oid, String)>,
+    desired: DesiredState,
+    artifacts: BTreeMap<String, ArtifactCheck>,
+}
+
+impl VerifiedRevision {
     /// The head commit.
-    pub head: Oid,
+    pub fn head(&self) -> Oid {
+        self.head
+    }
+
     /// Per new commit, oldest first: (commit, signer).
-    pub commits: Vec<(Oid, String)>,
+    pub fn commits(&self) -> &[(Oid, String)] {
+        &self.commits
+    }
+
     /// The desired state at the head.
-    pub desired: DesiredState,
+    pub fn desired(&self) -> &DesiredState {
+        &self.desired
+    }
+
     /// Per job id, its JAR's check (in-repo JARs only).
-    pub artifacts: BTreeMap<String, ArtifactCheck>,
+    pub fn artifacts(&self) -> &BTreeMap<String, ArtifactCheck> {
+        &self.artifacts
+    }
 }
 
 /// Why a revision was refused; the cluster keeps the last verified state.

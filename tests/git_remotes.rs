@@ -188,6 +188,23 @@ fn https_remote_with_a_token_from_a_file_and_a_private_ca() {
         &["fetching https://127.0.0.1", "certificate"],
     );
 
+    // The system's CA bundle, which libgit2 gets only on the first https fetch (not at start):
+    // with the private CA as the system's bundle, the same config fetches.
+    let _ = std::fs::remove_dir_all(work.path().join("state"));
+    let with_system_ca = Command::new(env!("CARGO_BIN_EXE_flink-gitops"))
+        .args(["plan", "-c", untrusted_ca.to_str().unwrap(), "-o", "json"])
+        .env_remove("FLINK_GITOPS_CONFIG")
+        .env("SSL_CERT_FILE", pki.join("ca.pem"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&with_system_ca.stdout);
+    assert!(
+        stdout.contains("\"orders\"") && stdout.contains("create"),
+        "exit {:?}\nstdout: {stdout}\nstderr: {}",
+        with_system_ca.status.code(),
+        String::from_utf8_lossy(&with_system_ca.stderr)
+    );
+
     // The same token over plain http would travel in clear text: refused before anything is sent.
     let plain = config_for(
         work.path(),

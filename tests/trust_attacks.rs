@@ -925,12 +925,15 @@ fn verified_commits_are_recorded_with_their_signer_and_first_sight() {
     .unwrap();
     record_verified(&store, &revision).unwrap();
     assert_eq!(
-        revision.commits.len(),
+        revision.commits().len(),
         3,
         "base is trusted by config; the three after it are judged"
     );
     assert_eq!(
-        revision.desired.jobs["a"].spec.parallelism.map(|p| p.get()),
+        revision.desired().jobs["a"]
+            .spec
+            .parallelism
+            .map(|p| p.get()),
         Some(2)
     );
     let merge = store.revision(&head.to_string()).unwrap().unwrap();
@@ -961,7 +964,7 @@ fn verified_commits_are_recorded_with_their_signer_and_first_sight() {
         first_time
     );
     let signed = revision
-        .commits
+        .commits()
         .iter()
         .filter(|(_, s)| s == "author@example.com")
         .count();

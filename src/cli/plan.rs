@@ -41,7 +41,7 @@ pub(super) async fn run(
             Err(reason) => Observed::Unreachable(reason.clone()),
         };
         let mut plan = crate::plan::plan(
-            &revision.desired,
+            &revision.desired(),
             observed,
             &snap.records,
             chrono::Utc::now().timestamp_millis(),
@@ -51,7 +51,7 @@ pub(super) async fn run(
                 continue;
             }
             let next = revision
-                .desired
+                .desired()
                 .jobs
                 .get(&entry.job_id)
                 .and_then(|job| job.spec.batch.as_ref())
@@ -68,7 +68,7 @@ pub(super) async fn run(
     let trust = snap.revision.as_ref().ok().map(|r| TrustSummary {
         verified_from: snap.watermark.as_deref(),
         commits: r
-            .commits
+            .commits()
             .iter()
             .map(|(oid, signer)| CommitLine {
                 commit: oid.to_string(),
@@ -78,7 +78,7 @@ pub(super) async fn run(
                 error: None,
             })
             .collect(),
-        artifacts: &r.artifacts,
+        artifacts: &r.artifacts(),
     });
     let repo_url = crate::util::redact_url(&snap.config.repo.url);
     let flink_url = crate::util::redact_url(snap.config.flink.url.as_str());

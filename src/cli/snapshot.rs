@@ -130,7 +130,7 @@ pub(super) async fn snapshot(
         .await
         .map_err(anyhow::Error::from)??;
     match &revision {
-        Ok(r) => info!(revision = %head, new_commits = r.commits.len(), "verified"),
+        Ok(r) => info!(revision = %head, new_commits = r.commits().len(), "verified"),
         Err(refusal) => {
             warn!(revision = %head, kind = refusal.kind, reason = %refusal.message, "head refused")
         }

@@ -61,7 +61,7 @@ pub(super) async fn run(
 ) -> Result<u8, Failure> {
     let snap = snapshot(config_path, !no_fetch).await?;
     let desired_ids: Vec<&String> = match &snap.revision {
-        Ok(r) => r.desired.jobs.keys().collect(),
+        Ok(r) => r.desired().jobs.keys().collect(),
         Err(_) => Vec::new(),
     };
     let cluster_jobs: &[JobOverview] = snap
@@ -112,7 +112,7 @@ pub(super) async fn run(
                 .revision
                 .as_ref()
                 .ok()
-                .and_then(|r| r.desired.jobs.get(id))
+                .and_then(|r| r.desired().jobs.get(id))
                 .and_then(|job| job.spec.batch.as_ref())
                 .filter(|_| record.is_some_and(|r| r.status == "scheduled"))
                 .and_then(|batch| crate::batch::next_run(batch, chrono::Utc::now()))
@@ -132,7 +132,7 @@ pub(super) async fn run(
                 .revision
                 .as_ref()
                 .ok()
-                .and_then(|r| r.desired.jobs.get(id))
+                .and_then(|r| r.desired().jobs.get(id))
                 .map(|job| job.spec.artifact.kind())
                 .or_else(|| record.map(|r| r.job_kind()));
             JobStatus {

@@ -165,7 +165,7 @@ impl Agent {
             Action::Wait => return JobOutcome::new(entry, Outcome::Retrying, first),
             Action::Blocked => return JobOutcome::new(entry, Outcome::Blocked, first),
             Action::Adopt => {
-                return match revision.desired.jobs.get(&entry.job_id) {
+                return match revision.desired().jobs.get(&entry.job_id) {
                     Some(job) => self
                         .adopt(entry, job, revision, instance)
                         .await
@@ -174,7 +174,7 @@ impl Agent {
                 };
             }
             Action::Update => {
-                return match (revision.desired.jobs.get(&entry.job_id), record) {
+                return match (revision.desired().jobs.get(&entry.job_id), record) {
                     (Some(job), Some(record)) => self
                         .update_in_place(pass, entry, job, revision, record)
                         .unwrap_or_else(|error| self.on_error(pass, entry, error)),
@@ -272,7 +272,7 @@ impl Agent {
                 )));
             }
         };
-        let desired = revision.desired.jobs.get(job_id);
+        let desired = revision.desired().jobs.get(job_id);
         let target =
             match kind {
                 OpKind::Create | OpKind::Upgrade | OpKind::Resume => {

@@ -26,7 +26,7 @@ impl Agent {
         job: &DesiredJob,
         revision: &VerifiedRevision,
     ) -> Result<Deployment, StepError> {
-        let checked = revision.artifacts.get(&job.spec.job_id);
+        let checked = revision.artifacts().get(&job.spec.job_id);
         let sha = match (&job.spec.artifact, &job.spec.runner, checked) {
             (Artifact::Path(_), _, Some(check)) => check.sha256.clone(),
             (Artifact::Url(url), _, _) => job.spec.artifact_sha256.clone().ok_or_else(|| {
@@ -56,7 +56,7 @@ impl Agent {
         };
         Ok(Deployment::of(
             job,
-            &revision.head.to_string(),
+            &revision.head().to_string(),
             &sha,
             &self.config,
         ))
@@ -345,10 +345,10 @@ pub(super) fn cache_jars(
     revision: &VerifiedRevision,
     cache_dir: &std::path::Path,
 ) -> Result<(), String> {
-    let tree = crate::spec::GitTree::new(repo, revision.head).map_err(|e| e.to_string())?;
+    let tree = crate::spec::GitTree::new(repo, revision.head()).map_err(|e| e.to_string())?;
     let streams = crate::git::BlobStreams::new(repo).map_err(|e| e.message().to_string())?;
     let mut seen = std::collections::HashSet::new();
-    for check in revision.artifacts.values() {
+    for check in revision.artifacts().values() {
         // Jobs sharing a JAR share its cached copy: one look each.
         if !seen.insert(check.sha256.as_str()) {
             continue;

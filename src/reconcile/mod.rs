@@ -275,6 +275,11 @@ impl Agent {
         self.with_store(StateStore::jobs)
     }
 
+    /// Frees the store's page cache, for the idle time between passes.
+    pub fn release_cached_pages(&self) -> Result<(), StateError> {
+        self.with_store(StateStore::release_cached_pages)
+    }
+
     /// The soonest time after `after_ms` at which a job backing off is tried again.
     pub fn next_retry_at_ms(&self, after_ms: i64) -> Result<Option<i64>, StateError> {
         self.with_store(|s| s.next_retry_at_ms(after_ms))
@@ -462,7 +467,7 @@ impl Agent {
                 .collect();
             let pass = pass;
             let plan = crate::plan::plan(
-                &revision.desired,
+                &revision.desired(),
                 Observed::Jobs(&cluster_jobs),
                 &records,
                 now_ms(),
@@ -585,7 +590,7 @@ impl Agent {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .clone()
-                .filter(|revision| revision.head == head);
+                .filter(|revision| revision.head() == head);
             if let Some(revision) = cached {
                 return Ok((head.to_string(), Ok(revision)));
             }
@@ -681,7 +686,7 @@ impl Agent {
         record: Option<JobRecord>,
         instance: Option<JobOverview>,
     ) -> JobOutcome {
-        let desired = revision.desired.jobs.get(&entry.job_id);
+        let desired = revision.desired().jobs.get(&entry.job_id);
         let recorded: Option<Deployment> = record.as_ref().and_then(|r| {
             r.deployment_json
                 .as_deref()
@@ -773,7 +778,7 @@ impl Agent {
             },
             spec_hash: running_hash.clone(),
             commit_id: if running_commit.is_empty() {
-                revision.head.to_string()
+                revision.head().to_string()
             } else {
                 running_commit
             },
@@ -787,7 +792,7 @@ impl Agent {
         };
         self.with_store(|s| s.put_job(&row))?;
         let intent = self.intent(
-            &revision.head.to_string(),
+            &revision.head().to_string(),
             &entry.job_id,
             AuditAction::Adopt,
             json!({"flink_job_id": found.jid}),

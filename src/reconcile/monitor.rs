@@ -17,7 +17,7 @@ impl Agent {
         outcomes: &[JobOutcome],
     ) -> Vec<JobProbe> {
         let watched = outcomes.iter().filter_map(|outcome| {
-            let job = revision.desired.jobs.get(&outcome.job_id)?;
+            let job = revision.desired().jobs.get(&outcome.job_id)?;
             let spec = &job.spec;
             let wanted = spec.alert_on_backpressure || spec.watch.max_checkpoint_age.is_some();
             let running = spec.job_type == JobType::Stream

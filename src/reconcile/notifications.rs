@@ -209,7 +209,9 @@ impl Agent {
             .verified
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(verified.as_ref().map(|r| &r.desired))
+        f(verified
+            .as_ref()
+            .map(crate::revision::VerifiedRevision::desired))
     }
 
     fn targets_for(&self, event: &notify::Event) -> Vec<&str> {

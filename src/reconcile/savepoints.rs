@@ -26,7 +26,7 @@ impl Agent {
     ) -> Vec<String> {
         // Most revisions ask for none: then the job rows are not read at all.
         if revision
-            .desired
+            .desired()
             .jobs
             .values()
             .all(|job| job.spec.savepoint_trigger_interval_ms.is_none())
@@ -43,7 +43,7 @@ impl Agent {
             .map(|s| (s.job_id.as_str(), s.taken_at_ms))
             .collect();
         let mut notes = Vec::new();
-        for job in revision.desired.jobs.values() {
+        for job in revision.desired().jobs.values() {
             let spec = &job.spec;
             let Some(interval_ms) = spec.savepoint_trigger_interval_ms else {
                 continue;
@@ -159,7 +159,7 @@ impl Agent {
         revision: &VerifiedRevision,
     ) -> Vec<String> {
         let mut notes = Vec::new();
-        for job in revision.desired.jobs.values() {
+        for job in revision.desired().jobs.values() {
             let spec = &job.spec;
             let Some(policy) = spec.savepoint_retention.or(self.config.savepoint_retention) else {
                 continue;
@@ -224,7 +224,7 @@ impl Agent {
         let deleted = records.into_iter().filter(|r| {
             r.status == "deleted"
                 && r.phase_name() == "steady"
-                && !revision.desired.jobs.contains_key(&r.job_id)
+                && !revision.desired().jobs.contains_key(&r.job_id)
         });
         for record in deleted {
             let points = match self.with_store(|s| s.restore_points(&record.job_id)) {

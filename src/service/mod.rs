@@ -696,6 +696,11 @@ async fn poll_and_reconcile(
         shared.metrics.head_commit_age.set(age);
     }
     shared.update(|s| s.last_report = Some(report));
+    // Idle until the next pass: SQLite's page cache and what the pass freed go back to the system.
+    if let Err(error) = agent.release_cached_pages() {
+        warn!(%error, "cannot release the state store's page cache");
+    }
+    crate::util::return_freed_memory();
 }
 
 fn head_commit_age(mirror: &Path, head: &str) -> Option<f64> {

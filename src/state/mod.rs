@@ -971,6 +971,13 @@ impl StateStore {
             .map_err(sqlite(&self.path, "list jars"))
     }
 
+    /// Frees SQLite's page cache (it is read again on the next pass).
+    pub fn release_cached_pages(&self) -> Result<(), StateError> {
+        self.connection
+            .release_memory()
+            .map_err(sqlite(&self.path, "release the page cache"))
+    }
+
     /// The soonest time after `after_ms` at which a job backing off is tried again.
     pub fn next_retry_at_ms(&self, after_ms: i64) -> Result<Option<i64>, StateError> {
         self.connection
