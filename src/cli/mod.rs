@@ -19,8 +19,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 
+pub use crate::plan::status::JobStatus;
 pub use snapshot::Refusal;
-pub use status::JobStatus;
 pub use verify::CommitLine;
 
 /// Exit code: success.

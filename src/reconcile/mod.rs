@@ -275,6 +275,30 @@ impl Agent {
         self.with_store(StateStore::jobs)
     }
 
+    /// Every job's status from the last verified revision, the records and `cluster` (the jobs
+    /// on the cluster, or none when it was not asked), through the one join in [`crate::plan::status`].
+    pub fn job_statuses(
+        &self,
+        cluster: &[JobOverview],
+    ) -> Result<Vec<crate::plan::status::JobStatus>, StateError> {
+        let (records, last_runs, savepoints) =
+            self.with_store(|s| Ok((s.jobs()?, s.last_runs()?, s.newest_savepoints()?)))?;
+        let verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        let head = verified.as_ref().map(|r| r.head().to_string());
+        Ok(crate::plan::status::job_statuses(
+            &crate::plan::status::StatusSources {
+                desired: head
+                    .as_deref()
+                    .zip(verified.as_ref().map(VerifiedRevision::desired)),
+                records: &records,
+                cluster,
+                last_runs: &last_runs,
+                savepoints: &savepoints,
+                now: chrono::Utc::now(),
+            },
+        ))
+    }
+
     /// Frees the store's page cache, for the idle time between passes.
     pub fn release_cached_pages(&self) -> Result<(), StateError> {
         self.with_store(StateStore::release_cached_pages)

@@ -114,42 +114,48 @@ async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respo
 
 async fn status(State(shared): State<Arc<Shared>>) -> Response {
     let status = shared.status().clone();
-    let records = shared
-        .agent()
-        .and_then(|a| a.records().ok())
+    let agent = shared.agent();
+    // The cluster is not asked per request: Flink's view is the last pass's, in the report.
+    let statuses = agent
+        .as_ref()
+        .and_then(|a| a.job_statuses(&[]).ok())
         .unwrap_or_default();
-    let active_runs = shared
-        .agent()
+    let active_runs = agent
+        .as_ref()
         .and_then(|a| a.active_runs_all().ok())
         .unwrap_or_default();
-    let jobs: Vec<_> = records
+    let jobs: Vec<_> = statuses
         .iter()
-        .map(|r| {
+        .map(|job| {
             let running: Vec<_> = active_runs
                 .iter()
-                .filter(|run| run.job_id == r.job_id)
+                .filter(|run| run.job_id == job.job_id)
                 .map(|run| json!({"flink_job_id": run.flink_job_id, "status": run.status, "submitted_at_ms": run.submitted_at_ms, "deadline_ms": run.deadline_ms}))
                 .collect();
             let outcome = status
                 .last_report
                 .as_ref()
-                .and_then(|report| report.jobs.iter().find(|j| j.job_id == r.job_id));
-            json!({
-                "job_id": r.job_id,
-                "desired_revision": status.head,
-                "applied_revision": r.commit_id,
-                "recorded_status": r.status,
-                "flink_job_id": r.flink_job_id,
-                "last_savepoint": r.last_savepoint,
-                "last_action": outcome.map(|o| o.action),
-                "health": outcome.map(|o| o.outcome),
-                "active_runs": running,
-                "phase": r.phase_name(),
-                "phase_detail": r.phase_json.is_some().then(|| crate::reconcile::lifecycle::Phase::of_record(r).describe()),
-                "failures": r.failures,
-                "retry_at_ms": r.retry_at_ms,
-                "last_error": r.last_error.clone().or_else(|| outcome.and_then(|o| o.root_cause.clone().or_else(|| (o.outcome != crate::reconcile::Outcome::Ok && o.outcome != crate::reconcile::Outcome::Unchanged).then(|| o.message.clone())))),
-            })
+                .and_then(|report| report.jobs.iter().find(|j| j.job_id == job.job_id));
+            let mut row = serde_json::to_value(job).unwrap_or_default();
+            let pass_error = outcome.and_then(|o| {
+                o.root_cause.clone().or_else(|| {
+                    (o.outcome != crate::reconcile::Outcome::Ok
+                        && o.outcome != crate::reconcile::Outcome::Unchanged)
+                        .then(|| o.message.clone())
+                })
+            });
+            if let Some(fields) = row.as_object_mut() {
+                fields.insert("desired_revision".into(), json!(job.desired_commit));
+                fields.insert("applied_revision".into(), json!(job.applied_commit));
+                fields.insert("last_action".into(), json!(outcome.map(|o| o.action)));
+                fields.insert("health".into(), json!(outcome.map(|o| o.outcome)));
+                fields.insert("active_runs".into(), json!(running));
+                fields.insert(
+                    "last_error".into(),
+                    json!(job.last_error.clone().or(pass_error)),
+                );
+            }
+            row
         })
         .collect();
     Json(json!({

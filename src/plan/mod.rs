@@ -1,5 +1,7 @@
 //! The pure meeting point of desired (git), observed (Flink) and recorded (SQLite) state.
 
+pub mod status;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
@@ -694,6 +696,58 @@ mod tests {
             start_time: 0,
             end_time: -1,
         }
+    }
+
+    #[test]
+    fn status_joins_desired_recorded_observed_and_the_savepoint_ledger() {
+        let orders = job(V1);
+        let fresh = job(&V1.replace("orders", "fresh"));
+        let gone = job(&V1.replace("orders", "gone"));
+        let desired = desired(&[orders.clone(), fresh]);
+        let mut recorded = vec![record_of(&orders, "running"), record_of(&gone, "deleted")];
+        recorded[0].last_savepoint = Some("file:///sp/old".into());
+        recorded[0].failures = 2;
+        recorded[0].last_error = Some("timeout".into());
+        let orders_jid = recorded[0].flink_job_id.clone().unwrap();
+        let cluster = [running(&orders_jid, "RUNNING")];
+        let savepoints = [crate::state::SavepointTaken {
+            job_id: "orders".into(),
+            path: "file:///sp/new".into(),
+            taken_at_ms: 1_000,
+            kind: "periodic".into(),
+            commit_id: "head1".into(),
+        }];
+        let now = chrono::DateTime::from_timestamp_millis(61_000).unwrap();
+        let rows = status::job_statuses(&status::StatusSources {
+            desired: Some(("head1", &desired)),
+            records: &recorded,
+            cluster: &cluster,
+            last_runs: &[],
+            savepoints: &savepoints,
+            now,
+        });
+        let ids: Vec<&str> = rows.iter().map(|r| r.job_id.as_str()).collect();
+        assert_eq!(ids, ["fresh", "gone", "orders"]);
+        let (fresh, gone, orders) = (&rows[0], &rows[1], &rows[2]);
+        assert_eq!(fresh.desired_commit.as_deref(), Some("head1"));
+        assert_eq!(fresh.recorded_status, None);
+        assert_eq!(gone.desired_commit, None, "not in the desired state");
+        assert_eq!(gone.recorded_status.as_deref(), Some("deleted"));
+        assert_eq!(gone.flink_state, None);
+        assert_eq!(orders.applied_commit.as_deref(), Some("c0ffee"));
+        assert_eq!(orders.flink_job_id.as_deref(), Some(orders_jid.as_str()));
+        assert_eq!(orders.flink_state.as_deref(), Some("RUNNING"));
+        assert_eq!(
+            orders.last_savepoint.as_deref(),
+            Some("file:///sp/new"),
+            "the ledger is newer"
+        );
+        assert_eq!(orders.last_savepoint_age_s, Some(60));
+        assert_eq!(orders.failures, 2);
+        assert_eq!(
+            orders.last_error.as_deref(),
+            Some("timeout (2 failure(s) in a row)")
+        );
     }
 
     #[test]
