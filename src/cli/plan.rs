@@ -41,7 +41,7 @@ pub(super) async fn run(
             Err(reason) => Observed::Unreachable(reason.clone()),
         };
         let mut plan = crate::plan::plan(
-            &revision.desired(),
+            revision.desired(),
             observed,
             &snap.records,
             chrono::Utc::now().timestamp_millis(),
@@ -78,7 +78,7 @@ pub(super) async fn run(
                 error: None,
             })
             .collect(),
-        artifacts: &r.artifacts(),
+        artifacts: r.artifacts(),
     });
     let repo_url = crate::util::redact_url(&snap.config.repo.url);
     let flink_url = crate::util::redact_url(snap.config.flink.url.as_str());

@@ -491,7 +491,7 @@ impl Agent {
                 .collect();
             let pass = pass;
             let plan = crate::plan::plan(
-                &revision.desired(),
+                revision.desired(),
                 Observed::Jobs(&cluster_jobs),
                 &records,
                 now_ms(),
