@@ -8,6 +8,8 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
+use crate::limits::Limits;
+
 pub use types::*;
 
 /// Why a Flink REST call failed.
@@ -135,10 +137,6 @@ pub struct FlinkClient {
     max_answer_bytes: usize,
 }
 
-/// The largest answer read from Flink: the job list of a busy cluster is a few MiB; more is a
-/// broken or hostile server, and reading it would take the agent's memory.
-pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
-
 impl FlinkClient {
     /// A client for the cluster at `base` whose calls each time out after `timeout`.
     pub fn new(base: &url::Url, timeout: Duration) -> Result<FlinkClient, FlinkError> {
@@ -157,7 +155,7 @@ impl FlinkClient {
             timeout,
             submit_timeout: timeout,
             retry_attempts: 3,
-            max_answer_bytes: MAX_ANSWER_BYTES,
+            max_answer_bytes: Limits::DEFAULT.flink_answer_bytes,
         })
     }
 
@@ -168,7 +166,8 @@ impl FlinkClient {
             source,
         };
         let read = |path: &std::path::Path| {
-            crate::util::read_file_limited(path, 1024 * 1024).map_err(|e| local(path, e))
+            crate::util::read_file_limited(path, Limits::DEFAULT.credential_file_bytes)
+                .map_err(|e| local(path, e))
         };
         let mut builder = reqwest::Client::builder()
             .timeout(config.request_timeout)
@@ -236,7 +235,7 @@ impl FlinkClient {
             timeout: config.request_timeout,
             submit_timeout: config.submit_timeout,
             retry_attempts: 3,
-            max_answer_bytes: MAX_ANSWER_BYTES,
+            max_answer_bytes: Limits::DEFAULT.flink_answer_bytes,
         })
     }
 
@@ -246,7 +245,7 @@ impl FlinkClient {
         self
     }
 
-    /// Sets the largest answer read from Flink (default [`MAX_ANSWER_BYTES`]).
+    /// Sets the largest answer read from Flink (default [`Limits::flink_answer_bytes`]).
     pub fn with_max_answer_bytes(mut self, bytes: usize) -> FlinkClient {
         self.max_answer_bytes = bytes;
         self
