@@ -5,6 +5,7 @@ pub mod types;
 use std::path::Path;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
@@ -264,24 +265,27 @@ impl FlinkClient {
         endpoint: &str,
         build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Result<T, FlinkError> {
-        let mut attempt: u32 = 0;
-        loop {
-            match self.call(method.clone(), endpoint, &build).await {
-                Err(error) if error.is_transient() && attempt + 1 < self.retry_attempts => {
-                    let backoff = Duration::from_millis(100 * 2u64.pow(attempt.min(6)));
-                    let jitter = Duration::from_millis(u64::from(
-                        std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map(|d| d.subsec_nanos() % 100)
-                            .unwrap_or(0),
-                    ));
-                    tracing::debug!(%endpoint, attempt, %error, "transient Flink error; retrying");
-                    tokio::time::sleep(backoff + jitter).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        let mut retry: u32 = 0;
+        (|| self.call(method.clone(), endpoint, &build))
+            .retry(self.retry_backoff())
+            .sleep(tokio::time::sleep)
+            .when(FlinkError::is_transient)
+            .notify(|error, wait| {
+                retry += 1;
+                tracing::debug!(%endpoint, retry, %error, ?wait, "transient Flink error; retrying");
+            })
+            .await
+    }
+
+    /// The waits between tries of an idempotent call: 100 ms doubling up to 6.4 s, each plus up to
+    /// itself again at random so that agents retrying together spread out.
+    fn retry_backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(100))
+            .with_factor(2.0)
+            .with_max_delay(Duration::from_millis(6400))
+            .with_max_times(self.retry_attempts as usize - 1)
+            .with_jitter()
     }
 
     async fn call<T: DeserializeOwned>(
@@ -656,6 +660,32 @@ mod tests {
             error.contains("/jobs/overview") && error.contains("larger than 4096 bytes"),
             "{error}"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_is_tried_again_on_server_errors_as_often_as_configured_and_not_on_a_400() {
+        use crate::testing::Fault;
+        let fake = crate::testing::FakeFlink::new();
+        let address = fake.serve().await.unwrap();
+        let base = url::Url::parse(&format!("http://{address}")).unwrap();
+        let client = FlinkClient::new(&base, Duration::from_secs(5)).unwrap();
+
+        fake.fail_next("GET /jobs/overview", 2, Fault::Status(503));
+        client
+            .jobs()
+            .await
+            .expect("the third of three tries answers");
+        assert_eq!(fake.faults_pending(), 0);
+
+        fake.fail_next("GET /jobs/overview", 2, Fault::Status(503));
+        let two_tries = client.clone().with_retry_attempts(2);
+        let error = two_tries.jobs().await.unwrap_err();
+        assert!(error.is_transient(), "{error}");
+        assert_eq!(fake.faults_pending(), 0, "both tries were made");
+
+        fake.fail_next("GET /jobs/overview", 2, Fault::Status(400));
+        client.jobs().await.unwrap_err();
+        assert_eq!(fake.faults_pending(), 1, "a 400 is not tried again");
     }
 
     #[test]
