@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::limits::Limits;
 use crate::util::{parse_duration, read_file_limited};
 
 /// Where the service looks for its configuration when `-c` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/flink-gitops/config.yaml";
 
-const CONFIG_SIZE_LIMIT: u64 = 1024 * 1024;
 /// Upper bound of `server.max_connections`; the service also refuses a value that would take more
 /// than half of the process's open-file limit (see `service::check_fd_budget`).
 const MAX_CONNECTIONS_LIMIT: usize = 16384;
@@ -227,6 +227,8 @@ pub struct Config {
     pub state: StateConfig,
     /// The HTTP server for health, metrics and webhooks.
     pub server: ServerConfig,
+    /// The size limits of everything the agent reads (not set in the file).
+    pub limits: Limits,
     /// How `apply` acts on the cluster.
     pub reconcile: ReconcileConfig,
     /// The runner JAR of SQL and Python jobs (`runner.jar`), if any.
@@ -419,9 +421,11 @@ impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let bytes =
-            read_file_limited(path, CONFIG_SIZE_LIMIT).map_err(|source| ConfigError::Read {
-                path: path.to_path_buf(),
-                source,
+            read_file_limited(path, Limits::DEFAULT.config_file_bytes).map_err(|source| {
+                ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                }
             })?;
         let text = String::from_utf8(bytes).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
@@ -588,7 +592,7 @@ impl Config {
                 field: field.to_string(),
                 reason,
             };
-            let bytes = read_file_limited(file, 1024 * 1024)
+            let bytes = read_file_limited(file, self.limits.credential_file_bytes)
                 .map_err(|e| invalid(format!("{}: {e}", file.display())))?;
             if String::from_utf8_lossy(&bytes).trim().is_empty() {
                 return Err(invalid(format!(
@@ -1049,7 +1053,7 @@ impl Config {
                 }
                 (None, None, Some(file)) => {
                     let file = secret(&format!("{field}.slack_url_file"), file)?;
-                    let text = read_file_limited(&file, 4096)
+                    let text = read_file_limited(&file, Limits::DEFAULT.slack_url_file_bytes)
                         .map_err(|e| bad(format!("{}: {e}", file.display())))?;
                     let url = url::Url::parse(String::from_utf8_lossy(&text).trim())
                         .map_err(|_| bad(format!("{} does not hold a URL", file.display())))?;
@@ -1150,6 +1154,7 @@ impl Config {
                 retry_max,
                 max_failures,
             },
+            limits: Limits::DEFAULT,
         })
     }
 }

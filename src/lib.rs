@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod flink;
 pub mod git;
+pub mod limits;
 pub mod notify;
 pub mod plan;
 pub mod reconcile;

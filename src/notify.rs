@@ -513,8 +513,11 @@ pub async fn send(
         .header("Content-Type", "application/json")
         .header(EVENT_ID_HEADER, id.to_string());
     if let TargetKind::Webhook { secret_file } = &target.kind {
-        let key = crate::util::read_file_limited(secret_file, 64 * 1024)
-            .map_err(|e| format!("{}: {e}", secret_file.display()))?;
+        let key = crate::util::read_file_limited(
+            secret_file,
+            crate::limits::Limits::DEFAULT.secret_file_bytes,
+        )
+        .map_err(|e| format!("{}: {e}", secret_file.display()))?;
         let key = String::from_utf8_lossy(&key).trim().as_bytes().to_vec();
         request = request.header(SIGNATURE_HEADER, signature(&key, &body));
     }

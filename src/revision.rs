@@ -7,18 +7,14 @@ use std::collections::BTreeMap;
 
 use crate::config::{ArtifactPolicy as ArtifactRule, Config};
 use crate::git::{BlobStreamError, BlobStreams};
+use crate::limits::Limits;
 use crate::spec::{Artifact, DesiredState, GitTree, SpecError, SpecTree};
 use crate::state::{StateError, StateStore};
-use crate::trust::artifacts::{
-    ArtifactError, ArtifactPolicy, JAR_SIZE_LIMIT, hash_jar, verify_jar,
-};
+use crate::trust::artifacts::{ArtifactError, ArtifactPolicy, hash_jar, verify_jar};
 use crate::trust::commits::{
     CommitError, Owners, Policy, RangeError, RangeReport, Start, verify_range,
 };
 use crate::trust::{AllowedSigners, AllowedSignersError};
-
-/// Detached signatures larger than this are not read.
-const SIGNATURE_FILE_LIMIT: u64 = 16 * 1024;
 
 /// The trust material from the config, loaded once.
 pub struct TrustMaterial {
@@ -220,6 +216,7 @@ pub fn verify_revision(
         let check = check_in_repo_jar(
             repo,
             &tree,
+            &config.limits,
             path.as_str(),
             job.spec.artifact_sha256.as_deref(),
             &artifact_policy,
@@ -243,6 +240,7 @@ pub fn verify_revision(
 fn check_in_repo_jar(
     repo: &Repository,
     tree: &GitTree<'_>,
+    limits: &Limits,
     path: &str,
     pin: Option<&str>,
     policy: &ArtifactPolicy<'_>,
@@ -261,18 +259,20 @@ fn check_in_repo_jar(
     let streams = BlobStreams::new(repo).map_err(|e| io(e.message().to_string()))?;
     // Streamed unless deltified; the stream fails its last read unless the bytes hash to the blob id,
     // so a corrupt mirror cannot pass as a signed JAR.
-    let blob = streams.open(blob_id, JAR_SIZE_LIMIT).map_err(|e| match e {
-        BlobStreamError::TooLarge { .. } => ArtifactError::TooLarge {
-            path: path.to_string(),
-            limit: JAR_SIZE_LIMIT,
-        },
-        other => io(other.to_string()),
-    })?;
-    let digest = hash_jar(blob, path, JAR_SIZE_LIMIT)?;
+    let blob = streams
+        .open(blob_id, limits.jar_bytes)
+        .map_err(|e| match e {
+            BlobStreamError::TooLarge { .. } => ArtifactError::TooLarge {
+                path: path.to_string(),
+                limit: limits.jar_bytes,
+            },
+            other => io(other.to_string()),
+        })?;
+    let digest = hash_jar(blob, path, limits.jar_bytes)?;
     let signature_path = crate::spec::RepoPath::parse(&format!("{path}.sig")).map_err(io)?;
     let signature = match tree.entry(&signature_path).map_err(|e| io(e.to_string()))? {
         Some(crate::spec::EntryKind::File) => Some(
-            tree.read(&signature_path, SIGNATURE_FILE_LIMIT)
+            tree.read(&signature_path, limits.signature_bytes)
                 .map_err(|e| io(e.to_string()))?,
         ),
         _ => None,

@@ -13,8 +13,6 @@ use crate::config::Config;
 use crate::spec::program::Program;
 use crate::spec::{DesiredJob, SpecError};
 
-/// A secret file larger than this is refused.
-const SECRET_SIZE_LIMIT: u64 = 64 * 1024;
 const OPEN: &str = "${secret:";
 
 /// Why a secret could not be used.
@@ -243,6 +241,7 @@ pub struct Secrets {
     dir: Option<PathBuf>,
     prefix: String,
     key_file: PathBuf,
+    size_limit: u64,
 }
 
 impl Secrets {
@@ -252,6 +251,7 @@ impl Secrets {
             dir: config.secrets_dir.clone(),
             prefix: config.secrets_prefix.clone(),
             key_file: config.state.dir.join("secret-fingerprint.key"),
+            size_limit: config.limits.secret_file_bytes,
         }
     }
 
@@ -272,7 +272,7 @@ impl Secrets {
             name: name.to_string(),
             reason,
         };
-        let bytes = crate::util::read_file_limited(&path, SECRET_SIZE_LIMIT)
+        let bytes = crate::util::read_file_limited(&path, self.size_limit)
             .map_err(|e| unreadable(format!("{}: {e}", path.display())))?;
         let text = String::from_utf8(bytes)
             .map_err(|_| unreadable(format!("{} is not UTF-8", path.display())))?;
@@ -464,6 +464,7 @@ mod tests {
             dir: Some(dir.path().to_path_buf()),
             prefix: "job-secrets_".into(),
             key_file: dir.path().join("key"),
+            size_limit: crate::limits::Limits::DEFAULT.secret_file_bytes,
         };
         assert_eq!(secrets.value("DB_PW").unwrap(), "pw");
         assert!(matches!(

@@ -3,9 +3,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+use flink_gitops::limits::Limits;
 use flink_gitops::spec::{
-    Artifact, Concurrency, DesiredRunState, DirTree, JobType, SPEC_SIZE_LIMIT, UpgradeMode,
-    load_desired, parse_spec,
+    Artifact, Concurrency, DesiredRunState, DirTree, JobType, UpgradeMode, load_desired, parse_spec,
 };
 
 const FULL_STREAM: &str = r#"
@@ -237,7 +237,7 @@ fn a_checkout_with_many_problems_reports_each_file() {
     write(
         root,
         "jobs/e.yaml",
-        &vec![b'#'; SPEC_SIZE_LIMIT as usize + 1],
+        &vec![b'#'; Limits::DEFAULT.spec_file_bytes as usize + 1],
     );
     write(
         root,

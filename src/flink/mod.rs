@@ -5,8 +5,11 @@ pub mod types;
 use std::path::Path;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
+
+use crate::limits::Limits;
 
 pub use types::*;
 
@@ -135,10 +138,6 @@ pub struct FlinkClient {
     max_answer_bytes: usize,
 }
 
-/// The largest answer read from Flink: the job list of a busy cluster is a few MiB; more is a
-/// broken or hostile server, and reading it would take the agent's memory.
-pub const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
-
 impl FlinkClient {
     /// A client for the cluster at `base` whose calls each time out after `timeout`.
     pub fn new(base: &url::Url, timeout: Duration) -> Result<FlinkClient, FlinkError> {
@@ -157,7 +156,7 @@ impl FlinkClient {
             timeout,
             submit_timeout: timeout,
             retry_attempts: 3,
-            max_answer_bytes: MAX_ANSWER_BYTES,
+            max_answer_bytes: Limits::DEFAULT.flink_answer_bytes,
         })
     }
 
@@ -168,7 +167,8 @@ impl FlinkClient {
             source,
         };
         let read = |path: &std::path::Path| {
-            crate::util::read_file_limited(path, 1024 * 1024).map_err(|e| local(path, e))
+            crate::util::read_file_limited(path, Limits::DEFAULT.credential_file_bytes)
+                .map_err(|e| local(path, e))
         };
         let mut builder = reqwest::Client::builder()
             .timeout(config.request_timeout)
@@ -236,7 +236,7 @@ impl FlinkClient {
             timeout: config.request_timeout,
             submit_timeout: config.submit_timeout,
             retry_attempts: 3,
-            max_answer_bytes: MAX_ANSWER_BYTES,
+            max_answer_bytes: Limits::DEFAULT.flink_answer_bytes,
         })
     }
 
@@ -246,7 +246,7 @@ impl FlinkClient {
         self
     }
 
-    /// Sets the largest answer read from Flink (default [`MAX_ANSWER_BYTES`]).
+    /// Sets the largest answer read from Flink (default [`Limits::flink_answer_bytes`]).
     pub fn with_max_answer_bytes(mut self, bytes: usize) -> FlinkClient {
         self.max_answer_bytes = bytes;
         self
@@ -265,24 +265,27 @@ impl FlinkClient {
         endpoint: &str,
         build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Result<T, FlinkError> {
-        let mut attempt: u32 = 0;
-        loop {
-            match self.call(method.clone(), endpoint, &build).await {
-                Err(error) if error.is_transient() && attempt + 1 < self.retry_attempts => {
-                    let backoff = Duration::from_millis(100 * 2u64.pow(attempt.min(6)));
-                    let jitter = Duration::from_millis(u64::from(
-                        std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map(|d| d.subsec_nanos() % 100)
-                            .unwrap_or(0),
-                    ));
-                    tracing::debug!(%endpoint, attempt, %error, "transient Flink error; retrying");
-                    tokio::time::sleep(backoff + jitter).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        let mut retry: u32 = 0;
+        (|| self.call(method.clone(), endpoint, &build))
+            .retry(self.retry_backoff())
+            .sleep(tokio::time::sleep)
+            .when(FlinkError::is_transient)
+            .notify(|error, wait| {
+                retry += 1;
+                tracing::debug!(%endpoint, retry, %error, ?wait, "transient Flink error; retrying");
+            })
+            .await
+    }
+
+    /// The waits between tries of an idempotent call: 100 ms doubling up to 6.4 s, each plus up to
+    /// itself again at random so that agents retrying together spread out.
+    fn retry_backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(100))
+            .with_factor(2.0)
+            .with_max_delay(Duration::from_millis(6400))
+            .with_max_times(self.retry_attempts as usize - 1)
+            .with_jitter()
     }
 
     async fn call<T: DeserializeOwned>(
@@ -657,6 +660,32 @@ mod tests {
             error.contains("/jobs/overview") && error.contains("larger than 4096 bytes"),
             "{error}"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_is_tried_again_on_server_errors_as_often_as_configured_and_not_on_a_400() {
+        use crate::testing::Fault;
+        let fake = crate::testing::FakeFlink::new();
+        let address = fake.serve().await.unwrap();
+        let base = url::Url::parse(&format!("http://{address}")).unwrap();
+        let client = FlinkClient::new(&base, Duration::from_secs(5)).unwrap();
+
+        fake.fail_next("GET /jobs/overview", 2, Fault::Status(503));
+        client
+            .jobs()
+            .await
+            .expect("the third of three tries answers");
+        assert_eq!(fake.faults_pending(), 0);
+
+        fake.fail_next("GET /jobs/overview", 2, Fault::Status(503));
+        let two_tries = client.clone().with_retry_attempts(2);
+        let error = two_tries.jobs().await.unwrap_err();
+        assert!(error.is_transient(), "{error}");
+        assert_eq!(fake.faults_pending(), 0, "both tries were made");
+
+        fake.fail_next("GET /jobs/overview", 2, Fault::Status(400));
+        client.jobs().await.unwrap_err();
+        assert_eq!(fake.faults_pending(), 1, "a 400 is not tried again");
     }
 
     #[test]

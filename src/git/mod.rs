@@ -17,6 +17,7 @@ pub use pack_stream::{BlobCheckError, BlobReader, BlobStreamError, BlobStreams};
 pub use remote::{HostKeyError, KnownHosts, Remote, fingerprint};
 
 use crate::config::RepoConfig;
+use crate::limits::Limits;
 
 /// Why the spec repository could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -80,15 +81,6 @@ impl GitError {
     }
 }
 
-/// The largest piece of a pack file libgit2 maps at once (its default is 1 GiB on 64-bit).
-const PACK_WINDOW: usize = 32 * 1024 * 1024;
-
-/// The most of all pack files libgit2 keeps mapped (its default is 8 GiB on 64-bit).
-const PACK_MAPPED_LIMIT: usize = 128 * 1024 * 1024;
-
-/// The largest tree libgit2 may keep parsed in its object cache (its default is 4 KiB).
-const TREE_CACHE_LIMIT: usize = 64 * 1024 * 1024;
-
 /// Process-wide libgit2 settings the agent depends on.
 ///
 /// - Pack mapping is bounded: with libgit2's defaults, reading a 400 MB JAR from a pack kept the whole
@@ -110,7 +102,7 @@ pub unsafe fn tune_libgit2() -> Result<(), git2::Error> {
     // children and the HTTP clients see the environment the agent was started with.
     unsafe {
         std::env::set_var(CA_BUNDLE_VARIABLE, "/dev/null");
-        git2::opts::set_mwindow_size(PACK_WINDOW)?;
+        git2::opts::set_mwindow_size(Limits::DEFAULT.git_pack_window_bytes)?;
         match system_bundle {
             Some(bundle) => std::env::set_var(CA_BUNDLE_VARIABLE, bundle),
             None => std::env::remove_var(CA_BUNDLE_VARIABLE),
@@ -118,8 +110,11 @@ pub unsafe fn tune_libgit2() -> Result<(), git2::Error> {
         SYSTEM_CAS_DEFERRED.store(true, Ordering::Relaxed);
     }
     unsafe {
-        git2::opts::set_mwindow_mapped_limit(PACK_MAPPED_LIMIT)?;
-        git2::opts::set_cache_object_limit(git2::ObjectType::Tree, TREE_CACHE_LIMIT)?;
+        git2::opts::set_mwindow_mapped_limit(Limits::DEFAULT.git_pack_mapped_bytes)?;
+        git2::opts::set_cache_object_limit(
+            git2::ObjectType::Tree,
+            Limits::DEFAULT.git_tree_cache_bytes,
+        )?;
     }
     Ok(())
 }
@@ -479,7 +474,7 @@ impl Secrets {
         let read = |path: &Option<PathBuf>| -> Result<Option<String>, GitError> {
             path.as_ref()
                 .map(|p| {
-                    crate::util::read_file_limited(p, 64 * 1024)
+                    crate::util::read_file_limited(p, Limits::DEFAULT.secret_file_bytes)
                         .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_string())
                         .map_err(|source| GitError::Secret {
                             path: p.clone(),

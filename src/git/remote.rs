@@ -10,6 +10,8 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use hmac::{KeyInit, Mac};
 
+use crate::limits::Limits;
+
 /// How the agent reaches the spec repository.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Remote {
@@ -232,12 +234,11 @@ pub struct KnownHosts {
 impl KnownHosts {
     /// Reads and parses the file; any line it cannot understand is an error naming the line.
     pub fn load(file: &Path) -> Result<KnownHosts, HostKeyError> {
-        let bytes = crate::util::read_file_limited(file, 4 * 1024 * 1024).map_err(|e| {
-            HostKeyError::File {
+        let bytes = crate::util::read_file_limited(file, Limits::DEFAULT.known_hosts_bytes)
+            .map_err(|e| HostKeyError::File {
                 file: file.to_path_buf(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         let text = String::from_utf8(bytes).map_err(|_| HostKeyError::File {
             file: file.to_path_buf(),
             reason: "not UTF-8 text".into(),

@@ -10,10 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::info;
 
 use super::{Agent, Deployment, StepError};
-use crate::trust::artifacts::{JAR_SIZE_LIMIT, hash_jar, verify_jar};
-
-/// Detached signatures are small; anything bigger is not one.
-const SIGNATURE_LIMIT: u64 = 16 * 1024;
+use crate::trust::artifacts::{hash_jar, verify_jar};
 
 /// More hops than this is a loop or a maze, not a mirror.
 const REDIRECT_LIMIT: usize = 5;
@@ -244,8 +241,8 @@ impl Agent {
         // Every message names the URL, redacted: a presigned URL's query is a credential.
         let fail = |message: String| StepError::permanent(format!("artifact_url: {message}"));
         let limits = DownloadLimits {
-            jar: JAR_SIZE_LIMIT,
-            signature: SIGNATURE_LIMIT,
+            jar: self.config.limits.jar_bytes,
+            signature: self.config.limits.signature_bytes,
             deadline: self.config.reconcile.download_timeout,
         };
         let (partial, signature) = fetch_jar(
@@ -261,7 +258,7 @@ impl Agent {
         let hash_name = name.clone();
         let digest = tokio::task::spawn_blocking(move || {
             let file = std::fs::File::open(&hash_path).map_err(|e| e.to_string())?;
-            hash_jar(file, &hash_name, JAR_SIZE_LIMIT).map_err(|e| e.to_string())
+            hash_jar(file, &hash_name, limits.jar).map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| StepError::permanent(e.to_string()))?
@@ -523,7 +520,7 @@ mod tests {
     fn limits(jar: u64, deadline: Duration) -> DownloadLimits {
         DownloadLimits {
             jar,
-            signature: SIGNATURE_LIMIT,
+            signature: crate::limits::Limits::DEFAULT.signature_bytes,
             deadline,
         }
     }

@@ -13,7 +13,7 @@ use super::{Agent, Deployment, batch};
 use crate::flink::FlinkError;
 use crate::revision::VerifiedRevision;
 use crate::spec::{Artifact, DesiredJob};
-use crate::trust::artifacts::{JAR_SIZE_LIMIT, hash_jar};
+use crate::trust::artifacts::hash_jar;
 
 impl Agent {
     pub(super) fn cache_path(&self, sha256: &str) -> PathBuf {
@@ -186,9 +186,10 @@ impl Agent {
             self.download_jar(head, deployment, url, &path).await?;
         }
         let check_path = path.clone();
+        let jar_limit = self.config.limits.jar_bytes;
         let digest = tokio::task::spawn_blocking(move || {
             let file = std::fs::File::open(&check_path)?;
-            hash_jar(file, &check_path.display().to_string(), JAR_SIZE_LIMIT)
+            hash_jar(file, &check_path.display().to_string(), jar_limit)
                 .map_err(std::io::Error::other)
         })
         .await
@@ -301,10 +302,11 @@ pub(super) fn cleanup_on_completion(spec_json: &str) -> bool {
 pub(super) fn pin_runner(
     jar: &std::path::Path,
     cache_dir: &std::path::Path,
+    jar_limit: u64,
 ) -> Result<String, String> {
     let file =
         std::fs::File::open(jar).map_err(|e| format!("runner.jar {}: {e}", jar.display()))?;
-    let digest = hash_jar(file, &jar.display().to_string(), JAR_SIZE_LIMIT)
+    let digest = hash_jar(file, &jar.display().to_string(), jar_limit)
         .map_err(|e| format!("runner.jar {}: {e}", jar.display()))?;
     let target = cache_dir.join(format!("{}.jar", digest.sha256));
     if !target.exists() {
@@ -320,12 +322,8 @@ pub(super) fn pin_runner(
         })?;
         let copied = std::fs::File::open(partial.path())
             .map_err(|e| format!("{}: {e}", partial.path().display()))?;
-        let again = hash_jar(
-            copied,
-            &partial.path().display().to_string(),
-            JAR_SIZE_LIMIT,
-        )
-        .map_err(|e| format!("{}: {e}", partial.path().display()))?;
+        let again = hash_jar(copied, &partial.path().display().to_string(), jar_limit)
+            .map_err(|e| format!("{}: {e}", partial.path().display()))?;
         if again.sha256 != digest.sha256 {
             return Err(format!(
                 "runner.jar {} changed while it was being copied; try again",
@@ -344,6 +342,7 @@ pub(super) fn cache_jars(
     repo: &git2::Repository,
     revision: &VerifiedRevision,
     cache_dir: &std::path::Path,
+    jar_limit: u64,
 ) -> Result<(), String> {
     let tree = crate::spec::GitTree::new(repo, revision.head()).map_err(|e| e.to_string())?;
     let streams = crate::git::BlobStreams::new(repo).map_err(|e| e.message().to_string())?;
@@ -363,7 +362,7 @@ pub(super) fn cache_jars(
             .ok_or_else(|| format!("{} vanished", check.path))?;
         let blob_id = tree.blob_id(&resolved).map_err(|e| e.to_string())?;
         let mut blob = streams
-            .open(blob_id, JAR_SIZE_LIMIT)
+            .open(blob_id, jar_limit)
             .map_err(|e| format!("{}: {e}", check.path))?;
         let partial = super::download::PartialFile::at(
             cache_dir.join(format!("{}.jar.partial", check.sha256)),

@@ -219,7 +219,10 @@ impl Agent {
         std::fs::create_dir_all(&cache_dir)
             .map_err(|e| AgentError::Config(format!("{}: {e}", cache_dir.display())))?;
         let runner_sha256 = match &config.runner_jar {
-            Some(jar) => Some(jars::pin_runner(jar, &cache_dir).map_err(AgentError::Config)?),
+            Some(jar) => Some(
+                jars::pin_runner(jar, &cache_dir, config.limits.jar_bytes)
+                    .map_err(AgentError::Config)?,
+            ),
             None => None,
         };
         Ok(Agent {
@@ -677,7 +680,12 @@ impl Agent {
                         guard.audit_outcome(intent, "ok", &json!({"watermark": head.to_string()}).to_string())?;
                     }
                     drop(guard);
-                    cache_jars(source.repo(), revision, &cache_dir).map_err(AgentError::Config)?;
+                    cache_jars(
+                        source.repo(),
+                        revision,
+                        &cache_dir,
+                        config.limits.jar_bytes,
+                    ).map_err(AgentError::Config)?;
                     *verified_cache
                         .lock()
                         .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(revision.clone());

@@ -19,24 +19,33 @@ use tokio::task::AbortHandle;
 use tower_service::Service;
 use tracing::{debug, warn};
 
-/// Limits of the HTTP server (the `server` config section).
+use crate::config::Config;
+
+/// Limits of the HTTP server: the `server` config section and the HTTP sizes of [`Config::limits`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub struct ServerLimits {
     /// Connections held open at once.
     pub max_connections: NonZeroUsize,
     /// Time for a request's headers, from connection open or the previous response.
     pub header_timeout: Duration,
     /// Time for one request, body and handler included.
     pub request_timeout: Duration,
+    /// hyper's read buffer per connection, which bounds a request's headers.
+    pub header_bytes: usize,
+    /// The largest request body.
+    pub body_bytes: usize,
 }
 
-impl Limits {
-    /// The limits configured in `server`.
-    pub fn of(server: &crate::config::ServerConfig) -> Limits {
-        Limits {
+impl ServerLimits {
+    /// The limits `config` sets for the HTTP server.
+    pub fn of(config: &Config) -> ServerLimits {
+        let server = &config.server;
+        ServerLimits {
             max_connections: server.max_connections,
             header_timeout: server.header_timeout,
             request_timeout: server.request_timeout,
+            header_bytes: config.limits.http_header_bytes,
+            body_bytes: config.limits.http_body_bytes,
         }
     }
 }
@@ -54,15 +63,11 @@ pub struct ConnectionMetrics {
 /// frees a descriptor while the loop retries, so retrying at once would only spin a core.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// hyper's read buffer per connection; request headers are small, and bodies are streamed past it.
-/// Bounds the memory of a full table (256 × 64 KiB by default).
-const READ_BUFFER_MAX: usize = 64 * 1024;
-
 /// Serves `router` on `listener` until the task is aborted.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    limits: Limits,
+    limits: ServerLimits,
     metrics: ConnectionMetrics,
 ) {
     let table = Arc::new(Mutex::new(Table::default()));
@@ -132,7 +137,7 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 async fn connection(
     stream: TcpStream,
     router: Router,
-    limits: Limits,
+    limits: ServerLimits,
     in_request: Arc<AtomicBool>,
     _registration: Registration,
 ) {
@@ -160,7 +165,7 @@ async fn connection(
     let result = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
-        .max_buf_size(READ_BUFFER_MAX)
+        .max_buf_size(limits.header_bytes)
         .serve_connection(TokioIo::new(stream), service)
         .await;
     if let Err(e) = result {

@@ -12,13 +12,13 @@ use hmac::{KeyInit, Mac};
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::connections::{ConnectionMetrics, Limits};
+use super::connections::{ConnectionMetrics, ServerLimits};
 use super::{Shared, metrics::Metrics, unix_now};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 /// Serves until the task is aborted.
-pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, limits: Limits) {
+pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, limits: ServerLimits) {
     let counted = ConnectionMetrics {
         open: shared.metrics.http_connections.clone(),
         evicted: shared.metrics.http_evicted.clone(),
@@ -29,7 +29,7 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, limit
         .route("/metrics", get(metrics))
         .route("/api/v1/status", get(status))
         .route("/webhook", post(webhook))
-        .layer(DefaultBodyLimit::max(1024 * 1024))
+        .layer(DefaultBodyLimit::max(limits.body_bytes))
         .with_state(shared);
     super::connections::serve(listener, app, limits, counted).await;
 }

@@ -102,10 +102,13 @@ impl Shared {
     }
 }
 
-fn read_secret(path: &Option<PathBuf>) -> Result<Option<Vec<u8>>, AgentError> {
-    path.as_ref()
+fn read_secret(config: &Config) -> Result<Option<Vec<u8>>, AgentError> {
+    config
+        .server
+        .webhook_secret_file
+        .as_ref()
         .map(|p| {
-            let secret = crate::util::read_file_limited(p, 64 * 1024)
+            let secret = crate::util::read_file_limited(p, config.limits.secret_file_bytes)
                 .map(|bytes| String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec())
                 .map_err(|e| {
                     AgentError::Config(format!("server.webhook_secret_file {}: {e}", p.display()))
@@ -150,7 +153,7 @@ pub async fn run(config_path: &Path) -> Result<(), AgentError> {
         status: RwLock::new(ServiceStatus::default()),
         metrics: metrics::Metrics::new(),
         trigger: Notify::new(),
-        webhook_secret: RwLock::new(read_secret(&config.server.webhook_secret_file)?),
+        webhook_secret: RwLock::new(read_secret(&config)?),
         agent: RwLock::new(Some(Arc::clone(&agent))),
         ready_window: RwLock::new(config.server.ready_window),
     });
@@ -161,7 +164,7 @@ pub async fn run(config_path: &Path) -> Result<(), AgentError> {
     let server = tokio::spawn(http::serve(
         listener,
         Arc::clone(&shared),
-        connections::Limits::of(&config.server),
+        connections::ServerLimits::of(&config),
     ));
     crate::util::mark_progress();
     if let Some(watchdog) = sd_notify::watchdog_enabled() {
@@ -355,11 +358,11 @@ fn reload(
         if config.server.listen != old.server.listen {
             return Err("server.listen cannot change while running; restart the service".into());
         }
-        if connections::Limits::of(&config.server) != connections::Limits::of(&old.server) {
+        if connections::ServerLimits::of(&config) != connections::ServerLimits::of(old) {
             return Err("server.max_connections, header_timeout and request_timeout cannot change while running; restart the service".into());
         }
         crate::revision::TrustMaterial::load(&config).map_err(|e| e.to_string())?;
-        let secret = read_secret(&config.server.webhook_secret_file).map_err(|e| e.to_string())?;
+        let secret = read_secret(&config).map_err(|e| e.to_string())?;
         Ok((config, secret))
     })();
     let (config, secret) = match checked {

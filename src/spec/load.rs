@@ -2,14 +2,13 @@
 
 use std::collections::BTreeMap;
 
+use crate::limits::Limits;
+
 use super::paths::is_spec_file;
 use super::{
     Artifact, DesiredJob, DesiredState, EntryKind, JobSpec, RepoPath, SpecError, SpecTree,
     TreeError, parse_spec, program,
 };
-
-/// Spec files larger than this are refused: a job spec is a page of YAML, not a data file.
-pub const SPEC_SIZE_LIMIT: u64 = 256 * 1024;
 
 /// Reads and validates every spec under `jobs_dir` of `tree`; reports every problem of every file.
 pub fn load_desired(tree: &dyn SpecTree, jobs_dir: &str) -> Result<DesiredState, Vec<SpecError>> {
@@ -70,7 +69,7 @@ pub fn load_desired(tree: &dyn SpecTree, jobs_dir: &str) -> Result<DesiredState,
                 continue;
             }
         }
-        let bytes = match tree.read(path, SPEC_SIZE_LIMIT) {
+        let bytes = match tree.read(path, Limits::DEFAULT.spec_file_bytes) {
             Ok(b) => b,
             Err(e) => {
                 errors.push(whole(file, strip_path_prefix(&e.to_string(), file)));

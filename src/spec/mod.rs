@@ -12,7 +12,7 @@ mod validation;
 pub mod yaml;
 
 pub use error::SpecError;
-pub use load::{SPEC_SIZE_LIMIT, load_desired};
+pub use load::load_desired;
 pub use model::{
     Artifact, BatchSpec, Concurrency, DesiredJob, DesiredRunState, DesiredState, HealthPolicy,
     JobKind, JobSpec, JobType, Ratio, RestartStrategy, Retention, UpgradeMode, Watch,

@@ -4,13 +4,10 @@
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+use crate::limits::{Limits, in_units};
+
 use super::sql::{self, Statement, StatementKind};
 use super::{Artifact, EntryKind, JobSpec, RepoPath, SpecError, SpecTree, TreeError};
-
-/// One SQL or Python file larger than this is refused: sources travel in the run request.
-pub const SOURCE_FILE_LIMIT: u64 = 1024 * 1024;
-/// All sources of one job together.
-pub const PROGRAM_SIZE_LIMIT: u64 = 4 * 1024 * 1024;
 
 /// A SQL file as committed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,12 +164,23 @@ fn read_source(
         Ok(Some(EntryKind::Other)) => return Err(refuse("is not a regular file".into())),
         Err(e) => return Err(refuse(e.to_string())),
     }
-    tree.read(path, SOURCE_FILE_LIMIT).map_err(|e| match e {
-        TreeError::TooLarge { size, limit, .. } => refuse(format!(
-            "is {size} bytes; a source file may be at most {limit} bytes (1 MiB)"
-        )),
-        other => refuse(other.to_string()),
-    })
+    tree.read(path, Limits::DEFAULT.source_file_bytes)
+        .map_err(|e| match e {
+            TreeError::TooLarge { size, limit, .. } => refuse(format!(
+                "is {size} bytes; a source file may be at most {limit} bytes ({})",
+                in_units(limit)
+            )),
+            other => refuse(other.to_string()),
+        })
+}
+
+/// Why the sources of one job, `total` bytes of `kind` files, are refused.
+fn too_large_a_program(kind: &str, total: u64) -> String {
+    let limit = Limits::DEFAULT.program_bytes;
+    format!(
+        "its {kind} files hold {total} bytes together; a job's sources may be at most {limit} bytes ({})",
+        in_units(limit)
+    )
 }
 
 fn load_sql(
@@ -266,12 +274,8 @@ fn load_sql(
             text,
         });
     }
-    if total > PROGRAM_SIZE_LIMIT {
-        errors.push(error(
-            spec_file,
-            0,
-            format!("its SQL files hold {total} bytes together; a job's sources may be at most {PROGRAM_SIZE_LIMIT} bytes (4 MiB)"),
-        ));
+    if total > Limits::DEFAULT.program_bytes {
+        errors.push(error(spec_file, 0, too_large_a_program("SQL", total)));
     }
     if errors.is_empty() && job_at.is_none() {
         let last = paths.last().map(RepoPath::as_str).unwrap_or(spec_file);
@@ -371,7 +375,7 @@ fn load_python(
         if files.iter().any(|f| f.path == path.as_str()) {
             continue;
         }
-        if total > PROGRAM_SIZE_LIMIT {
+        if total > Limits::DEFAULT.program_bytes {
             // Stop reading: the total is already too large.
             break;
         }
@@ -394,12 +398,8 @@ fn load_python(
             Err(e) => errors.push(e),
         }
     }
-    if total > PROGRAM_SIZE_LIMIT {
-        errors.push(error(
-            spec_file,
-            0,
-            format!("its Python files hold {total} bytes together; a job's sources may be at most {PROGRAM_SIZE_LIMIT} bytes (4 MiB)"),
-        ));
+    if total > Limits::DEFAULT.program_bytes {
+        errors.push(error(spec_file, 0, too_large_a_program("Python", total)));
     }
     if errors.is_empty() {
         Ok(Program::Python {

@@ -8,13 +8,12 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::limits::Limits;
+
 use super::StateError;
 
 /// The file's name in the state directory.
 pub const WATERMARK_FILE: &str = "watermark";
-
-/// A commit id is at most 64 hex digits (SHA-256 repositories); anything longer is not ours.
-const MAX_LEN: u64 = 256;
 
 fn problem(path: &Path, problem: impl ToString) -> StateError {
     StateError::KeptWatermark {
@@ -29,7 +28,7 @@ fn problem(path: &Path, problem: impl ToString) -> StateError {
 /// would switch the rollback guard off exactly when something tampered with it.
 pub fn kept_watermark(dir: &Path) -> Result<Option<String>, StateError> {
     let path = dir.join(WATERMARK_FILE);
-    let bytes = match crate::util::read_file_limited(&path, MAX_LEN) {
+    let bytes = match crate::util::read_file_limited(&path, Limits::DEFAULT.watermark_file_bytes) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(problem(&path, e)),

@@ -5,10 +5,9 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 
-use super::sshsig::{fingerprint, parse_public_key_blob};
+use crate::limits::Limits;
 
-/// An allowed_signers file larger than this is refused.
-pub const FILE_SIZE_LIMIT: u64 = 1024 * 1024;
+use super::sshsig::{fingerprint, parse_public_key_blob};
 
 /// A line of the file that is outside the supported subset or malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -307,7 +306,7 @@ impl AllowedSigners {
             line: 0,
             reason,
         };
-        let bytes = crate::util::read_file_limited(path, FILE_SIZE_LIMIT)
+        let bytes = crate::util::read_file_limited(path, Limits::DEFAULT.allowed_signers_bytes)
             .map_err(|e| whole(e.to_string()))?;
         let text = String::from_utf8(bytes).map_err(|_| whole("not UTF-8".into()))?;
         Self::parse(&text, path)

@@ -7,9 +7,6 @@ use sha2::{Digest, Sha256, Sha512};
 
 use super::{AllowedSigners, SignatureError, SshSignature, Verified, verify_parsed};
 
-/// JARs larger than this are refused (the limit of Flink's own upload handler is similar in spirit).
-pub const JAR_SIZE_LIMIT: u64 = 1024 * 1024 * 1024;
-
 /// Both digests of one read of a JAR (sha256 for pins and records, sha512 for ssh-keygen's default).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JarDigest {

@@ -4,8 +4,7 @@ use base64::Engine as _;
 use ed25519_dalek::{Signature, VerifyingKey};
 use sha2::{Digest, Sha256, Sha512};
 
-/// Armored signatures larger than this are refused before decoding (a real one is under 1 KiB).
-pub const ARMOR_SIZE_LIMIT: usize = 16 * 1024;
+use crate::limits::Limits;
 
 const BEGIN: &str = "-----BEGIN SSH SIGNATURE-----";
 const END: &str = "-----END SSH SIGNATURE-----";
@@ -15,8 +14,8 @@ const KEY_TYPE: &str = "ssh-ed25519";
 /// Why a signature was refused. Each rule of the format has its own variant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SshSigError {
-    /// Over [`ARMOR_SIZE_LIMIT`].
-    #[error("signature is {0} bytes, over the limit of {ARMOR_SIZE_LIMIT}")]
+    /// Over [`Limits::signature_bytes`].
+    #[error("signature is {0} bytes, over the limit of {limit}", limit = Limits::DEFAULT.signature_bytes)]
     TooLarge(usize),
     /// The BEGIN/END lines are missing or there is text outside them.
     #[error("not an armored SSH signature ({0})")]
@@ -145,7 +144,8 @@ fn text(bytes: &[u8]) -> String {
 
 /// Decodes the armor to the binary blob.
 pub fn dearmor(armored: &[u8]) -> Result<Vec<u8>, SshSigError> {
-    if armored.len() > ARMOR_SIZE_LIMIT {
+    // Refused before decoding.
+    if armored.len() as u64 > Limits::DEFAULT.signature_bytes {
         return Err(SshSigError::TooLarge(armored.len()));
     }
     let text = std::str::from_utf8(armored).map_err(|_| SshSigError::Armor("not UTF-8"))?;
