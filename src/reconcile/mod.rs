@@ -22,6 +22,7 @@ pub mod restore;
 mod savepoints;
 
 use crate::state::AuditAction;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -500,13 +501,18 @@ impl Agent {
                 now_ms(),
             );
             report.unmanaged = plan.unmanaged.clone();
+            // Keyed once: a lookup per job would make a pass quadratic in the number of jobs.
+            let mut records_by_id: HashMap<String, JobRecord> =
+                records.into_iter().map(|r| (r.job_id.clone(), r)).collect();
+            let cluster_by_jid: HashMap<&str, &JobOverview> =
+                cluster_jobs.iter().map(|j| (j.jid.as_str(), j)).collect();
             let tasks = plan.jobs.iter().map(|entry| {
-                let record = records.iter().find(|r| r.job_id == entry.job_id).cloned();
+                let record = records_by_id.remove(&entry.job_id);
                 let instance = entry
                     .flink_job_id
-                    .as_ref()
-                    .and_then(|jid| cluster_jobs.iter().find(|j| &j.jid == jid))
-                    .cloned();
+                    .as_deref()
+                    .and_then(|jid| cluster_by_jid.get(jid))
+                    .map(|&j| j.clone());
                 let span = info_span!("job", revision = %crate::spec::source::short_id(&head), job_id = %entry.job_id);
                 self.act(&pass, entry, &revision, record, instance).instrument(span)
             });
