@@ -158,10 +158,11 @@ async fn main() {
     let cpu = proc_cpu_seconds(pid) - cpu_before;
     let calls = fake.total_requests() - calls_before;
     println!(
-        "idle for {idle} s with {jobs} jobs (poll 30s, reconcile 1m): CPU {:.2} s per minute, {calls} REST calls, RSS {:.1} MiB (peak {:.1} MiB)",
+        "idle for {idle} s with {jobs} jobs (poll 30s, reconcile 1m): CPU {:.2} s per minute, {calls} REST calls, RSS {:.1} MiB (peak {:.1} MiB; anonymous {:.1} MiB, the rest is the binary's and libraries' pages)",
         cpu * 60.0 / idle as f64,
         proc_rss_mib(pid, "VmRSS:"),
-        proc_rss_mib(pid, "VmHWM:")
+        proc_rss_mib(pid, "VmHWM:"),
+        proc_rss_mib(pid, "RssAnon:")
     );
 
     let mut webhook = Vec::new();

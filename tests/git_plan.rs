@@ -258,3 +258,38 @@ fn an_unreachable_cluster_is_reported_not_guessed() {
         (&"a".into(), &"create".into())
     );
 }
+
+#[test]
+fn output_into_a_closed_pipe_keeps_the_commands_exit_code_and_does_not_panic() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let repo = SpecRepo::new();
+    repo.write("artifacts/counter.jar", b"PK")
+        .write(
+            "jobs/orders.yaml",
+            stream_spec("orders", "artifacts/counter.jar", 1),
+        )
+        .write(
+            "jobs/dup.yaml",
+            stream_spec("orders", "artifacts/counter.jar", 1),
+        );
+    let mut ends = [0; 2];
+    // SAFETY: pipe(2) fills `ends` with two new descriptors, owned below.
+    assert_eq!(unsafe { libc::pipe(ends.as_mut_ptr()) }, 0);
+    let (reader, writer) =
+        unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+    // Like `validate … | head -0`: nobody reads, so every write is EPIPE.
+    drop(reader);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_flink-gitops"))
+        .args(["validate", repo.path().to_str().unwrap()])
+        .stdout(std::process::Stdio::from(writer))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "the verdict survives: {stderr}"
+    );
+}

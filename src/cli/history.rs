@@ -226,9 +226,16 @@ pub fn for_each(
 
 /// The table's header line.
 pub fn print_header() {
-    println!(
+    outln!(
         "{:<24} {:<24} {:<10} {:<20} {:<11} {:<12} {:<24} {:<32} DETAIL",
-        "TIME", "JOB", "KIND", "ACTION", "RESULT", "REVISION", "SIGNER", "FLINK JOB"
+        "TIME",
+        "JOB",
+        "KIND",
+        "ACTION",
+        "RESULT",
+        "REVISION",
+        "SIGNER",
+        "FLINK JOB"
     );
 }
 
@@ -241,7 +248,7 @@ pub fn print_entry(e: &HistoryEntry) {
         (None, Some(d)) => d.clone(),
         (None, None) => String::new(),
     };
-    println!(
+    outln!(
         "{:<24} {:<24} {:<10} {:<20} {:<11} {:<12} {:<24} {:<32} {}",
         e.at,
         if e.job_kind == "jar" {
@@ -296,7 +303,7 @@ pub(super) fn run(
         match format {
             OutputFormat::Json => {
                 let separator = if printed == 0 { "[\n  " } else { ",\n  " };
-                print!("{separator}{}", serde_json::to_string(entry)?);
+                out!("{separator}{}", serde_json::to_string(entry)?);
             }
             OutputFormat::Text => {
                 if printed == 0 {
@@ -329,9 +336,9 @@ pub(super) fn run(
         }
     }
     match (format, printed) {
-        (OutputFormat::Json, 0) => println!("[]"),
-        (OutputFormat::Json, _) => println!("\n]"),
-        (OutputFormat::Text, 0) => println!("no deployments or runs recorded"),
+        (OutputFormat::Json, 0) => outln!("[]"),
+        (OutputFormat::Json, _) => outln!("\n]"),
+        (OutputFormat::Text, 0) => outln!("no deployments or runs recorded"),
         (OutputFormat::Text, _) => {}
     }
     Ok(EXIT_OK)

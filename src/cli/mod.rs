@@ -1,5 +1,22 @@
 //! The command line: `validate`, `plan`, `status`, with text or JSON output and stable exit codes.
 
+/// `println!` for command output: a reader that went away (`plan | head`) is not a panic.
+macro_rules! outln {
+    () => {
+        $crate::cli::output::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` for command output; see [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_stdout(format_args!($($arg)*))
+    };
+}
+
 mod apply;
 mod history;
 mod output;

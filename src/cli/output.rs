@@ -1,5 +1,8 @@
 //! Text rendering of command results for people; JSON goes through serde unchanged.
 
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde::Serialize;
 
 use super::{CommitLine, JobStatus, Refusal};
@@ -7,9 +10,26 @@ use crate::flink::{ClusterOverview, JobOverview};
 use crate::plan::{Action, Plan};
 use crate::spec::source::short_id;
 
+/// Set once stdout cannot be written (its reader went away, as in `plan | head`): the rest of the
+/// output is dropped, and the command still finishes and exits with its own code.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Writes command output to stdout; after a failed write, nothing more is written.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    if let Err(error) = std::io::stdout().lock().write_fmt(args) {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        if error.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("error: cannot write the output: {error}");
+        }
+    }
+}
+
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -35,36 +55,36 @@ fn cluster_line(cluster: &Result<(ClusterOverview, Vec<JobOverview>), String>) -
 /// Renders the per-commit verdicts of `verify`.
 pub fn print_verify(commits: &[CommitLine], refused: Option<&str>) {
     if let Some(reason) = refused {
-        println!("REFUSED  {reason}");
+        outln!("REFUSED  {reason}");
     }
     for line in commits {
         let short = short_id(&line.commit);
         match (&line.signer, &line.error) {
-            (Some(signer), _) => println!("ok       {short}  {signer}  {}", line.summary),
-            (_, Some(error)) => println!("FAILED   {short}  {error}  ({})", line.summary),
+            (Some(signer), _) => outln!("ok       {short}  {signer}  {}", line.summary),
+            (_, Some(error)) => outln!("FAILED   {short}  {error}  ({})", line.summary),
             _ => {}
         }
     }
     let failed = commits.iter().filter(|c| !c.ok).count();
-    println!(
+    outln!(
         "{} commit(s) verified, {failed} failed",
         commits.len() - failed
     );
 }
 
 fn print_refusal(refusal: &Refusal) {
-    println!("REFUSED ({}): {}", refusal.kind, refusal.message);
+    outln!("REFUSED ({}): {}", refusal.kind, refusal.message);
     for error in &refusal.spec_errors {
-        println!("  {error}");
+        outln!("  {error}");
     }
     for line in refusal.commits.iter().filter(|c| !c.ok) {
-        println!(
+        outln!(
             "  {}  {}",
             short_id(&line.commit),
             line.error.as_deref().unwrap_or("")
         );
     }
-    println!("the cluster keeps the last verified state");
+    outln!("the cluster keeps the last verified state");
 }
 
 /// Renders `plan`.
@@ -75,13 +95,13 @@ pub fn print_plan(
     plan: Option<&Plan>,
     cluster: &Result<(ClusterOverview, Vec<JobOverview>), String>,
 ) {
-    println!("{revision_line}");
-    println!("{}", cluster_line(cluster));
+    outln!("{revision_line}");
+    outln!("{}", cluster_line(cluster));
     if let Some(commits) = verified {
         let mut signers: Vec<&str> = commits.iter().filter_map(|c| c.signer.as_deref()).collect();
         signers.sort_unstable();
         signers.dedup();
-        println!(
+        outln!(
             "trust    {} new commit(s) verified; signed by {}",
             commits.len(),
             if signers.is_empty() {
@@ -91,14 +111,14 @@ pub fn print_plan(
             }
         );
     }
-    println!();
+    outln!();
     if let Some(refusal) = refused {
         print_refusal(refusal);
         return;
     }
     let Some(plan) = plan else { return };
     if plan.jobs.is_empty() {
-        println!("  (no jobs)");
+        outln!("  (no jobs)");
     }
     for job in &plan.jobs {
         let state = match (&job.flink_job_id, &job.flink_state) {
@@ -107,29 +127,29 @@ pub fn print_plan(
             _ => String::new(),
         };
         let reasons = job.reasons.join("; ");
-        println!(
+        outln!(
             "  {:<10} {:<28} {reasons} {state}",
             job.action.as_str(),
             job.job_id
         );
         for warning in &job.warnings {
-            println!("             warning: {warning}");
+            outln!("             warning: {warning}");
         }
         if let Some(diff) = &job.source_diff {
             for line in diff.lines() {
-                println!("             | {line}");
+                outln!("             | {line}");
             }
         }
     }
     if plan.cluster_unreachable.is_some() {
-        println!();
-        println!("drift could not be checked: the cluster is unreachable");
+        outln!();
+        outln!("drift could not be checked: the cluster is unreachable");
     }
     if !plan.unmanaged.is_empty() {
-        println!();
-        println!("jobs on the cluster not deployed by flink-gitops (left alone):");
+        outln!();
+        outln!("jobs on the cluster not deployed by flink-gitops (left alone):");
         for job in &plan.unmanaged {
-            println!("  {}  {:<10} {}", job.jid, job.state, job.name);
+            outln!("  {}  {:<10} {}", job.jid, job.state, job.name);
         }
     }
     let count = |wanted: &[Action]| {
@@ -140,8 +160,8 @@ pub fn print_plan(
     };
     let held = count(&[Action::Blocked, Action::Wait]);
     let unchanged = count(&[Action::Unchanged]);
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{} to change, {unchanged} unchanged{}",
         plan.jobs.len() - held - unchanged,
         if held > 0 {
@@ -160,21 +180,27 @@ pub fn print_status(
     refused: Option<&Refusal>,
     jobs: &[JobStatus],
 ) {
-    println!("revision {}  flink {flink}", short_id(revision));
+    outln!("revision {}  flink {flink}", short_id(revision));
     if let Some(reason) = cluster_error {
-        println!("cluster UNREACHABLE: {reason}");
+        outln!("cluster UNREACHABLE: {reason}");
     }
     if let Some(refusal) = refused {
         print_refusal(refusal);
     }
-    println!();
-    println!(
+    outln!();
+    outln!(
         "  {:<28} {:<6} {:<12} {:<12} {:<10} {:<32} {:<12} LAST SAVEPOINT",
-        "JOB", "KIND", "DESIRED", "APPLIED", "RECORDED", "FLINK JOB", "FLINK STATE"
+        "JOB",
+        "KIND",
+        "DESIRED",
+        "APPLIED",
+        "RECORDED",
+        "FLINK JOB",
+        "FLINK STATE"
     );
     let dash = || "-".to_string();
     for job in jobs {
-        println!(
+        outln!(
             "  {:<28} {:<6} {:<12} {:<12} {:<10} {:<32} {:<12} {}",
             job.job_id,
             job.kind.map_or("-", |k| k.as_str()),
@@ -201,20 +227,20 @@ pub fn print_status(
             },
         );
         if let Some(phase) = job.phase.as_deref().filter(|p| *p != "steady") {
-            println!(
+            outln!(
                 "  {:<28} phase {phase}: {}",
                 "",
                 job.phase_detail.clone().unwrap_or_else(dash)
             );
         }
         if let Some(error) = &job.last_error {
-            println!("  {:<28} last failure: {error}", "");
+            outln!("  {:<28} last failure: {error}", "");
         }
         if let Some(at) = &job.retry_at {
-            println!("  {:<28} tried again at {at}", "");
+            outln!("  {:<28} tried again at {at}", "");
         }
         if job.last_run.is_some() || job.next_run.is_some() {
-            println!(
+            outln!(
                 "  {:<28} last run: {}  next run: {}",
                 "",
                 job.last_run.clone().unwrap_or_else(dash),
@@ -228,19 +254,19 @@ pub fn print_status(
 pub fn print_apply(report: &crate::reconcile::ApplyReport) {
     use crate::reconcile::Outcome;
     if let Some(revision) = &report.revision {
-        println!("revision {}", short_id(revision));
+        outln!("revision {}", short_id(revision));
     }
     for note in &report.recovered {
-        println!("recovered: {note}");
+        outln!("recovered: {note}");
     }
     if let Some((kind, message)) = &report.refused {
-        println!("REFUSED ({kind}): {message}");
-        println!("the cluster keeps the last verified state");
+        outln!("REFUSED ({kind}): {message}");
+        outln!("the cluster keeps the last verified state");
         return;
     }
     if let Some(error) = &report.cluster_error {
-        println!("cluster UNREACHABLE: {error}");
-        println!("no action taken, nothing marked applied");
+        outln!("cluster UNREACHABLE: {error}");
+        outln!("no action taken, nothing marked applied");
         return;
     }
     for job in &report.jobs {
@@ -252,7 +278,7 @@ pub fn print_apply(report: &crate::reconcile::ApplyReport) {
             Outcome::Blocked => "BLOCKED",
             Outcome::Failed => "FAILED",
         };
-        println!(
+        outln!(
             "  {:<10} {:<28} {:<11} {}",
             job.action.as_str(),
             job.job_id,
@@ -260,7 +286,7 @@ pub fn print_apply(report: &crate::reconcile::ApplyReport) {
             job.message
         );
         if job.outcome != Outcome::Unchanged && !job.reasons.is_empty() {
-            println!(
+            outln!(
                 "  {:<10} {:<28} {:<11} why: {}",
                 "",
                 "",
@@ -269,25 +295,25 @@ pub fn print_apply(report: &crate::reconcile::ApplyReport) {
             );
         }
         if let Some(cause) = &job.root_cause {
-            println!("  {:<10} {:<28} {:<11} root cause: {cause}", "", "", "");
+            outln!("  {:<10} {:<28} {:<11} root cause: {cause}", "", "", "");
         }
         for warning in &job.warnings {
-            println!("  {:<10} {:<28} {:<11} warning: {warning}", "", "", "");
+            outln!("  {:<10} {:<28} {:<11} warning: {warning}", "", "", "");
         }
     }
     if !report.unmanaged.is_empty() {
-        println!();
-        println!("jobs on the cluster not deployed by flink-gitops (left alone):");
+        outln!();
+        outln!("jobs on the cluster not deployed by flink-gitops (left alone):");
         for job in &report.unmanaged {
-            println!("  {}  {:<10} {}", job.jid, job.state, job.name);
+            outln!("  {}  {:<10} {}", job.jid, job.state, job.name);
         }
     }
     for jar in &report.jars_deleted {
-        println!("deleted unused JAR {jar}");
+        outln!("deleted unused JAR {jar}");
     }
     let converged = report.converged();
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{}",
         if converged {
             "converged"

@@ -20,7 +20,7 @@ pub(super) fn run(
         "retry"
     };
     let id = store.queue_request(job_id, kind, &by)?;
-    println!(
+    outln!(
         "queued request {id}: {kind} {job_id} (now {}{}); the agent handles it at the start of its next pass",
         record.phase,
         record

@@ -87,9 +87,12 @@ pub(super) async fn run(
             };
             match format {
                 OutputFormat::Json => output::print_json(&report)?,
-                OutputFormat::Text => println!(
+                OutputFormat::Text => outln!(
                     "savepoint of {} ({}), requested by {}: {}",
-                    report.job_id, report.flink_job_id, report.by, report.savepoint
+                    report.job_id,
+                    report.flink_job_id,
+                    report.by,
+                    report.savepoint
                 ),
             }
             Ok(EXIT_OK)

@@ -77,19 +77,19 @@ pub(super) fn run(
         OutputFormat::Json => output::print_json(&report)?,
         OutputFormat::Text => {
             for error in errors {
-                println!("{error}");
+                outln!("{error}");
             }
             if report.sql_check != "no SQL jobs" {
-                println!("Flink SQL check: {}", report.sql_check);
+                outln!("Flink SQL check: {}", report.sql_check);
             }
             if report.valid {
-                println!(
+                outln!(
                     "ok: {} job spec(s) valid in {}",
                     report.jobs.len(),
                     report.source
                 );
             } else {
-                println!("{} problem(s) found in {}", errors.len(), report.source);
+                outln!("{} problem(s) found in {}", errors.len(), report.source);
             }
         }
     }
