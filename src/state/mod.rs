@@ -931,33 +931,24 @@ impl StateStore {
 
     /// Every JAR the agent uploaded.
     pub fn jars(&self) -> Result<Vec<JarRecord>, StateError> {
-        let mut statement = self
-            .connection
-            .prepare("SELECT sha256, jar_id FROM jars ORDER BY sha256")
-            .map_err(sqlite(&self.path, "list jars"))?;
-        let rows = statement
-            .query_map([], |row| {
-                Ok(JarRecord {
-                    sha256: row.get(0)?,
-                    jar_id: row.get(1)?,
-                })
-            })
-            .map_err(sqlite(&self.path, "list jars"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(sqlite(&self.path, "list jars"))
+        self.select_jars("SELECT sha256, jar_id FROM jars ORDER BY sha256")
     }
 
     /// The uploaded JARs that no running, suspended or failed job holds: the only ones that can be
     /// unused, so the full check of job phases and batch runs is needed only for these.
     pub fn jars_not_held_by_a_settled_job(&self) -> Result<Vec<JarRecord>, StateError> {
+        self.select_jars(
+            "SELECT sha256, jar_id FROM jars WHERE sha256 NOT IN (
+                 SELECT jar_sha256 FROM jobs
+                 WHERE status IN ('running', 'suspended', 'failed') AND jar_sha256 IS NOT NULL)
+             ORDER BY sha256",
+        )
+    }
+
+    fn select_jars(&self, query: &str) -> Result<Vec<JarRecord>, StateError> {
         let mut statement = self
             .connection
-            .prepare(
-                "SELECT sha256, jar_id FROM jars WHERE sha256 NOT IN (
-                     SELECT jar_sha256 FROM jobs
-                     WHERE status IN ('running', 'suspended', 'failed') AND jar_sha256 IS NOT NULL)
-                 ORDER BY sha256",
-            )
+            .prepare(query)
             .map_err(sqlite(&self.path, "list jars"))?;
         let rows = statement
             .query_map([], |row| {
