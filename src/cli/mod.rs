@@ -257,7 +257,8 @@ fn usage(error: impl Into<anyhow::Error>) -> Failure {
     }
 }
 
-/// Runs a parsed command line and returns the process exit code.
+/// Runs a parsed command line and returns the process exit code. Commands that only read files,
+/// git or SQLite run off the async workers (`block_in_place`, `spawn_blocking`).
 pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Validate {
@@ -268,7 +269,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             output,
         } => {
             let runner = crate::runner::LocalRunner::find(runner.as_deref(), flink_home.as_deref());
-            validate::run(&dir, &jobs_dir, runner, output)
+            tokio::task::block_in_place(|| validate::run(&dir, &jobs_dir, runner, output))
         }
         Command::Verify {
             repo,
@@ -313,12 +314,14 @@ pub async fn run(cli: Cli) -> ExitCode {
             since,
             limit,
             output,
-        } => history::run(&config, job.as_deref(), since.as_deref(), limit, output),
+        } => tokio::task::block_in_place(|| {
+            history::run(&config, job.as_deref(), since.as_deref(), limit, output)
+        }),
         Command::Retry {
             config,
             job,
             start_empty,
-        } => retry::run(&config, &job, start_empty),
+        } => tokio::task::block_in_place(|| retry::run(&config, &job, start_empty)),
         Command::Savepoint {
             config,
             job,

@@ -146,7 +146,7 @@ fn generation_of(flink_job_id: &str) -> i64 {
 pub struct Agent {
     shutdown: tokio_util::sync::CancellationToken,
     /// The last verified revision: an unchanged head is neither verified nor parsed again.
-    verified: Arc<Mutex<Option<VerifiedRevision>>>,
+    verified: Arc<Mutex<Option<Arc<VerifiedRevision>>>>,
     config: Config,
     client: FlinkClient,
     store: Arc<Mutex<StateStore>>,
@@ -293,7 +293,7 @@ impl Agent {
             &crate::plan::status::StatusSources {
                 desired: head
                     .as_deref()
-                    .zip(verified.as_ref().map(VerifiedRevision::desired)),
+                    .zip(verified.as_deref().map(VerifiedRevision::desired)),
                 records: &records,
                 cluster,
                 last_runs: &last_runs,
@@ -609,7 +609,7 @@ impl Agent {
 
     async fn fetch_and_verify(
         &self,
-    ) -> Result<(String, Result<VerifiedRevision, RevisionError>), AgentError> {
+    ) -> Result<(String, Result<Arc<VerifiedRevision>, RevisionError>), AgentError> {
         let config = self.config.clone();
         let store = Arc::clone(&self.store);
         let trust = Arc::clone(&self.trust);
@@ -674,7 +674,8 @@ impl Agent {
                 start,
                 head,
                 |commit| recording_first_seen(&lock())(commit),
-            );
+            )
+            .map(Arc::new);
             let guard = lock();
             guard.check_identity()?;
             match &verified {
@@ -694,7 +695,7 @@ impl Agent {
                     ).map_err(AgentError::Config)?;
                     *verified_cache
                         .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(revision.clone());
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::clone(revision));
                 }
                 Err(error) => {
                     guard.record_revision_seen(&head.to_string())?;

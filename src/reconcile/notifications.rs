@@ -210,7 +210,7 @@ impl Agent {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(verified
-            .as_ref()
+            .as_deref()
             .map(crate::revision::VerifiedRevision::desired))
     }
 
