@@ -148,7 +148,7 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
 pub async fn run(config_path: &Path) -> Result<(), AgentError> {
     let config = Config::load(config_path).map_err(|e| AgentError::Config(e.to_string()))?;
     check_fd_budget(&config)?;
-    let agent = Arc::new(Agent::open(config.clone())?);
+    let agent = Arc::new(Agent::open(config.clone())?.serving());
     let shared = Arc::new(Shared {
         status: RwLock::new(ServiceStatus::default()),
         metrics: metrics::Metrics::new(),
@@ -385,7 +385,7 @@ fn reload(
             }
         }
     }
-    match Agent::open(config.clone()) {
+    match Agent::open(config.clone()).map(Agent::serving) {
         Ok(new_agent) => {
             let new_agent = Arc::new(new_agent);
             *shared.agent.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&new_agent));
@@ -400,7 +400,7 @@ fn reload(
             Ok((config, new_agent, None))
         }
         Err(e) => {
-            let previous = Arc::new(Agent::open(old.clone())?);
+            let previous = Arc::new(Agent::open(old.clone())?.serving());
             *shared.agent.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&previous));
             Ok((old.clone(), previous, Some(e.to_string())))
         }
