@@ -102,14 +102,13 @@ pub unsafe fn tune_libgit2() -> Result<(), git2::Error> {
     // children and the HTTP clients see the environment the agent was started with.
     unsafe {
         std::env::set_var(CA_BUNDLE_VARIABLE, "/dev/null");
-        git2::opts::set_mwindow_size(Limits::DEFAULT.git_pack_window_bytes)?;
+        let started = git2::opts::set_mwindow_size(Limits::DEFAULT.git_pack_window_bytes);
         match system_bundle {
             Some(bundle) => std::env::set_var(CA_BUNDLE_VARIABLE, bundle),
             None => std::env::remove_var(CA_BUNDLE_VARIABLE),
         }
+        started?;
         SYSTEM_CAS_DEFERRED.store(true, Ordering::Relaxed);
-    }
-    unsafe {
         git2::opts::set_mwindow_mapped_limit(Limits::DEFAULT.git_pack_mapped_bytes)?;
         git2::opts::set_cache_object_limit(
             git2::ObjectType::Tree,

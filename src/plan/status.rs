@@ -1,7 +1,7 @@
 //! Where desired (git), observed (Flink) and recorded (SQLite) state meet for `status` and
 //! `/api/v1/status`: one row per job known to any of them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -48,6 +48,9 @@ pub struct JobStatus {
     pub failures: i64,
     /// When a backing-off job is tried again (RFC 3339).
     pub retry_at: Option<String>,
+    /// The recorded retry time (epoch ms), past or not: `/api/v1/status` shows it as it always did.
+    #[serde(skip)]
+    pub retry_at_ms: Option<i64>,
 }
 
 /// Everything the status of the jobs is made from; each source may be missing or empty.
@@ -99,10 +102,6 @@ pub fn job_statuses(sources: &StatusSources<'_>) -> Vec<JobStatus> {
         .map(|j| (j.jid.as_str(), j))
         .collect();
     let by_prefix = super::group_by_job_prefix(sources.cluster);
-    let desired_set: HashSet<&String> = desired_jobs
-        .into_iter()
-        .flat_map(|jobs| jobs.keys())
-        .collect();
     ids.into_iter()
         .map(|id| {
             let record = records_by_id.get(id.as_str()).copied();
@@ -139,10 +138,9 @@ pub fn job_statuses(sources: &StatusSources<'_>) -> Vec<JobStatus> {
                 kind: desired
                     .map(|job| job.spec.artifact.kind())
                     .or_else(|| record.map(|r| r.job_kind())),
-                desired_commit: desired_set
-                    .contains(id)
-                    .then(|| sources.desired.map(|(head, _)| head.to_string()))
-                    .flatten(),
+                desired_commit: desired
+                    .and(sources.desired)
+                    .map(|(head, _)| head.to_string()),
                 applied_commit: record.map(|r| r.commit_id.clone()),
                 recorded_status: record.map(|r| r.status.clone()),
                 last_run,
@@ -169,6 +167,7 @@ pub fn job_statuses(sources: &StatusSources<'_>) -> Vec<JobStatus> {
                     })
                 }),
                 failures: record.map_or(0, |r| r.failures),
+                retry_at_ms: record.and_then(|r| r.retry_at_ms),
                 retry_at: record
                     .and_then(|r| r.retry_at_ms)
                     .filter(|at| *at > now_ms)

@@ -150,6 +150,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
                 fields.insert("last_action".into(), json!(outcome.map(|o| o.action)));
                 fields.insert("health".into(), json!(outcome.map(|o| o.outcome)));
                 fields.insert("active_runs".into(), json!(running));
+                fields.insert("retry_at_ms".into(), json!(job.retry_at_ms));
                 fields.insert(
                     "last_error".into(),
                     json!(job.last_error.clone().or(pass_error)),
