@@ -227,8 +227,6 @@ pub struct Config {
     pub state: StateConfig,
     /// The HTTP server for health, metrics and webhooks.
     pub server: ServerConfig,
-    /// The size limits of everything the agent reads (not set in the file).
-    pub limits: Limits,
     /// How `apply` acts on the cluster.
     pub reconcile: ReconcileConfig,
     /// The runner JAR of SQL and Python jobs (`runner.jar`), if any.
@@ -592,7 +590,7 @@ impl Config {
                 field: field.to_string(),
                 reason,
             };
-            let bytes = read_file_limited(file, self.limits.credential_file_bytes)
+            let bytes = read_file_limited(file, Limits::DEFAULT.credential_file_bytes)
                 .map_err(|e| invalid(format!("{}: {e}", file.display())))?;
             if String::from_utf8_lossy(&bytes).trim().is_empty() {
                 return Err(invalid(format!(
@@ -1154,7 +1152,6 @@ impl Config {
                 retry_max,
                 max_failures,
             },
-            limits: Limits::DEFAULT,
         })
     }
 }

@@ -4,8 +4,7 @@
 ///
 /// Every read from the repository, the local disk, Flink, an artifact store or an HTTP client is
 /// bounded, so a broken or hostile source costs an error naming the limit, never the agent's memory.
-/// None is set in `config.yaml`: [`Config::limits`](crate::config::Config::limits) carries
-/// [`Limits::DEFAULT`] to the components that have a config; the others read `Limits::DEFAULT`.
+/// None is set in `config.yaml`: every component reads [`Limits::DEFAULT`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// `config.yaml`: a hand-written file of a few KiB; more is not a config file.

@@ -216,7 +216,6 @@ pub fn verify_revision(
         let check = check_in_repo_jar(
             repo,
             &tree,
-            &config.limits,
             path.as_str(),
             job.spec.artifact_sha256.as_deref(),
             &artifact_policy,
@@ -240,7 +239,6 @@ pub fn verify_revision(
 fn check_in_repo_jar(
     repo: &Repository,
     tree: &GitTree<'_>,
-    limits: &Limits,
     path: &str,
     pin: Option<&str>,
     policy: &ArtifactPolicy<'_>,
@@ -260,19 +258,19 @@ fn check_in_repo_jar(
     // Streamed unless deltified; the stream fails its last read unless the bytes hash to the blob id,
     // so a corrupt mirror cannot pass as a signed JAR.
     let blob = streams
-        .open(blob_id, limits.jar_bytes)
+        .open(blob_id, Limits::DEFAULT.jar_bytes)
         .map_err(|e| match e {
             BlobStreamError::TooLarge { .. } => ArtifactError::TooLarge {
                 path: path.to_string(),
-                limit: limits.jar_bytes,
+                limit: Limits::DEFAULT.jar_bytes,
             },
             other => io(other.to_string()),
         })?;
-    let digest = hash_jar(blob, path, limits.jar_bytes)?;
+    let digest = hash_jar(blob, path, Limits::DEFAULT.jar_bytes)?;
     let signature_path = crate::spec::RepoPath::parse(&format!("{path}.sig")).map_err(io)?;
     let signature = match tree.entry(&signature_path).map_err(|e| io(e.to_string()))? {
         Some(crate::spec::EntryKind::File) => Some(
-            tree.read(&signature_path, limits.signature_bytes)
+            tree.read(&signature_path, Limits::DEFAULT.signature_bytes)
                 .map_err(|e| io(e.to_string()))?,
         ),
         _ => None,

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use hmac::{KeyInit, Mac};
 
 use crate::config::Config;
+use crate::limits::Limits;
 use crate::spec::program::Program;
 use crate::spec::{DesiredJob, SpecError};
 
@@ -251,7 +252,7 @@ impl Secrets {
             dir: config.secrets_dir.clone(),
             prefix: config.secrets_prefix.clone(),
             key_file: config.state.dir.join("secret-fingerprint.key"),
-            size_limit: config.limits.secret_file_bytes,
+            size_limit: Limits::DEFAULT.secret_file_bytes,
         }
     }
 

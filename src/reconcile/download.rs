@@ -1,5 +1,6 @@
 //! JARs named by `artifact_url`: fetched into the cache only after their pin and signature pass.
 
+use crate::limits::Limits;
 use crate::state::AuditAction;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -241,8 +242,8 @@ impl Agent {
         // Every message names the URL, redacted: a presigned URL's query is a credential.
         let fail = |message: String| StepError::permanent(format!("artifact_url: {message}"));
         let limits = DownloadLimits {
-            jar: self.config.limits.jar_bytes,
-            signature: self.config.limits.signature_bytes,
+            jar: Limits::DEFAULT.jar_bytes,
+            signature: Limits::DEFAULT.signature_bytes,
             deadline: self.config.reconcile.download_timeout,
         };
         let (partial, signature) = fetch_jar(

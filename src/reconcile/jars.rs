@@ -1,6 +1,7 @@
 //! JARs on the cluster: cached by digest, checked again before every upload, uploaded once,
 //! uploaded again when the JobManager forgot them, deleted when nothing needs them.
 
+use crate::limits::Limits;
 use crate::state::AuditAction;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -186,11 +187,14 @@ impl Agent {
             self.download_jar(head, deployment, url, &path).await?;
         }
         let check_path = path.clone();
-        let jar_limit = self.config.limits.jar_bytes;
         let digest = tokio::task::spawn_blocking(move || {
             let file = std::fs::File::open(&check_path)?;
-            hash_jar(file, &check_path.display().to_string(), jar_limit)
-                .map_err(std::io::Error::other)
+            hash_jar(
+                file,
+                &check_path.display().to_string(),
+                Limits::DEFAULT.jar_bytes,
+            )
+            .map_err(std::io::Error::other)
         })
         .await
         .map_err(|e| StepError::permanent(e.to_string()))?
@@ -302,11 +306,10 @@ pub(super) fn cleanup_on_completion(spec_json: &str) -> bool {
 pub(super) fn pin_runner(
     jar: &std::path::Path,
     cache_dir: &std::path::Path,
-    jar_limit: u64,
 ) -> Result<String, String> {
     let file =
         std::fs::File::open(jar).map_err(|e| format!("runner.jar {}: {e}", jar.display()))?;
-    let digest = hash_jar(file, &jar.display().to_string(), jar_limit)
+    let digest = hash_jar(file, &jar.display().to_string(), Limits::DEFAULT.jar_bytes)
         .map_err(|e| format!("runner.jar {}: {e}", jar.display()))?;
     let target = cache_dir.join(format!("{}.jar", digest.sha256));
     if !target.exists() {
@@ -322,8 +325,12 @@ pub(super) fn pin_runner(
         })?;
         let copied = std::fs::File::open(partial.path())
             .map_err(|e| format!("{}: {e}", partial.path().display()))?;
-        let again = hash_jar(copied, &partial.path().display().to_string(), jar_limit)
-            .map_err(|e| format!("{}: {e}", partial.path().display()))?;
+        let again = hash_jar(
+            copied,
+            &partial.path().display().to_string(),
+            Limits::DEFAULT.jar_bytes,
+        )
+        .map_err(|e| format!("{}: {e}", partial.path().display()))?;
         if again.sha256 != digest.sha256 {
             return Err(format!(
                 "runner.jar {} changed while it was being copied; try again",
@@ -342,7 +349,6 @@ pub(super) fn cache_jars(
     repo: &git2::Repository,
     revision: &VerifiedRevision,
     cache_dir: &std::path::Path,
-    jar_limit: u64,
 ) -> Result<(), String> {
     let tree = crate::spec::GitTree::new(repo, revision.head()).map_err(|e| e.to_string())?;
     let streams = crate::git::BlobStreams::new(repo).map_err(|e| e.message().to_string())?;
@@ -362,7 +368,7 @@ pub(super) fn cache_jars(
             .ok_or_else(|| format!("{} vanished", check.path))?;
         let blob_id = tree.blob_id(&resolved).map_err(|e| e.to_string())?;
         let mut blob = streams
-            .open(blob_id, jar_limit)
+            .open(blob_id, Limits::DEFAULT.jar_bytes)
             .map_err(|e| format!("{}: {e}", check.path))?;
         let partial = super::download::PartialFile::at(
             cache_dir.join(format!("{}.jar.partial", check.sha256)),

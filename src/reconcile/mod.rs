@@ -222,10 +222,7 @@ impl Agent {
         std::fs::create_dir_all(&cache_dir)
             .map_err(|e| AgentError::Config(format!("{}: {e}", cache_dir.display())))?;
         let runner_sha256 = match &config.runner_jar {
-            Some(jar) => Some(
-                jars::pin_runner(jar, &cache_dir, config.limits.jar_bytes)
-                    .map_err(AgentError::Config)?,
-            ),
+            Some(jar) => Some(jars::pin_runner(jar, &cache_dir).map_err(AgentError::Config)?),
             None => None,
         };
         Ok(Agent {
@@ -706,7 +703,6 @@ impl Agent {
                         source.repo(),
                         revision,
                         &cache_dir,
-                        config.limits.jar_bytes,
                     ).map_err(AgentError::Config)?;
                     *verified_cache
                         .lock()

@@ -20,6 +20,7 @@ use tower_service::Service;
 use tracing::{debug, warn};
 
 use crate::config::Config;
+use crate::limits::Limits;
 
 /// Limits of the HTTP server: the `server` config section and the HTTP sizes of [`Config::limits`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,8 +45,8 @@ impl ServerLimits {
             max_connections: server.max_connections,
             header_timeout: server.header_timeout,
             request_timeout: server.request_timeout,
-            header_bytes: config.limits.http_header_bytes,
-            body_bytes: config.limits.http_body_bytes,
+            header_bytes: Limits::DEFAULT.http_header_bytes,
+            body_bytes: Limits::DEFAULT.http_body_bytes,
         }
     }
 }

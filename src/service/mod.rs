@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::limits::Limits;
 use crate::reconcile::{Agent, AgentError, ApplyReport, Outcome};
 
 /// How long a shutdown waits for the step in progress before exiting anyway.
@@ -108,7 +109,7 @@ fn read_secret(config: &Config) -> Result<Option<Vec<u8>>, AgentError> {
         .webhook_secret_file
         .as_ref()
         .map(|p| {
-            let secret = crate::util::read_file_limited(p, config.limits.secret_file_bytes)
+            let secret = crate::util::read_file_limited(p, Limits::DEFAULT.secret_file_bytes)
                 .map(|bytes| String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec())
                 .map_err(|e| {
                     AgentError::Config(format!("server.webhook_secret_file {}: {e}", p.display()))
