@@ -626,13 +626,12 @@ mod tests {
         let desired = |job| crate::spec::DesiredState {
             jobs: [(
                 "orders".to_string(),
-                crate::spec::DesiredJob {
-                    spec: job,
-                    file: crate::spec::RepoPath::parse("jobs/o.yaml").unwrap(),
-                    artifact_content: String::new(),
-                    program: None,
-                    secrets: Default::default(),
-                },
+                crate::spec::DesiredJob::new(
+                    job,
+                    crate::spec::RepoPath::parse("jobs/o.yaml").unwrap(),
+                    String::new(),
+                    None,
+                ),
             )]
             .into(),
         };

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use crate::config::{ArtifactPolicy as ArtifactRule, Config};
 use crate::git::{BlobStreamError, BlobStreams};
 use crate::limits::Limits;
-use crate::spec::{Artifact, DesiredState, GitTree, SpecError, SpecTree};
+use crate::spec::{Artifact, DesiredState, GitTree, MemoEntry, SpecError, SpecMemo, SpecTree};
 use crate::state::{StateError, StateStore};
 use crate::trust::artifacts::{ArtifactError, ArtifactPolicy, hash_jar, verify_jar};
 use crate::trust::commits::{
@@ -77,6 +77,8 @@ pub struct VerifiedRevision {
     commits: Vec<(Oid, String)>,
     desired: DesiredState,
     artifacts: BTreeMap<String, ArtifactCheck>,
+    memo_fresh: Vec<MemoEntry>,
+    memo_kept: Vec<String>,
 }
 
 impl VerifiedRevision {
@@ -98,6 +100,11 @@ impl VerifiedRevision {
     /// Per job id, its JAR's check (in-repo JARs only).
     pub fn artifacts(&self) -> &BTreeMap<String, ArtifactCheck> {
         &self.artifacts
+    }
+
+    /// What the spec memo should keep of this revision: the specs it parsed, and the keys of all.
+    pub fn memo_update(&self) -> (&[MemoEntry], &[String]) {
+        (&self.memo_fresh, &self.memo_kept)
     }
 }
 
@@ -155,7 +162,8 @@ impl RevisionError {
 /// Verifies everything from `start` to `head` and loads the head's desired state.
 ///
 /// `first_seen` gives the agent's first sight of each commit: key validity is judged then, never
-/// at the (signer-controlled) committer date.
+/// at the (signer-controlled) committer date. Specs unchanged since `memo` was kept are taken
+/// from it instead of being parsed again.
 pub fn verify_revision(
     repo: &Repository,
     config: &Config,
@@ -163,6 +171,7 @@ pub fn verify_revision(
     start: Start,
     head: Oid,
     first_seen: impl FnMut(Oid) -> DateTime<Utc>,
+    memo: &SpecMemo,
 ) -> Result<VerifiedRevision, RevisionError> {
     let mut first_seen = first_seen;
     let policy = Policy {
@@ -187,8 +196,9 @@ pub fn verify_revision(
         .filter_map(|v| v.result.as_ref().ok().map(|a| (v.commit, a.signer())))
         .collect();
     let tree = GitTree::new(repo, head).map_err(|e| RevisionError::Git(e.to_string()))?;
-    let mut desired =
-        crate::spec::load_desired(&tree, &config.repo.jobs_dir).map_err(RevisionError::Specs)?;
+    let loaded = crate::spec::load_desired_with(&tree, &config.repo.jobs_dir, memo)
+        .map_err(RevisionError::Specs)?;
+    let mut desired = loaded.desired;
     crate::secrets::Secrets::of(config)
         .fingerprint_jobs(desired.jobs.values_mut())
         .map_err(RevisionError::Specs)?;
@@ -233,6 +243,8 @@ pub fn verify_revision(
         commits,
         desired,
         artifacts,
+        memo_fresh: loaded.fresh,
+        memo_kept: loaded.kept,
     })
 }
 

@@ -921,6 +921,7 @@ fn verified_commits_are_recorded_with_their_signer_and_first_sight() {
         start,
         head,
         recording_first_seen(&store),
+        &flink_gitops::spec::SpecMemo::none(),
     )
     .unwrap();
     record_verified(&store, &revision).unwrap();
@@ -953,6 +954,7 @@ fn verified_commits_are_recorded_with_their_signer_and_first_sight() {
         start,
         head,
         recording_first_seen(&store),
+        &flink_gitops::spec::SpecMemo::none(),
     )
     .unwrap();
     assert_eq!(

@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::flink::{ClusterOverview, FlinkClient, JobOverview};
 use crate::git::GitSource;
 use crate::revision::{RevisionError, TrustMaterial, VerifiedRevision, verify_revision};
-use crate::spec::SpecError;
+use crate::spec::{SpecError, SpecMemo};
 use crate::state::{JobRecord, StateStore};
 use crate::trust::commits::Start;
 
@@ -87,48 +87,63 @@ pub(super) async fn snapshot(
     let config = load_config(config_path)?;
     let trust = TrustMaterial::load(&config).map_err(usage)?;
     let blocking_config = config.clone();
-    let (head, watermark, revision, records) =
-        tokio::task::spawn_blocking(move || -> Result<_, Failure> {
-            let config = blocking_config;
-            let source = GitSource::open(&config.state.dir.join("repo.git"), &config.repo)?;
-            let head = match (fetch, source.head()?) {
-                (false, Some(head)) => head,
-                _ => source.fetch()?,
-            };
-            let store = StateStore::open_read_only(&config.state.dir)?;
-            let recorded = match &store {
-                Some(s) => s.meta("watermark")?,
-                None => None,
-            };
-            let kept = crate::state::kept_watermark(&config.state.dir)?;
-            let records = match &store {
-                Some(s) => s.jobs()?,
-                None => Vec::new(),
-            };
-            let start = crate::revision::verification_start(
-                source.repo(),
-                &config,
-                recorded.as_deref(),
-                kept.as_deref(),
-            )
-            .map_err(|e| usage(anyhow::anyhow!(e)))?;
-            let watermark = match start {
-                Start::Watermark(w) | Start::Kept(w) => Some(w.to_string()),
-                _ => None,
-            };
-            let revision = verify_revision(
-                source.repo(),
-                &config,
-                &trust,
-                start,
-                head,
-                first_seen_in(store.as_ref()),
-            )
-            .map_err(Refusal::from);
-            Ok((head.to_string(), watermark, revision, records))
+    let local = tokio::task::spawn_blocking(move || -> Result<_, Failure> {
+        let config = blocking_config;
+        let source = GitSource::open(&config.state.dir.join("repo.git"), &config.repo)?;
+        let head = match (fetch, source.head()?) {
+            (false, Some(head)) => head,
+            _ => source.fetch()?,
+        };
+        let store = StateStore::open_read_only(&config.state.dir)?;
+        let recorded = match &store {
+            Some(s) => s.meta("watermark")?,
+            None => None,
+        };
+        let kept = crate::state::kept_watermark(&config.state.dir)?;
+        let records = match &store {
+            Some(s) => s.jobs()?,
+            None => Vec::new(),
+        };
+        let start = crate::revision::verification_start(
+            source.repo(),
+            &config,
+            recorded.as_deref(),
+            kept.as_deref(),
+        )
+        .map_err(|e| usage(anyhow::anyhow!(e)))?;
+        let watermark = match start {
+            Start::Watermark(w) | Start::Kept(w) => Some(w.to_string()),
+            _ => None,
+        };
+        // The memo only saves time: when it cannot be read, every spec is parsed.
+        let memo = match store.as_ref().map(StateStore::spec_memo).transpose() {
+            Ok(memo) => memo.unwrap_or_else(SpecMemo::none),
+            Err(error) => {
+                warn!(%error, "the spec memo cannot be read; parsing every spec");
+                SpecMemo::none()
+            }
+        };
+        let revision = verify_revision(
+            source.repo(),
+            &config,
+            &trust,
+            start,
+            head,
+            first_seen_in(store.as_ref()),
+            &memo,
+        )
+        .map_err(Refusal::from);
+        Ok((head.to_string(), watermark, revision, records))
+    });
+    // The cluster is asked while the repository and the database are read.
+    let client = FlinkClient::from_config(&config.flink)?;
+    let (local, cluster) = tokio::join!(local, async {
+        tokio::try_join!(client.overview(), client.jobs()).map_err(|e| {
+            warn!(error = %e, "cannot read the cluster");
+            e.to_string()
         })
-        .await
-        .map_err(anyhow::Error::from)??;
+    });
+    let (head, watermark, revision, records) = local.map_err(anyhow::Error::from)??;
     match &revision {
         Ok(r) => info!(revision = %head, new_commits = r.commits().len(), "verified"),
         Err(refusal) => {
@@ -136,14 +151,6 @@ pub(super) async fn snapshot(
         }
     }
 
-    let client = FlinkClient::from_config(&config.flink)?;
-    let cluster = match tokio::try_join!(client.overview(), client.jobs()) {
-        Ok(found) => Ok(found),
-        Err(e) => {
-            warn!(error = %e, "cannot read the cluster");
-            Err(e.to_string())
-        }
-    };
     Ok(Snapshot {
         config,
         head,

@@ -651,13 +651,12 @@ mod tests {
 
     fn job(yaml: &str) -> DesiredJob {
         let spec = parse_spec("jobs/x.yaml", yaml).unwrap();
-        DesiredJob {
-            file: crate::spec::RepoPath::parse("jobs/x.yaml").unwrap(),
+        DesiredJob::new(
             spec,
-            artifact_content: "git-blob:1".into(),
-            program: None,
-            secrets: Default::default(),
-        }
+            crate::spec::RepoPath::parse("jobs/x.yaml").unwrap(),
+            "git-blob:1".into(),
+            None,
+        )
     }
 
     const V1: &str =

@@ -91,6 +91,13 @@ fn accepted_rollback(
     })
 }
 
+/// The cluster as a pass reads it: (default parallelism, checkpoint folder, Python executable),
+/// and its jobs, which can fail on their own.
+struct ClusterView {
+    settings: (u32, Option<String>, Option<Option<String>>),
+    jobs: Result<Vec<JobOverview>, FlinkError>,
+}
+
 /// Why a pass could not run at all (as opposed to a job failing, which the report carries).
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -449,7 +456,9 @@ impl Agent {
 
     async fn pass(&self) -> Result<ApplyReport, AgentError> {
         let mut report = ApplyReport::default();
-        let (head, verified) = self.fetch_and_verify().await?;
+        // The cluster is read while the head is fetched and verified: neither waits for the other.
+        let (verified, cluster) = tokio::join!(self.fetch_and_verify(), self.read_cluster());
+        let (head, verified) = verified?;
         report.revision = Some(head.clone());
         let span = info_span!("reconcile", revision = %crate::spec::source::short_id(&head));
         async move {
@@ -461,26 +470,15 @@ impl Agent {
                     return Ok(report);
                 }
             };
-            let (default_parallelism, checkpoint_dir, python_executable) = match self.client.overview().await {
-                Ok(_) => match self.client.cluster_config().await {
-                    Ok(entries) => {
-                        let value = |key: &str| {
-                            entries.iter().find(|e| e.key == key).map(|e| e.value.trim().to_string())
-                        };
-                        (
-                            value("parallelism.default").and_then(|v| v.parse().ok()).unwrap_or(1),
-                            value("execution.checkpointing.dir").or_else(|| value("state.checkpoints.dir")),
-                            Some(value("python.executable").filter(|v| !v.is_empty())),
-                        )
-                    }
-                    Err(_) => (1, None, None),
-                },
+            let ClusterView { settings, jobs: cluster_jobs } = match cluster {
+                Ok(view) => view,
                 Err(error) => {
                     warn!(%error, "cluster unreachable: no actions, nothing marked applied");
                     report.cluster_error = Some(error.to_string());
                     return Ok(report);
                 }
             };
+            let (default_parallelism, checkpoint_dir, python_executable) = settings;
             let mut pass = PassContext {
                 head: head.clone(),
                 default_parallelism,
@@ -494,7 +492,7 @@ impl Agent {
                 .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
             let (recovered, records) = self.prepare_pass(&pass)?;
             report.recovered = recovered;
-            let cluster_jobs = match self.client.jobs().await {
+            let cluster_jobs = match cluster_jobs {
                 Ok(jobs) => jobs,
                 Err(error) => {
                     report.cluster_error = Some(error.to_string());
@@ -554,6 +552,33 @@ impl Agent {
         }
         .instrument(span)
         .await
+    }
+
+    /// What a pass needs from the cluster: that it answers, its settings, and its jobs.
+    async fn read_cluster(&self) -> Result<ClusterView, FlinkError> {
+        self.client.overview().await?;
+        let settings = match self.client.cluster_config().await {
+            Ok(entries) => {
+                let value = |key: &str| {
+                    entries
+                        .iter()
+                        .find(|e| e.key == key)
+                        .map(|e| e.value.trim().to_string())
+                };
+                (
+                    value("parallelism.default")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(1),
+                    value("execution.checkpointing.dir").or_else(|| value("state.checkpoints.dir")),
+                    Some(value("python.executable").filter(|v| !v.is_empty())),
+                )
+            }
+            Err(_) => (1, None, None),
+        };
+        Ok(ClusterView {
+            settings,
+            jobs: self.client.jobs().await,
+        })
     }
 
     /// Before planning: operator requests are applied, and audit intents that no recorded phase
@@ -678,6 +703,7 @@ impl Agent {
                 )?),
                 _ => None,
             };
+            let memo = guard.spec_memo()?;
             drop(guard);
             let verified = verify_revision(
                 source.repo(),
@@ -686,6 +712,7 @@ impl Agent {
                 start,
                 head,
                 |commit| recording_first_seen(&lock())(commit),
+                &memo,
             )
             .map(Arc::new);
             let guard = lock();
@@ -694,6 +721,10 @@ impl Agent {
                 Ok(revision) => {
                     record_verified(&guard, revision)?;
                     guard.set_watermark(&head.to_string())?;
+                    let (fresh, kept) = revision.memo_update();
+                    if !fresh.is_empty() || memo.len() != kept.len() {
+                        guard.keep_spec_memo(fresh, kept)?;
+                    }
                     if let Some(intent) = intent {
                         warn!(head = %head, "rollback accepted by the operator: the watermark moved to the head");
                         guard.audit_outcome(intent, "ok", &json!({"watermark": head.to_string()}).to_string())?;
@@ -737,12 +768,25 @@ impl Agent {
         instance: Option<JobOverview>,
     ) -> JobOutcome {
         let desired = revision.desired().jobs.get(&entry.job_id);
-        let recorded: Option<Deployment> = record.as_ref().and_then(|r| {
-            r.deployment_json
-                .as_deref()
-                .and_then(|j| serde_json::from_str(j).ok())
+        // A job whose applied spec is the desired one runs the job type it asks for: its recorded
+        // deployment (kilobytes of JSON, for every job of every pass) need not be read.
+        let in_sync = desired.filter(|job| {
+            record
+                .as_ref()
+                .is_some_and(|r| r.spec_json == job.canonical_json())
         });
-        let recorded_type = recorded.as_ref().map(|d| d.job_type);
+        let recorded: Option<Deployment> = match in_sync {
+            Some(_) => None,
+            None => record.as_ref().and_then(|r| {
+                r.deployment_json
+                    .as_deref()
+                    .and_then(|j| serde_json::from_str(j).ok())
+            }),
+        };
+        let recorded_type = match in_sync {
+            Some(job) => Some(job.spec.job_type),
+            None => recorded.as_ref().map(|d| d.job_type),
+        };
         let batch = match desired {
             Some(job) => job.spec.job_type == JobType::Batch,
             None => recorded_type == Some(JobType::Batch),

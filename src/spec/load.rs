@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::limits::Limits;
 
+use super::memo::{MemoEntry, RecordingTree, SpecMemo};
 use super::paths::is_spec_file;
 use super::{
     Artifact, DesiredJob, DesiredState, EntryKind, JobSpec, RepoPath, SpecError, SpecTree,
@@ -12,6 +13,26 @@ use super::{
 
 /// Reads and validates every spec under `jobs_dir` of `tree`; reports every problem of every file.
 pub fn load_desired(tree: &dyn SpecTree, jobs_dir: &str) -> Result<DesiredState, Vec<SpecError>> {
+    load_desired_with(tree, jobs_dir, &SpecMemo::none()).map(|loaded| loaded.desired)
+}
+
+/// A revision's desired state, and what the spec memo should keep of it.
+pub struct Loaded {
+    /// The jobs.
+    pub desired: DesiredState,
+    /// Entries for the specs the memo did not have.
+    pub fresh: Vec<MemoEntry>,
+    /// The keys of every spec of this revision the memo keeps (old entries not among them can go).
+    pub kept: Vec<String>,
+}
+
+/// [`load_desired`], taking each spec whose file and everything it names are unchanged from
+/// `memo` instead of parsing it again.
+pub fn load_desired_with(
+    tree: &dyn SpecTree,
+    jobs_dir: &str,
+    memo: &SpecMemo,
+) -> Result<Loaded, Vec<SpecError>> {
     let dir = RepoPath::parse(jobs_dir).map_err(|reason| {
         vec![SpecError {
             file: jobs_dir.to_string(),
@@ -31,7 +52,13 @@ pub fn load_desired(tree: &dyn SpecTree, jobs_dir: &str) -> Result<DesiredState,
     match tree.entry(&dir) {
         Ok(Some(EntryKind::Dir)) => {}
         // Git does not keep empty folders: removing the last spec removes the folder.
-        Ok(None) => return Ok(DesiredState::default()),
+        Ok(None) => {
+            return Ok(Loaded {
+                desired: DesiredState::default(),
+                fresh: Vec::new(),
+                kept: Vec::new(),
+            });
+        }
         Ok(Some(_)) => {
             return Err(vec![whole(
                 dir.as_str(),
@@ -53,6 +80,8 @@ pub fn load_desired(tree: &dyn SpecTree, jobs_dir: &str) -> Result<DesiredState,
 
     let mut errors = Vec::new();
     let mut jobs: BTreeMap<String, DesiredJob> = BTreeMap::new();
+    let mut fresh = Vec::new();
+    let mut kept = Vec::new();
     for (path, kind) in files.iter().filter(|(p, _)| is_spec_file(p)) {
         let file = path.as_str();
         match kind {
@@ -69,71 +98,36 @@ pub fn load_desired(tree: &dyn SpecTree, jobs_dir: &str) -> Result<DesiredState,
                 continue;
             }
         }
-        let bytes = match tree.read(path, Limits::DEFAULT.spec_file_bytes) {
-            Ok(b) => b,
-            Err(e) => {
-                errors.push(whole(file, strip_path_prefix(&e.to_string(), file)));
-                continue;
-            }
+        let key = if memo.keeps() {
+            tree.content_id(path)
+                .ok()
+                .and_then(|id| memo.key(path, &id))
+        } else {
+            None
         };
-        let text = match String::from_utf8(bytes) {
-            Ok(t) => t,
-            Err(e) => {
-                errors.push(whole(
-                    file,
-                    format!(
-                        "is not UTF-8 (invalid byte at offset {})",
-                        e.utf8_error().valid_up_to()
-                    ),
-                ));
-                continue;
-            }
-        };
-        let spec = match parse_spec(file, &text) {
-            Ok(spec) => spec,
-            Err(mut problems) => {
-                errors.append(&mut problems);
-                continue;
-            }
-        };
-        let program = match program::load(tree, file, &spec) {
-            Ok(program) => program,
-            Err(mut problems) => {
-                errors.append(&mut problems);
-                continue;
-            }
-        };
-        if let Err((field, e)) = crate::secrets::job_references(&spec.args, program.as_ref()) {
-            errors.push(SpecError {
-                file: file.to_string(),
-                line: 0,
-                column: 0,
-                field: Some(field.into()),
-                message: e.to_string(),
-            });
-            continue;
-        }
-        let artifact_content = match artifact_content(tree, &spec, program.as_ref()) {
-            Ok(id) => id,
-            Err(message) => {
-                errors.push(SpecError {
-                    file: file.to_string(),
-                    line: 0,
-                    column: 0,
-                    field: Some(
-                        if matches!(spec.artifact, Artifact::Path(_) | Artifact::Url(_)) {
-                            "artifact_path"
-                        } else {
-                            "runner"
+        let recalled = key.as_deref().and_then(|key| memo.recall(key, path, tree));
+        let job = match recalled {
+            Some(job) => job,
+            None => {
+                let recording = RecordingTree::new(tree, path);
+                match load_one(&recording, path) {
+                    Ok(job) => {
+                        if let Some(entry) =
+                            key.clone().and_then(|key| recording.entry_for(key, &job))
+                        {
+                            fresh.push(entry);
                         }
-                        .into(),
-                    ),
-                    message,
-                });
-                continue;
+                        job
+                    }
+                    Err(mut problems) => {
+                        errors.append(&mut problems);
+                        continue;
+                    }
+                }
             }
         };
-        if let Some(first) = jobs.get(&spec.job_id) {
+        kept.extend(key);
+        if let Some(first) = jobs.get(&job.spec.job_id) {
             errors.push(SpecError {
                 file: file.to_string(),
                 line: 0,
@@ -141,27 +135,82 @@ pub fn load_desired(tree: &dyn SpecTree, jobs_dir: &str) -> Result<DesiredState,
                 field: Some("job_id".into()),
                 message: format!(
                     "`{}` is already used by {}; job ids must be unique",
-                    spec.job_id, first.file
+                    job.spec.job_id, first.file
                 ),
             });
             continue;
         }
-        jobs.insert(
-            spec.job_id.clone(),
-            DesiredJob {
-                spec,
-                file: path.clone(),
-                artifact_content,
-                program,
-                secrets: BTreeMap::new(),
-            },
-        );
+        jobs.insert(job.spec.job_id.clone(), job);
     }
     if errors.is_empty() {
-        Ok(DesiredState { jobs })
+        Ok(Loaded {
+            desired: DesiredState { jobs },
+            fresh,
+            kept,
+        })
     } else {
         Err(errors)
     }
+}
+
+/// Reads, parses and checks one spec file with what it names in the tree.
+fn load_one(tree: &dyn SpecTree, path: &RepoPath) -> Result<DesiredJob, Vec<SpecError>> {
+    let file = path.as_str();
+    let whole = |message: String| SpecError {
+        file: file.to_string(),
+        line: 0,
+        column: 0,
+        field: None,
+        message,
+    };
+    let bytes = tree
+        .read(path, Limits::DEFAULT.spec_file_bytes)
+        .map_err(|e| vec![whole(strip_path_prefix(&e.to_string(), file))])?;
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(vec![whole(format!(
+                "is not UTF-8 (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ))]);
+        }
+    };
+    let spec = parse_spec(file, &text)?;
+    let program = program::load(tree, file, &spec)?;
+    if let Err((field, e)) = crate::secrets::job_references(&spec.args, program.as_ref()) {
+        return Err(vec![SpecError {
+            file: file.to_string(),
+            line: 0,
+            column: 0,
+            field: Some(field.into()),
+            message: e.to_string(),
+        }]);
+    }
+    let artifact_content = match artifact_content(tree, &spec, program.as_ref()) {
+        Ok(id) => id,
+        Err(message) => {
+            return Err(vec![SpecError {
+                file: file.to_string(),
+                line: 0,
+                column: 0,
+                field: Some(
+                    if matches!(spec.artifact, Artifact::Path(_) | Artifact::Url(_)) {
+                        "artifact_path"
+                    } else {
+                        "runner"
+                    }
+                    .into(),
+                ),
+                message,
+            }]);
+        }
+    };
+    Ok(DesiredJob::new(
+        spec,
+        path.clone(),
+        artifact_content,
+        program,
+    ))
 }
 
 fn strip_path_prefix(message: &str, file: &str) -> String {

@@ -2,6 +2,7 @@
 
 mod error;
 mod load;
+mod memo;
 mod model;
 mod paths;
 pub mod program;
@@ -12,7 +13,8 @@ mod validation;
 pub mod yaml;
 
 pub use error::SpecError;
-pub use load::load_desired;
+pub use load::{Loaded, load_desired, load_desired_with};
+pub use memo::{MemoEntry, SpecMemo};
 pub use model::{
     Artifact, BatchSpec, Concurrency, DesiredJob, DesiredRunState, DesiredState, HealthPolicy,
     JobKind, JobSpec, JobType, Ratio, RestartStrategy, Retention, UpgradeMode, Watch,

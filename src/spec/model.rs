@@ -68,7 +68,7 @@ pub enum Concurrency {
 }
 
 /// What runs: a JAR, or a SQL or Python program run by the runner JAR.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Artifact {
     /// A JAR file in the spec repository.
@@ -85,7 +85,7 @@ pub enum Artifact {
         /// The main file.
         entry: RepoPath,
         /// More files or folders shipped with it.
-        #[serde(skip_serializing_if = "Vec::is_empty")]
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         files: Vec<RepoPath>,
     },
 }
@@ -125,7 +125,7 @@ impl Artifact {
 }
 
 /// When a new deployment counts as healthy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthPolicy {
     /// How long it must stay RUNNING.
     #[serde(with = "duration_text")]
@@ -141,6 +141,7 @@ pub struct HealthPolicy {
     /// The newest completed checkpoint must be younger than this when the gate passes
     /// (`health.max_checkpoint_age`).
     #[serde(
+        default,
         skip_serializing_if = "Option::is_none",
         with = "optional_duration_text"
     )]
@@ -155,7 +156,7 @@ pub struct HealthPolicy {
 }
 
 /// The batch part of a spec.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchSpec {
     /// Cron expression as written (5 or 6 fields); `None` means once per revision.
     pub cron: Option<String>,
@@ -172,7 +173,7 @@ pub struct BatchSpec {
 }
 
 /// A validated job spec. Serialized, it is the canonical form that is hashed and diffed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobSpec {
     /// The job's identity forever.
     pub job_id: String,
@@ -203,7 +204,11 @@ pub struct JobSpec {
     /// Report backpressure of this job.
     pub alert_on_backpressure: bool,
     /// What "backpressured" and "checkpoints too old" mean for this job's alerts.
-    #[serde(rename = "monitoring", skip_serializing_if = "Watch::is_default")]
+    #[serde(
+        rename = "monitoring",
+        default,
+        skip_serializing_if = "Watch::is_default"
+    )]
     pub watch: Watch,
     /// Periodic savepoints, in milliseconds.
     pub savepoint_trigger_interval_ms: Option<u64>,
@@ -243,6 +248,13 @@ mod duration_text {
     ) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&crate::util::format_duration(*value))
     }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Duration, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+        crate::util::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// A job the repository asks for, with where it came from.
@@ -262,18 +274,73 @@ pub struct DesiredJob {
     /// changed secret redeploys the job; empty until the agent resolves them.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, String>,
+    /// The canonical JSON of `spec`, made once: every plan compares it for every job. `spec` is
+    /// never changed once a job is loaded, so it cannot go stale.
+    #[serde(skip)]
+    canonical_spec: CanonicalSpec,
 }
 
+/// A computed value that takes no part in comparing jobs.
+#[derive(Debug, Clone, Default)]
+struct CanonicalSpec(std::sync::OnceLock<String>);
+
+impl PartialEq for CanonicalSpec {
+    fn eq(&self, _: &CanonicalSpec) -> bool {
+        true
+    }
+}
+
+impl Eq for CanonicalSpec {}
+
 impl DesiredJob {
-    /// The canonical JSON of everything that, when changed, needs a redeploy.
-    pub fn canonical_json(&self) -> String {
-        let mut value =
-            serde_json::json!({ "spec": self.spec, "artifact_content": self.artifact_content });
-        // Only present when used, so the hashes of jobs without secrets stay what they were.
-        if !self.secrets.is_empty() {
-            value["secrets"] = serde_json::json!(self.secrets);
+    /// A job loaded from `file`; its secrets are fingerprinted later, by the agent.
+    pub fn new(
+        spec: JobSpec,
+        file: RepoPath,
+        artifact_content: String,
+        program: Option<Program>,
+    ) -> DesiredJob {
+        DesiredJob {
+            spec,
+            file,
+            artifact_content,
+            program,
+            secrets: BTreeMap::new(),
+            canonical_spec: CanonicalSpec::default(),
         }
-        value.to_string()
+    }
+
+    /// A job whose spec's canonical JSON is already known (read back from the spec memo).
+    pub(crate) fn with_canonical_spec(mut self, canonical_spec: String) -> DesiredJob {
+        self.canonical_spec = CanonicalSpec(canonical_spec.into());
+        self
+    }
+
+    /// The canonical JSON of `spec` alone: keys sorted at every level.
+    pub fn canonical_spec(&self) -> &str {
+        self.canonical_spec.0.get_or_init(|| {
+            // A JobSpec is plain data (strings, numbers, maps with string keys): it always
+            // serializes.
+            serde_json::to_value(&self.spec)
+                .map(|value| value.to_string())
+                .unwrap_or_default()
+        })
+    }
+
+    /// The canonical JSON of everything that, when changed, needs a redeploy: keys sorted at
+    /// every level, so `artifact_content`, `secrets` (only when used, so the hashes of jobs
+    /// without secrets stay what they were), then `spec`.
+    pub fn canonical_json(&self) -> String {
+        let artifact_content = serde_json::Value::from(self.artifact_content.as_str());
+        let secrets = if self.secrets.is_empty() {
+            String::new()
+        } else {
+            format!(",\"secrets\":{}", serde_json::json!(self.secrets))
+        };
+        format!(
+            "{{\"artifact_content\":{artifact_content}{secrets},\"spec\":{}}}",
+            self.canonical_spec()
+        )
     }
 
     /// SHA-256 of [`Self::canonical_json`].
@@ -319,8 +386,18 @@ impl Serialize for Ratio {
     }
 }
 
+impl<'de> Deserialize<'de> for Ratio {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Ratio, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse::<f64>()
+            .ok()
+            .and_then(Ratio::parse)
+            .ok_or_else(|| serde::de::Error::custom(format!("`{text}` is not a ratio")))
+    }
+}
+
 /// What the agent watches on a running stream job (`monitoring:`), beyond the alert switches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Watch {
     /// A job whose most backpressured subtask is at or above this ratio is backpressured.
     pub backpressure_ratio: Ratio,
@@ -329,6 +406,7 @@ pub struct Watch {
     pub backpressure_for: Duration,
     /// A newest completed checkpoint older than this raises the `checkpoints` alert.
     #[serde(
+        default,
         skip_serializing_if = "Option::is_none",
         with = "optional_duration_text"
     )]
@@ -352,13 +430,14 @@ impl Watch {
 }
 
 /// Which savepoints retention disposes of (see the README, "Savepoint retention").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Retention {
     /// The newest this many are kept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keep: Option<u32>,
     /// Older than this, a savepoint goes (unless protected).
     #[serde(
+        default,
         skip_serializing_if = "Option::is_none",
         with = "optional_duration_text"
     )]
@@ -392,5 +471,13 @@ mod optional_duration_text {
             Some(d) => serializer.serialize_str(&crate::util::format_duration(*d)),
             None => serializer.serialize_none(),
         }
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        <Option<String> as serde::Deserialize>::deserialize(deserializer)?
+            .map(|text| crate::util::parse_duration(&text).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }

@@ -2,12 +2,24 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A normalized path inside the repository: relative, `/`-separated, no `..`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct RepoPath(String);
+pub struct RepoPath(#[serde(deserialize_with = "normalized")] String);
+
+/// A stored path is checked again when it is read back: it is not trusted more than a spec.
+fn normalized<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    let path = RepoPath::parse(&text).map_err(serde::de::Error::custom)?;
+    if path.0 != text {
+        return Err(serde::de::Error::custom(format!(
+            "`{text}` is not normalized"
+        )));
+    }
+    Ok(path.0)
+}
 
 impl RepoPath {
     /// Validates and normalizes a repo-relative path (`./a//b` becomes `a/b`).

@@ -5,7 +5,8 @@ use std::path::{Component, Path, PathBuf};
 use super::RepoPath;
 
 /// What a path in the tree is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum EntryKind {
     /// A regular (or executable) file.
     File,

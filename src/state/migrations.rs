@@ -167,6 +167,14 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE runs ADD COLUMN alerted INTEGER NOT NULL DEFAULT 0;
     UPDATE runs SET alerted = 1 WHERE status NOT IN ('submitting', 'running');
     CREATE INDEX runs_not_alerted ON runs(id) WHERE alerted = 0;",
+    // Loaded specs by the blob id of their file (see spec::memo): derived data, safe to drop.
+    "CREATE TABLE spec_memo (
+        key               TEXT PRIMARY KEY,
+        spec_json         TEXT NOT NULL,
+        artifact_content  TEXT NOT NULL,
+        program_json      TEXT,
+        observations_json TEXT NOT NULL
+    );",
 ];
 
 /// The schema version this binary writes.

@@ -2,6 +2,7 @@
 
 mod migrations;
 pub(crate) mod runs;
+mod spec_memo;
 mod watermark;
 
 pub use runs::{RunRecord, RunStatus, ScheduleCursor};
