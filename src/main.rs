@@ -29,7 +29,10 @@ fn init_logging(cli: &Cli) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
-    flink_gitops::util::use_one_allocator_arena();
+    // Only the service lives long enough for arenas to matter; a command uses both cores.
+    if matches!(cli.command, flink_gitops::cli::Command::Run { .. }) {
+        flink_gitops::util::use_one_allocator_arena();
+    }
     // SAFETY: still single-threaded; the runtime and its threads start below.
     if let Err(e) = unsafe { flink_gitops::git::tune_libgit2() } {
         tracing::warn!(error = %e, "cannot tune libgit2; large JARs and large spec folders cost more");

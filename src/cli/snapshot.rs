@@ -89,51 +89,63 @@ pub(super) async fn snapshot(
     let blocking_config = config.clone();
     let local = tokio::task::spawn_blocking(move || -> Result<_, Failure> {
         let config = blocking_config;
-        let source = GitSource::open(&config.state.dir.join("repo.git"), &config.repo)?;
-        let head = match (fetch, source.head()?) {
-            (false, Some(head)) => head,
-            _ => source.fetch()?,
-        };
-        let store = StateStore::open_read_only(&config.state.dir)?;
-        let recorded = match &store {
-            Some(s) => s.meta("watermark")?,
-            None => None,
-        };
-        let kept = crate::state::kept_watermark(&config.state.dir)?;
-        let records = match &store {
-            Some(s) => s.jobs()?,
-            None => Vec::new(),
-        };
-        let start = crate::revision::verification_start(
-            source.repo(),
-            &config,
-            recorded.as_deref(),
-            kept.as_deref(),
-        )
-        .map_err(|e| usage(anyhow::anyhow!(e)))?;
-        let watermark = match start {
-            Start::Watermark(w) | Start::Kept(w) => Some(w.to_string()),
-            _ => None,
-        };
-        // The memo only saves time: when it cannot be read, every spec is parsed.
-        let memo = match store.as_ref().map(StateStore::spec_memo).transpose() {
-            Ok(memo) => memo.unwrap_or_else(SpecMemo::none),
-            Err(error) => {
-                warn!(%error, "the spec memo cannot be read; parsing every spec");
-                SpecMemo::none()
-            }
-        };
-        let revision = verify_revision(
-            source.repo(),
-            &config,
-            &trust,
-            start,
-            head,
-            first_seen_in(store.as_ref()),
-            &memo,
-        )
-        .map_err(Refusal::from);
-        Ok((head.to_string(), watermark, revision, records))
+        std::thread::scope(|scope| {
+            // The spec memo, then the records, are read on a second core while git fetches and
+            // the specs load.
+            let (memo_sender, memo_receiver) = std::sync::mpsc::sync_channel(1);
+            let state_dir = &config.state.dir;
+            let stored = scope.spawn(move || -> Result<_, Failure> {
+                let Some(store) = StateStore::open_read_only(state_dir)? else {
+                    let _ = memo_sender.send(SpecMemo::none());
+                    return Ok(Vec::new());
+                };
+                // The memo only saves time: when it cannot be read, every spec is parsed.
+                let memo = store.spec_memo().unwrap_or_else(|error| {
+                    warn!(%error, "the spec memo cannot be read; parsing every spec");
+                    SpecMemo::none()
+                });
+                let _ = memo_sender.send(memo);
+                Ok(store.jobs()?)
+            });
+            let source = GitSource::open(&config.state.dir.join("repo.git"), &config.repo)?;
+            let head = match (fetch, source.head()?) {
+                (false, Some(head)) => head,
+                _ => source.fetch()?,
+            };
+            let store = StateStore::open_read_only(&config.state.dir)?;
+            let recorded = match &store {
+                Some(s) => s.meta("watermark")?,
+                None => None,
+            };
+            let kept = crate::state::kept_watermark(&config.state.dir)?;
+            let start = crate::revision::verification_start(
+                source.repo(),
+                &config,
+                recorded.as_deref(),
+                kept.as_deref(),
+            )
+            .map_err(|e| usage(anyhow::anyhow!(e)))?;
+            let watermark = match start {
+                Start::Watermark(w) | Start::Kept(w) => Some(w.to_string()),
+                _ => None,
+            };
+            // Nothing received: the reader failed before the memo, and says why when joined.
+            let memo = memo_receiver.recv().unwrap_or_else(|_| SpecMemo::none());
+            let revision = verify_revision(
+                source.repo(),
+                &config,
+                &trust,
+                start,
+                head,
+                first_seen_in(store.as_ref()),
+                &memo,
+            )
+            .map_err(Refusal::from);
+            let records = stored
+                .join()
+                .map_err(|_| anyhow::anyhow!("reading the state database panicked"))??;
+            Ok((head.to_string(), watermark, revision, records))
+        })
     });
     // The cluster is asked while the repository and the database are read.
     let client = FlinkClient::from_config(&config.flink)?;

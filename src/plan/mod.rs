@@ -462,10 +462,10 @@ pub fn only_in_place_changes(applied_json: &str, desired: &DesiredJob) -> bool {
 
 /// Human-readable differences between the applied canonical JSON and the desired job.
 pub fn spec_changes(applied_json: &str, desired: &DesiredJob) -> Vec<String> {
-    let desired_json = desired.canonical_json();
-    if applied_json == desired_json {
+    if desired.has_canonical_json(applied_json) {
         return Vec::new();
     }
+    let desired_json = desired.canonical_json();
     if applied_json.is_empty() {
         return vec!["the adopted job runs a spec the agent did not record".into()];
     }

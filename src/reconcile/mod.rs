@@ -773,7 +773,7 @@ impl Agent {
         let in_sync = desired.filter(|job| {
             record
                 .as_ref()
-                .is_some_and(|r| r.spec_json == job.canonical_json())
+                .is_some_and(|r| job.has_canonical_json(&r.spec_json))
         });
         let recorded: Option<Deployment> = match in_sync {
             Some(_) => None,

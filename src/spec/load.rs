@@ -82,6 +82,7 @@ pub fn load_desired_with(
     let mut jobs: BTreeMap<String, DesiredJob> = BTreeMap::new();
     let mut fresh = Vec::new();
     let mut kept = Vec::new();
+    let mut checked = std::collections::HashMap::new();
     for (path, kind) in files.iter().filter(|(p, _)| is_spec_file(p)) {
         let file = path.as_str();
         match kind {
@@ -105,7 +106,9 @@ pub fn load_desired_with(
         } else {
             None
         };
-        let recalled = key.as_deref().and_then(|key| memo.recall(key, path, tree));
+        let recalled = key
+            .as_deref()
+            .and_then(|key| memo.recall(key, path, tree, &mut checked));
         let job = match recalled {
             Some(job) => job,
             None => {

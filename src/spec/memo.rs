@@ -94,15 +94,23 @@ impl SpecMemo {
     }
 
     /// The job kept under `key`, when every observation it was made from holds in `tree`.
-    pub(crate) fn recall(
-        &self,
+    /// `checked` remembers, for one tree, which observation lists held: jobs that share a JAR or
+    /// a runner share the same list, which is then looked at once.
+    pub(crate) fn recall<'m>(
+        &'m self,
         key: &str,
         file: &RepoPath,
         tree: &dyn SpecTree,
+        checked: &mut HashMap<&'m str, bool>,
     ) -> Option<DesiredJob> {
         let entry = self.entries.get(key)?;
-        let observations: Vec<Observation> = serde_json::from_str(&entry.observations_json).ok()?;
-        if !observations.iter().all(|seen| holds(seen, tree)) {
+        let holds_now = *checked
+            .entry(entry.observations_json.as_str())
+            .or_insert_with(|| {
+                serde_json::from_str::<Vec<Observation>>(&entry.observations_json)
+                    .is_ok_and(|observations| observations.iter().all(|seen| holds(seen, tree)))
+            });
+        if !holds_now {
             return None;
         }
         let spec: JobSpec = serde_json::from_str(&entry.spec_json).ok()?;

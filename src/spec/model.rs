@@ -327,6 +327,20 @@ impl DesiredJob {
         })
     }
 
+    /// Whether `json` is [`Self::canonical_json`], without making it: a plan asks this for every
+    /// job.
+    pub fn has_canonical_json(&self, json: &str) -> bool {
+        if !self.secrets.is_empty() {
+            return json == self.canonical_json();
+        }
+        let artifact_content = serde_json::Value::from(self.artifact_content.as_str()).to_string();
+        json.strip_prefix("{\"artifact_content\":")
+            .and_then(|rest| rest.strip_prefix(artifact_content.as_str()))
+            .and_then(|rest| rest.strip_prefix(",\"spec\":"))
+            .and_then(|rest| rest.strip_suffix('}'))
+            .is_some_and(|spec| spec == self.canonical_spec())
+    }
+
     /// The canonical JSON of everything that, when changed, needs a redeploy: keys sorted at
     /// every level, so `artifact_content`, `secrets` (only when used, so the hashes of jobs
     /// without secrets stay what they were), then `spec`.
