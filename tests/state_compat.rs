@@ -211,3 +211,75 @@ fn the_plan_predicts_which_state_a_new_version_restores_and_the_deploy_agrees() 
     // The upgrade's own stop savepoint is newer than the one compared: same job, same operators.
     assert!(!predicted_from.is_empty());
 }
+
+/// Clicks counted per URL instead of per user: the aggregate keeps its place in the plan (and so
+/// its generated id) but its key changes from BIGINT to STRING.
+const COUNT_BY_URL_SQL: &str = "INSERT INTO counts\nSELECT CAST(CHAR_LENGTH(url) AS BIGINT) AS user_id, COUNT(*) AS clicks\nFROM clicks\nGROUP BY url;\n";
+
+#[test]
+fn a_changed_sql_aggregate_is_predicted_and_the_deploy_agrees() {
+    let job = unique("state-compat-sql");
+    let _cleanup = CancelOnDrop(vec![job.clone()]);
+    let repo = SpecRepo::new();
+    let (sources, query) = (
+        format!("pipelines/{job}/sources.sql"),
+        format!("pipelines/{job}/count.sql"),
+    );
+    let spec = sql_spec(&job, &[&sources, &query], "upgrade_mode: savepoint\n");
+    repo.write(&sources, CLICKS_SQL)
+        .write(&query, COUNT_SQL_V1)
+        .write(&format!("jobs/{job}.yaml"), &spec);
+    repo.commit("clicks per user");
+    let work = tempfile::tempdir().unwrap();
+    let config = write_apply_config(work.path(), &repo);
+    add_runner(&config);
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report:#}");
+    one_running(&job);
+    flink_gitops_json(
+        &[
+            "savepoint",
+            "-c",
+            config.to_str().unwrap(),
+            &job,
+            "--output",
+            "json",
+        ],
+        0,
+    );
+
+    repo.write(&query, COUNT_BY_URL_SQL);
+    repo.commit("clicks per url");
+    let plan = plan_checking_state(&config, &flink_home());
+    let entry = planned(&plan, &job);
+    let verdict = &entry["state_compatibility"];
+    assert_eq!(verdict["verdict"], "incompatible", "{entry:#}");
+    // The running version's graph (from the cached runner JAR and the recorded statements) shows
+    // what the aggregate that receives the old state does now.
+    let changed = verdict["changed"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{verdict:#}"));
+    assert_eq!(changed.len(), 1, "{verdict:#}");
+    assert!(
+        changed[0]["before"]
+            .as_str()
+            .unwrap()
+            .contains("GroupAggregate(groupBy=[user_id]")
+            && changed[0]["after"]
+                .as_str()
+                .unwrap()
+                .contains("GroupAggregate(groupBy=[url]"),
+        "{verdict:#}"
+    );
+    let aggregate = changed[0]["operator_id"].as_str().unwrap().to_string();
+
+    // Flink hands that operator the old state and cannot read it with the new key: rolled back.
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(1), "{report:#}");
+    let rolled = expect(&report, &job, "upgrade", "rolled_back");
+    let root_cause = rolled["root_cause"].as_str().unwrap_or_default();
+    assert!(
+        root_cause.contains(&aggregate) || root_cause.contains("key serializer"),
+        "{rolled:#}"
+    );
+}
