@@ -15,6 +15,7 @@ declare -A MAIN=(
   [counter-v1]=com.example.flink.ClickCounter
   [counter-v2]=com.example.flink.ClickCounterV2
   [counter-broken]=com.example.flink.ClickCounterBroken
+  [counter-rekeyed]=com.example.flink.ClickCounterRekeyed
   [batch-report]=com.example.flink.BatchReport
 )
 work=$(mktemp -d)

@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod cli;
+pub mod compat;
 pub mod config;
 pub mod flink;
 pub mod git;

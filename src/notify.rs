@@ -645,6 +645,7 @@ mod tests {
             kind: None,
             source_diff: None,
             warnings: vec![],
+            state_compatibility: None,
         };
         let report = ApplyReport {
             jobs: vec![JobOutcome::new(&plan, Outcome::RolledBack, "rolled back")],

@@ -114,6 +114,17 @@ pub enum Command {
         /// Output format.
         #[arg(long, short, value_enum, default_value_t)]
         output: OutputFormat,
+        /// For every stream job upgraded or resumed with changes, build its new job graph and say,
+        /// per operator, whether it restores the job's latest savepoint (needs `java`, a Flink
+        /// distribution and the runner JAR; the savepoint must be readable from this machine).
+        #[arg(long)]
+        check_state: bool,
+        /// The runner JAR with the state check (scripts/build-runner); default: the config's runner.jar.
+        #[arg(long, env = "FLINK_GITOPS_RUNNER")]
+        runner: Option<PathBuf>,
+        /// The Flink distribution for the state check.
+        #[arg(long, env = "FLINK_HOME")]
+        flink_home: Option<PathBuf>,
     },
     /// Show every job's desired and applied revision, Flink state and last savepoint.
     Status {
@@ -293,7 +304,16 @@ pub async fn run(cli: Cli) -> ExitCode {
         .await
         .map_err(Failure::from)
         .and_then(|r| r),
-        Command::Plan { config, output } => plan::run(&config, output).await,
+        Command::Plan {
+            config,
+            output,
+            check_state,
+            runner,
+            flink_home,
+        } => {
+            let state_check = check_state.then_some(plan::StateCheckSetup { runner, flink_home });
+            plan::run(&config, output, state_check).await
+        }
         Command::Apply {
             config,
             output,

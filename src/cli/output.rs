@@ -135,6 +135,15 @@ pub fn print_plan(
         for warning in &job.warnings {
             outln!("             warning: {warning}");
         }
+        // An incompatible verdict is among the warnings already.
+        if let Some(verdict) = job.state_compatibility.as_ref().filter(|v| {
+            !matches!(
+                v,
+                crate::plan::compat::StateCompatibility::Incompatible { .. }
+            )
+        }) {
+            outln!("             {}", verdict.summary());
+        }
         if let Some(diff) = &job.source_diff {
             for line in diff.lines() {
                 outln!("             | {line}");

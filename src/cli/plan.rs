@@ -30,9 +30,18 @@ struct PlanReport<'a> {
     plan: Option<&'a Plan>,
 }
 
+/// `plan --check-state`: where the JVM check's parts are.
+pub(super) struct StateCheckSetup {
+    /// `--runner`, else the config's `runner.jar`.
+    pub(super) runner: Option<std::path::PathBuf>,
+    /// `--flink-home`.
+    pub(super) flink_home: Option<std::path::PathBuf>,
+}
+
 pub(super) async fn run(
     config_path: &std::path::Path,
     format: OutputFormat,
+    state_check: Option<StateCheckSetup>,
 ) -> Result<u8, Failure> {
     let snap = snapshot(config_path, true).await?;
     let computed = snap.revision.as_ref().ok().map(|revision| {
@@ -65,6 +74,12 @@ pub(super) async fn run(
         }
         plan
     });
+    let mut computed = computed;
+    if let (Some(setup), Some(plan), Ok(revision)) =
+        (state_check, computed.as_mut(), snap.revision.as_ref())
+    {
+        check_states(&snap, revision, plan, setup).await?;
+    }
     let trust = snap.revision.as_ref().ok().map(|r| TrustSummary {
         verified_from: snap.watermark.as_deref(),
         commits: r
@@ -123,4 +138,55 @@ impl PlanReport<'_> {
             self.repo
         )
     }
+}
+
+/// Adds each stateful change's state compatibility to the plan (`--check-state`).
+async fn check_states(
+    snap: &super::snapshot::Snapshot,
+    revision: &crate::revision::VerifiedRevision,
+    plan: &mut Plan,
+    setup: StateCheckSetup,
+) -> Result<(), Failure> {
+    let config = &snap.config;
+    let runner = crate::runner::LocalRunner::find(
+        setup.runner.as_deref().or(config.runner_jar.as_deref()),
+        setup.flink_home.as_deref(),
+    );
+    // The cluster's default parallelism decides the graph of a spec without one (chaining).
+    let default_parallelism = match &snap.cluster {
+        Ok(_) => crate::flink::FlinkClient::from_config(&config.flink)?
+            .cluster_config()
+            .await
+            .ok()
+            .and_then(|entries| {
+                entries
+                    .into_iter()
+                    .find(|e| e.key == "parallelism.default")
+                    .and_then(|e| e.value.trim().parse().ok())
+            })
+            .unwrap_or(1),
+        Err(_) => 1,
+    };
+    tokio::task::block_in_place(|| -> Result<(), Failure> {
+        let savepoints = match crate::state::StateStore::open_read_only(&config.state.dir)? {
+            Some(store) => store.newest_savepoints()?,
+            None => Vec::new(),
+        };
+        let source = crate::git::GitSource::open(&config.state.dir.join("repo.git"), &config.repo)?;
+        crate::compat::check_plan(
+            plan,
+            runner.as_ref().map_err(String::as_str),
+            config,
+            &crate::compat::PlanStateInputs {
+                desired: revision.desired(),
+                repo: source.repo(),
+                head: revision.head(),
+                artifacts: revision.artifacts(),
+                records: &snap.records,
+                savepoints: &savepoints,
+                default_parallelism,
+            },
+        );
+        Ok(())
+    })
 }

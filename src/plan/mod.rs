@@ -1,5 +1,6 @@
 //! The pure meeting point of desired (git), observed (Flink) and recorded (SQLite) state.
 
+pub mod compat;
 pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -86,6 +87,10 @@ pub struct JobPlan {
     /// Risks worth reading before applying (e.g. state a changed query may not restore).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Whether the new version restores the running job's latest savepoint, per operator
+    /// (`plan --check-state`; see [`compat`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_compatibility: Option<compat::StateCompatibility>,
 }
 
 /// The whole plan for one revision.
@@ -210,6 +215,7 @@ pub fn plan(
             kind: desired.jobs.get(job_id).map(|j| j.spec.artifact.kind()),
             source_diff: None,
             warnings: Vec::new(),
+            state_compatibility: None,
         };
         let desired_job = desired.jobs.get(job_id);
         if let (Some(job), Some(record)) = (desired_job, record) {
