@@ -276,6 +276,7 @@ pub fn print_apply(report: &crate::reconcile::ApplyReport) {
             Outcome::RolledBack => "ROLLED BACK",
             Outcome::Retrying => "RETRYING",
             Outcome::Blocked => "BLOCKED",
+            Outcome::Held => "HELD",
             Outcome::Failed => "FAILED",
         };
         outln!(

@@ -20,6 +20,7 @@ pub mod policy;
 mod report;
 pub mod restore;
 mod savepoints;
+mod waves;
 
 use crate::state::AuditAction;
 use std::collections::HashMap;
@@ -27,7 +28,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use futures::StreamExt;
 use serde_json::json;
 use tokio::runtime::RuntimeFlavor;
 use tracing::{Instrument, info, info_span, warn};
@@ -514,23 +514,13 @@ impl Agent {
             );
             report.unmanaged = plan.unmanaged.clone();
             // Keyed once: a lookup per job would make a pass quadratic in the number of jobs.
-            let mut records_by_id: HashMap<String, JobRecord> =
+            let records_by_id: HashMap<String, JobRecord> =
                 records.into_iter().map(|r| (r.job_id.clone(), r)).collect();
             let cluster_by_jid: HashMap<&str, &JobOverview> =
                 cluster_jobs.iter().map(|j| (j.jid.as_str(), j)).collect();
-            let tasks = plan.jobs.iter().map(|entry| {
-                let record = records_by_id.remove(&entry.job_id);
-                let instance = entry
-                    .flink_job_id
-                    .as_deref()
-                    .and_then(|jid| cluster_by_jid.get(jid))
-                    .map(|&j| j.clone());
-                let span = info_span!("job", revision = %crate::spec::source::short_id(&head), job_id = %entry.job_id);
-                self.act(&pass, entry, &revision, record, instance).instrument(span)
-            });
-            report.jobs = futures::stream::iter(tasks)
-                .buffer_unordered(self.config.reconcile.max_concurrency)
-                .collect()
+            // In dependency order: stops downstream first, then starts upstream first.
+            report.jobs = self
+                .act_in_order(&pass, &plan.jobs, &revision, records_by_id, &cluster_by_jid)
                 .await;
             report.jobs.sort_by(|a, b| a.job_id.cmp(&b.job_id));
             report.probes = self.probe_watched_jobs(&revision, &report.jobs).await;

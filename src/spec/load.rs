@@ -157,6 +157,8 @@ pub fn load_desired(tree: &dyn SpecTree, jobs_dir: &str) -> Result<DesiredState,
             },
         );
     }
+    let complete = errors.is_empty();
+    errors.extend(super::dependencies::check_graph(&jobs, complete));
     if errors.is_empty() {
         Ok(DesiredState { jobs })
     } else {

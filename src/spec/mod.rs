@@ -1,5 +1,6 @@
 //! Job specs: the v1 YAML contract parsed into typed, validated desired state.
 
+mod dependencies;
 mod error;
 mod load;
 mod model;
@@ -14,8 +15,9 @@ pub mod yaml;
 pub use error::SpecError;
 pub use load::load_desired;
 pub use model::{
-    Artifact, BatchSpec, Concurrency, DesiredJob, DesiredRunState, DesiredState, HealthPolicy,
-    JobKind, JobSpec, JobType, Ratio, RestartStrategy, Retention, UpgradeMode, Watch,
+    Artifact, BatchSpec, Concurrency, Dependency, DesiredJob, DesiredRunState, DesiredState,
+    HealthPolicy, JobKind, JobSpec, JobType, Ratio, RestartStrategy, Retention, RollbackScope,
+    UpgradeMode, Watch,
 };
 pub use paths::RepoPath;
 pub use source::{DirTree, EntryKind, GitTree, SpecTree, TreeError};
