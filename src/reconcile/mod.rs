@@ -19,6 +19,7 @@ mod notifications;
 pub mod policy;
 mod report;
 pub mod restore;
+mod revision_rollback;
 mod savepoints;
 mod waves;
 
@@ -199,6 +200,9 @@ pub(crate) struct PassContext {
     /// Our jobs on the cluster when the pass began, by job prefix: every instance of a job that
     /// may be alive is one of these or one the pass submitted itself (recorded in its row).
     instances: std::collections::HashMap<String, Vec<JobOverview>>,
+    /// The head's jobs whose failed health gate rolls back the whole revision, and which a
+    /// revision rollback includes (`rollback: revision`, in the spec or by default).
+    rollback_members: std::collections::BTreeSet<String>,
 }
 
 impl PassContext {
@@ -487,6 +491,7 @@ impl Agent {
                 checkpoint_dir,
                 python_executable,
                 instances: Default::default(),
+                rollback_members: self.members_of(&revision),
             };
             *self
                 .batch_wakeup
@@ -519,9 +524,23 @@ impl Agent {
             let cluster_by_jid: HashMap<&str, &JobOverview> =
                 cluster_jobs.iter().map(|j| (j.jid.as_str(), j)).collect();
             // In dependency order: stops downstream first, then starts upstream first.
+            let graph = crate::plan::order::Graph::new(revision.desired(), records_by_id.values());
             report.jobs = self
-                .act_in_order(&pass, &plan.jobs, &revision, records_by_id, &cluster_by_jid)
+                .act_in_order(&pass, &graph, &plan.jobs, &revision, records_by_id, &cluster_by_jid)
                 .await;
+            // `rollback: revision`: a failed job of a revision takes the revision's other jobs back.
+            let (rolled_back, notes) = self.continue_revision_rollbacks(&pass, &graph).await;
+            report.revision_rollbacks = notes;
+            for mut outcome in rolled_back {
+                match report.jobs.iter_mut().find(|j| j.job_id == outcome.job_id) {
+                    Some(planned) => {
+                        outcome.action = planned.action;
+                        outcome.reasons = std::mem::take(&mut planned.reasons);
+                        *planned = outcome;
+                    }
+                    None => report.jobs.push(outcome),
+                }
+            }
             report.jobs.sort_by(|a, b| a.job_id.cmp(&b.job_id));
             report.probes = self.probe_watched_jobs(&revision, &report.jobs).await;
             report.savepoints = self.periodic_savepoints(&pass, &revision).await;
@@ -581,6 +600,10 @@ impl Agent {
                 {
                     continued.insert(intent);
                 }
+            }
+            // A revision rollback's own intent stays open until its last job settled.
+            for rollback in s.unfinished_revision_rollbacks()? {
+                continued.insert(rollback.audit_intent);
             }
             // `flink-gitops savepoint` runs beside the agent: its intent is its own while it waits.
             let manual_window =

@@ -136,6 +136,9 @@ pub struct ApplyReport {
     pub cluster_error: Option<String>,
     /// What was closed or handled before planning: interrupted intents, operator requests.
     pub recovered: Vec<String>,
+    /// Revision rollbacks (`rollback: revision`) this pass started, continued or finished.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub revision_rollbacks: Vec<String>,
     /// Per job.
     pub jobs: Vec<JobOutcome>,
     /// Jobs on the cluster the agent did not deploy (never touched).

@@ -2,6 +2,7 @@
 //! downstream first; then starts, upstream first, each wave after the health gates of the one
 //! before; the jobs of one wave concurrently (up to `reconcile.max_concurrency`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use futures::StreamExt;
@@ -10,22 +11,22 @@ use tracing::{Instrument, debug, info_span};
 use super::lifecycle::Phase;
 use super::{Agent, JobOutcome, Outcome, PassContext};
 use crate::flink::JobOverview;
-use crate::plan::JobPlan;
 use crate::plan::order::{self, Graph, Stage};
+use crate::plan::{Action, JobPlan, is_alive};
 use crate::revision::VerifiedRevision;
-use crate::state::JobRecord;
+use crate::state::{JobRecord, RevisionRollback};
 
 impl Agent {
     /// Acts on every planned step in waves and returns one outcome per step (in no particular order).
     pub(super) async fn act_in_order(
         &self,
         pass: &PassContext,
+        graph: &Graph,
         entries: &[JobPlan],
         revision: &VerifiedRevision,
         mut records: HashMap<String, JobRecord>,
         cluster_by_jid: &HashMap<&str, &JobOverview>,
     ) -> Vec<JobOutcome> {
-        let graph = Graph::new(revision.desired(), records.values());
         let steps = order::steps_of(entries, |job_id| {
             records
                 .get(job_id)
@@ -33,32 +34,58 @@ impl Agent {
                 .unwrap_or_default()
         });
         let mut outcomes: HashMap<String, JobOutcome> = HashMap::with_capacity(entries.len());
-        for wave in order::waves(&steps, &graph) {
+        for wave in order::waves(&steps, graph) {
             if !graph.is_empty() {
                 let jobs: Vec<&str> = wave.jobs.iter().map(|&i| steps[i].0).collect();
                 debug!(stage = ?wave.stage, ?jobs, "wave");
             }
-            let mut tasks = Vec::with_capacity(wave.jobs.len());
+            // A revision rolled back as a whole is not applied again until the head moves on;
+            // read before each wave, since a job of the wave before may have started it.
+            let rolled_back = if pass.rollback_members.is_empty() {
+                None
+            } else {
+                self.with_store(|s| s.revision_rollback(&pass.head))
+                    .ok()
+                    .flatten()
+            };
+            let mut to_act: Vec<Cow<'_, JobPlan>> = Vec::with_capacity(wave.jobs.len());
             for &i in &wave.jobs {
                 let entry = &entries[i];
+                if let Some(rollback) = &rolled_back
+                    && order::held_by_failed_upstream(entry.action)
+                    && pass.rollback_members.contains(&entry.job_id)
+                {
+                    match revision_held(entry, rollback) {
+                        Ok(held) => {
+                            outcomes.insert(entry.job_id.clone(), held);
+                        }
+                        Err(repair) => to_act.push(Cow::Owned(repair)),
+                    }
+                    continue;
+                }
                 if wave.stage == Stage::Start
-                    && let Some(held) = held_back(entry, &graph, &outcomes)
+                    && let Some(held) = held_back(entry, graph, &outcomes)
                 {
                     outcomes.insert(entry.job_id.clone(), held);
                     continue;
                 }
-                let record = records.remove(&entry.job_id);
-                let instance = entry
-                    .flink_job_id
-                    .as_deref()
-                    .and_then(|jid| cluster_by_jid.get(jid))
-                    .map(|&j| j.clone());
-                let span = info_span!("job", revision = %crate::spec::source::short_id(&pass.head), job_id = %entry.job_id);
-                tasks.push(
-                    self.act(pass, entry, revision, record, instance)
-                        .instrument(span),
-                );
+                to_act.push(Cow::Borrowed(entry));
             }
+            let tasks: Vec<_> = to_act
+                .iter()
+                .map(|entry| {
+                    let entry: &JobPlan = entry;
+                    let record = records.remove(&entry.job_id);
+                    let instance = entry
+                        .flink_job_id
+                        .as_deref()
+                        .and_then(|jid| cluster_by_jid.get(jid))
+                        .map(|&j| j.clone());
+                    let span = info_span!("job", revision = %crate::spec::source::short_id(&pass.head), job_id = %entry.job_id);
+                    self.act(pass, entry, revision, record, instance)
+                        .instrument(span)
+                })
+                .collect();
             let done: Vec<JobOutcome> = futures::stream::iter(tasks)
                 .buffer_unordered(self.config.reconcile.max_concurrency)
                 .collect()
@@ -67,6 +94,32 @@ impl Agent {
         }
         outcomes.into_values().collect()
     }
+}
+
+/// A create, upgrade or resume of a revision that was rolled back as a whole is not started again
+/// (`Ok`, the outcome saying so) until the head moves on; but a job of it that is not running
+/// is restarted on its recorded spec (`Err`, the step to take instead): drift repair is never
+/// shadowed.
+fn revision_held(entry: &JobPlan, rollback: &RevisionRollback) -> Result<JobOutcome, JobPlan> {
+    let revision = crate::spec::source::short_id(&rollback.commit_id);
+    let alive = entry.flink_state.as_deref().is_some_and(is_alive);
+    if entry.action == Action::Upgrade && !alive {
+        return Err(JobPlan {
+            action: Action::Restart,
+            reasons: vec![format!(
+                "revision {revision} was rolled back; the job is not running and is restarted on its recorded spec"
+            )],
+            ..entry.clone()
+        });
+    }
+    Ok(JobOutcome::new(
+        entry,
+        Outcome::Blocked,
+        format!(
+            "not applied: revision {revision} was rolled back as a whole ({}); a new commit tries again",
+            rollback.reason
+        ),
+    ))
 }
 
 /// The outcome of a step that must not start because a job it depends on did not reach the
@@ -100,7 +153,6 @@ fn held_back(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::Action;
 
     fn entry(job_id: &str, action: Action) -> JobPlan {
         JobPlan {
