@@ -56,10 +56,10 @@ impl Agent {
                     && pass.rollback_members.contains(&entry.job_id)
                 {
                     match revision_held(entry, rollback) {
-                        Ok(held) => {
-                            outcomes.insert(entry.job_id.clone(), held);
+                        RevisionHold::Held(held) => {
+                            outcomes.insert(entry.job_id.clone(), *held);
                         }
-                        Err(repair) => to_act.push(Cow::Owned(repair)),
+                        RevisionHold::Restart(repair) => to_act.push(Cow::Owned(*repair)),
                     }
                     continue;
                 }
@@ -96,30 +96,37 @@ impl Agent {
     }
 }
 
+/// What becomes of a step of a revision that was rolled back as a whole.
+enum RevisionHold {
+    /// Not started until the head moves on; the outcome says so.
+    Held(Box<JobOutcome>),
+    /// The job does not run: it is restarted on its recorded spec instead (drift repair is never
+    /// shadowed).
+    Restart(Box<JobPlan>),
+}
+
 /// A create, upgrade or resume of a revision that was rolled back as a whole is not started again
-/// (`Ok`, the outcome saying so) until the head moves on; but a job of it that is not running
-/// is restarted on its recorded spec (`Err`, the step to take instead): drift repair is never
-/// shadowed.
-fn revision_held(entry: &JobPlan, rollback: &RevisionRollback) -> Result<JobOutcome, JobPlan> {
+/// until the head moves on.
+fn revision_held(entry: &JobPlan, rollback: &RevisionRollback) -> RevisionHold {
     let revision = crate::spec::source::short_id(&rollback.commit_id);
     let alive = entry.flink_state.as_deref().is_some_and(is_alive);
     if entry.action == Action::Upgrade && !alive {
-        return Err(JobPlan {
+        return RevisionHold::Restart(Box::new(JobPlan {
             action: Action::Restart,
             reasons: vec![format!(
                 "revision {revision} was rolled back; the job is not running and is restarted on its recorded spec"
             )],
             ..entry.clone()
-        });
+        }));
     }
-    Ok(JobOutcome::new(
+    RevisionHold::Held(Box::new(JobOutcome::new(
         entry,
         Outcome::Blocked,
         format!(
             "not applied: revision {revision} was rolled back as a whole ({}); a new commit tries again",
             rollback.reason
         ),
-    ))
+    )))
 }
 
 /// The outcome of a step that must not start because a job it depends on did not reach the
