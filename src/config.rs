@@ -1211,6 +1211,23 @@ mod tests {
         assert_eq!(config.server.max_connections.get(), 256);
         assert_eq!(config.server.header_timeout, Duration::from_secs(5));
         assert_eq!(config.server.request_timeout, Duration::from_secs(30));
+        assert_eq!(config.reconcile.rollback, crate::spec::RollbackScope::Job);
+    }
+
+    #[test]
+    fn the_rollback_scope_is_job_or_revision() {
+        let with = |scope: &str| {
+            Config::parse(
+                &format!("{MINIMAL}reconcile: {{ rollback: {scope} }}\n"),
+                Path::new("c.yaml"),
+            )
+        };
+        assert_eq!(
+            with("revision").unwrap().reconcile.rollback,
+            crate::spec::RollbackScope::Revision
+        );
+        let text = with("pipeline").unwrap_err().to_string();
+        assert!(text.contains("unknown variant `pipeline`"), "{text}");
     }
 
     #[test]

@@ -447,10 +447,51 @@ mod tests {
             collect(Some("report"), None),
             ["report run", "report run", "report deployment"]
         );
+        // A revision rollback is one entry, under the job that failed, shown for each job it
+        // took back, and for no other.
+        let revision = store
+            .atomically(|s| {
+                s.start_revision_rollback(
+                    "c0ffee",
+                    "sink",
+                    "sink failed: unhealthy",
+                    &["enrich".into(), "report".into(), "sink".into()],
+                )
+            })
+            .unwrap()
+            .unwrap();
+        store
+            .finish_revision_rollback(
+                "c0ffee",
+                "ok",
+                r#"{"rolled_back":["enrich","report"],"skipped":[],"blocked":[]}"#,
+            )
+            .unwrap();
+        let mut rollbacks = Vec::new();
+        for_each(&store, None, None, |e| {
+            if e.action == "revision-rollback" {
+                rollbacks.push(e);
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(rollbacks.len(), 1, "intent {revision}");
+        assert_eq!(rollbacks[0].job_id, "sink");
+        assert_eq!(
+            rollbacks[0].detail.as_deref(),
+            Some("sink failed: unhealthy; rolled back with it: enrich, report")
+        );
+        for job in ["sink", "enrich", "report"] {
+            assert!(
+                collect(Some(job), None).contains(&"sink deployment".to_string()),
+                "{job}"
+            );
+        }
+        assert!(!collect(Some("other"), None).contains(&"sink deployment".to_string()));
         let ten_minutes_ago = chrono::Utc::now() - chrono::Duration::minutes(10);
         assert_eq!(
             collect(Some("report"), Some(ten_minutes_ago)),
-            ["report run", "report deployment"]
+            ["report run", "report deployment", "sink deployment"]
         );
     }
 }

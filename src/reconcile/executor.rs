@@ -1324,6 +1324,9 @@ impl Agent {
                 Ok(())
             })
         })?;
+        if starts_revision_rollback {
+            super::failpoint("revision-rollback:started");
+        }
         outcome.root_cause = failure.root_cause.clone();
         if let Phase::Stopping { op: next_op, .. } = &next
             && next_op.kind == OpKind::Rollback
