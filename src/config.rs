@@ -123,6 +123,7 @@ struct RawReconcile {
     retry_base: Option<String>,
     retry_max: Option<String>,
     max_failures: Option<u32>,
+    rollback: Option<crate::spec::RollbackScope>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,6 +268,9 @@ pub struct ReconcileConfig {
     /// Permanent failures of one operation (a savepoint Flink refuses, a restart that stays unhealthy)
     /// before the job is `blocked` until a new commit or `flink-gitops retry`.
     pub max_failures: u32,
+    /// What a failed health gate rolls back when a spec does not say (`rollback:`): the job, or
+    /// every job of the revision that takes part.
+    pub rollback: crate::spec::RollbackScope,
 }
 
 /// Where the spec repository lives and how it is read.
@@ -1151,6 +1155,10 @@ impl Config {
                 retry_base,
                 retry_max,
                 max_failures,
+                rollback: raw
+                    .reconcile
+                    .rollback
+                    .unwrap_or(crate::spec::RollbackScope::Job),
             },
         })
     }
@@ -1203,6 +1211,23 @@ mod tests {
         assert_eq!(config.server.max_connections.get(), 256);
         assert_eq!(config.server.header_timeout, Duration::from_secs(5));
         assert_eq!(config.server.request_timeout, Duration::from_secs(30));
+        assert_eq!(config.reconcile.rollback, crate::spec::RollbackScope::Job);
+    }
+
+    #[test]
+    fn the_rollback_scope_is_job_or_revision() {
+        let with = |scope: &str| {
+            Config::parse(
+                &format!("{MINIMAL}reconcile: {{ rollback: {scope} }}\n"),
+                Path::new("c.yaml"),
+            )
+        };
+        assert_eq!(
+            with("revision").unwrap().reconcile.rollback,
+            crate::spec::RollbackScope::Revision
+        );
+        let text = with("pipeline").unwrap_err().to_string();
+        assert!(text.contains("unknown variant `pipeline`"), "{text}");
     }
 
     #[test]

@@ -179,7 +179,7 @@ fn every_bad_spec_in_the_corpus_gets_its_message() {
             }
         }
     }
-    assert_eq!(count, 55, "every file of the corpus was read");
+    assert_eq!(count, 59, "every file of the corpus was read");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -305,5 +305,90 @@ fn a_missing_jobs_folder_means_no_jobs_for_the_agent_but_validate_refuses_it() {
     assert_eq!(output.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&output.stdout).contains("the jobs folder `jobs` does not exist")
+    );
+}
+
+#[test]
+fn depends_on_targets_must_exist_and_form_no_cycle() {
+    // orders → payments → ledger → orders is a cycle; audit depends on a job no spec has (as
+    // after deleting `fraud` while audit still names it); refunds depends on orders, which is fine.
+    let repo = tempfile::tempdir().unwrap();
+    let root = repo.path();
+    write(root, "artifacts/a.jar", b"PK");
+    let spec = |id: &str, deps: &str| {
+        format!(
+            "{}depends_on: [{deps}]\nrollback: revision\n",
+            spec_text(id, "artifacts/a.jar")
+        )
+    };
+    write(
+        root,
+        "jobs/orders.yaml",
+        spec("orders", "payments").as_bytes(),
+    );
+    write(
+        root,
+        "jobs/payments.yaml",
+        spec("payments", "ledger").as_bytes(),
+    );
+    write(
+        root,
+        "jobs/ledger.yaml",
+        spec("ledger", "orders").as_bytes(),
+    );
+    write(
+        root,
+        "jobs/team/audit.yaml",
+        spec("audit", "orders, fraud").as_bytes(),
+    );
+    write(
+        root,
+        "jobs/refunds.yaml",
+        spec("refunds", "orders").as_bytes(),
+    );
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_flink-gitops"))
+        .args(["validate", root.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    for expected in [
+        "jobs/team/audit.yaml:4:22: `depends_on`: no spec of this revision has job_id `fraud` (a job cannot be deleted while others still depend on it)",
+        "jobs/ledger.yaml:4:14: `depends_on`: dependency cycle: ledger → orders → payments → ledger",
+    ] {
+        assert!(stdout.contains(expected), "`{expected}` not in:\n{stdout}");
+    }
+    assert_eq!(stdout.matches("depends_on").count(), 2, "{stdout}");
+
+    // Without the cycle and the unknown target, the same specs load, with their dependencies
+    // and rollback scope in the canonical form (so a change to them is recorded).
+    write(root, "jobs/ledger.yaml", spec("ledger", "").as_bytes());
+    write(
+        root,
+        "jobs/team/audit.yaml",
+        spec("audit", "orders").as_bytes(),
+    );
+    let desired = load_desired(&DirTree::new(root).unwrap(), "jobs").unwrap();
+    let orders = &desired.jobs["orders"];
+    let deps: Vec<&str> = orders
+        .spec
+        .depends_on
+        .iter()
+        .map(|d| d.job_id.as_str())
+        .collect();
+    assert_eq!(deps, ["payments"]);
+    let canonical = orders.canonical_json();
+    assert!(
+        canonical.contains(r#""depends_on":["payments"]"#),
+        "{canonical}"
+    );
+    assert!(
+        canonical.contains(r#""rollback":"revision""#),
+        "{canonical}"
+    );
+    assert!(
+        !desired.jobs["ledger"]
+            .canonical_json()
+            .contains("depends_on")
     );
 }

@@ -20,6 +20,7 @@ const DEPLOYMENT_ACTIONS: &[AuditAction] = &[
     AuditAction::Schedule,
     AuditAction::Blocked,
     AuditAction::Retry,
+    AuditAction::RevisionRollback,
 ];
 
 /// One line of history.
@@ -79,6 +80,42 @@ struct DeploymentRow {
 fn deployment_entry(row: DeploymentRow) -> HistoryEntry {
     let before = parse(row.intent_detail.as_deref());
     let after = parse(row.detail.as_deref());
+    if row.action == AuditAction::RevisionRollback.as_str() {
+        let list = |key: &str| {
+            after[key]
+                .as_array()
+                .map(|jobs| {
+                    jobs.iter()
+                        .filter_map(|j| j.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .filter(|jobs| !jobs.is_empty())
+        };
+        let mut detail = field(&before, "reason").unwrap_or_default();
+        for (key, label) in [
+            ("rolled_back", "rolled back with it"),
+            ("skipped", "nothing to undo"),
+            ("blocked", "blocked"),
+        ] {
+            if let Some(jobs) = list(key) {
+                detail.push_str(&format!("; {label}: {jobs}"));
+            }
+        }
+        return HistoryEntry {
+            at: row.at,
+            job_id: row.job_id,
+            kind: "deployment",
+            job_kind: "jar",
+            action: row.action,
+            result: row.result.unwrap_or_default(),
+            revision: row.commit_id,
+            signer: None,
+            flink_job_id: None,
+            savepoint: None,
+            detail: Some(detail),
+        };
+    }
     HistoryEntry {
         detail: field(&before, "reason")
             .or_else(|| field(&before, "by").map(|by| format!("requested by {by}")))
@@ -153,10 +190,17 @@ pub fn for_each(
         .join(", ");
     let connection = store.connection();
     let mut deployments = connection.prepare(&format!(
-        "SELECT o.at, o.job_id, o.action, o.result, o.commit_id, o.detail, i.detail
+        // A revision rollback concerns several jobs: it is listed under the job whose failure
+        // started it, and shown for each job it rolled back.
+        "SELECT o.at, COALESCE(o.job_id, json_extract(i.detail, '$.failed_job')), o.action, o.result,
+                o.commit_id, o.detail, i.detail
          FROM audit_log o LEFT JOIN audit_log i ON i.id = o.intent_id
-         WHERE o.phase = 'outcome' AND o.action IN ({actions}) AND o.job_id IS NOT NULL
-           AND o.at >= ?1 AND (?2 IS NULL OR o.job_id = ?2)
+         WHERE o.phase = 'outcome' AND o.action IN ({actions})
+           AND (o.job_id IS NOT NULL OR o.action = 'revision-rollback')
+           AND o.at >= ?1
+           AND (?2 IS NULL OR o.job_id = ?2
+                OR (o.job_id IS NULL AND (json_extract(i.detail, '$.failed_job') = ?2
+                    OR EXISTS (SELECT 1 FROM json_each(o.detail, '$.rolled_back') WHERE value = ?2))))
          ORDER BY o.id"
     ))?;
     let mut deployments = deployments
@@ -403,10 +447,51 @@ mod tests {
             collect(Some("report"), None),
             ["report run", "report run", "report deployment"]
         );
+        // A revision rollback is one entry, under the job that failed, shown for each job it
+        // took back, and for no other.
+        let revision = store
+            .atomically(|s| {
+                s.start_revision_rollback(
+                    "c0ffee",
+                    "sink",
+                    "sink failed: unhealthy",
+                    &["enrich".into(), "report".into(), "sink".into()],
+                )
+            })
+            .unwrap()
+            .unwrap();
+        store
+            .finish_revision_rollback(
+                "c0ffee",
+                "ok",
+                r#"{"rolled_back":["enrich","report"],"skipped":[],"blocked":[]}"#,
+            )
+            .unwrap();
+        let mut rollbacks = Vec::new();
+        for_each(&store, None, None, |e| {
+            if e.action == "revision-rollback" {
+                rollbacks.push(e);
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(rollbacks.len(), 1, "intent {revision}");
+        assert_eq!(rollbacks[0].job_id, "sink");
+        assert_eq!(
+            rollbacks[0].detail.as_deref(),
+            Some("sink failed: unhealthy; rolled back with it: enrich, report")
+        );
+        for job in ["sink", "enrich", "report"] {
+            assert!(
+                collect(Some(job), None).contains(&"sink deployment".to_string()),
+                "{job}"
+            );
+        }
+        assert!(!collect(Some("other"), None).contains(&"sink deployment".to_string()));
         let ten_minutes_ago = chrono::Utc::now() - chrono::Duration::minutes(10);
         assert_eq!(
             collect(Some("report"), Some(ten_minutes_ago)),
-            ["report run", "report deployment"]
+            ["report run", "report deployment", "sink deployment"]
         );
     }
 }

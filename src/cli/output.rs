@@ -268,6 +268,9 @@ pub fn print_apply(report: &crate::reconcile::ApplyReport) {
     for note in &report.recovered {
         outln!("recovered: {note}");
     }
+    for note in &report.revision_rollbacks {
+        outln!("REVISION ROLLBACK: {note}");
+    }
     if let Some((kind, message)) = &report.refused {
         outln!("REFUSED ({kind}): {message}");
         outln!("the cluster keeps the last verified state");
@@ -285,6 +288,7 @@ pub fn print_apply(report: &crate::reconcile::ApplyReport) {
             Outcome::RolledBack => "ROLLED BACK",
             Outcome::Retrying => "RETRYING",
             Outcome::Blocked => "BLOCKED",
+            Outcome::Held => "HELD",
             Outcome::Failed => "FAILED",
         };
         outln!(

@@ -1,6 +1,7 @@
 //! The pure meeting point of desired (git), observed (Flink) and recorded (SQLite) state.
 
 pub mod compat;
+pub mod order;
 pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -442,6 +443,9 @@ const IN_PLACE_FIELDS: &[&str] = &[
     "spec.savepoint_trigger_interval_ms",
     // One-shot, at creation: a running job has its own state.
     "spec.restore_from",
+    // The order of a revision's steps and what a failed health gate rolls back.
+    "spec.depends_on",
+    "spec.rollback",
 ];
 
 /// Whether every difference between the applied spec and the desired one is in a field the
@@ -799,6 +803,17 @@ mod tests {
         };
         let update = plan_of(alerts);
         assert_eq!(update.jobs[0].action, Action::Update, "{update:#?}");
+        // The order of a revision's steps and the rollback scope are the agent's, not Flink's.
+        let ordering = plan_of(job(&format!(
+            "{V1}depends_on: [payments]\nrollback: revision\n"
+        )));
+        assert_eq!(ordering.jobs[0].action, Action::Update, "{ordering:#?}");
+        assert!(
+            ordering.jobs[0]
+                .reasons
+                .contains(&"depends_on: (unset) → [\"payments\"]".to_string()),
+            "{ordering:#?}"
+        );
         assert!(update.jobs[0].reasons[0].starts_with("no restart"));
         // With anything the job uses changed as well, it is an upgrade.
         let both = job(&format!(

@@ -32,7 +32,7 @@ const MAX_STEPS: usize = 64;
 /// How long one step waits for a CANCELLING instance before looking again.
 const CANCELLING_POLL: Duration = Duration::from_millis(250);
 
-fn set_phase(record: &mut JobRecord, phase: &Phase) {
+pub(super) fn set_phase(record: &mut JobRecord, phase: &Phase) {
     record.phase = phase.name().to_string();
     record.phase_json = match phase {
         Phase::Steady => None,
@@ -80,6 +80,7 @@ pub(super) fn adopt_legacy_pending(row: &mut JobRecord) -> bool {
         rejected_spec_hash: None,
         audit_intent: None,
         desired_spec_hash: None,
+        revision_rollback: None,
     };
     let phase = Phase::Submitted {
         op,
@@ -319,6 +320,7 @@ impl Agent {
             rejected_spec_hash: None,
             audit_intent: None,
             desired_spec_hash: desired.map(|job| job.spec_hash()),
+            revision_rollback: None,
         };
         let has_checkpoint = match (alive, mode, kind) {
             (Some(running), UpgradeMode::LastState, OpKind::Upgrade) => self
@@ -393,7 +395,7 @@ impl Agent {
     }
 
     /// Walks the recorded phases of a job until it is steady, blocked or must wait.
-    async fn run_phases(&self, pass: &PassContext, entry: &JobPlan) -> JobOutcome {
+    pub(super) async fn run_phases(&self, pass: &PassContext, entry: &JobPlan) -> JobOutcome {
         let job_id = &entry.job_id;
         let mut outcome = JobOutcome::new(entry, Outcome::Ok, "");
         for _ in 0..MAX_STEPS {
@@ -680,6 +682,24 @@ impl Agent {
         let job_id = &record.job_id;
         let mut candidates = Vec::new();
         let mut unusable = BTreeSet::new();
+        if op.revision_rollback.is_some() && op.kind == OpKind::Rollback {
+            // Undoing a revision restores the state its upgrade started from, or nothing: any
+            // newer state is the undone version's.
+            for point in self.with_store(|s| s.restore_points(job_id))? {
+                if point.unusable.is_some() {
+                    unusable.insert(restore::normalize(&point.path));
+                }
+            }
+            if let Some(hint) = &op.restore_hint {
+                candidates.push(Candidate {
+                    path: hint.clone(),
+                    taken_at_ms: 0,
+                    savepoint: true,
+                    source: Source::Hint,
+                });
+            }
+            return Ok((candidates, unusable));
+        }
         let predecessor = op.predecessor.as_deref();
         if let (StopMethod::Savepoint { trigger_id, .. }, Some(pred)) = (stop, predecessor)
             && pred == stopped
@@ -1242,6 +1262,11 @@ impl Agent {
             self.config.reconcile.max_failures,
         );
         let head = pass.head.clone();
+        let starts_revision_rollback = op.head == pass.head
+            && op.revision_rollback.is_none()
+            && matches!(op.kind, OpKind::Create | OpKind::Upgrade)
+            && matches!(&next, Phase::Stopping { op: next_op, .. } if matches!(next_op.kind, OpKind::Rollback | OpKind::Discard))
+            && pass.rollback_members.contains(&job_id);
         let retry_at = counts.then(|| {
             now_ms()
                 + backoff(
@@ -1284,9 +1309,24 @@ impl Agent {
                     row.permanent_failures += 1;
                     row.retry_at_ms = retry_at;
                 }
-                s.put_job(&row)
+                s.put_job(&row)?;
+                // `rollback: revision`: this job's failure takes the revision's other jobs back
+                // too; recorded with its own rollback, so a crash cannot separate the two.
+                if starts_revision_rollback {
+                    let members: Vec<String> = pass.rollback_members.iter().cloned().collect();
+                    let reason = format!("{job_id} failed: {full}");
+                    if s.start_revision_rollback(&head, &job_id, &reason, &members)?
+                        .is_some()
+                    {
+                        warn!(revision = %head, %reason, "rolling back the whole revision");
+                    }
+                }
+                Ok(())
             })
         })?;
+        if starts_revision_rollback {
+            super::failpoint("revision-rollback:started");
+        }
         outcome.root_cause = failure.root_cause.clone();
         if let Phase::Stopping { op: next_op, .. } = &next
             && next_op.kind == OpKind::Rollback
@@ -1318,9 +1358,28 @@ impl Agent {
             AuditAction::Promote,
             json!({"flink_job_id": submission.flink_job_id, "spec_hash": target.spec_hash, "commit": target.commit, "savepoint": submission.restored_from}),
         )?;
+        let member = pass.rollback_members.contains(&job_id);
         self.with_store(|s| {
             s.atomically(|s| {
                 let mut row = s.job(&job_id)?.unwrap_or_default();
+                if matches!(op.kind, OpKind::Create | OpKind::Upgrade | OpKind::Resume) {
+                    // What this revision changed, so that a revision rollback can undo it; a job
+                    // arriving while its revision is rolled back is undone with the others.
+                    let create = op.kind == OpKind::Create;
+                    let rolling_back = member && s.revision_rollback(&op.head)?.is_some();
+                    s.record_revision_change(&crate::state::RevisionChange {
+                        commit_id: op.head.clone(),
+                        job_id: job_id.clone(),
+                        kind: op.kind.as_str().to_string(),
+                        spec_hash: target.spec_hash.clone(),
+                        flink_job_id: submission.flink_job_id.clone(),
+                        previous_flink_job_id: op.predecessor.clone().filter(|_| !create),
+                        previous_deployment_json: row.deployment_json.clone().filter(|_| !create),
+                        previous_commit: (!create).then(|| row.commit_id.clone()),
+                        restored_from: submission.restored_from.clone(),
+                        rollback_state: rolling_back.then(|| "pending".to_string()),
+                    })?;
+                }
                 let jar = s.jar(&target.jar_sha256)?;
                 row.job_id = job_id.clone();
                 row.spec_json = target.spec_json.clone();
@@ -1377,6 +1436,17 @@ impl Agent {
             OpKind::Upgrade => format!("upgraded to {} from {from}", submission.flink_job_id),
             OpKind::Resume => format!("resumed as {} from {from}", submission.flink_job_id),
             OpKind::Restart => format!("restarted as {} from {from}", submission.flink_job_id),
+            OpKind::Rollback if op.revision_rollback.is_some() => {
+                outcome.outcome = Outcome::RolledBack;
+                format!(
+                    "{}: back on commit {} as {} from {from}",
+                    op.failure
+                        .as_ref()
+                        .map_or("the revision was rolled back", |f| f.reason.as_str()),
+                    crate::spec::source::short_id(&target.commit),
+                    submission.flink_job_id
+                )
+            }
             OpKind::Rollback => {
                 let failure = op.failure.clone().unwrap_or(Failure {
                     reason: "the upgrade failed".into(),

@@ -108,6 +108,11 @@ pub struct Operation {
     /// when the operation blocks the job, this spec is not tried again until it changes.
     #[serde(default)]
     pub desired_spec_hash: Option<String>,
+    /// Set when the operation undoes the job's part of a revision that is rolled back as a whole
+    /// (`rollback: revision`): that revision. A rollback then restores exactly `restore_hint`, the
+    /// state the revision's upgrade started from, never newer state of the version it undoes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_rollback: Option<String>,
 }
 
 impl Operation {
@@ -456,6 +461,7 @@ pub fn after_failed_submission(
         rejected_spec_hash: op.target.as_ref().map(|t| t.spec_hash.clone()),
         audit_intent: None,
         desired_spec_hash: op.desired_spec_hash.clone(),
+        revision_rollback: None,
     };
     match op.kind {
         OpKind::Upgrade => match last_good {
@@ -471,6 +477,7 @@ pub fn after_failed_submission(
                     failure: Some(failure),
                     audit_intent: None,
                     desired_spec_hash: op.desired_spec_hash.clone(),
+                    revision_rollback: None,
                 };
                 (cancel_failed(rollback), false)
             }
@@ -570,6 +577,7 @@ mod tests {
             rejected_spec_hash: None,
             audit_intent: None,
             desired_spec_hash: None,
+            revision_rollback: None,
         }
     }
 

@@ -19,7 +19,9 @@ mod notifications;
 pub mod policy;
 mod report;
 pub mod restore;
+mod revision_rollback;
 mod savepoints;
+mod waves;
 
 use crate::state::AuditAction;
 use std::collections::HashMap;
@@ -27,7 +29,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use futures::StreamExt;
 use serde_json::json;
 use tokio::runtime::RuntimeFlavor;
 use tracing::{Instrument, info, info_span, warn};
@@ -206,6 +207,9 @@ pub(crate) struct PassContext {
     /// Our jobs on the cluster when the pass began, by job prefix: every instance of a job that
     /// may be alive is one of these or one the pass submitted itself (recorded in its row).
     instances: std::collections::HashMap<String, Vec<JobOverview>>,
+    /// The head's jobs whose failed health gate rolls back the whole revision, and which a
+    /// revision rollback includes (`rollback: revision`, in the spec or by default).
+    rollback_members: std::collections::BTreeSet<String>,
 }
 
 impl PassContext {
@@ -485,6 +489,7 @@ impl Agent {
                 checkpoint_dir,
                 python_executable,
                 instances: Default::default(),
+                rollback_members: self.members_of(&revision),
             };
             *self
                 .batch_wakeup
@@ -512,24 +517,28 @@ impl Agent {
             );
             report.unmanaged = plan.unmanaged.clone();
             // Keyed once: a lookup per job would make a pass quadratic in the number of jobs.
-            let mut records_by_id: HashMap<String, JobRecord> =
+            let records_by_id: HashMap<String, JobRecord> =
                 records.into_iter().map(|r| (r.job_id.clone(), r)).collect();
             let cluster_by_jid: HashMap<&str, &JobOverview> =
                 cluster_jobs.iter().map(|j| (j.jid.as_str(), j)).collect();
-            let tasks = plan.jobs.iter().map(|entry| {
-                let record = records_by_id.remove(&entry.job_id);
-                let instance = entry
-                    .flink_job_id
-                    .as_deref()
-                    .and_then(|jid| cluster_by_jid.get(jid))
-                    .map(|&j| j.clone());
-                let span = info_span!("job", revision = %crate::spec::source::short_id(&head), job_id = %entry.job_id);
-                self.act(&pass, entry, &revision, record, instance).instrument(span)
-            });
-            report.jobs = futures::stream::iter(tasks)
-                .buffer_unordered(self.config.reconcile.max_concurrency)
-                .collect()
+            // In dependency order: stops downstream first, then starts upstream first.
+            let graph = crate::plan::order::Graph::new(revision.desired(), records_by_id.values());
+            report.jobs = self
+                .act_in_order(&pass, &graph, &plan.jobs, &revision, records_by_id, &cluster_by_jid)
                 .await;
+            // `rollback: revision`: a failed job of a revision takes the revision's other jobs back.
+            let (rolled_back, notes) = self.continue_revision_rollbacks(&pass, &graph).await;
+            report.revision_rollbacks = notes;
+            for mut outcome in rolled_back {
+                match report.jobs.iter_mut().find(|j| j.job_id == outcome.job_id) {
+                    Some(planned) => {
+                        outcome.action = planned.action;
+                        outcome.reasons = std::mem::take(&mut planned.reasons);
+                        *planned = outcome;
+                    }
+                    None => report.jobs.push(outcome),
+                }
+            }
             report.jobs.sort_by(|a, b| a.job_id.cmp(&b.job_id));
             report.probes = self.probe_watched_jobs(&revision, &report.jobs).await;
             report.savepoints = self.periodic_savepoints(&pass, &revision).await;
@@ -616,6 +625,10 @@ impl Agent {
                 {
                     continued.insert(intent);
                 }
+            }
+            // A revision rollback's own intent stays open until its last job settled.
+            for rollback in s.unfinished_revision_rollbacks()? {
+                continued.insert(rollback.audit_intent);
             }
             // `flink-gitops savepoint` runs beside the agent: its intent is its own while it waits.
             let manual_window =

@@ -19,6 +19,8 @@ pub enum Outcome {
     Retrying,
     /// The agent will not act on the job until its spec changes or an operator runs `retry`.
     Blocked,
+    /// Not started this pass: a job it depends on (`depends_on`) did not reach the revision.
+    Held,
     /// The agent's own state could not be read or written.
     Failed,
 }
@@ -32,6 +34,7 @@ impl Outcome {
             Outcome::RolledBack => "rolled_back",
             Outcome::Retrying => "retrying",
             Outcome::Blocked => "blocked",
+            Outcome::Held => "held",
             Outcome::Failed => "failed",
         }
     }
@@ -133,6 +136,9 @@ pub struct ApplyReport {
     pub cluster_error: Option<String>,
     /// What was closed or handled before planning: interrupted intents, operator requests.
     pub recovered: Vec<String>,
+    /// Revision rollbacks (`rollback: revision`) this pass started, continued or finished.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub revision_rollbacks: Vec<String>,
     /// Per job.
     pub jobs: Vec<JobOutcome>,
     /// Jobs on the cluster the agent did not deploy (never touched).

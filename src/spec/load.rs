@@ -145,6 +145,8 @@ pub fn load_desired_with(
         }
         jobs.insert(job.spec.job_id.clone(), job);
     }
+    let complete = errors.is_empty();
+    errors.extend(super::dependencies::check_graph(&jobs, complete));
     if errors.is_empty() {
         Ok(Loaded {
             desired: DesiredState { jobs },

@@ -178,7 +178,9 @@ impl<'a> RecordingTree<'a> {
 
     /// The entry for a job loaded through this tree; `None` when it cannot be kept.
     pub(crate) fn entry_for(self, key: String, job: &DesiredJob) -> Option<MemoEntry> {
-        if self.failed.get() {
+        // The positions of `depends_on` entries locate errors found across specs (a cycle made
+        // by another spec's change); the canonical JSON does not carry them.
+        if self.failed.get() || !job.spec.depends_on.is_empty() {
             return None;
         }
         let spec_json = job.canonical_spec().to_string();

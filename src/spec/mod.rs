@@ -1,5 +1,6 @@
 //! Job specs: the v1 YAML contract parsed into typed, validated desired state.
 
+mod dependencies;
 mod error;
 mod load;
 mod memo;
@@ -16,8 +17,9 @@ pub use error::SpecError;
 pub use load::{Loaded, load_desired, load_desired_with};
 pub use memo::{MemoEntry, SpecMemo};
 pub use model::{
-    Artifact, BatchSpec, Concurrency, DesiredJob, DesiredRunState, DesiredState, HealthPolicy,
-    JobKind, JobSpec, JobType, Ratio, RestartStrategy, Retention, UpgradeMode, Watch,
+    Artifact, BatchSpec, Concurrency, Dependency, DesiredJob, DesiredRunState, DesiredState,
+    HealthPolicy, JobKind, JobSpec, JobType, Ratio, RestartStrategy, Retention, RollbackScope,
+    UpgradeMode, Watch,
 };
 pub use paths::RepoPath;
 pub use source::{DirTree, EntryKind, GitTree, SpecTree, TreeError};

@@ -67,6 +67,55 @@ pub enum Concurrency {
     Allow,
 }
 
+/// What a failed health gate rolls back (`rollback:` in a spec, `reconcile.rollback` in the
+/// agent's config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RollbackScope {
+    /// Only the job that failed goes back to its last good spec (the default).
+    Job,
+    /// Every job of the revision that takes part goes back to its previous spec, downstream first.
+    Revision,
+}
+
+/// One entry of `depends_on`: a job that must be running before this one starts, and that is
+/// stopped only after this one. Compared and serialized as the job id alone: where it was written
+/// only locates errors.
+#[derive(Debug, Clone)]
+pub struct Dependency {
+    /// The upstream job.
+    pub job_id: String,
+    /// 1-based line and column of the entry in its spec file.
+    pub line: u64,
+    /// See `line`.
+    pub column: u64,
+}
+
+impl PartialEq for Dependency {
+    fn eq(&self, other: &Dependency) -> bool {
+        self.job_id == other.job_id
+    }
+}
+
+impl Eq for Dependency {}
+
+impl Serialize for Dependency {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.job_id)
+    }
+}
+
+/// Read back from canonical JSON, a dependency has no position (line and column 0).
+impl<'de> Deserialize<'de> for Dependency {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Dependency, D::Error> {
+        Ok(Dependency {
+            job_id: String::deserialize(deserializer)?,
+            line: 0,
+            column: 0,
+        })
+    }
+}
+
 /// What runs: a JAR, or a SQL or Python program run by the runner JAR.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -228,6 +277,14 @@ pub struct JobSpec {
     pub savepoint_retention: Option<Retention>,
     /// Health gate.
     pub health: HealthPolicy,
+    /// Jobs this one depends on (`depends_on`): started before it, stopped after it. Absent from
+    /// the canonical JSON when empty, so specs without it keep their hash.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<Dependency>,
+    /// What this job's failed health gate rolls back, and whether a revision rollback includes
+    /// it; `None` follows the agent's `reconcile.rollback`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackScope>,
 }
 
 impl JobSpec {

@@ -4,7 +4,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_saphyr::Spanned;
 
-use super::{Concurrency, DesiredRunState, JobType, RestartStrategy, UpgradeMode};
+use super::{Concurrency, DesiredRunState, JobType, RestartStrategy, RollbackScope, UpgradeMode};
 
 /// A value with where it stands in the file, for error locations.
 pub(super) type S<T> = Spanned<T>;
@@ -38,6 +38,8 @@ pub(super) struct RawSpec {
     pub(super) savepoints: Option<S<RawRetention>>,
     pub(super) flink_config: Option<std::collections::HashMap<S<String>, FlinkValue>>,
     pub(super) health: Option<RawHealth>,
+    pub(super) depends_on: Option<S<Vec<S<String>>>>,
+    pub(super) rollback: Option<RollbackScope>,
 }
 
 /// `savepoints: { keep: 5, max_age: 14d }`.

@@ -167,7 +167,31 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE runs ADD COLUMN alerted INTEGER NOT NULL DEFAULT 0;
     UPDATE runs SET alerted = 1 WHERE status NOT IN ('submitting', 'running');
     CREATE INDEX runs_not_alerted ON runs(id) WHERE alerted = 0;",
-    // Loaded specs by the blob id of their file (see spec::memo): derived data, safe to drop.
+    // 9: what each revision changed per job (to undo it), and revision rollbacks
+    // (`rollback: revision`) with the progress of each job's step.
+    "CREATE TABLE revision_changes (
+        commit_id                TEXT NOT NULL,
+        job_id                   TEXT NOT NULL,
+        kind                     TEXT NOT NULL CHECK (kind IN ('create', 'upgrade', 'resume')),
+        spec_hash                TEXT NOT NULL,
+        flink_job_id             TEXT NOT NULL,
+        previous_flink_job_id    TEXT,
+        previous_deployment_json TEXT,
+        previous_commit          TEXT,
+        restored_from            TEXT,
+        rollback_state           TEXT CHECK (rollback_state IN ('pending', 'begun', 'skipped')),
+        applied_at               TEXT NOT NULL,
+        PRIMARY KEY (commit_id, job_id)
+    );
+    CREATE TABLE revision_rollbacks (
+        commit_id      TEXT PRIMARY KEY,
+        trigger_job_id TEXT NOT NULL,
+        reason         TEXT NOT NULL,
+        audit_intent   INTEGER NOT NULL REFERENCES audit_log(id),
+        started_at     TEXT NOT NULL,
+        finished_at    TEXT
+    );",
+    // 10: loaded specs by the blob id of their file (see spec::memo): derived data, safe to drop.
     "CREATE TABLE spec_memo (
         key               TEXT PRIMARY KEY,
         spec_json         TEXT NOT NULL,

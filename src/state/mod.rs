@@ -1,10 +1,12 @@
 //! SQLite state: what was applied, per job and per revision, and the append-only audit log.
 
 mod migrations;
+mod rollbacks;
 pub(crate) mod runs;
 mod spec_memo;
 mod watermark;
 
+pub use rollbacks::{RevisionChange, RevisionRollback};
 pub use runs::{RunRecord, RunStatus, ScheduleCursor};
 pub use watermark::{WATERMARK_FILE, kept_watermark};
 
@@ -385,6 +387,8 @@ pub enum AuditAction {
     /// An operator accepted a head that does not descend from the watermark
     /// (`apply --accept-rollback-to`).
     AcceptRollback,
+    /// Every job a failed revision changed goes back to its previous spec (`rollback: revision`).
+    RevisionRollback,
 }
 
 impl AuditAction {
@@ -418,6 +422,7 @@ impl AuditAction {
             AuditAction::BatchRun => "batch-run",
             AuditAction::Schedule => "schedule",
             AuditAction::AcceptRollback => "accept-rollback",
+            AuditAction::RevisionRollback => "revision-rollback",
         }
     }
 }

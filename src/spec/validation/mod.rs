@@ -2,6 +2,7 @@
 
 mod artifact;
 mod batch;
+mod dependencies;
 mod deployment;
 mod flink_config;
 mod health;
@@ -215,6 +216,8 @@ fn validate(raw: RawSpec, check: &mut Checker<'_>) -> Option<JobSpec> {
         }
     });
     let health = health::validate_health(raw.health.as_ref(), check);
+    let depends_on =
+        dependencies::validate_depends_on(raw.depends_on.as_ref(), job_id.as_deref(), check);
     let state = raw.state.unwrap_or(DesiredRunState::Running);
     let upgrade_mode = raw.upgrade_mode.unwrap_or(UpgradeMode::Savepoint);
     let args = raw
@@ -247,5 +250,7 @@ fn validate(raw: RawSpec, check: &mut Checker<'_>) -> Option<JobSpec> {
         restore_from,
         savepoint_retention,
         health,
+        depends_on,
+        rollback: raw.rollback,
     })
 }
