@@ -540,42 +540,77 @@ impl Config {
     /// or empty one is refused now, by field, instead of failing (or, for the webhook secret,
     /// accepting an HMAC with an empty key) later.
     fn check_secret_files(&self) -> Result<(), ConfigError> {
-        let mut files: Vec<(&str, &Path, bool)> = Vec::new();
+        // Each file is checked under the limit of the code that reads it later, so a file that passes
+        // here is never refused later for its size (nor the reverse).
+        let limits = Limits::DEFAULT;
+        let mut files: Vec<(&str, &Path, bool, u64)> = Vec::new();
         let auth = &self.repo.auth;
-        for (field, file) in [
-            ("repo.auth.token_file", &auth.token_file),
-            ("repo.auth.ssh_key_file", &auth.ssh_key_file),
+        for (field, file, limit) in [
+            (
+                "repo.auth.token_file",
+                &auth.token_file,
+                limits.secret_file_bytes,
+            ),
+            // libgit2 reads the key itself.
+            (
+                "repo.auth.ssh_key_file",
+                &auth.ssh_key_file,
+                limits.credential_file_bytes,
+            ),
             (
                 "repo.auth.ssh_key_passphrase_file",
                 &auth.ssh_key_passphrase_file,
+                limits.secret_file_bytes,
             ),
             (
                 "server.webhook_secret_file",
                 &self.server.webhook_secret_file,
+                limits.secret_file_bytes,
             ),
         ] {
             if let Some(file) = file {
-                files.push((field, file, true));
+                files.push((field, file, true, limit));
             }
         }
         for target in &self.notify {
             if let crate::notify::TargetKind::Webhook { secret_file } = &target.kind {
-                files.push(("notify.secret_file", secret_file, true));
+                files.push((
+                    "notify.secret_file",
+                    secret_file,
+                    true,
+                    limits.secret_file_bytes,
+                ));
             }
         }
         match &self.flink.auth {
             FlinkAuth::None => {}
-            FlinkAuth::Bearer(file) => files.push(("flink.auth.bearer_token_file", file, true)),
-            FlinkAuth::Basic { password_file, .. } => {
-                files.push(("flink.auth.password_file", password_file, true))
-            }
+            FlinkAuth::Bearer(file) => files.push((
+                "flink.auth.bearer_token_file",
+                file,
+                true,
+                limits.credential_file_bytes,
+            )),
+            FlinkAuth::Basic { password_file, .. } => files.push((
+                "flink.auth.password_file",
+                password_file,
+                true,
+                limits.credential_file_bytes,
+            )),
         }
-        for (field, file) in [
-            ("repo.auth.known_hosts_file", &auth.known_hosts_file),
-            ("repo.tls.ca_file", &self.repo.ca_file),
+        for (field, file, limit) in [
+            (
+                "repo.auth.known_hosts_file",
+                &auth.known_hosts_file,
+                limits.known_hosts_bytes,
+            ),
+            (
+                "repo.tls.ca_file",
+                &self.repo.ca_file,
+                limits.credential_file_bytes,
+            ),
         ] {
             if let Some(file) = file {
-                files.push((field, file, false));
+                files.push((field, file, false, limit));
             }
         }
         let tls = &self.flink.tls;
@@ -585,16 +620,21 @@ impl Config {
             ("flink.tls.key_file", &tls.key_file),
         ] {
             if let Some(file) = file {
-                files.push((field, file, field == "flink.tls.key_file"));
+                files.push((
+                    field,
+                    file,
+                    field == "flink.tls.key_file",
+                    limits.credential_file_bytes,
+                ));
             }
         }
-        for (field, file, secret) in files {
+        for (field, file, secret, limit) in files {
             let invalid = |reason: String| ConfigError::Invalid {
                 path: self.source.clone(),
                 field: field.to_string(),
                 reason,
             };
-            let bytes = read_file_limited(file, Limits::DEFAULT.credential_file_bytes)
+            let bytes = read_file_limited(file, limit)
                 .map_err(|e| invalid(format!("{}: {e}", file.display())))?;
             if String::from_utf8_lossy(&bytes).trim().is_empty() {
                 return Err(invalid(format!(

@@ -11,7 +11,7 @@ pub struct Limits {
     pub config_file_bytes: u64,
     /// A TLS certificate, key or CA bundle, or a Flink bearer token or password file, each read
     /// whole; a CA bundle with every public root is about 250 KiB. The start-up check that every
-    /// secret and TLS file the config names is readable and not empty reads this much of each.
+    /// file the config names is readable and not empty reads each under its reader's limit.
     pub credential_file_bytes: u64,
     /// A secret read whole into memory: a `${secret:NAME}` value, the git token or key passphrase,
     /// the webhook secret, an alert target's HMAC key. Secrets are short; a large one is a mistake.

@@ -169,6 +169,16 @@ fn secret_files_must_exist_hold_something_and_not_be_readable_by_others() {
         "{stderr}"
     );
     assert!(!stderr.contains("a-long-shared-secret"), "{stderr}");
+
+    // Each file is judged at start-up by the limit of the code that reads it later: a secret of
+    // 100 KiB (over the 64 KiB its reader takes) is refused now, not at the first HMAC check.
+    std::fs::write(&secret, "s".repeat(100 * 1024)).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let stderr = refused(&empty, "run", "server.webhook_secret_file", "");
+    assert!(
+        stderr.contains("larger than the limit of 65536 bytes"),
+        "{stderr}"
+    );
 }
 
 #[test]
