@@ -21,11 +21,14 @@ pub(super) async fn run(
     format: OutputFormat,
 ) -> Result<u8, Failure> {
     use crate::state::AuditAction;
-    let (config, store, record) = recorded_job(
-        config_path,
-        job_id,
-        "the agent has not deployed anything yet",
-    )?;
+    // The database is used off the async workers (the Flink calls are what this command awaits).
+    let (config, store, record) = tokio::task::block_in_place(|| {
+        recorded_job(
+            config_path,
+            job_id,
+            "the agent has not deployed anything yet",
+        )
+    })?;
     let (Some(jid), Some(deployment)) = (
         record.flink_job_id.clone(),
         record
@@ -52,13 +55,15 @@ pub(super) async fn run(
     let by = requested_by();
     let trigger = crate::reconcile::new_trigger_id(&jid);
     let target = deployment.savepoint_dir.clone();
-    let intent = store.audit_intent(
-        Some(&record.commit_id),
-        Some(job_id),
-        AuditAction::Savepoint,
-        &serde_json::json!({"flink_job_id": jid, "kind": "manual", "by": by, "trigger_id": trigger, "target": target})
-            .to_string(),
-    )?;
+    let intent = tokio::task::block_in_place(|| {
+        store.audit_intent(
+            Some(&record.commit_id),
+            Some(job_id),
+            AuditAction::Savepoint,
+            &serde_json::json!({"flink_job_id": jid, "kind": "manual", "by": by, "trigger_id": trigger, "target": target})
+                .to_string(),
+        )
+    })?;
     let taken = async {
         client.trigger_savepoint(&jid, &target, &trigger).await?;
         crate::reconcile::wait_for_savepoint(&client, &config, &jid, &trigger).await
@@ -66,19 +71,21 @@ pub(super) async fn run(
     .await;
     match taken {
         Ok(path) => {
-            store.audit_outcome(
-                intent,
-                "ok",
-                &serde_json::json!({"savepoint": path}).to_string(),
-            )?;
-            store.put_savepoint_taken(
-                job_id,
-                &path,
-                &jid,
-                "manual",
-                &record.commit_id,
-                chrono::Utc::now().timestamp_millis(),
-            )?;
+            tokio::task::block_in_place(|| {
+                store.audit_outcome(
+                    intent,
+                    "ok",
+                    &serde_json::json!({"savepoint": path}).to_string(),
+                )?;
+                store.put_savepoint_taken(
+                    job_id,
+                    &path,
+                    &jid,
+                    "manual",
+                    &record.commit_id,
+                    chrono::Utc::now().timestamp_millis(),
+                )
+            })?;
             let report = SavepointReport {
                 job_id: job_id.to_string(),
                 flink_job_id: jid,
@@ -98,11 +105,13 @@ pub(super) async fn run(
             Ok(EXIT_OK)
         }
         Err(error) => {
-            store.audit_outcome(
-                intent,
-                "failed",
-                &serde_json::json!({"error": error.full()}).to_string(),
-            )?;
+            tokio::task::block_in_place(|| {
+                store.audit_outcome(
+                    intent,
+                    "failed",
+                    &serde_json::json!({"error": error.full()}).to_string(),
+                )
+            })?;
             Err(Failure::from(anyhow::anyhow!(
                 "savepoint of {job_id} failed: {}",
                 error.full()

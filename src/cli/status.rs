@@ -28,10 +28,12 @@ pub(super) async fn run(
         .as_ref()
         .map(|(_, j)| j.as_slice())
         .unwrap_or(&[]);
-    let (last_runs, savepoints) = match StateStore::open_read_only(&snap.config.state.dir)? {
-        Some(store) => (store.last_runs()?, store.newest_savepoints()?),
-        None => (Vec::new(), Vec::new()),
-    };
+    let (last_runs, savepoints) = tokio::task::block_in_place(|| -> Result<_, Failure> {
+        Ok(match StateStore::open_read_only(&snap.config.state.dir)? {
+            Some(store) => (store.last_runs()?, store.newest_savepoints()?),
+            None => (Vec::new(), Vec::new()),
+        })
+    })?;
     let jobs = job_statuses(&StatusSources {
         desired: snap
             .revision
