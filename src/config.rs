@@ -123,6 +123,7 @@ struct RawReconcile {
     retry_base: Option<String>,
     retry_max: Option<String>,
     max_failures: Option<u32>,
+    slot_budget: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,6 +268,19 @@ pub struct ReconcileConfig {
     /// Permanent failures of one operation (a savepoint Flink refuses, a restart that stays unhealthy)
     /// before the job is `blocked` until a new commit or `flink-gitops retry`.
     pub max_failures: u32,
+    /// What a revision whose jobs the cluster's task slots cannot hold gets.
+    pub slot_budget: SlotBudgetMode,
+}
+
+/// `reconcile.slot_budget`: what happens to a revision that needs more task slots than the
+/// cluster can give its jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotBudgetMode {
+    /// Refused before any action, like an unsigned head: nothing running changes.
+    Enforce,
+    /// Applied anyway, with a warning (the jobs that find no slots wait in CREATED until their
+    /// health gate gives up).
+    Warn,
 }
 
 /// Where the spec repository lives and how it is read.
@@ -964,6 +978,17 @@ impl Config {
             ));
         }
 
+        let slot_budget = match raw.reconcile.slot_budget.as_deref().unwrap_or("enforce") {
+            "enforce" => SlotBudgetMode::Enforce,
+            "warn" => SlotBudgetMode::Warn,
+            other => {
+                return Err(invalid(
+                    "reconcile.slot_budget",
+                    format!("`{other}`: expected `enforce` or `warn`"),
+                ));
+            }
+        };
+
         let runner_jar = raw.runner.jar.as_deref().map(|p| resolve(Path::new(p)));
         if let Some(jar) = &runner_jar
             && !jar.to_string_lossy().ends_with(".jar")
@@ -1151,6 +1176,7 @@ impl Config {
                 retry_base,
                 retry_max,
                 max_failures,
+                slot_budget,
             },
         })
     }

@@ -5,6 +5,7 @@ use serde::Serialize;
 use super::snapshot::{Refusal, snapshot};
 use super::verify::CommitLine;
 use super::{EXIT_FINDINGS, EXIT_OK, Failure, OutputFormat, output};
+use crate::plan::slots::{ClusterSlots, SlotBudget, live_slots};
 use crate::plan::{Action, Observed, Plan};
 use crate::revision::ArtifactCheck;
 
@@ -28,6 +29,9 @@ struct PlanReport<'a> {
     refused: Option<&'a Refusal>,
     #[serde(skip_serializing_if = "Option::is_none")]
     plan: Option<&'a Plan>,
+    /// Task slots per job and in total against the cluster's, when it was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    slots: Option<&'a SlotBudget>,
 }
 
 pub(super) async fn run(
@@ -65,6 +69,27 @@ pub(super) async fn run(
         }
         plan
     });
+    let slots = snap
+        .revision
+        .as_ref()
+        .ok()
+        .zip(computed.as_ref())
+        .zip(snap.cluster.as_ref().ok())
+        .map(|((revision, plan), (overview, jobs))| {
+            SlotBudget::new(
+                live_slots(
+                    plan,
+                    revision.desired(),
+                    &snap.records,
+                    jobs,
+                    snap.default_parallelism.unwrap_or(1),
+                ),
+                Some(ClusterSlots {
+                    total: overview.slots_total,
+                    available: overview.slots_available,
+                }),
+            )
+        });
     let trust = snap.revision.as_ref().ok().map(|r| TrustSummary {
         verified_from: snap.watermark.as_deref(),
         commits: r
@@ -95,6 +120,7 @@ pub(super) async fn run(
         trust,
         refused: snap.revision.as_ref().err(),
         plan: computed.as_ref(),
+        slots: slots.as_ref(),
     };
     match format {
         OutputFormat::Json => output::print_json(&report)?,
@@ -103,6 +129,7 @@ pub(super) async fn run(
             report.trust.as_ref().map(|t| t.commits.as_slice()),
             report.refused,
             computed.as_ref(),
+            slots.as_ref(),
             &snap.cluster,
         ),
     }

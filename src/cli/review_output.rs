@@ -17,7 +17,7 @@ const DIFF_LINES: usize = 200;
 pub const MARKER: &str = "<!-- flink-gitops-plan -->";
 
 /// The slots column: what the job holds now and after.
-fn slots_cell(slots: Option<&JobSlots>) -> String {
+pub(super) fn slots_cell(slots: Option<&JobSlots>) -> String {
     let Some(slots) = slots else {
         return "-".into();
     };

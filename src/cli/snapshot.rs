@@ -63,6 +63,8 @@ pub(super) struct Snapshot {
     pub(super) revision: Result<VerifiedRevision, Refusal>,
     pub(super) records: Vec<JobRecord>,
     pub(super) cluster: Result<(ClusterOverview, Vec<JobOverview>), String>,
+    /// The cluster's `parallelism.default` (the slots of a job without `parallelism`).
+    pub(super) default_parallelism: Option<u32>,
 }
 
 /// Reads the first-seen time of a commit from the state DB, or now for a commit never seen.
@@ -137,13 +139,14 @@ pub(super) async fn snapshot(
     }
 
     let client = FlinkClient::from_config(&config.flink)?;
-    let cluster = match tokio::try_join!(client.overview(), client.jobs()) {
-        Ok(found) => Ok(found),
-        Err(e) => {
-            warn!(error = %e, "cannot read the cluster");
-            Err(e.to_string())
-        }
-    };
+    let (cluster, default_parallelism) = tokio::join!(
+        async { tokio::try_join!(client.overview(), client.jobs()) },
+        client.default_parallelism()
+    );
+    let cluster = cluster.map_err(|e| {
+        warn!(error = %e, "cannot read the cluster");
+        e.to_string()
+    });
     Ok(Snapshot {
         config,
         head,
@@ -151,5 +154,6 @@ pub(super) async fn snapshot(
         revision,
         records,
         cluster,
+        default_parallelism: default_parallelism.ok(),
     })
 }

@@ -355,11 +355,20 @@ pub fn live_slots(
                     | Action::Unchanged => holds,
                 }
             };
+            // Only what the plan starts must fit: a job already deployed is judged when it changes.
+            let starts = matches!(
+                entry.action,
+                Action::Create
+                    | Action::Upgrade
+                    | Action::Restart
+                    | Action::Resume
+                    | Action::Continue
+            );
             JobSlots {
                 job_id: entry.job_id.clone(),
                 holds,
                 needs,
-                per_instance: wanted,
+                per_instance: wanted.filter(|_| starts),
                 batch,
                 may_roll_back: !batch && entry.action == Action::Upgrade,
             }
@@ -476,7 +485,27 @@ mod tests {
         let finished = live_slots(&plan, &desired, &[], &[run("FINISHED")], 1);
         assert_eq!(finished[0].holds, SlotCount::Known(0));
         assert_eq!(finished[0].needs, SlotCount::Known(0), "no run, no slots");
-        assert_eq!(finished[0].per_instance, Some(SlotCount::Known(3)));
+        assert_eq!(
+            finished[0].per_instance, None,
+            "unchanged: not judged again"
+        );
+        let mut changed = plan.clone();
+        changed.jobs[0].action = Action::Upgrade;
+        let upgraded = live_slots(&changed, &desired, &[], &[run("RUNNING")], 1);
+        assert_eq!(upgraded[0].needs, SlotCount::Known(3), "the run goes on");
+        assert_eq!(upgraded[0].per_instance, Some(SlotCount::Known(3)));
+        assert!(
+            !upgraded[0].may_roll_back,
+            "a batch job runs the new version next time"
+        );
+        let small = SlotBudget::new(
+            upgraded,
+            Some(ClusterSlots {
+                total: 2,
+                available: 0,
+            }),
+        );
+        assert_eq!(small.too_large, vec![("report".to_string(), 3)]);
     }
 
     #[test]

@@ -461,8 +461,8 @@ impl Agent {
                     return Ok(report);
                 }
             };
-            let (default_parallelism, checkpoint_dir, python_executable) = match self.client.overview().await {
-                Ok(_) => match self.client.cluster_config().await {
+            let (slots, (default_parallelism, checkpoint_dir, python_executable)) = match self.client.overview().await {
+                Ok(overview) => (crate::plan::slots::ClusterSlots { total: overview.slots_total, available: overview.slots_available }, match self.client.cluster_config().await {
                     Ok(entries) => {
                         let value = |key: &str| {
                             entries.iter().find(|e| e.key == key).map(|e| e.value.trim().to_string())
@@ -474,7 +474,7 @@ impl Agent {
                         )
                     }
                     Err(_) => (1, None, None),
-                },
+                }),
                 Err(error) => {
                     warn!(%error, "cluster unreachable: no actions, nothing marked applied");
                     report.cluster_error = Some(error.to_string());
@@ -513,6 +513,9 @@ impl Agent {
                 now_ms(),
             );
             report.unmanaged = plan.unmanaged.clone();
+            if self.slot_budget(&head, &plan, &revision, &records, &cluster_jobs, default_parallelism, slots, &mut report)? {
+                return Ok(report);
+            }
             // Keyed once: a lookup per job would make a pass quadratic in the number of jobs.
             let mut records_by_id: HashMap<String, JobRecord> =
                 records.into_iter().map(|r| (r.job_id.clone(), r)).collect();
@@ -554,6 +557,73 @@ impl Agent {
         }
         .instrument(span)
         .await
+    }
+
+    /// The slots the revision's jobs need against the cluster's (`reconcile.slot_budget`). A
+    /// revision that does not fit is refused before any action (true: the pass ends here), or
+    /// goes ahead with a warning; either is audited, a refusal once per revision.
+    #[allow(clippy::too_many_arguments)]
+    fn slot_budget(
+        &self,
+        head: &str,
+        plan: &crate::plan::Plan,
+        revision: &VerifiedRevision,
+        records: &[JobRecord],
+        cluster_jobs: &[JobOverview],
+        default_parallelism: u32,
+        slots: crate::plan::slots::ClusterSlots,
+        report: &mut ApplyReport,
+    ) -> Result<bool, StateError> {
+        use crate::config::SlotBudgetMode;
+        use crate::plan::slots::{SlotBudget, live_slots};
+        let budget = SlotBudget::new(
+            live_slots(
+                plan,
+                revision.desired(),
+                records,
+                cluster_jobs,
+                default_parallelism,
+            ),
+            Some(slots),
+        );
+        if let Some(warning) = budget.rollback_warning() {
+            warn!("{warning}");
+            report.warnings.push(warning);
+        }
+        let Some(problem) = budget.refusal() else {
+            return Ok(false);
+        };
+        let enforce = self.config.reconcile.slot_budget == SlotBudgetMode::Enforce;
+        let message = format!("not enough task slots: {problem}");
+        let detail = json!({
+            "needs": budget.needs, "holds": budget.holds, "slots_total": slots.total,
+            "slots_available": slots.available, "shortfall": budget.shortfall, "reason": message,
+        })
+        .to_string();
+        self.with_store(|s| {
+            s.check_identity()?;
+            // The service tries a refused revision on every pass: one audit entry says it.
+            let already = s.revision(head)?.is_some_and(|r| {
+                r.outcome.as_deref() == Some("refused")
+                    && r.detail.as_deref() == Some(message.as_str())
+            });
+            if !already {
+                let intent = s.audit_intent(Some(head), None, AuditAction::SlotBudget, &detail)?;
+                s.audit_outcome(intent, if enforce { "refused" } else { "warned" }, &detail)?;
+            }
+            if enforce {
+                s.record_revision_outcome(head, "refused", Some(&message))?;
+            }
+            Ok(())
+        })?;
+        if enforce {
+            warn!(%problem, "revision refused: its jobs cannot be scheduled; nothing running changes");
+            report.refused = Some(("slots".into(), message));
+        } else {
+            warn!(%problem, "the revision's jobs may not all be scheduled (reconcile.slot_budget: warn)");
+            report.warnings.push(message);
+        }
+        Ok(enforce)
     }
 
     /// Before planning: operator requests are applied, and audit intents that no recorded phase

@@ -384,6 +384,9 @@ pub enum AuditAction {
     /// An operator accepted a head that does not descend from the watermark
     /// (`apply --accept-rollback-to`).
     AcceptRollback,
+    /// A revision needed more task slots than the cluster could give its jobs (refused, or
+    /// applied with a warning under `reconcile.slot_budget: warn`).
+    SlotBudget,
 }
 
 impl AuditAction {
@@ -417,6 +420,7 @@ impl AuditAction {
             AuditAction::BatchRun => "batch-run",
             AuditAction::Schedule => "schedule",
             AuditAction::AcceptRollback => "accept-rollback",
+            AuditAction::SlotBudget => "slot-budget",
         }
     }
 }
