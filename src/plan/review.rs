@@ -439,6 +439,7 @@ fn offline_slots(
             .map(|j| parallelism_of(&j.spec, None)),
         batch,
         may_roll_back: !batch && action == Action::Upgrade,
+        recovering: false,
     }
 }
 

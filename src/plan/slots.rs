@@ -77,6 +77,10 @@ pub struct JobSlots {
     /// The plan restarts it into a new version, which rolls back to the old one if it fails its
     /// health gate (so a rollback needs `holds` again).
     pub may_roll_back: bool,
+    /// It is brought back, not changed: drift repair, or an operation a crash interrupted. It
+    /// was admitted when it was deployed, so its slots never make a revision not fit.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub recovering: bool,
 }
 
 impl JobSlots {
@@ -149,10 +153,20 @@ impl SlotBudget {
         let rollback_needs = needs + rollback_extra;
         let (shortfall, rollback_shortfall, too_large) = match cluster {
             Some(cluster) => {
-                // What the plan's jobs can use: the free slots and those they hold themselves.
-                let usable = cluster.available.saturating_add(holds);
+                // What the plan's jobs can use: the free slots and those they hold themselves,
+                // and what the jobs brought back need (they were admitted before).
+                let recovering = jobs
+                    .iter()
+                    .filter(|j| j.recovering)
+                    .map(JobSlots::acquires)
+                    .sum::<u32>();
+                let usable = cluster
+                    .available
+                    .saturating_add(holds)
+                    .saturating_add(recovering);
                 let too_large = jobs
                     .iter()
+                    .filter(|j| !j.recovering)
                     .filter_map(|j| match j.per_instance {
                         Some(SlotCount::Known(n)) if n > cluster.total => {
                             Some((j.job_id.clone(), n))
@@ -322,10 +336,21 @@ pub fn live_slots(
         .map(|entry| {
             let record = records.get(entry.job_id.as_str()).copied();
             let job = desired.jobs.get(&entry.job_id);
-            let running_parallelism = record
-                .and_then(|r| r.deployment_json.as_deref())
-                .and_then(|json| serde_json::from_str::<crate::reconcile::Deployment>(json).ok())
-                .map(|d| d.parallelism.unwrap_or(cluster_default))
+            // Unchanged, or changed in fields the running job does not use: it runs the desired
+            // parallelism, and reading the recorded deployment is not needed (a no-op pass over
+            // 1,000 jobs must stay cheap).
+            let same_spec = matches!(entry.action, Action::Unchanged | Action::Update);
+            let running_parallelism = job
+                .filter(|_| same_spec)
+                .map(|j| parallelism_of(&j.spec, Some(cluster_default)).known())
+                .or_else(|| {
+                    record
+                        .and_then(|r| r.deployment_json.as_deref())
+                        .and_then(|json| {
+                            serde_json::from_str::<crate::reconcile::Deployment>(json).ok()
+                        })
+                        .map(|d| d.parallelism.unwrap_or(cluster_default))
+                })
                 .or_else(|| job.map(|j| parallelism_of(&j.spec, Some(cluster_default)).known()))
                 .unwrap_or(cluster_default);
             let instances = alive
@@ -371,6 +396,7 @@ pub fn live_slots(
                 per_instance: wanted.filter(|_| starts),
                 batch,
                 may_roll_back: !batch && entry.action == Action::Upgrade,
+                recovering: matches!(entry.action, Action::Restart | Action::Continue),
             }
         })
         .collect()
@@ -388,6 +414,7 @@ mod tests {
             per_instance: (needs > 0).then_some(SlotCount::Known(needs)),
             batch: false,
             may_roll_back: holds > 0 && needs > 0,
+            recovering: false,
         }
     }
 
@@ -509,6 +536,24 @@ mod tests {
     }
 
     #[test]
+    fn a_job_brought_back_is_never_what_does_not_fit() {
+        // orders fell off the cluster (drift) and others took its slots meanwhile: it is still
+        // restarted, while a new job that needs slots does not fit.
+        let mut restart = job("orders", 0, 2);
+        restart.recovering = true;
+        let full = ClusterSlots {
+            total: 8,
+            available: 0,
+        };
+        assert_eq!(
+            SlotBudget::new(vec![restart.clone()], Some(full)).fits(),
+            Some(true)
+        );
+        let budget = SlotBudget::new(vec![restart, job("fresh", 0, 1)], Some(full));
+        assert_eq!(budget.shortfall, 1);
+    }
+
+    #[test]
     fn one_job_larger_than_the_cluster_never_fits() {
         let budget = SlotBudget::new(
             vec![job("huge", 0, 9)],
@@ -560,6 +605,7 @@ mod tests {
                 per_instance: Some(SlotCount::ClusterDefault),
                 batch: false,
                 may_roll_back: false,
+                recovering: false,
             },
         ];
         let budget = SlotBudget::new(jobs, None);

@@ -575,7 +575,14 @@ impl Agent {
         report: &mut ApplyReport,
     ) -> Result<bool, StateError> {
         use crate::config::SlotBudgetMode;
+        use crate::plan::Action;
         use crate::plan::slots::{SlotBudget, live_slots};
+        // Only a revision that starts or grows something can run out of slots; a job brought
+        // back (drift, a crash) was admitted before and is never refused.
+        let starts = |a: Action| matches!(a, Action::Create | Action::Upgrade | Action::Resume);
+        if !plan.jobs.iter().any(|j| starts(j.action)) {
+            return Ok(false);
+        }
         let budget = SlotBudget::new(
             live_slots(
                 plan,
