@@ -96,7 +96,12 @@ fn a_revision_that_does_not_fit_is_shown_by_plan_and_refused_by_apply() {
     let config = setup.config.to_str().unwrap();
 
     // `plan` shows every job's slots and the shortfall, before anything is applied.
-    let plan = flink_gitops_json(&["plan", "-c", config, "--output", "json"], 0);
+    let plan = flink_gitops_json(&["plan", "-c", config, "--output", "json"], 1);
+    assert_eq!(
+        plan["slots_refusal"],
+        format!("not enough task slots: {SHORT}"),
+        "{plan:#}"
+    );
     let slots = &plan["slots"];
     assert_eq!(
         (&slots["holds"], &slots["needs"], &slots["shortfall"]),
@@ -105,6 +110,12 @@ fn a_revision_that_does_not_fit_is_shown_by_plan_and_refused_by_apply() {
     );
     let text = String::from_utf8_lossy(&flink_gitops(&["plan", "-c", config]).stdout).into_owned();
     assert!(text.contains(&format!("DOES NOT FIT: {SHORT}")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "apply would REFUSE this revision: not enough task slots: {SHORT}"
+        )),
+        "{text}"
+    );
     assert!(text.contains("slots 2 → 4"), "{text}");
 
     // The range plan with the agent's config says the same, ready for the pull request.
@@ -120,7 +131,16 @@ fn a_revision_that_does_not_fit_is_shown_by_plan_and_refused_by_apply() {
         "markdown",
     ]);
     let markdown = String::from_utf8_lossy(&range.stdout);
-    assert_eq!(range.status.code(), Some(0), "{markdown}");
+    if std::env::var("SHOW_MARKDOWN").is_ok() {
+        eprintln!("{markdown}");
+    }
+    assert_eq!(range.status.code(), Some(1), "{markdown}");
+    assert!(
+        markdown.contains(&format!(
+            "⛔ **`apply` would refuse this revision now:** not enough task slots: {SHORT}."
+        )),
+        "{markdown}"
+    );
     assert!(
         markdown.contains("*Live plan: against Flink 2.3.0-fake"),
         "{markdown}"
@@ -196,6 +216,16 @@ fn a_revision_that_does_not_fit_is_shown_by_plan_and_refused_by_apply() {
 fn under_warn_the_revision_is_applied_with_a_warning() {
     let setup = Setup::new("reconcile:\n  slot_budget: warn\n");
     setup.commit_too_much();
+    let config = setup.config.to_str().unwrap();
+    let plan = flink_gitops(&["plan", "-c", config]);
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert_eq!(plan.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(&format!(
+            "apply would warn (reconcile.slot_budget: warn): not enough task slots: {SHORT}"
+        )),
+        "{text}"
+    );
     let before = setup.submissions();
     let (_, report) = apply(&setup.config);
     assert!(report["refused"].is_null(), "{report:#}");
@@ -255,7 +285,7 @@ fn real_flink_a_parallelism_above_the_clusters_slots_is_refused_before_apply() {
         fixture.job
     );
 
-    let plan = flink_gitops_json(&["plan", "-c", config, "--output", "json"], 0);
+    let plan = flink_gitops_json(&["plan", "-c", config, "--output", "json"], 1);
     assert_eq!(plan["slots"]["needs"], too_many, "{plan:#}");
     assert_eq!(
         plan["slots"]["too_large"],

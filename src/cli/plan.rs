@@ -5,7 +5,8 @@ use serde::Serialize;
 use super::snapshot::{Refusal, snapshot};
 use super::verify::CommitLine;
 use super::{EXIT_FINDINGS, EXIT_OK, Failure, OutputFormat, output};
-use crate::plan::slots::{ClusterSlots, SlotBudget, live_slots};
+use crate::config::SlotBudgetMode;
+use crate::plan::slots::{ClusterSlots, SlotBudget, live_slots, refusal_of};
 use crate::plan::{Action, Observed, Plan};
 use crate::revision::ArtifactCheck;
 
@@ -32,6 +33,10 @@ struct PlanReport<'a> {
     /// Task slots per job and in total against the cluster's, when it was read.
     #[serde(skip_serializing_if = "Option::is_none")]
     slots: Option<&'a SlotBudget>,
+    /// Why `apply` would refuse (or, under `reconcile.slot_budget: warn`, warn about) this
+    /// revision for task slots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    slots_refusal: Option<&'a str>,
 }
 
 pub(super) async fn run(
@@ -90,6 +95,11 @@ pub(super) async fn run(
                 }),
             )
         });
+    let slots_refusal = computed
+        .as_ref()
+        .zip(slots.as_ref())
+        .and_then(|(plan, budget)| refusal_of(plan, budget));
+    let enforced = snap.config.reconcile.slot_budget == SlotBudgetMode::Enforce;
     let trust = snap.revision.as_ref().ok().map(|r| TrustSummary {
         verified_from: snap.watermark.as_deref(),
         commits: r
@@ -121,6 +131,7 @@ pub(super) async fn run(
         refused: snap.revision.as_ref().err(),
         plan: computed.as_ref(),
         slots: slots.as_ref(),
+        slots_refusal: slots_refusal.as_deref(),
     };
     match format {
         OutputFormat::Json => output::print_json(&report)?,
@@ -133,7 +144,18 @@ pub(super) async fn run(
             &snap.cluster,
         ),
     }
-    let failed = snap.revision.is_err() || snap.cluster.is_err();
+    if let (OutputFormat::Text, Some(refusal)) = (format, &slots_refusal) {
+        outln!(
+            "{} {refusal}",
+            if enforced {
+                "apply would REFUSE this revision:"
+            } else {
+                "apply would warn (reconcile.slot_budget: warn):"
+            }
+        );
+    }
+    let failed =
+        snap.revision.is_err() || snap.cluster.is_err() || (enforced && slots_refusal.is_some());
     Ok(if failed { EXIT_FINDINGS } else { EXIT_OK })
 }
 

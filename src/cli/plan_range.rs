@@ -73,6 +73,13 @@ pub(super) struct RangeReport {
     /// The plan, unless the head's specs are invalid.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) review: Option<Review>,
+    /// With `-c`: why `apply` would refuse the head for task slots (or only warn, under
+    /// `reconcile.slot_budget: warn`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) slots_refusal: Option<String>,
+    /// Whether that refusal is enforced.
+    #[serde(skip)]
+    pub(super) slots_enforced: bool,
 }
 
 impl RangeReport {
@@ -142,9 +149,11 @@ pub(super) async fn run(args: RangeArgs) -> Result<u8, Failure> {
         jars,
         records,
     } = revisions;
+    let mut slots_refusal = None;
     let review = match specs {
         Ok((base_desired, head_desired)) => {
             let live_plan = live_inputs.as_ref().map(|(_, jobs, _)| {
+                // `apply` would act on the head as it is now: the cluster and the records.
                 plan(
                     &head_desired,
                     Observed::Jobs(jobs),
@@ -164,7 +173,7 @@ pub(super) async fn run(args: RangeArgs) -> Result<u8, Failure> {
                     }),
                 },
             );
-            Some(review(
+            let reviewed = review(
                 &Side {
                     desired: &base_desired,
                     jars: &jars.0,
@@ -174,7 +183,11 @@ pub(super) async fn run(args: RangeArgs) -> Result<u8, Failure> {
                     jars: &jars.1,
                 },
                 live.as_ref(),
-            ))
+            );
+            slots_refusal = live_plan
+                .as_ref()
+                .and_then(|plan| crate::plan::slots::refusal_of(plan, &reviewed.slots));
+            Some(reviewed)
         }
         Err(refusal) => {
             refused.get_or_insert(refusal);
@@ -193,6 +206,10 @@ pub(super) async fn run(args: RangeArgs) -> Result<u8, Failure> {
         refused,
         cluster: cluster_view,
         review,
+        slots_refusal,
+        slots_enforced: config
+            .as_ref()
+            .is_some_and(|c| c.reconcile.slot_budget == crate::config::SlotBudgetMode::Enforce),
     };
     match format {
         PlanFormat::Json => output::print_json(&report)?,
@@ -200,11 +217,14 @@ pub(super) async fn run(args: RangeArgs) -> Result<u8, Failure> {
         PlanFormat::Markdown => review_output::print_markdown(&report),
     }
     let cluster_failed = report.cluster.as_ref().is_some_and(|c| c.error.is_some());
-    Ok(if report.refused.is_some() || cluster_failed {
-        EXIT_FINDINGS
-    } else {
-        EXIT_OK
-    })
+    let slots_refused = report.slots_enforced && report.slots_refusal.is_some();
+    Ok(
+        if report.refused.is_some() || cluster_failed || slots_refused {
+            EXIT_FINDINGS
+        } else {
+            EXIT_OK
+        },
+    )
 }
 
 fn read_revisions(args: &RangeArgs, config: Option<&Config>) -> Result<Revisions, Failure> {

@@ -247,6 +247,18 @@ pub fn markdown(report: &RangeReport) -> String {
             }
         },
     }
+    if let Some(refusal) = &report.slots_refusal {
+        let _ = writeln!(
+            w,
+            "{} {}.\n",
+            if report.slots_enforced {
+                "⛔ **`apply` would refuse this revision now:**"
+            } else {
+                "⚠️ **`apply` would warn (`reconcile.slot_budget: warn`):**"
+            },
+            md_text(refusal)
+        );
+    }
     let Some(review) = &report.review else {
         return md;
     };
@@ -454,6 +466,16 @@ pub fn print_text(report: &RangeReport) {
         }
     );
     outln!("slots    {}", review.slots.summary());
+    if let Some(refusal) = &report.slots_refusal {
+        outln!(
+            "{} {refusal}",
+            if report.slots_enforced {
+                "apply would REFUSE this revision now:"
+            } else {
+                "apply would warn (reconcile.slot_budget: warn):"
+            }
+        );
+    }
     if let Some(warning) = review.slots.rollback_warning() {
         outln!("         warning: {warning}");
     }

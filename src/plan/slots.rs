@@ -314,6 +314,22 @@ impl SlotBudget {
     }
 }
 
+/// Whether `plan` starts or grows a job, the only way a revision can run out of slots; a job
+/// brought back (drift, a crash) was admitted before and is never what refuses a revision.
+pub fn changes_slots(plan: &Plan) -> bool {
+    plan.jobs
+        .iter()
+        .any(|j| matches!(j.action, Action::Create | Action::Upgrade | Action::Resume))
+}
+
+/// Why `apply` would refuse `plan` under `reconcile.slot_budget: enforce`, with the numbers.
+pub fn refusal_of(plan: &Plan, budget: &SlotBudget) -> Option<String> {
+    changes_slots(plan)
+        .then(|| budget.refusal())
+        .flatten()
+        .map(|problem| format!("not enough task slots: {problem}"))
+}
+
 /// The slots of every job of a live `plan`: what its instances on the cluster hold (with the
 /// parallelism recorded when it was deployed) and what the desired spec needs after the plan.
 pub fn live_slots(

@@ -575,12 +575,8 @@ impl Agent {
         report: &mut ApplyReport,
     ) -> Result<bool, StateError> {
         use crate::config::SlotBudgetMode;
-        use crate::plan::Action;
-        use crate::plan::slots::{SlotBudget, live_slots};
-        // Only a revision that starts or grows something can run out of slots; a job brought
-        // back (drift, a crash) was admitted before and is never refused.
-        let starts = |a: Action| matches!(a, Action::Create | Action::Upgrade | Action::Resume);
-        if !plan.jobs.iter().any(|j| starts(j.action)) {
+        use crate::plan::slots::{SlotBudget, changes_slots, live_slots};
+        if !changes_slots(plan) {
             return Ok(false);
         }
         let budget = SlotBudget::new(
