@@ -477,10 +477,9 @@ pub fn review(base: &Side<'_>, head: &Side<'_>, live: Option<&Live<'_>>) -> Revi
         let (mut action, mut reasons) = offline_action(old, new);
         let mut flink = None;
         if let Some(entry) = live.and_then(|l| l.plan.jobs.iter().find(|j| j.job_id == job_id)) {
-            if entry.action != action || action != Action::Unchanged {
-                action = entry.action;
-                reasons = entry.reasons.clone();
-            }
+            // What `apply` would do now wins; the diffs below still show the change under review.
+            action = entry.action;
+            reasons = entry.reasons.clone();
             flink = match (&entry.flink_job_id, &entry.flink_state) {
                 (Some(jid), Some(state)) => Some(format!("{jid} {state}")),
                 (Some(jid), None) => Some(format!("{jid} (not on the cluster)")),
