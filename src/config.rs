@@ -124,6 +124,7 @@ struct RawReconcile {
     retry_max: Option<String>,
     max_failures: Option<u32>,
     rollback: Option<crate::spec::RollbackScope>,
+    slot_budget: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -271,6 +272,19 @@ pub struct ReconcileConfig {
     /// What a failed health gate rolls back when a spec does not say (`rollback:`): the job, or
     /// every job of the revision that takes part.
     pub rollback: crate::spec::RollbackScope,
+    /// What a revision whose jobs the cluster's task slots cannot hold gets.
+    pub slot_budget: SlotBudgetMode,
+}
+
+/// `reconcile.slot_budget`: what happens to a revision that needs more task slots than the
+/// cluster can give its jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotBudgetMode {
+    /// Refused before any action, like an unsigned head: nothing running changes.
+    Enforce,
+    /// Applied anyway, with a warning (the jobs that find no slots wait in CREATED until their
+    /// health gate gives up).
+    Warn,
 }
 
 /// Where the spec repository lives and how it is read.
@@ -1008,6 +1022,17 @@ impl Config {
             ));
         }
 
+        let slot_budget = match raw.reconcile.slot_budget.as_deref().unwrap_or("enforce") {
+            "enforce" => SlotBudgetMode::Enforce,
+            "warn" => SlotBudgetMode::Warn,
+            other => {
+                return Err(invalid(
+                    "reconcile.slot_budget",
+                    format!("`{other}`: expected `enforce` or `warn`"),
+                ));
+            }
+        };
+
         let runner_jar = raw.runner.jar.as_deref().map(|p| resolve(Path::new(p)));
         if let Some(jar) = &runner_jar
             && !jar.to_string_lossy().ends_with(".jar")
@@ -1199,6 +1224,7 @@ impl Config {
                     .reconcile
                     .rollback
                     .unwrap_or(crate::spec::RollbackScope::Job),
+                slot_budget,
             },
         })
     }

@@ -39,6 +39,8 @@ struct FakeJob {
     start: i64,
     restored_from: Option<String>,
     user_config: BTreeMap<String, String>,
+    /// Slots it takes while it runs (its run request's parallelism).
+    parallelism: u32,
 }
 
 /// A fault for the next requests matching a `METHOD /path-pattern` (job ids, trigger ids and JAR
@@ -72,6 +74,45 @@ struct Inner {
     backpressure: f64,
     checkpoint_acked_at: Option<i64>,
     required_authorization: Option<String>,
+    slots_total: Option<u32>,
+}
+
+/// The fake's slots when a test does not set them: more than any test uses.
+const DEFAULT_SLOTS: u32 = 100_000;
+
+impl Inner {
+    fn slots_total(&self) -> u32 {
+        self.slots_total.unwrap_or(DEFAULT_SLOTS)
+    }
+
+    /// Slots taken by the jobs that run (one per parallel task, as with one slot-sharing group).
+    fn slots_used(&self) -> u32 {
+        self.jobs
+            .values()
+            .filter(|j| j.state == "RUNNING")
+            .map(|j| j.parallelism)
+            .sum()
+    }
+
+    /// Jobs waiting in CREATED start, oldest first, as far as the free slots go (as Flink's
+    /// scheduler does when slots are freed).
+    fn schedule_waiting(&mut self) {
+        let mut waiting: Vec<(i64, String)> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.state == "CREATED")
+            .map(|(jid, j)| (j.start, jid.clone()))
+            .collect();
+        waiting.sort();
+        for (_, jid) in waiting {
+            let free = self.slots_total().saturating_sub(self.slots_used());
+            if let Some(job) = self.jobs.get_mut(&jid)
+                && job.parallelism <= free
+            {
+                job.state = "RUNNING".into();
+            }
+        }
+    }
 }
 
 /// The fake server's shared state.
@@ -102,6 +143,14 @@ impl FakeFlink {
     /// authenticating proxy.
     pub fn require_authorization(&self, value: &str) {
         self.lock().required_authorization = Some(value.to_string());
+    }
+
+    /// The cluster has `total` task slots (`/overview`); a job submitted when too few are free
+    /// waits in CREATED, as on Flink.
+    pub fn set_slots(&self, total: u32) {
+        let mut inner = self.lock();
+        inner.slots_total = Some(total);
+        inner.schedule_waiting();
     }
 
     /// Sets the fault scenario.
@@ -181,6 +230,7 @@ impl FakeFlink {
                     start: now_ms(),
                     restored_from: None,
                     user_config: BTreeMap::new(),
+                    parallelism: 1,
                 },
             );
         }
@@ -324,14 +374,11 @@ async fn not_found(uri: Uri) -> Response {
 }
 
 async fn overview(State(fake): State<FakeFlink>) -> Json<Value> {
-    let running = fake
-        .lock()
-        .jobs
-        .values()
-        .filter(|j| j.state == "RUNNING")
-        .count();
+    let inner = fake.lock();
+    let running = inner.jobs.values().filter(|j| j.state == "RUNNING").count();
+    let (total, used) = (inner.slots_total(), inner.slots_used());
     Json(
-        json!({"taskmanagers": 1, "slots-total": 100000, "slots-available": 100000 - running, "jobs-running": running, "flink-version": "2.3.0-fake"}),
+        json!({"taskmanagers": 1, "slots-total": total, "slots-available": total.saturating_sub(used), "jobs-running": running, "flink-version": "2.3.0-fake"}),
     )
 }
 
@@ -365,8 +412,14 @@ async fn job(State(fake): State<FakeFlink>, Path(jid): Path<String>) -> Response
 async fn cancel(State(fake): State<FakeFlink>, Path(jid): Path<String>) -> Response {
     let mut inner = fake.lock();
     match inner.jobs.get_mut(&jid) {
-        Some(j) if matches!(j.state.as_str(), "RUNNING" | "RESTARTING" | "CANCELED") => {
+        Some(j)
+            if matches!(
+                j.state.as_str(),
+                "RUNNING" | "RESTARTING" | "CREATED" | "CANCELED"
+            ) =>
+        {
             j.state = "CANCELED".into();
+            inner.schedule_waiting();
             (StatusCode::ACCEPTED, Json(json!({}))).into_response()
         }
         Some(j) => flink_error(
@@ -489,6 +542,7 @@ async fn stop(
         if let Some(j) = inner.jobs.get_mut(&jid) {
             j.state = "FINISHED".into();
         }
+        inner.schedule_waiting();
         inner.triggers.insert(
             format!("{trigger}/location"),
             format!(
@@ -629,6 +683,7 @@ async fn run(
                 start: now_ms(),
                 restored_from: None,
                 user_config: BTreeMap::new(),
+                parallelism: 0,
             },
         );
         return flink_error(
@@ -645,10 +700,14 @@ async fn run(
     });
     // A job that crashes at start keeps restarting (as Flink's default restart strategy does);
     // one under `JobFailsAfterStart` fails for good.
+    let parallelism = body["parallelism"].as_u64().unwrap_or(1) as u32;
     let state = if inner.scenario == Some(Scenario::JobFailsAfterStart) {
         "FAILED"
     } else if failing_arg {
         "RESTARTING"
+    } else if inner.slots_used() + parallelism > inner.slots_total() {
+        // Flink keeps a job whose slots cannot be had in CREATED until they can.
+        "CREATED"
     } else {
         "RUNNING"
     };
@@ -670,6 +729,7 @@ async fn run(
                 .filter_map(|pair| pair.split_once(':'))
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            parallelism,
         },
     );
     Json(json!({"jobid": jid, "applicationId": jid})).into_response()

@@ -21,8 +21,10 @@ mod apply;
 mod history;
 mod output;
 mod plan;
+mod plan_range;
 mod request;
 mod retry;
+mod review_output;
 mod savepoint;
 mod snapshot;
 mod status;
@@ -84,6 +86,18 @@ pub enum OutputFormat {
     Json,
 }
 
+/// Result format of `plan`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum PlanFormat {
+    /// For people.
+    #[default]
+    Text,
+    /// For machines.
+    Json,
+    /// A pull-request comment (with `--base`).
+    Markdown,
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -107,17 +121,39 @@ pub enum Command {
         output: OutputFormat,
     },
     /// Show what `apply` would do to reach the branch head; changes nothing on the cluster.
+    ///
+    /// With `--base`, compares two revisions of a checkout instead (a pull request's base and
+    /// head): offline, or with `-c` also against the live cluster and the agent's records.
     Plan {
-        /// Configuration file.
-        #[arg(short, long, env = "FLINK_GITOPS_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
-        config: PathBuf,
-        /// Output format.
+        /// Configuration file (optional with `--base`: then it adds the cluster and the records).
+        #[arg(short, long, env = "FLINK_GITOPS_CONFIG")]
+        config: Option<PathBuf>,
+        /// Output format (`markdown`: a pull-request comment; only with `--base`).
         #[arg(long, short, value_enum, default_value_t)]
-        output: OutputFormat,
+        output: PlanFormat,
+        /// The checkout to read the revisions from (with `--base`).
+        #[arg(long, requires = "base")]
+        repo: Option<PathBuf>,
+        /// The revision the change is compared with (e.g. `origin/main`); when the head does not
+        /// descend from it, their merge base is used, as a pull request shows it.
+        #[arg(long)]
+        base: Option<String>,
+        /// The revision under review.
+        #[arg(long, requires = "base", default_value = "HEAD")]
+        head: String,
+        /// OpenSSH allowed_signers file for the commits of the range (else the config's).
+        #[arg(long, requires = "base")]
+        allowed_signers: Option<PathBuf>,
+        /// Accept unsigned merges whose tree is the clean merge of verified parents.
+        #[arg(long, requires = "base")]
+        clean_merges: bool,
+        /// Folder of job specs in the repository (else the config's `repo.jobs_dir`, else `jobs`).
+        #[arg(long, requires = "base")]
+        jobs_dir: Option<String>,
         /// For every stream job upgraded or resumed with changes, build its new job graph and say,
         /// per operator, whether it restores the job's latest savepoint (needs `java`, a Flink
         /// distribution and the runner JAR; the savepoint must be readable from this machine).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "base")]
         check_state: bool,
         /// The runner JAR with the state check (scripts/build-runner); default: the config's runner.jar.
         #[arg(long, env = "FLINK_GITOPS_RUNNER")]
@@ -307,12 +343,43 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Plan {
             config,
             output,
+            repo,
+            base: Some(base),
+            head,
+            allowed_signers,
+            clean_merges,
+            jobs_dir,
+            ..
+        } => {
+            plan_range::run(plan_range::RangeArgs {
+                repo: repo.unwrap_or_else(|| PathBuf::from(".")),
+                base,
+                head,
+                config,
+                allowed_signers,
+                clean_merges,
+                jobs_dir,
+                format: output,
+            })
+            .await
+        }
+        Command::Plan {
+            config,
+            output,
             check_state,
             runner,
             flink_home,
+            ..
         } => {
+            let config = config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
             let state_check = check_state.then_some(plan::StateCheckSetup { runner, flink_home });
-            plan::run(&config, output, state_check).await
+            match output {
+                PlanFormat::Text => plan::run(&config, OutputFormat::Text, state_check).await,
+                PlanFormat::Json => plan::run(&config, OutputFormat::Json, state_check).await,
+                PlanFormat::Markdown => Err(usage(anyhow::anyhow!(
+                    "--output markdown reviews a change: give --base REV (and --head REV)"
+                ))),
+            }
         }
         Command::Apply {
             config,

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::{CommitLine, JobStatus, Refusal};
 use crate::flink::{ClusterOverview, JobOverview};
+use crate::plan::slots::SlotBudget;
 use crate::plan::{Action, Plan};
 use crate::spec::source::short_id;
 
@@ -93,6 +94,7 @@ pub fn print_plan(
     verified: Option<&[CommitLine]>,
     refused: Option<&Refusal>,
     plan: Option<&Plan>,
+    slots: Option<&SlotBudget>,
     cluster: &Result<(ClusterOverview, Vec<JobOverview>), String>,
 ) {
     outln!("{revision_line}");
@@ -128,9 +130,10 @@ pub fn print_plan(
         };
         let reasons = job.reasons.join("; ");
         outln!(
-            "  {:<10} {:<28} {reasons} {state}",
+            "  {:<10} {:<28} slots {:<7} {reasons} {state}",
             job.action.as_str(),
-            job.job_id
+            job.job_id,
+            super::review_output::slots_cell(slots.and_then(|s| s.of(&job.job_id)))
         );
         for warning in &job.warnings {
             outln!("             warning: {warning}");
@@ -167,6 +170,19 @@ pub fn print_plan(
             .filter(|j| wanted.contains(&j.action))
             .count()
     };
+    match slots {
+        Some(slots) => {
+            outln!();
+            outln!("slots    {}", slots.summary());
+            if let Some(warning) = slots.rollback_warning() {
+                outln!("         warning: {warning}");
+            }
+        }
+        None => {
+            outln!();
+            outln!("slots    not checked: the cluster could not be read");
+        }
+    }
     let held = count(&[Action::Blocked, Action::Wait]);
     let unchanged = count(&[Action::Unchanged]);
     outln!();
@@ -320,6 +336,9 @@ pub fn print_apply(report: &crate::reconcile::ApplyReport) {
         for job in &report.unmanaged {
             outln!("  {}  {:<10} {}", job.jid, job.state, job.name);
         }
+    }
+    for warning in &report.warnings {
+        outln!("warning: {warning}");
     }
     for jar in &report.jars_deleted {
         outln!("deleted unused JAR {jar}");

@@ -5,6 +5,8 @@ use serde::Serialize;
 use super::snapshot::{Refusal, snapshot};
 use super::verify::CommitLine;
 use super::{EXIT_FINDINGS, EXIT_OK, Failure, OutputFormat, output};
+use crate::config::SlotBudgetMode;
+use crate::plan::slots::{ClusterSlots, SlotBudget, live_slots, refusal_of};
 use crate::plan::{Action, Observed, Plan};
 use crate::revision::ArtifactCheck;
 
@@ -28,6 +30,13 @@ struct PlanReport<'a> {
     refused: Option<&'a Refusal>,
     #[serde(skip_serializing_if = "Option::is_none")]
     plan: Option<&'a Plan>,
+    /// Task slots per job and in total against the cluster's, when it was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    slots: Option<&'a SlotBudget>,
+    /// Why `apply` would refuse (or, under `reconcile.slot_budget: warn`, warn about) this
+    /// revision for task slots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    slots_refusal: Option<&'a str>,
 }
 
 /// `plan --check-state`: where the JVM check's parts are.
@@ -80,6 +89,32 @@ pub(super) async fn run(
     {
         check_states(&snap, revision, plan, setup).await?;
     }
+    let slots = snap
+        .revision
+        .as_ref()
+        .ok()
+        .zip(computed.as_ref())
+        .zip(snap.cluster.as_ref().ok())
+        .map(|((revision, plan), (overview, jobs))| {
+            SlotBudget::new(
+                live_slots(
+                    plan,
+                    revision.desired(),
+                    &snap.records,
+                    jobs,
+                    snap.default_parallelism.unwrap_or(1),
+                ),
+                Some(ClusterSlots {
+                    total: overview.slots_total,
+                    available: overview.slots_available,
+                }),
+            )
+        });
+    let slots_refusal = computed
+        .as_ref()
+        .zip(slots.as_ref())
+        .and_then(|(plan, budget)| refusal_of(plan, budget));
+    let enforced = snap.config.reconcile.slot_budget == SlotBudgetMode::Enforce;
     let trust = snap.revision.as_ref().ok().map(|r| TrustSummary {
         verified_from: snap.watermark.as_deref(),
         commits: r
@@ -110,6 +145,8 @@ pub(super) async fn run(
         trust,
         refused: snap.revision.as_ref().err(),
         plan: computed.as_ref(),
+        slots: slots.as_ref(),
+        slots_refusal: slots_refusal.as_deref(),
     };
     match format {
         OutputFormat::Json => output::print_json(&report)?,
@@ -118,10 +155,22 @@ pub(super) async fn run(
             report.trust.as_ref().map(|t| t.commits.as_slice()),
             report.refused,
             computed.as_ref(),
+            slots.as_ref(),
             &snap.cluster,
         ),
     }
-    let failed = snap.revision.is_err() || snap.cluster.is_err();
+    if let (OutputFormat::Text, Some(refusal)) = (format, &slots_refusal) {
+        outln!(
+            "{} {refusal}",
+            if enforced {
+                "apply would REFUSE this revision:"
+            } else {
+                "apply would warn (reconcile.slot_budget: warn):"
+            }
+        );
+    }
+    let failed =
+        snap.revision.is_err() || snap.cluster.is_err() || (enforced && slots_refusal.is_some());
     // The process ends with this command: giving thousands of jobs back to the allocator one by
     // one would only delay its exit (by a millisecond or two for 1,000 jobs).
     std::mem::forget(computed);
@@ -153,20 +202,7 @@ async fn check_states(
         setup.flink_home.as_deref(),
     );
     // The cluster's default parallelism decides the graph of a spec without one (chaining).
-    let default_parallelism = match &snap.cluster {
-        Ok(_) => crate::flink::FlinkClient::from_config(&config.flink)?
-            .cluster_config()
-            .await
-            .ok()
-            .and_then(|entries| {
-                entries
-                    .into_iter()
-                    .find(|e| e.key == "parallelism.default")
-                    .and_then(|e| e.value.trim().parse().ok())
-            })
-            .unwrap_or(1),
-        Err(_) => 1,
-    };
+    let default_parallelism = snap.default_parallelism.unwrap_or(1);
     tokio::task::block_in_place(|| -> Result<(), Failure> {
         let savepoints = match crate::state::StateStore::open_read_only(&config.state.dir)? {
             Some(store) => store.newest_savepoints()?,

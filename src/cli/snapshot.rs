@@ -63,6 +63,8 @@ pub(super) struct Snapshot {
     pub(super) revision: Result<VerifiedRevision, Refusal>,
     pub(super) records: Vec<JobRecord>,
     pub(super) cluster: Result<(ClusterOverview, Vec<JobOverview>), String>,
+    /// The cluster's `parallelism.default` (the slots of a job without `parallelism`).
+    pub(super) default_parallelism: Option<u32>,
 }
 
 /// Reads the first-seen time of a commit from the state DB, or now for a commit never seen.
@@ -149,12 +151,16 @@ pub(super) async fn snapshot(
     });
     // The cluster is asked while the repository and the database are read.
     let client = FlinkClient::from_config(&config.flink)?;
-    let (local, cluster) = tokio::join!(local, async {
-        tokio::try_join!(client.overview(), client.jobs()).map_err(|e| {
-            warn!(error = %e, "cannot read the cluster");
-            e.to_string()
-        })
-    });
+    let (local, cluster, default_parallelism) = tokio::join!(
+        local,
+        async {
+            tokio::try_join!(client.overview(), client.jobs()).map_err(|e| {
+                warn!(error = %e, "cannot read the cluster");
+                e.to_string()
+            })
+        },
+        client.default_parallelism()
+    );
     let (head, watermark, revision, records) = local.map_err(anyhow::Error::from)??;
     match &revision {
         Ok(r) => info!(revision = %head, new_commits = r.commits().len(), "verified"),
@@ -170,5 +176,6 @@ pub(super) async fn snapshot(
         revision,
         records,
         cluster,
+        default_parallelism: default_parallelism.ok(),
     })
 }

@@ -45,7 +45,7 @@ struct VerifyReport {
     commits: Vec<CommitLine>,
 }
 
-fn resolve_commit(repo: &git2::Repository, rev: &str) -> Result<git2::Oid, Failure> {
+pub(super) fn resolve_commit(repo: &git2::Repository, rev: &str) -> Result<git2::Oid, Failure> {
     repo.revparse_single(rev)
         .and_then(|o| o.peel_to_commit())
         .map(|c| c.id())

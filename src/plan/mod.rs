@@ -2,6 +2,8 @@
 
 pub mod compat;
 pub mod order;
+pub mod review;
+pub mod slots;
 pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -581,7 +583,18 @@ fn review_sources(record: &JobRecord, job: &DesiredJob) -> (Option<String>, Vec<
         .context_radius(2)
         .header("applied", "desired")
         .to_string();
-    let mut warnings = Vec::new();
+    let warnings = query_state_warning(job, &old, new).into_iter().collect();
+    (Some(diff), warnings)
+}
+
+/// The warning for a stateful stream job whose SQL query changed from `old` to `new` and keeps
+/// state: Flink may not restore that state from the savepoint.
+pub(crate) fn query_state_warning(
+    job: &DesiredJob,
+    old: &crate::spec::program::Program,
+    new: &crate::spec::program::Program,
+) -> Option<String> {
+    use crate::spec::program::Program;
     let stateful_sql = |program: &Program| {
         program.statements().is_ok_and(|statements| {
             statements.iter().any(|s| {
@@ -589,20 +602,19 @@ fn review_sources(record: &JobRecord, job: &DesiredJob) -> (Option<String>, Vec<
             })
         })
     };
-    if job.spec.job_type == JobType::Stream
+    (job.spec.job_type == JobType::Stream
         && job.spec.upgrade_mode != crate::spec::UpgradeMode::Stateless
-        && (stateful_sql(&old) || stateful_sql(new))
-    {
-        warnings.push(format!(
+        && (stateful_sql(old) || stateful_sql(new)))
+    .then(|| {
+        format!(
             "the query keeps state (aggregation, join, dedup or window): Flink finds its state by operator ids generated from the plan, so a changed query may not restore it from the savepoint; {}",
             if job.spec.allow_non_restored_state {
                 "allow_non_restored_state is set, so state no operator claims is DROPPED silently"
             } else {
                 "if it cannot, the new version fails to start and the agent rolls back to the applied one"
             }
-        ));
-    }
-    (Some(diff), warnings)
+        )
+    })
 }
 
 /// Whether a job statement keeps state between records.

@@ -96,6 +96,7 @@ fn accepted_rollback(
 /// and its jobs, which can fail on their own.
 struct ClusterView {
     settings: (u32, Option<String>, Option<Option<String>>),
+    slots: crate::plan::slots::ClusterSlots,
     jobs: Result<Vec<JobOverview>, FlinkError>,
 }
 
@@ -474,7 +475,7 @@ impl Agent {
                     return Ok(report);
                 }
             };
-            let ClusterView { settings, jobs: cluster_jobs } = match cluster {
+            let ClusterView { settings, slots, jobs: cluster_jobs } = match cluster {
                 Ok(view) => view,
                 Err(error) => {
                     warn!(%error, "cluster unreachable: no actions, nothing marked applied");
@@ -516,6 +517,9 @@ impl Agent {
                 now_ms(),
             );
             report.unmanaged = plan.unmanaged.clone();
+            if self.slot_budget(&head, &plan, &revision, &records, &cluster_jobs, default_parallelism, slots, &mut report)? {
+                return Ok(report);
+            }
             // Keyed once: a lookup per job would make a pass quadratic in the number of jobs.
             let records_by_id: HashMap<String, JobRecord> =
                 records.into_iter().map(|r| (r.job_id.clone(), r)).collect();
@@ -565,7 +569,7 @@ impl Agent {
 
     /// What a pass needs from the cluster: that it answers, its settings, and its jobs.
     async fn read_cluster(&self) -> Result<ClusterView, FlinkError> {
-        self.client.overview().await?;
+        let overview = self.client.overview().await?;
         let settings = match self.client.cluster_config().await {
             Ok(entries) => {
                 let value = |key: &str| {
@@ -586,8 +590,82 @@ impl Agent {
         };
         Ok(ClusterView {
             settings,
+            slots: crate::plan::slots::ClusterSlots {
+                total: overview.slots_total,
+                available: overview.slots_available,
+            },
             jobs: self.client.jobs().await,
         })
+    }
+
+    /// The slots the revision's jobs need against the cluster's (`reconcile.slot_budget`). A
+    /// revision that does not fit is refused before any action (true: the pass ends here), or
+    /// goes ahead with a warning; either is audited, a refusal once per revision.
+    #[allow(clippy::too_many_arguments)]
+    fn slot_budget(
+        &self,
+        head: &str,
+        plan: &crate::plan::Plan,
+        revision: &VerifiedRevision,
+        records: &[JobRecord],
+        cluster_jobs: &[JobOverview],
+        default_parallelism: u32,
+        slots: crate::plan::slots::ClusterSlots,
+        report: &mut ApplyReport,
+    ) -> Result<bool, StateError> {
+        use crate::config::SlotBudgetMode;
+        use crate::plan::slots::{SlotBudget, changes_slots, live_slots};
+        if !changes_slots(plan) {
+            return Ok(false);
+        }
+        let budget = SlotBudget::new(
+            live_slots(
+                plan,
+                revision.desired(),
+                records,
+                cluster_jobs,
+                default_parallelism,
+            ),
+            Some(slots),
+        );
+        if let Some(warning) = budget.rollback_warning() {
+            warn!("{warning}");
+            report.warnings.push(warning);
+        }
+        let Some(problem) = budget.refusal() else {
+            return Ok(false);
+        };
+        let enforce = self.config.reconcile.slot_budget == SlotBudgetMode::Enforce;
+        let message = format!("not enough task slots: {problem}");
+        let detail = json!({
+            "needs": budget.needs, "holds": budget.holds, "slots_total": slots.total,
+            "slots_available": slots.available, "shortfall": budget.shortfall, "reason": message,
+        })
+        .to_string();
+        self.with_store(|s| {
+            s.check_identity()?;
+            // The service tries a refused revision on every pass: one audit entry says it.
+            let already = s.revision(head)?.is_some_and(|r| {
+                r.outcome.as_deref() == Some("refused")
+                    && r.detail.as_deref() == Some(message.as_str())
+            });
+            if !already {
+                let intent = s.audit_intent(Some(head), None, AuditAction::SlotBudget, &detail)?;
+                s.audit_outcome(intent, if enforce { "refused" } else { "warned" }, &detail)?;
+            }
+            if enforce {
+                s.record_revision_outcome(head, "refused", Some(&message))?;
+            }
+            Ok(())
+        })?;
+        if enforce {
+            warn!(%problem, "revision refused: its jobs cannot be scheduled; nothing running changes");
+            report.refused = Some(("slots".into(), message));
+        } else {
+            warn!(%problem, "the revision's jobs may not all be scheduled (reconcile.slot_budget: warn)");
+            report.warnings.push(message);
+        }
+        Ok(enforce)
     }
 
     /// Before planning: operator requests are applied, and audit intents that no recorded phase

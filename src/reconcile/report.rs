@@ -145,6 +145,9 @@ pub struct ApplyReport {
     pub unmanaged: Vec<JobOverview>,
     /// JARs deleted because no job uses them.
     pub jars_deleted: Vec<String>,
+    /// Warnings about the whole revision (e.g. task slots under `reconcile.slot_budget: warn`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// What was seen of the running jobs the agent watches.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub probes: Vec<JobProbe>,

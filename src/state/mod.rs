@@ -389,6 +389,9 @@ pub enum AuditAction {
     AcceptRollback,
     /// Every job a failed revision changed goes back to its previous spec (`rollback: revision`).
     RevisionRollback,
+    /// A revision needed more task slots than the cluster could give its jobs (refused, or
+    /// applied with a warning under `reconcile.slot_budget: warn`).
+    SlotBudget,
 }
 
 impl AuditAction {
@@ -423,6 +426,7 @@ impl AuditAction {
             AuditAction::Schedule => "schedule",
             AuditAction::AcceptRollback => "accept-rollback",
             AuditAction::RevisionRollback => "revision-rollback",
+            AuditAction::SlotBudget => "slot-budget",
         }
     }
 }
