@@ -293,3 +293,97 @@ fn output_into_a_closed_pipe_keeps_the_commands_exit_code_and_does_not_panic() {
         "the verdict survives: {stderr}"
     );
 }
+
+/// `apply` keeps every spec it loaded in the state database by blob id; `plan` takes unchanged
+/// specs from there. What it says must be what parsing every spec says, also when the change is
+/// in a file a spec names (its JAR) rather than in the spec.
+#[test]
+fn specs_taken_from_the_memo_plan_exactly_as_parsed_ones() {
+    let repo = SpecRepo::new();
+    repo.write("artifacts/counter.jar", b"PK\x03\x04 fake v1")
+        .write("artifacts/other.jar", b"PK\x03\x04 other")
+        .write(
+            "jobs/orders.yaml",
+            counter_spec("orders", "artifacts/counter.jar", ""),
+        )
+        .write(
+            "jobs/clicks.yaml",
+            counter_spec("clicks", "artifacts/counter.jar", ""),
+        )
+        .write(
+            "jobs/fraud.yaml",
+            counter_spec("fraud", "artifacts/other.jar", ""),
+        );
+    repo.commit("three jobs");
+    let work = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = flink_gitops::testing::FakeFlink::new();
+    let address = runtime.block_on(fake.serve()).unwrap();
+    let config = write_config(work.path(), &repo, &format!("http://{address}"));
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("reconcile:\n  poll_interval: 100ms\n");
+    std::fs::write(&config, text).unwrap();
+    let config_arg = config.to_str().unwrap();
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report}");
+
+    let database = work.path().join("state/state.db");
+    let memo_keys = || -> Vec<String> {
+        let db = rusqlite::Connection::open(&database).unwrap();
+        let mut keys: Vec<String> = db
+            .prepare("SELECT key FROM spec_memo")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        keys.sort();
+        keys
+    };
+    let kept = memo_keys();
+    assert_eq!(kept.len(), 3, "one entry per spec: {kept:?}");
+
+    // The shared JAR is rebuilt: two specs must be read again although their files are the same;
+    // and one spec changes a field the running job does not use.
+    repo.write("artifacts/counter.jar", b"PK\x03\x04 fake v1, rebuilt")
+        .write(
+            "jobs/fraud.yaml",
+            counter_spec(
+                "fraud",
+                "artifacts/other.jar",
+                "stream_config:\n  savepoint_trigger_interval: 60000\n",
+            ),
+        );
+    repo.commit("rebuild counter, scale fraud");
+    let with_memo = flink_gitops_json(&["plan", "-c", config_arg, "--output", "json"], 0);
+    assert_eq!(
+        actions(&with_memo),
+        [
+            ("clicks".into(), "upgrade".into()),
+            ("fraud".into(), "update".into()),
+            ("orders".into(), "upgrade".into())
+        ]
+    );
+    rusqlite::Connection::open(&database)
+        .unwrap()
+        .execute("DELETE FROM spec_memo", [])
+        .unwrap();
+    let parsed = flink_gitops_json(&["plan", "-c", config_arg, "--output", "json"], 0);
+    assert_eq!(with_memo["plan"], parsed["plan"]);
+
+    // The next apply keeps this revision's specs only.
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report}");
+    let now = memo_keys();
+    assert_eq!(now.len(), 3);
+    assert_ne!(now, kept, "the changed fraud spec has a new key");
+    let unchanged = flink_gitops_json(&["plan", "-c", config_arg, "--output", "json"], 0);
+    assert_eq!(
+        actions(&unchanged),
+        [
+            ("clicks".into(), "unchanged".into()),
+            ("fraud".into(), "unchanged".into()),
+            ("orders".into(), "unchanged".into())
+        ]
+    );
+}

@@ -98,13 +98,13 @@ pub(super) async fn snapshot(
             let state_dir = &config.state.dir;
             let stored = scope.spawn(move || -> Result<_, Failure> {
                 let Some(store) = StateStore::open_read_only(state_dir)? else {
-                    let _ = memo_sender.send(SpecMemo::none());
+                    let _ = memo_sender.send(Vec::new());
                     return Ok(Vec::new());
                 };
                 // The memo only saves time: when it cannot be read, every spec is parsed.
-                let memo = store.spec_memo().unwrap_or_else(|error| {
+                let memo = store.spec_memo_entries().unwrap_or_else(|error| {
                     warn!(%error, "the spec memo cannot be read; parsing every spec");
-                    SpecMemo::none()
+                    Vec::new()
                 });
                 let _ = memo_sender.send(memo);
                 Ok(store.jobs()?)
@@ -131,8 +131,9 @@ pub(super) async fn snapshot(
                 Start::Watermark(w) | Start::Kept(w) => Some(w.to_string()),
                 _ => None,
             };
-            // Nothing received: the reader failed before the memo, and says why when joined.
-            let memo = memo_receiver.recv().unwrap_or_else(|_| SpecMemo::none());
+            // Waited for when the specs load, after the commits are verified. Nothing received: the
+            // reader failed before the memo, and says why when joined.
+            let memo = SpecMemo::later(move || memo_receiver.recv().unwrap_or_default());
             let revision = verify_revision(
                 source.repo(),
                 &config,

@@ -124,7 +124,11 @@ pub enum Observed<'a> {
 
 /// The first 16 hex characters of every Flink job id the agent gives this job.
 pub fn flink_job_prefix(job_id: &str) -> String {
-    let digest = Sha256::digest(format!("flink-gitops/job/{job_id}").as_bytes());
+    // Asked for every job of every plan: hashed in place, without formatting the input first.
+    let digest = Sha256::new()
+        .chain_update(b"flink-gitops/job/")
+        .chain_update(job_id.as_bytes())
+        .finalize();
     hex::encode(&digest[..8])
 }
 

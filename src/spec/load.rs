@@ -83,28 +83,32 @@ pub fn load_desired_with(
     let mut fresh = Vec::new();
     let mut kept = Vec::new();
     let mut checked = std::collections::HashMap::new();
+    // Every spec file is named first: a memo read elsewhere is waited for only after that.
+    let mut specs = Vec::new();
     for (path, kind) in files.iter().filter(|(p, _)| is_spec_file(p)) {
         let file = path.as_str();
-        match kind {
-            EntryKind::File => {}
-            EntryKind::Symlink(target) => {
-                errors.push(whole(
-                    file,
-                    format!("is a symlink (to `{target}`); spec files must be regular files"),
-                ));
-                continue;
-            }
-            _ => {
-                errors.push(whole(file, "is not a regular file".into()));
-                continue;
-            }
-        }
-        let key = if memo.keeps() {
-            tree.content_id(path)
+        let named = match kind {
+            EntryKind::File if memo.keeps() => Ok(tree
+                .content_id(path)
                 .ok()
-                .and_then(|id| memo.key(path, &id))
-        } else {
-            None
+                .and_then(|id| memo.key(path, &id))),
+            EntryKind::File => Ok(None),
+            EntryKind::Symlink(target) => Err(whole(
+                file,
+                format!("is a symlink (to `{target}`); spec files must be regular files"),
+            )),
+            _ => Err(whole(file, "is not a regular file".into())),
+        };
+        specs.push((path, named));
+    }
+    for (path, named) in specs {
+        let file = path.as_str();
+        let key = match named {
+            Ok(key) => key,
+            Err(problem) => {
+                errors.push(problem);
+                continue;
+            }
         };
         let recalled = key
             .as_deref()

@@ -48,10 +48,15 @@ pub struct MemoEntry {
     pub observations_json: String,
 }
 
+/// Where the entries come from: read already, or read on another thread and waited for only
+/// when a load first needs them (the repository is fetched and the commits verified meanwhile).
+type EntrySource = Box<dyn FnOnce() -> Vec<MemoEntry> + Send>;
+
 /// The entries a load may use, and the build they must come from.
 pub struct SpecMemo {
     generation: Option<&'static str>,
-    entries: HashMap<String, MemoEntry>,
+    entries: std::cell::OnceCell<HashMap<String, MemoEntry>>,
+    source: std::cell::Cell<Option<EntrySource>>,
 }
 
 impl SpecMemo {
@@ -59,7 +64,8 @@ impl SpecMemo {
     pub fn none() -> SpecMemo {
         SpecMemo {
             generation: None,
-            entries: HashMap::new(),
+            entries: HashMap::new().into(),
+            source: None.into(),
         }
     }
 
@@ -67,18 +73,35 @@ impl SpecMemo {
     pub fn new(entries: impl IntoIterator<Item = MemoEntry>) -> SpecMemo {
         SpecMemo {
             generation: build_generation(),
-            entries: entries.into_iter().map(|e| (e.key.clone(), e)).collect(),
+            entries: index(entries).into(),
+            source: None.into(),
         }
+    }
+
+    /// The entries `source` gives, asked for when a load first needs them.
+    pub fn later(source: impl FnOnce() -> Vec<MemoEntry> + Send + 'static) -> SpecMemo {
+        SpecMemo {
+            generation: build_generation(),
+            entries: std::cell::OnceCell::new(),
+            source: Some(Box::new(source) as EntrySource).into(),
+        }
+    }
+
+    fn entries(&self) -> &HashMap<String, MemoEntry> {
+        self.entries.get_or_init(|| match self.source.take() {
+            Some(source) => index(source()),
+            None => HashMap::new(),
+        })
     }
 
     /// How many entries were read.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries().len()
     }
 
     /// True when no entry was read.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries().is_empty()
     }
 
     /// Whether this memo keeps anything (else a load need not name its spec files).
@@ -103,7 +126,7 @@ impl SpecMemo {
         tree: &dyn SpecTree,
         checked: &mut HashMap<&'m str, bool>,
     ) -> Option<DesiredJob> {
-        let entry = self.entries.get(key)?;
+        let entry = self.entries().get(key)?;
         let holds_now = *checked
             .entry(entry.observations_json.as_str())
             .or_insert_with(|| {
@@ -123,6 +146,10 @@ impl SpecMemo {
                 .with_canonical_spec(entry.spec_json.clone()),
         )
     }
+}
+
+fn index(entries: impl IntoIterator<Item = MemoEntry>) -> HashMap<String, MemoEntry> {
+    entries.into_iter().map(|e| (e.key.clone(), e)).collect()
 }
 
 fn holds(seen: &Observation, tree: &dyn SpecTree) -> bool {
@@ -346,7 +373,12 @@ mod tests {
     }
 
     fn stored(fresh: &[MemoEntry], also: &SpecMemo) -> SpecMemo {
-        SpecMemo::new(also.entries.values().cloned().chain(fresh.iter().cloned()))
+        SpecMemo::new(
+            also.entries()
+                .values()
+                .cloned()
+                .chain(fresh.iter().cloned()),
+        )
     }
 
     #[test]

@@ -8,6 +8,11 @@ use crate::spec::{MemoEntry, SpecMemo};
 impl StateStore {
     /// Every kept spec, for this build to use where it can.
     pub fn spec_memo(&self) -> Result<SpecMemo, StateError> {
+        self.spec_memo_entries().map(SpecMemo::new)
+    }
+
+    /// Every kept spec, as stored.
+    pub fn spec_memo_entries(&self) -> Result<Vec<MemoEntry>, StateError> {
         let mut statement = self
             .connection
             .prepare_cached(
@@ -26,7 +31,7 @@ impl StateStore {
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(sqlite(&self.path, "read spec memo"))?;
-        Ok(SpecMemo::new(entries))
+        Ok(entries)
     }
 
     /// Keeps the specs a load parsed, and drops those no longer in the revision (or made by
