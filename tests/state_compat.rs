@@ -74,7 +74,7 @@ fn the_plan_predicts_which_state_a_new_version_restores_and_the_deploy_agrees() 
         "artifacts/counter-rekeyed.jar",
         std::fs::read(example_jar("counter-rekeyed.jar")).unwrap(),
     );
-    repo.commit("the rekeyed build, not used yet");
+    let base = repo.commit("the rekeyed build, not used yet");
     let (code, report) = apply(config);
     assert_eq!(code, Some(0), "{report:#}");
     let v1_jid = one_running(job);
@@ -88,7 +88,7 @@ fn the_plan_predicts_which_state_a_new_version_restores_and_the_deploy_agrees() 
             "upgrade_mode: savepoint\n",
         ),
     );
-    repo.commit("count under a new uid");
+    let rekeyed = repo.commit("count under a new uid");
     let plan = plan_checking_state(config, &home);
     let entry = planned(&plan, job);
     assert_eq!(entry["action"], "upgrade", "{entry:#}");
@@ -166,6 +166,35 @@ fn the_plan_predicts_which_state_a_new_version_restores_and_the_deploy_agrees() 
     assert!(
         text.contains("warning: state NOT compatible") && text.contains("uid click-count"),
         "{text}"
+    );
+
+    // So does the pull request's plan of the same change, in its markdown.
+    let review = flink_gitops(&[
+        "plan",
+        "--repo",
+        repo.path().to_str().unwrap(),
+        "--base",
+        &base,
+        "--head",
+        &rekeyed,
+        "-c",
+        config.to_str().unwrap(),
+        "--check-state",
+        "--flink-home",
+        home.to_str().unwrap(),
+        "--runner",
+        example_jar("flink-gitops-runner.jar").to_str().unwrap(),
+        "--output",
+        "markdown",
+    ]);
+    let markdown = String::from_utf8_lossy(&review.stdout);
+    assert!(
+        markdown.contains("state lost")
+            && markdown.contains(&format!(
+                "state of operator \"count per key\" (uid click-count, id {lost_id})"
+            )),
+        "{markdown}\n{}",
+        String::from_utf8_lossy(&review.stderr)
     );
 
     // The deploy agrees: Flink cannot map that very operator's state, the upgrade is rolled back.

@@ -153,7 +153,7 @@ pub enum Command {
         /// For every stream job upgraded or resumed with changes, build its new job graph and say,
         /// per operator, whether it restores the job's latest savepoint (needs `java`, a Flink
         /// distribution and the runner JAR; the savepoint must be readable from this machine).
-        #[arg(long, conflicts_with = "base")]
+        #[arg(long)]
         check_state: bool,
         /// The runner JAR with the state check (scripts/build-runner); default: the config's runner.jar.
         #[arg(long, env = "FLINK_GITOPS_RUNNER")]
@@ -349,7 +349,9 @@ pub async fn run(cli: Cli) -> ExitCode {
             allowed_signers,
             clean_merges,
             jobs_dir,
-            ..
+            check_state,
+            runner,
+            flink_home,
         } => {
             plan_range::run(plan_range::RangeArgs {
                 repo: repo.unwrap_or_else(|| PathBuf::from(".")),
@@ -360,6 +362,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 clean_merges,
                 jobs_dir,
                 format: output,
+                state_check: check_state.then_some(plan::StateCheckSetup { runner, flink_home }),
             })
             .await
         }

@@ -40,6 +40,7 @@ struct PlanReport<'a> {
 }
 
 /// `plan --check-state`: where the JVM check's parts are.
+#[derive(Debug, Clone)]
 pub(super) struct StateCheckSetup {
     /// `--runner`, else the config's `runner.jar`.
     pub(super) runner: Option<std::path::PathBuf>,

@@ -35,6 +35,8 @@ pub(super) struct RangeArgs {
     pub(super) clean_merges: bool,
     pub(super) jobs_dir: Option<String>,
     pub(super) format: PlanFormat,
+    /// `--check-state` (needs `-c`: the savepoints are in the agent's records).
+    pub(super) state_check: Option<super::plan::StateCheckSetup>,
 }
 
 /// What the cluster said, when a config named one.
@@ -101,9 +103,16 @@ struct Revisions {
     records: Vec<JobRecord>,
 }
 
-pub(super) async fn run(args: RangeArgs) -> Result<u8, Failure> {
+pub(super) async fn run(mut args: RangeArgs) -> Result<u8, Failure> {
     let config = args.config.as_deref().map(load_config).transpose()?;
     let format = args.format;
+    let state_check = args.state_check.take();
+    if state_check.is_some() && config.is_none() {
+        return Err(usage(anyhow::anyhow!(
+            "--check-state needs -c CONFIG: the savepoint to compare with is in the agent's records"
+        )));
+    }
+    let repo_path = args.repo.clone();
     let blocking_config = config.clone();
     let revisions =
         tokio::task::spawn_blocking(move || read_revisions(&args, blocking_config.as_ref()))
@@ -152,7 +161,7 @@ pub(super) async fn run(args: RangeArgs) -> Result<u8, Failure> {
     let mut slots_refusal = None;
     let review = match specs {
         Ok((base_desired, head_desired)) => {
-            let live_plan = live_inputs.as_ref().map(|(_, jobs, _)| {
+            let mut live_plan = live_inputs.as_ref().map(|(_, jobs, _)| {
                 // `apply` would act on the head as it is now: the cluster and the records.
                 plan(
                     &head_desired,
@@ -161,6 +170,22 @@ pub(super) async fn run(args: RangeArgs) -> Result<u8, Failure> {
                     chrono::Utc::now().timestamp_millis(),
                 )
             });
+            if let (Some(setup), Some(config), Some(plan), Some((_, _, default_parallelism))) = (
+                state_check,
+                config.as_ref(),
+                live_plan.as_mut(),
+                live_inputs.as_ref(),
+            ) {
+                let facts = StateFacts {
+                    repo: &repo_path,
+                    head: &head,
+                    desired: &head_desired,
+                    jars: &jars.1,
+                    records: &records,
+                    default_parallelism: *default_parallelism,
+                };
+                tokio::task::block_in_place(|| check_states(plan, config, setup, &facts))?;
+            }
             let live = live_inputs.as_ref().zip(live_plan.as_ref()).map(
                 |((overview, jobs, default_parallelism), plan)| Live {
                     plan,
@@ -187,6 +212,15 @@ pub(super) async fn run(args: RangeArgs) -> Result<u8, Failure> {
             slots_refusal = live_plan
                 .as_ref()
                 .and_then(|plan| crate::plan::slots::refusal_of(plan, &reviewed.slots));
+            let mut reviewed = reviewed;
+            for entry in live_plan.iter().flat_map(|plan| &plan.jobs) {
+                if let (Some(verdict), Some(job)) = (
+                    &entry.state_compatibility,
+                    reviewed.jobs.iter_mut().find(|j| j.job_id == entry.job_id),
+                ) {
+                    job.set_state_compatibility(verdict.clone());
+                }
+            }
             Some(reviewed)
         }
         Err(refusal) => {
@@ -225,6 +259,72 @@ pub(super) async fn run(args: RangeArgs) -> Result<u8, Failure> {
             EXIT_OK
         },
     )
+}
+
+/// What the state check of a range needs besides the live plan.
+struct StateFacts<'a> {
+    repo: &'a std::path::Path,
+    head: &'a str,
+    desired: &'a DesiredState,
+    jars: &'a BTreeMap<String, JarInfo>,
+    records: &'a [JobRecord],
+    default_parallelism: u32,
+}
+
+/// `--check-state` on the live plan of the head: as `plan --check-state` does for the branch head.
+fn check_states(
+    plan: &mut crate::plan::Plan,
+    config: &Config,
+    setup: super::plan::StateCheckSetup,
+    facts: &StateFacts<'_>,
+) -> Result<(), Failure> {
+    let runner = crate::runner::LocalRunner::find(
+        setup.runner.as_deref().or(config.runner_jar.as_deref()),
+        setup.flink_home.as_deref(),
+    );
+    let savepoints = match crate::state::StateStore::open_read_only(&config.state.dir)? {
+        Some(store) => store.newest_savepoints()?,
+        None => Vec::new(),
+    };
+    let repo = git2::Repository::open(facts.repo).map_err(|e| {
+        usage(anyhow::anyhow!(
+            "{}: not a git repository: {}",
+            facts.repo.display(),
+            e.message()
+        ))
+    })?;
+    let head = git2::Oid::from_str(facts.head).map_err(anyhow::Error::from)?;
+    // The digests the range plan hashed from the head's blobs: the JVM check runs those bytes.
+    let artifacts: BTreeMap<String, crate::revision::ArtifactCheck> = facts
+        .jars
+        .iter()
+        .map(|(job_id, jar)| {
+            (
+                job_id.clone(),
+                crate::revision::ArtifactCheck {
+                    path: jar.path.clone(),
+                    sha256: jar.sha256.clone(),
+                    size: 0,
+                    signer: None,
+                },
+            )
+        })
+        .collect();
+    crate::compat::check_plan(
+        plan,
+        runner.as_ref().map_err(String::as_str),
+        config,
+        &crate::compat::PlanStateInputs {
+            desired: facts.desired,
+            repo: &repo,
+            head,
+            artifacts: &artifacts,
+            records: facts.records,
+            savepoints: &savepoints,
+            default_parallelism: facts.default_parallelism,
+        },
+    );
+    Ok(())
 }
 
 fn read_revisions(args: &RangeArgs, config: Option<&Config>) -> Result<Revisions, Failure> {

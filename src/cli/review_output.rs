@@ -350,6 +350,15 @@ fn markdown_review(w: &mut String, review: &Review) {
         if let Some(how) = how_sentence(job) {
             let _ = writeln!(w, "**How:** {how}.\n");
         }
+        // An incompatible verdict is among the risks already.
+        if let Some(verdict) = job.state_compatibility.as_ref().filter(|v| {
+            !matches!(
+                v,
+                crate::plan::compat::StateCompatibility::Incompatible { .. }
+            )
+        }) {
+            let _ = writeln!(w, "**State:** {}.\n", md_text(&verdict.summary()));
+        }
         if !job.risks.is_empty() {
             let _ = writeln!(w, "**Risks**");
             for risk in &job.risks {
@@ -446,6 +455,14 @@ pub fn print_text(report: &RangeReport) {
         }
         for risk in &job.risks {
             outln!("  {:<20} risk: {}", "", risk.detail);
+        }
+        if let Some(verdict) = job.state_compatibility.as_ref().filter(|v| {
+            !matches!(
+                v,
+                crate::plan::compat::StateCompatibility::Incompatible { .. }
+            )
+        }) {
+            outln!("  {:<20} {}", "", verdict.summary());
         }
         for diff in &job.sources {
             for line in diff.unified.lines() {

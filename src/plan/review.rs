@@ -104,9 +104,23 @@ pub struct JobReview {
     /// The Flink job and its state, with the live plan.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flink: Option<String>,
+    /// Whether the new version restores the running job's latest savepoint (`--check-state`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_compatibility: Option<super::compat::StateCompatibility>,
 }
 
 impl JobReview {
+    /// Takes the state check of the live plan's entry: an incompatible verdict is a risk too.
+    pub fn set_state_compatibility(&mut self, verdict: super::compat::StateCompatibility) {
+        if matches!(
+            verdict,
+            super::compat::StateCompatibility::Incompatible { .. }
+        ) {
+            self.risks.push(risk("state lost", verdict.summary()));
+        }
+        self.state_compatibility = Some(verdict);
+    }
+
     /// The action as shown to people (`update (no restart)` for an update).
     pub fn action_label(&self) -> &'static str {
         match self.action {
@@ -527,6 +541,7 @@ pub fn review(base: &Side<'_>, head: &Side<'_>, live: Option<&Live<'_>>) -> Revi
             },
             jar,
             flink,
+            state_compatibility: None,
         });
         slots.push(job_slots);
     }
