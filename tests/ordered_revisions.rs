@@ -4,17 +4,8 @@
 
 mod support;
 
-use flink_gitops::state::{AuditEntry, StateStore};
+use flink_gitops::state::AuditEntry;
 use support::*;
-
-/// The audit log of the agent whose state is in `work/state`.
-fn audit_log(work: &std::path::Path) -> Vec<AuditEntry> {
-    StateStore::open_read_only(&work.join("state"))
-        .unwrap()
-        .expect("no state database")
-        .audit_log()
-        .unwrap()
-}
 
 /// The id of the first audit row of `job_id` with `action` in `phase`, at or after `from`.
 fn first(log: &[AuditEntry], from: i64, job_id: &str, action: &str, phase: &str) -> i64 {

@@ -5,16 +5,8 @@
 
 mod support;
 
-use flink_gitops::state::{AuditEntry, StateStore};
+use flink_gitops::state::AuditEntry;
 use support::*;
-
-fn audit_log(work: &std::path::Path) -> Vec<AuditEntry> {
-    StateStore::open_read_only(&work.join("state"))
-        .unwrap()
-        .expect("no state database")
-        .audit_log()
-        .unwrap()
-}
 
 /// The id of the first audit row of `job_id` with `action` in `phase` for `commit`.
 fn first(log: &[AuditEntry], commit: &str, job_id: &str, action: &str, phase: &str) -> i64 {

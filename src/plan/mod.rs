@@ -562,25 +562,19 @@ fn review_sources(record: &JobRecord, job: &DesiredJob) -> (Option<String>, Vec<
     if old == *new {
         return (None, Vec::new());
     }
-    let text = |program: &Program| match program {
-        Program::Sql { files } => files
+    // SQL and Python comments alike read as a file header in the diff.
+    let text = |program: &Program| {
+        let comment = if matches!(program, Program::Sql { .. }) {
+            "--"
+        } else {
+            "#"
+        };
+        program
+            .texts()
             .iter()
-            .map(|f| format!("-- {}\n{}", f.path, f.text))
+            .map(|(path, text)| format!("{comment} {path}\n{text}"))
             .collect::<Vec<_>>()
-            .join("\n"),
-        Program::Python { files, .. } => {
-            use base64::Engine;
-            files
-                .iter()
-                .map(|f| {
-                    let bytes = base64::engine::general_purpose::STANDARD
-                        .decode(&f.base64)
-                        .unwrap_or_default();
-                    format!("# {}\n{}", f.path, String::from_utf8_lossy(&bytes))
-                })
-                .collect::<Vec<_>>()
-                .join("\n")
-        }
+            .join("\n")
     };
     let diff = similar::TextDiff::from_lines(&text(&old), &text(new))
         .unified_diff()

@@ -243,37 +243,15 @@ fn how(action: Action, base: Option<&DesiredJob>, head: Option<&DesiredJob>) -> 
     })
 }
 
-/// The files of a program with their text.
-fn program_files(program: &Program) -> Vec<(String, String)> {
-    match program {
-        Program::Sql { files } => files
-            .iter()
-            .map(|f| (f.path.clone(), f.text.clone()))
-            .collect(),
-        Program::Python { files, .. } => {
-            use base64::Engine;
-            files
-                .iter()
-                .map(|f| {
-                    let bytes = base64::engine::general_purpose::STANDARD
-                        .decode(&f.base64)
-                        .unwrap_or_default();
-                    (f.path.clone(), String::from_utf8_lossy(&bytes).into_owned())
-                })
-                .collect()
-        }
-    }
-}
-
 /// Per file, how the sources changed from `old` to `new` (files only in one are all added or
 /// all removed).
 pub fn source_diffs(old: Option<&Program>, new: Option<&Program>) -> Vec<FileDiff> {
     let (old, new): (BTreeMap<_, _>, BTreeMap<_, _>) = (
-        old.map(program_files)
+        old.map(Program::texts)
             .unwrap_or_default()
             .into_iter()
             .collect(),
-        new.map(program_files)
+        new.map(Program::texts)
             .unwrap_or_default()
             .into_iter()
             .collect(),

@@ -47,6 +47,29 @@ pub enum Program {
 }
 
 impl Program {
+    /// Every file with its text, in order (a Python file that is not UTF-8 shown lossily): what a
+    /// reviewer diffs.
+    pub fn texts(&self) -> Vec<(String, String)> {
+        match self {
+            Program::Sql { files } => files
+                .iter()
+                .map(|f| (f.path.clone(), f.text.clone()))
+                .collect(),
+            Program::Python { files, .. } => {
+                use base64::Engine;
+                files
+                    .iter()
+                    .map(|f| {
+                        let bytes = base64::engine::general_purpose::STANDARD
+                            .decode(&f.base64)
+                            .unwrap_or_default();
+                        (f.path.clone(), String::from_utf8_lossy(&bytes).into_owned())
+                    })
+                    .collect()
+            }
+        }
+    }
+
     /// The statements of a SQL program in execution order (it was split once already when it was
     /// loaded, so this cannot fail for a loaded program).
     pub fn statements(&self) -> Result<Vec<Statement>, sql::SqlError> {

@@ -626,3 +626,12 @@ pub fn status_row(config: &Path, job_id: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("{job_id} not in {status:#}"))
         .clone()
 }
+
+/// The audit log of the agent whose state is in `work/state`.
+pub fn audit_log(work: &Path) -> Vec<flink_gitops::state::AuditEntry> {
+    flink_gitops::state::StateStore::open_read_only(&work.join("state"))
+        .unwrap()
+        .expect("no state database")
+        .audit_log()
+        .unwrap()
+}
