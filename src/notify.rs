@@ -635,18 +635,7 @@ mod tests {
             )]
             .into(),
         };
-        let plan = crate::plan::JobPlan {
-            job_id: "orders".into(),
-            action: crate::plan::Action::Upgrade,
-            reasons: vec![],
-            flink_job_id: None,
-            flink_state: None,
-            phase: "steady".into(),
-            kind: None,
-            source_diff: None,
-            warnings: vec![],
-            state_compatibility: None,
-        };
+        let plan = crate::plan::JobPlan::new("orders", crate::plan::Action::Upgrade);
         let report = ApplyReport {
             jobs: vec![JobOutcome::new(&plan, Outcome::RolledBack, "rolled back")],
             ..ApplyReport::default()

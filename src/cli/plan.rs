@@ -9,6 +9,7 @@ use crate::config::SlotBudgetMode;
 use crate::plan::slots::{ClusterSlots, SlotBudget, live_slots, refusal_of};
 use crate::plan::{Action, Observed, Plan};
 use crate::revision::ArtifactCheck;
+use crate::state::SavepointTaken;
 
 #[derive(Serialize)]
 struct TrustSummary<'a> {
@@ -88,7 +89,7 @@ pub(super) async fn run(
     if let (Some(setup), Some(plan), Ok(revision)) =
         (state_check, computed.as_mut(), snap.revision.as_ref())
     {
-        check_states(&snap, revision, plan, setup).await?;
+        tokio::task::block_in_place(|| check_states(&snap, revision, plan, setup))?;
     }
     let slots = snap
         .revision
@@ -190,40 +191,56 @@ impl PlanReport<'_> {
     }
 }
 
-/// Adds each stateful change's state compatibility to the plan (`--check-state`).
-async fn check_states(
+impl StateCheckSetup {
+    /// What every state check needs besides the plan: the local runner (or why there is none),
+    /// from `--runner` else the config's `runner.jar`, and the agent's savepoint ledger.
+    pub(super) fn prepare(
+        &self,
+        config: &crate::config::Config,
+    ) -> Result<
+        (
+            Result<crate::runner::LocalRunner, String>,
+            Vec<SavepointTaken>,
+        ),
+        Failure,
+    > {
+        let runner = crate::runner::LocalRunner::find(
+            self.runner.as_deref().or(config.runner_jar.as_deref()),
+            self.flink_home.as_deref(),
+        );
+        let savepoints = match crate::state::StateStore::open_read_only(&config.state.dir)? {
+            Some(store) => store.newest_savepoints()?,
+            None => Vec::new(),
+        };
+        Ok((runner, savepoints))
+    }
+}
+
+/// Adds each stateful change's state compatibility to the plan (`--check-state`). Blocking: one
+/// or two JVMs per stateful change.
+fn check_states(
     snap: &super::snapshot::Snapshot,
     revision: &crate::revision::VerifiedRevision,
     plan: &mut Plan,
     setup: StateCheckSetup,
 ) -> Result<(), Failure> {
     let config = &snap.config;
-    let runner = crate::runner::LocalRunner::find(
-        setup.runner.as_deref().or(config.runner_jar.as_deref()),
-        setup.flink_home.as_deref(),
+    let (runner, savepoints) = setup.prepare(config)?;
+    let source = crate::git::GitSource::open(&config.state.dir.join("repo.git"), &config.repo)?;
+    crate::compat::check_plan(
+        plan,
+        runner.as_ref().map_err(String::as_str),
+        config,
+        &crate::compat::PlanStateInputs {
+            desired: revision.desired(),
+            repo: source.repo(),
+            head: revision.head(),
+            artifacts: revision.artifacts(),
+            records: &snap.records,
+            savepoints: &savepoints,
+            // The cluster's default parallelism decides the graph of a spec without one (chaining).
+            default_parallelism: snap.default_parallelism.unwrap_or(1),
+        },
     );
-    // The cluster's default parallelism decides the graph of a spec without one (chaining).
-    let default_parallelism = snap.default_parallelism.unwrap_or(1);
-    tokio::task::block_in_place(|| -> Result<(), Failure> {
-        let savepoints = match crate::state::StateStore::open_read_only(&config.state.dir)? {
-            Some(store) => store.newest_savepoints()?,
-            None => Vec::new(),
-        };
-        let source = crate::git::GitSource::open(&config.state.dir.join("repo.git"), &config.repo)?;
-        crate::compat::check_plan(
-            plan,
-            runner.as_ref().map_err(String::as_str),
-            config,
-            &crate::compat::PlanStateInputs {
-                desired: revision.desired(),
-                repo: source.repo(),
-                head: revision.head(),
-                artifacts: revision.artifacts(),
-                records: &snap.records,
-                savepoints: &savepoints,
-                default_parallelism,
-            },
-        );
-        Ok(())
-    })
+    Ok(())
 }

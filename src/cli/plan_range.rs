@@ -278,14 +278,7 @@ fn check_states(
     setup: super::plan::StateCheckSetup,
     facts: &StateFacts<'_>,
 ) -> Result<(), Failure> {
-    let runner = crate::runner::LocalRunner::find(
-        setup.runner.as_deref().or(config.runner_jar.as_deref()),
-        setup.flink_home.as_deref(),
-    );
-    let savepoints = match crate::state::StateStore::open_read_only(&config.state.dir)? {
-        Some(store) => store.newest_savepoints()?,
-        None => Vec::new(),
-    };
+    let (runner, savepoints) = setup.prepare(config)?;
     let repo = git2::Repository::open(facts.repo).map_err(|e| {
         usage(anyhow::anyhow!(
             "{}: not a git repository: {}",

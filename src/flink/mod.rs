@@ -127,6 +127,17 @@ pub fn root_cause(body: &str) -> String {
     line
 }
 
+/// What the agent takes from the cluster's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// `parallelism.default` (1 when unset): the parallelism of a spec without one.
+    pub default_parallelism: u32,
+    /// `execution.checkpointing.dir` (or the older `state.checkpoints.dir`).
+    pub checkpoint_dir: Option<String>,
+    /// `python.executable`, when set and not empty.
+    pub python_executable: Option<String>,
+}
+
 /// A client for one Flink cluster.
 #[derive(Debug, Clone)]
 pub struct FlinkClient {
@@ -491,14 +502,28 @@ impl FlinkClient {
         self.upload_jar_as(path, &name).await
     }
 
+    /// `GET /jobmanager/config`, the settings the agent uses.
+    pub async fn settings(&self) -> Result<ClusterSettings, FlinkError> {
+        let entries = self.cluster_config().await?;
+        let value = |key: &str| {
+            entries
+                .iter()
+                .find(|e| e.key == key)
+                .map(|e| e.value.trim().to_string())
+        };
+        Ok(ClusterSettings {
+            default_parallelism: value("parallelism.default")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1),
+            checkpoint_dir: value("execution.checkpointing.dir")
+                .or_else(|| value("state.checkpoints.dir")),
+            python_executable: value("python.executable").filter(|v| !v.is_empty()),
+        })
+    }
+
     /// `GET /jobmanager/config` → `parallelism.default` (1 when unset).
     pub async fn default_parallelism(&self) -> Result<u32, FlinkError> {
-        let entries = self.cluster_config().await?;
-        Ok(entries
-            .iter()
-            .find(|e| e.key == "parallelism.default")
-            .and_then(|e| e.value.trim().parse().ok())
-            .unwrap_or(1))
+        self.settings().await.map(|s| s.default_parallelism)
     }
 
     /// `POST /jars/:jarid/run`; returns the job id.

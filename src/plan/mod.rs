@@ -96,6 +96,24 @@ pub struct JobPlan {
     pub state_compatibility: Option<compat::StateCompatibility>,
 }
 
+impl JobPlan {
+    /// `action` for `job_id`, steady, with nothing known yet about its Flink job, kind or risks.
+    pub fn new(job_id: impl Into<String>, action: Action) -> JobPlan {
+        JobPlan {
+            job_id: job_id.into(),
+            action,
+            reasons: Vec::new(),
+            flink_job_id: None,
+            flink_state: None,
+            phase: "steady".into(),
+            kind: None,
+            source_diff: None,
+            warnings: Vec::new(),
+            state_compatibility: None,
+        }
+    }
+}
+
 /// The whole plan for one revision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Plan {
@@ -208,9 +226,6 @@ pub fn plan(
         let live_instance = mine.iter().find(|j| is_alive(&j.state)).copied();
         let instance = recorded_instance.or(live_instance);
         let mut entry = JobPlan {
-            job_id: job_id.to_string(),
-            action: Action::Unchanged,
-            reasons: Vec::new(),
             flink_job_id: instance
                 .map(|j| j.jid.clone())
                 .or_else(|| record.and_then(|r| r.flink_job_id.clone())),
@@ -220,9 +235,7 @@ pub fn plan(
                 .unwrap_or("steady")
                 .to_string(),
             kind: desired.jobs.get(job_id).map(|j| j.spec.artifact.kind()),
-            source_diff: None,
-            warnings: Vec::new(),
-            state_compatibility: None,
+            ..JobPlan::new(job_id, Action::Unchanged)
         };
         let desired_job = desired.jobs.get(job_id);
         if let (Some(job), Some(record)) = (desired_job, record) {

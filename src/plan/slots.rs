@@ -480,18 +480,7 @@ mod tests {
     #[test]
     fn a_running_batch_job_counts_while_its_run_goes() {
         let plan = Plan {
-            jobs: vec![super::super::JobPlan {
-                job_id: "report".into(),
-                action: Action::Unchanged,
-                reasons: vec![],
-                flink_job_id: None,
-                flink_state: None,
-                phase: "steady".into(),
-                kind: None,
-                source_diff: None,
-                warnings: vec![],
-                state_compatibility: None,
-            }],
+            jobs: vec![super::super::JobPlan::new("report", Action::Unchanged)],
             unmanaged: vec![],
             cluster_unreachable: None,
         };

@@ -570,22 +570,13 @@ impl Agent {
     /// What a pass needs from the cluster: that it answers, its settings, and its jobs.
     async fn read_cluster(&self) -> Result<ClusterView, FlinkError> {
         let overview = self.client.overview().await?;
-        let settings = match self.client.cluster_config().await {
-            Ok(entries) => {
-                let value = |key: &str| {
-                    entries
-                        .iter()
-                        .find(|e| e.key == key)
-                        .map(|e| e.value.trim().to_string())
-                };
-                (
-                    value("parallelism.default")
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(1),
-                    value("execution.checkpointing.dir").or_else(|| value("state.checkpoints.dir")),
-                    Some(value("python.executable").filter(|v| !v.is_empty())),
-                )
-            }
+        // Unreadable settings leave the Python executable unknown (`None`), not unset.
+        let settings = match self.client.settings().await {
+            Ok(found) => (
+                found.default_parallelism,
+                found.checkpoint_dir,
+                Some(found.python_executable),
+            ),
             Err(_) => (1, None, None),
         };
         Ok(ClusterView {

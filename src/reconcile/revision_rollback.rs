@@ -110,19 +110,12 @@ impl Agent {
             }
             let runs = driven.iter().map(|job_id| {
                 let entry = JobPlan {
-                    job_id: job_id.to_string(),
-                    action: Action::Continue,
                     reasons: vec![format!(
                         "revision {revision} is rolled back: {}",
                         rollback.reason
                     )],
-                    flink_job_id: None,
-                    flink_state: None,
                     phase: "stopping".into(),
-                    kind: None,
-                    source_diff: None,
-                    warnings: Vec::new(),
-                    state_compatibility: None,
+                    ..JobPlan::new(*job_id, Action::Continue)
                 };
                 let span = info_span!("job", revision = %revision, job_id = %job_id);
                 let revision = &revision;

@@ -162,21 +162,6 @@ fn held_back(
 mod tests {
     use super::*;
 
-    fn entry(job_id: &str, action: Action) -> JobPlan {
-        JobPlan {
-            job_id: job_id.into(),
-            action,
-            reasons: vec![],
-            flink_job_id: None,
-            flink_state: None,
-            phase: "steady".into(),
-            kind: None,
-            source_diff: None,
-            warnings: vec![],
-            state_compatibility: None,
-        }
-    }
-
     #[test]
     fn a_new_step_waits_for_an_upstream_that_failed_but_drift_repair_does_not() {
         let graph = Graph::from_edges([("b", &["a"][..])]);
@@ -184,26 +169,26 @@ mod tests {
         outcomes.insert(
             "a".to_string(),
             JobOutcome::new(
-                &entry("a", Action::Upgrade),
+                &JobPlan::new("a", Action::Upgrade),
                 Outcome::RolledBack,
                 "health gate failed",
             ),
         );
-        let held = held_back(&entry("b", Action::Upgrade), &graph, &outcomes).unwrap();
+        let held = held_back(&JobPlan::new("b", Action::Upgrade), &graph, &outcomes).unwrap();
         assert_eq!(held.outcome, Outcome::Held);
         assert_eq!(
             held.message,
             "not started: it depends on a, which did not reach this revision (upgrade rolled_back: health gate failed)"
         );
-        assert!(held_back(&entry("b", Action::Create), &graph, &outcomes).is_some());
-        assert!(held_back(&entry("b", Action::Restart), &graph, &outcomes).is_none());
-        assert!(held_back(&entry("b", Action::Continue), &graph, &outcomes).is_none());
+        assert!(held_back(&JobPlan::new("b", Action::Create), &graph, &outcomes).is_some());
+        assert!(held_back(&JobPlan::new("b", Action::Restart), &graph, &outcomes).is_none());
+        assert!(held_back(&JobPlan::new("b", Action::Continue), &graph, &outcomes).is_none());
         // A job that does not depend on it is not held; nor is b once a is fine.
-        assert!(held_back(&entry("x", Action::Upgrade), &graph, &outcomes).is_none());
+        assert!(held_back(&JobPlan::new("x", Action::Upgrade), &graph, &outcomes).is_none());
         outcomes.insert(
             "a".to_string(),
-            JobOutcome::new(&entry("a", Action::Upgrade), Outcome::Ok, "upgraded"),
+            JobOutcome::new(&JobPlan::new("a", Action::Upgrade), Outcome::Ok, "upgraded"),
         );
-        assert!(held_back(&entry("b", Action::Upgrade), &graph, &outcomes).is_none());
+        assert!(held_back(&JobPlan::new("b", Action::Upgrade), &graph, &outcomes).is_none());
     }
 }
