@@ -32,6 +32,8 @@ fn main() -> ExitCode {
     // Only the service lives long enough for arenas to matter; a command uses both cores.
     if matches!(cli.command, flink_gitops::cli::Command::Run { .. }) {
         flink_gitops::util::use_one_allocator_arena();
+    } else {
+        flink_gitops::util::keep_heap_for_command();
     }
     // SAFETY: still single-threaded; the runtime and its threads start below.
     if let Err(e) = unsafe { flink_gitops::git::tune_libgit2() } {

@@ -204,6 +204,19 @@ pub fn use_one_allocator_arena() {
     }
 }
 
+/// Lets a short command's heap grow in 64 MiB steps and keep what it frees at the top. By
+/// default glibc gives the top of the heap back whenever 128 KiB are free there and asks for it
+/// again on the next allocation, each time with a system call and fresh pages: `plan` over 1,000
+/// jobs spent 3 ms of its 23 so. A command exits within seconds, which returns it all. Call
+/// before any thread starts.
+pub fn keep_heap_for_command() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: plain settings of glibc's allocator, made before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}
+
 /// Gives memory a finished pass freed back to the system. glibc returns only the top of its heap
 /// on its own; what a pass over 1,000 specs left in the middle stayed resident while idle.
 pub fn return_freed_memory() {

@@ -387,3 +387,60 @@ fn specs_taken_from_the_memo_plan_exactly_as_parsed_ones() {
         ]
     );
 }
+
+/// The memo only saves time: a memo the agent cannot read (here a value of the wrong type) makes
+/// `apply` parse every spec, as `plan` does, instead of failing the pass; the specs it parsed
+/// replace the memo.
+#[test]
+fn an_unreadable_memo_is_parsed_around() {
+    let repo = SpecRepo::new();
+    repo.write("artifacts/counter.jar", b"PK\x03\x04 fake v1")
+        .write(
+            "jobs/orders.yaml",
+            counter_spec("orders", "artifacts/counter.jar", ""),
+        );
+    repo.commit("one job");
+    let work = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = flink_gitops::testing::FakeFlink::new();
+    let address = runtime.block_on(fake.serve()).unwrap();
+    let config = write_config(work.path(), &repo, &format!("http://{address}"));
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("reconcile:\n  poll_interval: 100ms\n");
+    std::fs::write(&config, text).unwrap();
+    let config_arg = config.to_str().unwrap();
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report}");
+    let changed = rusqlite::Connection::open(work.path().join("state/state.db"))
+        .unwrap()
+        .execute("UPDATE spec_memo SET observations_json = x'ff'", [])
+        .unwrap();
+    assert_eq!(changed, 1);
+
+    repo.write(
+        "jobs/orders.yaml",
+        counter_spec(
+            "orders",
+            "artifacts/counter.jar",
+            "stream_config:\n  savepoint_trigger_interval: 60000\n",
+        ),
+    );
+    repo.commit("orders: periodic savepoints");
+    let (code, report) = apply(&config);
+    assert_eq!(code, Some(0), "{report}");
+    let after = flink_gitops_json(&["plan", "-c", config_arg, "--output", "json"], 0);
+    assert_eq!(actions(&after), [("orders".into(), "unchanged".into())]);
+    let kinds: Vec<String> = rusqlite::Connection::open(work.path().join("state/state.db"))
+        .unwrap()
+        .prepare("SELECT typeof(observations_json) FROM spec_memo")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        kinds,
+        ["text"],
+        "the parsed spec replaced the unreadable entry"
+    );
+}

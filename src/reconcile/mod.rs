@@ -785,9 +785,14 @@ impl Agent {
                 )?),
                 _ => None,
             };
-            let memo = guard.spec_memo()?;
+            // The memo only saves time: when it cannot be read, every spec is parsed, and what
+            // was parsed replaces it.
+            let memo = guard.spec_memo().unwrap_or_else(|error| {
+                warn!(%error, "the spec memo cannot be read; parsing every spec");
+                crate::spec::SpecMemo::new(Vec::new())
+            });
             drop(guard);
-            let verified = verify_revision(
+            let mut verified = verify_revision(
                 source.repo(),
                 &config,
                 &trust,
@@ -795,16 +800,18 @@ impl Agent {
                 head,
                 |commit| recording_first_seen(&lock())(commit),
                 &memo,
-            )
-            .map(Arc::new);
+            );
+            let memo_update = verified.as_mut().ok().map(VerifiedRevision::take_memo_update);
+            let verified = verified.map(Arc::new);
             let guard = lock();
             guard.check_identity()?;
             match &verified {
                 Ok(revision) => {
                     record_verified(&guard, revision)?;
                     guard.set_watermark(&head.to_string())?;
-                    let (fresh, kept) = revision.memo_update();
-                    if !fresh.is_empty() || memo.len() != kept.len() {
+                    if let Some((fresh, kept)) = &memo_update
+                        && (!fresh.is_empty() || memo.len() != kept.len())
+                    {
                         guard.keep_spec_memo(fresh, kept)?;
                     }
                     if let Some(intent) = intent {
