@@ -12,7 +12,6 @@ use std::sync::{Condvar, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use git2::{CertificateCheckStatus, FetchOptions, Oid, RemoteCallbacks, Repository};
-use tracing::warn;
 
 pub use pack_stream::{BlobCheckError, BlobReader, BlobStreamError, BlobStreams};
 pub use remote::{HostKeyError, KnownHosts, Remote, fingerprint};
@@ -446,12 +445,6 @@ fn fetch_into(mirror: &Path, config: &RepoConfig, deadline: Instant) -> Result<(
         None,
     );
     drop(options);
-    if result.is_ok() && remote.stats().received_objects() > 0 {
-        // Only a lookup gets slower without it: the fetch itself succeeded.
-        if let Err(error) = index_packs_together(&repo) {
-            warn!(error = %error.message(), "cannot index the mirror's packs together; reads search each pack");
-        }
-    }
     result.map_err(|e| {
         let reason = refusal.borrow_mut().take();
         fetch_error(match reason {
@@ -468,38 +461,6 @@ fn fetch_into(mirror: &Path, config: &RepoConfig, deadline: Instant) -> Result<(
             None => e.message().to_string(),
         })
     })
-}
-
-// Declared by libgit2 (`git2/odb.h`) but not bound by the git2 crate.
-unsafe extern "C" {
-    fn git_odb_write_multi_pack_index(odb: *mut std::ffi::c_void) -> std::ffi::c_int;
-}
-
-/// Every fetch that brings commits leaves a pack in the mirror, and libgit2 searches each pack's
-/// index in turn for every object it reads: with 14 packs, `plan` over 1,000 specs spent 2 ms more
-/// verifying and loading than with one. A multi-pack index (the file `git multi-pack-index write`
-/// makes) answers for all packs in one search. Nothing is rewritten or removed, so a reader beside
-/// the agent, or a fetch racing this one, never loses an object; the index is replaced atomically.
-fn index_packs_together(repo: &Repository) -> Result<(), git2::Error> {
-    let packs = std::fs::read_dir(repo.path().join("objects/pack"))
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter(|e| e.path().extension().is_some_and(|x| x == "idx"))
-                .count()
-        })
-        .unwrap_or(0);
-    if packs < 2 {
-        return Ok(());
-    }
-    let odb = repo.odb()?;
-    // SAFETY: `odb` is a live handle owned by `repo` for the duration of the call, and the
-    // function only reads the pack folder and writes the index file beside it.
-    let code = unsafe { git_odb_write_multi_pack_index(git2::Binding::raw(&odb).cast()) };
-    if code < 0 {
-        return Err(git2::Error::last_error(code));
-    }
-    Ok(())
 }
 
 struct Secrets {
@@ -576,79 +537,6 @@ mod tests {
         assert!(!waiting.is_finished(), "the second fetch waits");
         drop(held);
         assert_eq!(waiting.join().unwrap(), Ok(head));
-    }
-
-    fn commit_a_file(dir: &Path, name: &str) -> Oid {
-        let repo = Repository::open(dir).unwrap();
-        let signature = git2::Signature::now("t", "t@example.com").unwrap();
-        let parent = repo
-            .find_commit(repo.refname_to_id("refs/heads/main").unwrap())
-            .unwrap();
-        let mut builder = repo.treebuilder(Some(&parent.tree().unwrap())).unwrap();
-        let blob = repo.blob(name.as_bytes()).unwrap();
-        builder.insert(name, blob, 0o100644).unwrap();
-        let tree = repo.find_tree(builder.write().unwrap()).unwrap();
-        repo.commit(
-            Some("refs/heads/main"),
-            &signature,
-            &signature,
-            name,
-            &tree,
-            &[&parent],
-        )
-        .unwrap()
-    }
-
-    /// Each fetch that brings commits adds a pack; one index then answers for all of them, and
-    /// git itself reads it back as valid.
-    #[test]
-    fn fetched_packs_are_indexed_together() {
-        let dir = tempfile::tempdir().unwrap();
-        let origin = dir.path().join("origin");
-        origin_with_a_commit(&origin);
-        let source = GitSource::open(&dir.path().join("mirror.git"), &config(&origin)).unwrap();
-        source.fetch().unwrap();
-        let index = source.repo().path().join("objects/pack/multi-pack-index");
-        assert!(!index.exists(), "one pack needs no index of packs");
-        let mut heads = Vec::new();
-        for name in ["a", "b", "c"] {
-            heads.push(commit_a_file(&origin, name));
-            assert_eq!(source.fetch().unwrap(), *heads.last().unwrap());
-        }
-        let packs = std::fs::read_dir(source.repo().path().join("objects/pack"))
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .path()
-                    .extension()
-                    .is_some_and(|x| x == "pack")
-            })
-            .count();
-        assert_eq!(packs, 4);
-        assert!(index.exists(), "the packs are indexed together");
-        let verify = std::process::Command::new("git")
-            .args(["multi-pack-index", "verify"])
-            .env("GIT_DIR", source.repo().path())
-            .output()
-            .unwrap();
-        assert!(
-            verify.status.success(),
-            "{}",
-            String::from_utf8_lossy(&verify.stderr)
-        );
-        let reopened = Repository::open_bare(source.repo().path()).unwrap();
-        for head in heads {
-            let commit = reopened.find_commit(head).unwrap();
-            let name = String::from_utf8(commit.summary_bytes().unwrap().to_vec()).unwrap();
-            let entry = commit
-                .tree()
-                .unwrap()
-                .get_name(&name)
-                .unwrap()
-                .to_object(&reopened);
-            assert_eq!(entry.unwrap().as_blob().unwrap().content(), name.as_bytes());
-        }
     }
 
     #[test]
