@@ -294,6 +294,35 @@ fn output_into_a_closed_pipe_keeps_the_commands_exit_code_and_does_not_panic() {
     );
 }
 
+/// A spec repository applied once to the fake Flink, which lives as long as this does.
+struct Applied {
+    work: tempfile::TempDir,
+    config: std::path::PathBuf,
+    _fake: flink_gitops::testing::FakeFlink,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Applied {
+    fn first(repo: &SpecRepo) -> Applied {
+        let work = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let fake = flink_gitops::testing::FakeFlink::new();
+        let address = runtime.block_on(fake.serve()).unwrap();
+        let config = write_config(work.path(), repo, &format!("http://{address}"));
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str("reconcile:\n  poll_interval: 100ms\n");
+        std::fs::write(&config, text).unwrap();
+        let (code, report) = apply(&config);
+        assert_eq!(code, Some(0), "{report}");
+        Applied {
+            work,
+            config,
+            _fake: fake,
+            _runtime: runtime,
+        }
+    }
+}
+
 /// `apply` keeps every spec it loaded in the state database by blob id; `plan` takes unchanged
 /// specs from there. What it says must be what parsing every spec says, also when the change is
 /// in a file a spec names (its JAR) rather than in the spec.
@@ -315,17 +344,9 @@ fn specs_taken_from_the_memo_plan_exactly_as_parsed_ones() {
             counter_spec("fraud", "artifacts/other.jar", ""),
         );
     repo.commit("three jobs");
-    let work = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let fake = flink_gitops::testing::FakeFlink::new();
-    let address = runtime.block_on(fake.serve()).unwrap();
-    let config = write_config(work.path(), &repo, &format!("http://{address}"));
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str("reconcile:\n  poll_interval: 100ms\n");
-    std::fs::write(&config, text).unwrap();
+    let applied = Applied::first(&repo);
+    let (work, config) = (&applied.work, &applied.config);
     let config_arg = config.to_str().unwrap();
-    let (code, report) = apply(&config);
-    assert_eq!(code, Some(0), "{report}");
 
     let database = work.path().join("state/state.db");
     let memo_keys = || -> Vec<String> {
@@ -372,7 +393,7 @@ fn specs_taken_from_the_memo_plan_exactly_as_parsed_ones() {
     assert_eq!(with_memo["plan"], parsed["plan"]);
 
     // The next apply keeps this revision's specs only.
-    let (code, report) = apply(&config);
+    let (code, report) = apply(config);
     assert_eq!(code, Some(0), "{report}");
     let now = memo_keys();
     assert_eq!(now.len(), 3);
@@ -400,17 +421,9 @@ fn an_unreadable_memo_is_parsed_around() {
             counter_spec("orders", "artifacts/counter.jar", ""),
         );
     repo.commit("one job");
-    let work = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let fake = flink_gitops::testing::FakeFlink::new();
-    let address = runtime.block_on(fake.serve()).unwrap();
-    let config = write_config(work.path(), &repo, &format!("http://{address}"));
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str("reconcile:\n  poll_interval: 100ms\n");
-    std::fs::write(&config, text).unwrap();
+    let applied = Applied::first(&repo);
+    let (work, config) = (&applied.work, &applied.config);
     let config_arg = config.to_str().unwrap();
-    let (code, report) = apply(&config);
-    assert_eq!(code, Some(0), "{report}");
     let changed = rusqlite::Connection::open(work.path().join("state/state.db"))
         .unwrap()
         .execute("UPDATE spec_memo SET observations_json = x'ff'", [])
@@ -426,7 +439,7 @@ fn an_unreadable_memo_is_parsed_around() {
         ),
     );
     repo.commit("orders: periodic savepoints");
-    let (code, report) = apply(&config);
+    let (code, report) = apply(config);
     assert_eq!(code, Some(0), "{report}");
     let after = flink_gitops_json(&["plan", "-c", config_arg, "--output", "json"], 0);
     assert_eq!(actions(&after), [("orders".into(), "unchanged".into())]);
