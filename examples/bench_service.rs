@@ -190,6 +190,27 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     drop(daemon);
+
+    // The same service started again on its own state: what a restart (an upgrade, a reboot)
+    // leaves resident. Its first pass finds nothing to do; the idle time spans one more pass, after
+    // which the memory the startup's status requests freed has gone back too.
+    let head = git(&repo, &["rev-parse", "HEAD"]).trim().to_string();
+    let (restarted, port) = start("30s", "state");
+    let pid = restarted.0.id();
+    tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(120), || {
+            last_applied(port).as_deref() == Some(head.as_str())
+        })
+    });
+    tokio::time::sleep(Duration::from_secs(idle)).await;
+    println!(
+        "restarted on that state, idle {} s after its first (no-op) pass: RSS {:.1} MiB (anonymous {:.1} MiB)",
+        idle,
+        proc_rss_mib(pid, "VmRSS:"),
+        proc_rss_mib(pid, "RssAnon:")
+    );
+    drop(restarted);
+
     let (_polling, port) = start("5s", "state-poll");
     tokio::task::block_in_place(|| {
         wait_until(Duration::from_secs(120), || status_head(port).is_some())
