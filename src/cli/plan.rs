@@ -106,10 +106,7 @@ pub(super) async fn run(
                     jobs,
                     snap.default_parallelism.unwrap_or(1),
                 ),
-                Some(ClusterSlots {
-                    total: overview.slots_total,
-                    available: overview.slots_available,
-                }),
+                Some(ClusterSlots::from(overview)),
             )
         });
     let slots_refusal = computed

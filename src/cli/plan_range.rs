@@ -192,10 +192,7 @@ pub(super) async fn run(mut args: RangeArgs) -> Result<u8, Failure> {
                     records: &records,
                     cluster_jobs: jobs,
                     default_parallelism: *default_parallelism,
-                    slots: Some(ClusterSlots {
-                        total: overview.slots_total,
-                        available: overview.slots_available,
-                    }),
+                    slots: Some(ClusterSlots::from(overview)),
                 },
             );
             let reviewed = review(

@@ -101,12 +101,7 @@ pub(super) async fn snapshot(
                     let _ = memo_sender.send(Vec::new());
                     return Ok(Vec::new());
                 };
-                // The memo only saves time: when it cannot be read, every spec is parsed.
-                let memo = store.spec_memo_entries().unwrap_or_else(|error| {
-                    warn!(%error, "the spec memo cannot be read; parsing every spec");
-                    Vec::new()
-                });
-                let _ = memo_sender.send(memo);
+                let _ = memo_sender.send(store.spec_memo_entries());
                 Ok(store.jobs()?)
             });
             let source = GitSource::open(&config.state.dir.join("repo.git"), &config.repo)?;

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::{Action, Plan, flink_job_prefix, is_alive};
-use crate::flink::JobOverview;
+use crate::flink::{ClusterOverview, JobOverview};
 use crate::spec::{DesiredRunState, DesiredState, JobSpec, JobType};
 use crate::state::JobRecord;
 
@@ -100,6 +100,15 @@ pub struct ClusterSlots {
     pub total: u32,
     /// `slots-available`: free now.
     pub available: u32,
+}
+
+impl From<&ClusterOverview> for ClusterSlots {
+    fn from(overview: &ClusterOverview) -> ClusterSlots {
+        ClusterSlots {
+            total: overview.slots_total,
+            available: overview.slots_available,
+        }
+    }
 }
 
 /// The whole plan's slots against the cluster's.

@@ -581,10 +581,7 @@ impl Agent {
         };
         Ok(ClusterView {
             settings,
-            slots: crate::plan::slots::ClusterSlots {
-                total: overview.slots_total,
-                available: overview.slots_available,
-            },
+            slots: crate::plan::slots::ClusterSlots::from(&overview),
             jobs: self.client.jobs().await,
         })
     }
@@ -785,12 +782,7 @@ impl Agent {
                 )?),
                 _ => None,
             };
-            // The memo only saves time: when it cannot be read, every spec is parsed, and what
-            // was parsed replaces it.
-            let memo = guard.spec_memo().unwrap_or_else(|error| {
-                warn!(%error, "the spec memo cannot be read; parsing every spec");
-                crate::spec::SpecMemo::new(Vec::new())
-            });
+            let memo = guard.spec_memo();
             drop(guard);
             let mut verified = verify_revision(
                 source.repo(),

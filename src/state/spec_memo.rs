@@ -7,12 +7,20 @@ use crate::spec::{MemoEntry, SpecMemo};
 
 impl StateStore {
     /// Every kept spec, for this build to use where it can.
-    pub fn spec_memo(&self) -> Result<SpecMemo, StateError> {
-        self.spec_memo_entries().map(SpecMemo::new)
+    pub fn spec_memo(&self) -> SpecMemo {
+        SpecMemo::new(self.spec_memo_entries())
     }
 
-    /// Every kept spec, as stored.
-    pub fn spec_memo_entries(&self) -> Result<Vec<MemoEntry>, StateError> {
+    /// Every kept spec, as stored. The memo only saves time: when it cannot be read it is empty,
+    /// every spec is parsed, and (for the agent) what was parsed replaces it.
+    pub fn spec_memo_entries(&self) -> Vec<MemoEntry> {
+        self.read_spec_memo().unwrap_or_else(|error| {
+            tracing::warn!(%error, "the spec memo cannot be read; parsing every spec");
+            Vec::new()
+        })
+    }
+
+    fn read_spec_memo(&self) -> Result<Vec<MemoEntry>, StateError> {
         let mut statement = self
             .connection
             .prepare_cached(
