@@ -8,17 +8,7 @@ use serde_json::Value;
 use support::*;
 
 fn actions(plan: &Value) -> Vec<(String, String)> {
-    plan["plan"]["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| {
-            (
-                j["job_id"].as_str().unwrap().to_string(),
-                j["action"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+    job_actions(&plan["plan"]["jobs"])
 }
 
 fn reasons(plan: &Value, job: &str) -> Vec<String> {

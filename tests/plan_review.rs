@@ -281,17 +281,7 @@ fn json_and_text_carry_the_same_plan() {
     let (code, json) = history.plan("c0", "c6", "json");
     assert_eq!(code, Some(0), "{json}");
     let json: Value = serde_json::from_str(&json).unwrap();
-    let actions: Vec<(String, String)> = json["review"]["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| {
-            (
-                j["job_id"].as_str().unwrap().to_string(),
-                j["action"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let actions = job_actions(&json["review"]["jobs"]);
     let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
         list.iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))

@@ -12,12 +12,7 @@ use flink_gitops::state::StateStore;
 use support::*;
 
 fn savepoints_of(work: &std::path::Path, job: &str) -> Vec<(String, String, String)> {
-    let store = StateStore::open_read_only(&work.join("state"))
-        .unwrap()
-        .unwrap();
-    store
-        .audit_log()
-        .unwrap()
+    audit_log(work)
         .into_iter()
         .filter(|e| {
             e.action == "savepoint"
@@ -312,12 +307,7 @@ fn retention_disposes_old_savepoints_through_flink_and_a_revert_still_restores()
         );
         std::thread::sleep(Duration::from_secs(1));
     };
-    let store = StateStore::open_read_only(&work.path().join("state"))
-        .unwrap()
-        .unwrap();
-    let disposed: Vec<String> = store
-        .audit_log()
-        .unwrap()
+    let disposed: Vec<String> = audit_log(work.path())
         .into_iter()
         .filter(|e| e.action == "dispose" && e.phase == "outcome" && e.result.as_deref() == Some("ok"))
         .map(|e| {
@@ -327,7 +317,6 @@ fn retention_disposes_old_savepoints_through_flink_and_a_revert_still_restores()
                 .to_string()
         })
         .collect();
-    drop(store);
     assert_eq!(
         disposed.len(),
         2,

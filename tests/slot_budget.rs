@@ -74,12 +74,7 @@ impl Setup {
     }
 
     fn slot_audit(&self) -> Vec<(String, Option<String>)> {
-        let store = StateStore::open_read_only(&self.work.path().join("state"))
-            .unwrap()
-            .unwrap();
-        store
-            .audit_log()
-            .unwrap()
+        audit_log(self.work.path())
             .into_iter()
             .filter(|e| e.action == "slot-budget")
             .map(|e| (e.phase, e.result))

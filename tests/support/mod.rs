@@ -635,3 +635,17 @@ pub fn audit_log(work: &Path) -> Vec<flink_gitops::state::AuditEntry> {
         .audit_log()
         .unwrap()
 }
+
+/// `(job_id, action)` of each entry of a plan's or review's `jobs` array, in order.
+pub fn job_actions(jobs: &serde_json::Value) -> Vec<(String, String)> {
+    jobs.as_array()
+        .expect("a jobs array")
+        .iter()
+        .map(|j| {
+            (
+                j["job_id"].as_str().unwrap().to_string(),
+                j["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
