@@ -211,10 +211,11 @@ pub(super) async fn run(mut args: RangeArgs) -> Result<u8, Failure> {
                 .and_then(|plan| crate::plan::slots::refusal_of(plan, &reviewed.slots));
             let mut reviewed = reviewed;
             for entry in live_plan.iter().flat_map(|plan| &plan.jobs) {
-                if let (Some(verdict), Some(job)) = (
-                    &entry.state_compatibility,
-                    reviewed.jobs.iter_mut().find(|j| j.job_id == entry.job_id),
-                ) {
+                // Only checked jobs are looked up: a search per job would be quadratic.
+                let Some(verdict) = &entry.state_compatibility else {
+                    continue;
+                };
+                if let Some(job) = reviewed.jobs.iter_mut().find(|j| j.job_id == entry.job_id) {
                     job.set_state_compatibility(verdict.clone());
                 }
             }
