@@ -1,14 +1,12 @@
 //! The spec repository: a bare mirror in the state directory, fetched with git2, read without a work tree.
 
+mod https;
 mod pack_stream;
 mod remote;
 
-use std::cell::RefCell;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use git2::{CertificateCheckStatus, FetchOptions, Oid, RemoteCallbacks, Repository};
@@ -88,27 +86,18 @@ impl GitError {
 /// - Large trees stay cached: libgit2 caches parsed trees only up to 4 KiB, so every path lookup in a
 ///   folder of thousands of specs parsed that folder again, and `plan` grew with the square of the
 ///   specs in one folder (5,000 specs: 10.7 s, now 0.5 s).
-/// - The system's CA bundle is read on the first https fetch, not at start: libgit2 makes its one
-///   TLS context when it starts and OpenSSL then parses the whole bundle (about 20 ms and 1 MiB),
-///   which was the largest part of a no-op `apply` of a local or ssh repository.
+/// - https goes through the agent's own client (see [`https`]): libgit2 built with OpenSSL set up its
+///   TLS context in every process at start, https remote or not, about a millisecond of every
+///   command and most of OpenSSL's pages in the idle service.
 ///
 /// # Safety
 /// libgit2 keeps these settings in globals it reads without synchronization: call this before any
 /// other thread exists, as `main` does before it starts the runtime.
 pub unsafe fn tune_libgit2() -> Result<(), git2::Error> {
-    let system_bundle = std::env::var_os(CA_BUNDLE_VARIABLE);
-    // SAFETY: the caller guarantees no other thread is running (see above). OpenSSL reads the
-    // variable only while libgit2 starts (the first git2 call below); it is put back at once, so
-    // children and the HTTP clients see the environment the agent was started with.
+    // SAFETY: the caller guarantees no other thread is running (see above).
     unsafe {
-        std::env::set_var(CA_BUNDLE_VARIABLE, "/dev/null");
-        let started = git2::opts::set_mwindow_size(Limits::DEFAULT.git_pack_window_bytes);
-        match system_bundle {
-            Some(bundle) => std::env::set_var(CA_BUNDLE_VARIABLE, bundle),
-            None => std::env::remove_var(CA_BUNDLE_VARIABLE),
-        }
-        started?;
-        SYSTEM_CAS_DEFERRED.store(true, Ordering::Relaxed);
+        https::register()?;
+        git2::opts::set_mwindow_size(Limits::DEFAULT.git_pack_window_bytes)?;
         git2::opts::set_mwindow_mapped_limit(Limits::DEFAULT.git_pack_mapped_bytes)?;
         git2::opts::set_cache_object_limit(
             git2::ObjectType::Tree,
@@ -266,47 +255,6 @@ impl Drop for InFlight {
     }
 }
 
-/// OpenSSL's variable naming the CA bundle file that its default verify paths load.
-const CA_BUNDLE_VARIABLE: &str = "SSL_CERT_FILE";
-
-/// Set when libgit2 started without the system CA bundle, which the first https fetch then loads.
-static SYSTEM_CAS_DEFERRED: AtomicBool = AtomicBool::new(false);
-
-/// Hands the system CA bundle to libgit2 once, if `tune_libgit2` kept it from loading at start.
-fn load_system_cas() -> Result<(), git2::Error> {
-    static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
-    if !SYSTEM_CAS_DEFERRED.load(Ordering::Relaxed) {
-        return Ok(());
-    }
-    LOADED
-        .get_or_init(|| match openssl_probe::probe().cert_file {
-            // SAFETY: libgit2 reads the option when it opens a TLS connection; OnceLock makes every
-            // fetch wait until it is set, so no connection sees it half done.
-            Some(bundle) => unsafe { git2::opts::set_ssl_cert_file(&bundle) }
-                .map_err(|e| format!("system CA bundle {}: {}", bundle.display(), e.message())),
-            // No bundle file: OpenSSL still looks certificates up in the hashed CA directory.
-            None => Ok(()),
-        })
-        .clone()
-        .map_err(|message| git2::Error::from_str(&message))
-}
-
-/// The CA file last handed to libgit2, whose TLS settings are process-wide.
-static CA_FILE_IN_USE: Mutex<Option<PathBuf>> = Mutex::new(None);
-
-fn use_ca_file(file: &Path) -> Result<(), git2::Error> {
-    let mut in_use = CA_FILE_IN_USE
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    if in_use.as_deref() != Some(file) {
-        // SAFETY: libgit2 reads this option when it opens a TLS connection; the lock above serialises
-        // changes, and an agent has one repository, so every fetch sees the same value.
-        unsafe { git2::opts::set_ssl_cert_file(file)? };
-        *in_use = Some(file.to_path_buf());
-    }
-    Ok(())
-}
-
 fn set_network_timeouts(timeout: Duration) -> Result<(), git2::Error> {
     let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: process-wide libgit2 options, read when a connection is made; a stale value only makes
@@ -336,18 +284,6 @@ fn fetch_into(mirror: &Path, config: &RepoConfig, deadline: Instant) -> Result<(
         .find_remote("origin")
         .map_err(|e| fetch_error(e.message().to_string()))?;
     set_network_timeouts(config.fetch_timeout).map_err(|e| fetch_error(e.message().to_string()))?;
-    if Remote::parse(&config.url) == Ok(Remote::Https) {
-        load_system_cas().map_err(|e| fetch_error(e.message().to_string()))?;
-    }
-    if let Some(ca_file) = &config.ca_file {
-        use_ca_file(ca_file).map_err(|e| {
-            fetch_error(format!(
-                "repo.tls.ca_file {}: {}",
-                ca_file.display(),
-                e.message()
-            ))
-        })?;
-    }
     let known_hosts = config
         .auth
         .known_hosts_file
@@ -357,17 +293,36 @@ fn fetch_into(mirror: &Path, config: &RepoConfig, deadline: Instant) -> Result<(
         .map_err(|e| fetch_error(e.to_string()))?;
     let secrets = Secrets::load(&config.auth)?;
     // The agent's own reason for refusing, which libgit2 would otherwise reduce to a generic message.
-    let refusal: Rc<RefCell<Option<String>>> = Rc::new(RefCell::new(None));
+    let refusal: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let _https = https::during(https::HttpsFetch {
+        user: config
+            .auth
+            .username
+            .clone()
+            .or_else(|| {
+                url::Url::parse(&config.url)
+                    .ok()
+                    .map(|url| url.username().to_string())
+                    .filter(|user| !user.is_empty())
+            })
+            .unwrap_or_else(|| "git".into()),
+        token: secrets.token.clone().zip(config.auth.token_file.clone()),
+        ca_file: config.ca_file.clone(),
+        deadline,
+        refusal: Arc::clone(&refusal),
+    });
 
     let mut callbacks = RemoteCallbacks::new();
     let auth = config.auth.clone();
-    let credential_refusal = Rc::clone(&refusal);
+    let credential_refusal = Arc::clone(&refusal);
     let mut attempts = 0;
     callbacks.credentials(move |_url, username_from_url, allowed| {
         attempts += 1;
         let user = auth.username.as_deref().or(username_from_url).unwrap_or("git");
         let refuse = |reason: String| {
-            *credential_refusal.borrow_mut() = Some(reason.clone());
+            *credential_refusal
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(reason.clone());
             Err(git2::Error::from_str(&reason))
         };
         if attempts > 1 {
@@ -406,14 +361,16 @@ fn fetch_into(mirror: &Path, config: &RepoConfig, deadline: Instant) -> Result<(
         Remote::Ssh { host, port, .. } => Some((host.clone(), *port)),
         _ => None,
     };
-    let host_key_refusal = Rc::clone(&refusal);
+    let host_key_refusal = Arc::clone(&refusal);
     callbacks.certificate_check(move |certificate, _host| {
         let Some(host_key) = certificate.as_hostkey() else {
-            // X.509 for https: libgit2 checks the chain and name against the system's CAs and repo.tls.ca_file.
+            // Not an ssh host key: https certificates are checked by the agent's https client.
             return Ok(CertificateCheckStatus::CertificatePassthrough);
         };
         let refuse = |reason: String| {
-            *host_key_refusal.borrow_mut() = Some(reason.clone());
+            *host_key_refusal
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(reason.clone());
             Err(git2::Error::new(
                 git2::ErrorCode::Certificate,
                 git2::ErrorClass::Ssh,
@@ -446,18 +403,13 @@ fn fetch_into(mirror: &Path, config: &RepoConfig, deadline: Instant) -> Result<(
     );
     drop(options);
     result.map_err(|e| {
-        let reason = refusal.borrow_mut().take();
+        let reason = refusal
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         fetch_error(match reason {
             Some(reason) => reason,
             None if Instant::now() >= deadline => no_answer_in_time(config),
-            None if e.class() == git2::ErrorClass::Ssl
-                || e.code() == git2::ErrorCode::Certificate =>
-            {
-                format!(
-                    "{} (a server with a private CA needs repo.tls.ca_file)",
-                    e.message()
-                )
-            }
             None => e.message().to_string(),
         })
     })
