@@ -610,6 +610,11 @@ impl StateStore {
                 supported,
             });
         }
+        // A reader reads each page once: SQLite's default 2 MiB page cache only took fresh memory
+        // (`plan` over 1,000 jobs: peak RSS 30.1 MiB, 28.2 MiB with this).
+        connection
+            .pragma_update(None, "cache_size", -256i64)
+            .map_err(sqlite(&path, "configure"))?;
         let identity = DbIdentity::of(&path)?;
         Ok(Some(StateStore {
             connection,
