@@ -308,6 +308,40 @@ fn ssh_remote_with_strict_host_key_checking() {
     );
     assert_plans_create_orders(&good);
 
+    // OpenSSL (libssh2's) reads the system's configuration only when an ssh remote is fetched: a
+    // broken one fails that fetch, naming it, and a local repository never reads it.
+    let broken_conf = work.path().join("broken-openssl.cnf");
+    std::fs::write(&broken_conf, "openssl_conf = init\n[init\n").unwrap();
+    let with_broken_conf = |config: &Path| {
+        let _ = std::fs::remove_dir_all(config.parent().unwrap().join("state"));
+        Command::new(env!("CARGO_BIN_EXE_flink-gitops"))
+            .args(["plan", "-c", config.to_str().unwrap(), "-o", "json"])
+            .env_remove("FLINK_GITOPS_CONFIG")
+            .env("OPENSSL_CONF", &broken_conf)
+            .output()
+            .unwrap()
+    };
+    let refused = with_broken_conf(&good);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("OpenSSL configuration") && stderr.contains("broken-openssl.cnf"),
+        "{stderr}"
+    );
+    let local = config_for(
+        work.path(),
+        &repo,
+        &repo.path().display().to_string(),
+        "",
+        &flink,
+    );
+    let planned = with_broken_conf(&local);
+    assert!(
+        String::from_utf8_lossy(&planned.stdout).contains("create"),
+        "{}",
+        String::from_utf8_lossy(&planned.stderr)
+    );
+
     // Another key for the same host: the server is not the one the file vouches for.
     let other_host_key = Signer::new("other-host");
     let changed = known_hosts(

@@ -1,6 +1,7 @@
 //! The spec repository: a bare mirror in the state directory, fetched with git2, read without a work tree.
 
 mod https;
+mod openssl;
 mod pack_stream;
 mod remote;
 
@@ -86,6 +87,8 @@ impl GitError {
 /// - Large trees stay cached: libgit2 caches parsed trees only up to 4 KiB, so every path lookup in a
 ///   folder of thousands of specs parsed that folder again, and `plan` grew with the square of the
 ///   specs in one folder (5,000 specs: 10.7 s, now 0.5 s).
+/// - OpenSSL, which only ssh remotes use, reads its configuration on the first ssh fetch (see
+///   [`openssl`]).
 /// - https goes through the agent's own client (see [`https`]): libgit2 built with OpenSSL set up its
 ///   TLS context in every process at start, https remote or not, about a millisecond of every
 ///   command and most of OpenSSL's pages in the idle service.
@@ -96,6 +99,7 @@ impl GitError {
 pub unsafe fn tune_libgit2() -> Result<(), git2::Error> {
     // SAFETY: the caller guarantees no other thread is running (see above).
     unsafe {
+        openssl::start_without_configuration();
         https::register()?;
         git2::opts::set_mwindow_size(Limits::DEFAULT.git_pack_window_bytes)?;
         git2::opts::set_mwindow_mapped_limit(Limits::DEFAULT.git_pack_mapped_bytes)?;
@@ -284,6 +288,9 @@ fn fetch_into(mirror: &Path, config: &RepoConfig, deadline: Instant) -> Result<(
         .find_remote("origin")
         .map_err(|e| fetch_error(e.message().to_string()))?;
     set_network_timeouts(config.fetch_timeout).map_err(|e| fetch_error(e.message().to_string()))?;
+    if matches!(config.remote, Remote::Ssh { .. }) {
+        openssl::load_configuration().map_err(fetch_error)?;
+    }
     let known_hosts = config
         .auth
         .known_hosts_file
