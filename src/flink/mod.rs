@@ -138,6 +138,9 @@ pub struct ClusterSettings {
     pub python_executable: Option<String>,
 }
 
+/// How long a connection to Flink is kept for reuse after its last request.
+const FLINK_IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// A client for one Flink cluster.
 #[derive(Debug, Clone)]
 pub struct FlinkClient {
@@ -184,6 +187,10 @@ impl FlinkClient {
         let mut builder = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
+            // A pass opens up to `reconcile.max_concurrency` connections; kept for reqwest's default
+            // 90 s, they held their buffers through the idle minute after it (about 0.8 MiB of the
+            // idle service after a pass that created 1,000 jobs).
+            .pool_idle_timeout(FLINK_IDLE_CONNECTION_TIMEOUT)
             .user_agent(concat!("flink-gitops/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = &config.tls.ca_file {
             let certificate = reqwest::Certificate::from_pem(&read(ca)?)
