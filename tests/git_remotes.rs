@@ -163,6 +163,26 @@ fn https_remote_with_a_token_from_a_file_and_a_private_ca() {
     let good = config_for(work.path(), &repo, &url, &(auth("token") + &ca), &flink);
     assert_plans_create_orders(&good);
 
+    // A moved repository: the ref advertisement is redirected (https to https), and the negotiation
+    // goes where it was redirected, as git does (a POST to the old place would not survive the 301).
+    let moved = config_for(
+        work.path(),
+        &repo,
+        &format!("https://127.0.0.1:{port}/moved/specs.git"),
+        &(auth("token") + &ca),
+        &flink,
+    );
+    assert_plans_create_orders(&moved);
+    // A redirect to plain http would send the token in clear text: not followed.
+    let downgraded = config_for(
+        work.path(),
+        &repo,
+        &format!("https://127.0.0.1:{port}/to-http/specs.git"),
+        &(auth("token") + &ca),
+        &flink,
+    );
+    assert_fetch_refused(&downgraded, &["redirect away from https"]);
+
     let wrong_token = config_for(
         work.path(),
         &repo,

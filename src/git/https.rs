@@ -72,6 +72,9 @@ struct HttpsSubtransport {
     client: reqwest::Client,
     /// Set once the server asked for credentials, so later requests of the fetch carry them.
     send_token: Arc<Mutex<bool>>,
+    /// Where the ref advertisement was redirected to, if it was: the negotiation goes there too, as
+    /// git does (a POST is not redirected as such).
+    redirected_base: Arc<Mutex<Option<String>>>,
 }
 
 impl HttpsSubtransport {
@@ -127,6 +130,7 @@ impl HttpsSubtransport {
             runtime: Arc::new(runtime),
             client,
             send_token: Arc::new(Mutex::new(false)),
+            redirected_base: Arc::new(Mutex::new(None)),
         })
     }
 }
@@ -137,7 +141,9 @@ impl SmartSubtransport for HttpsSubtransport {
         url: &str,
         action: Service,
     ) -> Result<Box<dyn SmartSubtransportStream>, git2::Error> {
-        let base = url.trim_end_matches('/');
+        let base = lock(&self.redirected_base)
+            .clone()
+            .unwrap_or_else(|| url.trim_end_matches('/').to_string());
         let (request, expected_type) = match action {
             Service::UploadPackLs => (
                 Request::Get(format!("{base}/info/refs?service=git-upload-pack")),
@@ -156,6 +162,7 @@ impl SmartSubtransport for HttpsSubtransport {
             runtime: Arc::clone(&self.runtime),
             client: self.client.clone(),
             send_token: Arc::clone(&self.send_token),
+            redirected_base: Arc::clone(&self.redirected_base),
             request,
             expected_type,
             body: Vec::new(),
@@ -180,6 +187,7 @@ struct HttpsStream {
     runtime: Arc<tokio::runtime::Runtime>,
     client: reqwest::Client,
     send_token: Arc<Mutex<bool>>,
+    redirected_base: Arc<Mutex<Option<String>>>,
     request: Request,
     expected_type: &'static str,
     body: Vec<u8>,
@@ -255,13 +263,24 @@ impl HttpsStream {
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
-            .unwrap_or("");
+            .and_then(|value| value.split(';').next())
+            .unwrap_or("")
+            .trim();
         if content_type != self.expected_type {
             return Err(self.refuse(format!(
                 "{} does not speak git's smart HTTP protocol (content type `{content_type}`, expected `{}`)",
                 crate::util::redact_url(response.url().as_str()),
                 self.expected_type
             )));
+        }
+        if let Request::Get(asked) = &self.request
+            && response.url().as_str() != asked
+            && let Some(base) = response
+                .url()
+                .as_str()
+                .strip_suffix("/info/refs?service=git-upload-pack")
+        {
+            *lock(&self.redirected_base) = Some(base.to_string());
         }
         Ok(response)
     }

@@ -1,5 +1,8 @@
 """git's own `git http-backend` (smart HTTP) behind a TLS server that wants HTTP basic auth.
 
+`/moved/...` is redirected (301) to `/...`, as a forge does for a renamed repository, and
+`/to-http/...` to the same path over plain http.
+
 Usage: git_https_server.py ROOT CERT KEY USER TOKEN_FILE PORT_FILE
 Writes the port it listens on (127.0.0.1) to PORT_FILE once ready.
 """
@@ -45,6 +48,13 @@ class GitHandler(http.server.BaseHTTPRequestHandler):
             body = read_chunked(self.rfile)
         else:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path.startswith("/moved/"):
+            self.reply(301, [("Location", self.path[len("/moved"):])], b"")
+            return
+        if self.path.startswith("/to-http/"):
+            port = self.server.server_address[1]
+            self.reply(301, [("Location", f"http://127.0.0.1:{port}{self.path[len('/to-http'):]}")], b"")
+            return
         if self.headers.get("Authorization") != expected:
             self.reply(401, [("WWW-Authenticate", 'Basic realm="git"')], b"authentication required\n")
             return
