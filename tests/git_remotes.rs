@@ -208,8 +208,8 @@ fn https_remote_with_a_token_from_a_file_and_a_private_ca() {
         &["fetching https://127.0.0.1", "certificate"],
     );
 
-    // The system's CA bundle, which libgit2 gets only on the first https fetch (not at start):
-    // with the private CA as the system's bundle, the same config fetches.
+    // The system's CA bundle (`SSL_CERT_FILE`, read by the agent's https client): with the private
+    // CA as the system's bundle, the same config fetches.
     let _ = std::fs::remove_dir_all(work.path().join("state"));
     let with_system_ca = Command::new(env!("CARGO_BIN_EXE_flink-gitops"))
         .args(["plan", "-c", untrusted_ca.to_str().unwrap(), "-o", "json"])
