@@ -88,10 +88,8 @@ impl HttpsSubtransport {
             .enable_all()
             .build()
             .map_err(|e| refuse(format!("cannot start the https client: {e}")))?;
-        let left = fetch.deadline.saturating_duration_since(Instant::now());
         let mut builder = reqwest::Client::builder()
-            .timeout(left)
-            .connect_timeout(left)
+            .connect_timeout(fetch.deadline.saturating_duration_since(Instant::now()))
             // Git servers tell git clients by this prefix.
             .user_agent(concat!(
                 "git/2.0 (flink-gitops/",
@@ -214,7 +212,13 @@ impl HttpsStream {
             let request = match (&self.fetch.token, with_token) {
                 (Some((token, _)), true) => request.basic_auth(&self.fetch.user, Some(token)),
                 _ => request,
-            };
+            }
+            // Each request, body included, ends by the fetch's deadline.
+            .timeout(
+                self.fetch
+                    .deadline
+                    .saturating_duration_since(Instant::now()),
+            );
             let response = self
                 .runtime
                 // reqwest sets up its timeout when the request is sent: inside the runtime.
