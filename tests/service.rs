@@ -176,9 +176,14 @@ fn pushes_deploy_without_restart_webhooks_metrics_notify_and_no_secrets_in_logs(
     daemon.wait_for("status reporting it", Duration::from_secs(30), |d| {
         let (_, body) = d.get("/api/v1/status");
         let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        // The last pass's action and health for the job come from its report.
         status["jobs"].as_array().is_some_and(|jobs| {
-            jobs.iter()
-                .any(|j| j["job_id"] == job.as_str() && j["recorded_status"] == "running")
+            jobs.iter().any(|j| {
+                j["job_id"] == job.as_str()
+                    && j["recorded_status"] == "running"
+                    && j["last_action"].is_string()
+                    && j["health"].is_string()
+            })
         })
     });
 

@@ -124,6 +124,14 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
         .as_ref()
         .and_then(|a| a.active_runs_all().ok())
         .unwrap_or_default();
+    // Looked up per job: a scan of the report per job was quadratic in the number of jobs. The
+    // first outcome of a job wins, as the scan had it.
+    let outcomes: std::collections::HashMap<&str, &crate::reconcile::JobOutcome> = status
+        .last_report
+        .iter()
+        .flat_map(|report| report.jobs.iter().rev())
+        .map(|outcome| (outcome.job_id.as_str(), outcome))
+        .collect();
     let jobs: Vec<_> = statuses
         .iter()
         .map(|job| {
@@ -132,10 +140,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
                 .filter(|run| run.job_id == job.job_id)
                 .map(|run| json!({"flink_job_id": run.flink_job_id, "status": run.status, "submitted_at_ms": run.submitted_at_ms, "deadline_ms": run.deadline_ms}))
                 .collect();
-            let outcome = status
-                .last_report
-                .as_ref()
-                .and_then(|report| report.jobs.iter().find(|j| j.job_id == job.job_id));
+            let outcome = outcomes.get(job.job_id.as_str()).copied();
             let mut row = serde_json::to_value(job).unwrap_or_default();
             let pass_error = outcome.and_then(|o| {
                 o.root_cause.clone().or_else(|| {
