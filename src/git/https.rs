@@ -12,10 +12,13 @@
 use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use git2::transport::{Service, SmartSubtransport, SmartSubtransportStream, Transport};
+
+use super::{NO_CREDENTIALS, Refusal, credentials_refused};
 
 /// What one fetch's https requests need: set by the fetch on its own thread, read by the transport.
 pub(super) struct HttpsFetch {
@@ -27,8 +30,8 @@ pub(super) struct HttpsFetch {
     pub(super) ca_file: Option<PathBuf>,
     /// No request runs past this.
     pub(super) deadline: Instant,
-    /// The agent's own reason for refusing, which libgit2 would reduce to a generic message.
-    pub(super) refusal: Arc<Mutex<Option<String>>>,
+    /// Where a refusal is kept for the fetch's error.
+    pub(super) refusal: Refusal,
 }
 
 thread_local! {
@@ -71,7 +74,7 @@ struct HttpsSubtransport {
     runtime: Arc<tokio::runtime::Runtime>,
     client: reqwest::Client,
     /// Set once the server asked for credentials, so later requests of the fetch carry them.
-    send_token: Arc<Mutex<bool>>,
+    send_token: Arc<AtomicBool>,
     /// Where the ref advertisement was redirected to, if it was: the negotiation goes there too, as
     /// git does (a POST is not redirected as such).
     redirected_base: Arc<Mutex<Option<String>>>,
@@ -79,10 +82,7 @@ struct HttpsSubtransport {
 
 impl HttpsSubtransport {
     fn new(fetch: Arc<HttpsFetch>) -> Result<HttpsSubtransport, git2::Error> {
-        let refuse = |reason: String| {
-            *lock(&fetch.refusal) = Some(reason.clone());
-            git2::Error::from_str(&reason)
-        };
+        let refuse = |reason: String| git2::Error::from_str(&fetch.refusal.record(reason));
         // The fetch runs on a thread of its own, outside the agent's runtime.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -127,7 +127,7 @@ impl HttpsSubtransport {
             fetch,
             runtime: Arc::new(runtime),
             client,
-            send_token: Arc::new(Mutex::new(false)),
+            send_token: Arc::new(AtomicBool::new(false)),
             redirected_base: Arc::new(Mutex::new(None)),
         })
     }
@@ -184,7 +184,7 @@ struct HttpsStream {
     fetch: Arc<HttpsFetch>,
     runtime: Arc<tokio::runtime::Runtime>,
     client: reqwest::Client,
-    send_token: Arc<Mutex<bool>>,
+    send_token: Arc<AtomicBool>,
     redirected_base: Arc<Mutex<Option<String>>>,
     request: Request,
     expected_type: &'static str,
@@ -195,7 +195,7 @@ struct HttpsStream {
 
 impl HttpsStream {
     fn send(&mut self) -> Result<reqwest::Response, String> {
-        let mut with_token = *lock(&self.send_token);
+        let mut with_token = self.send_token.load(Ordering::Relaxed);
         loop {
             let request = match &self.request {
                 Request::Get(url) => self.client.get(url),
@@ -230,28 +230,21 @@ impl HttpsStream {
             match &self.fetch.token {
                 Some(_) if !with_token => {
                     with_token = true;
-                    *lock(&self.send_token) = true;
+                    self.send_token.store(true, Ordering::Relaxed);
                 }
                 Some((_, file)) => {
-                    return Err(self.refuse(format!(
-                        "authentication failed: the remote refused the token in {} for user `{}`",
-                        file.display(),
-                        self.fetch.user
+                    return Err(self.refuse(credentials_refused(
+                        &format!("the token in {}", file.display()),
+                        &self.fetch.user,
                     )));
                 }
-                None => {
-                    return Err(self.refuse(
-                        "the remote asks for credentials; set repo.auth.token_file (https) or repo.auth.ssh_key_file (ssh)"
-                            .into(),
-                    ));
-                }
+                None => return Err(self.refuse(NO_CREDENTIALS.into())),
             }
         }
     }
 
     fn refuse(&self, reason: String) -> String {
-        *lock(&self.fetch.refusal) = Some(reason.clone());
-        reason
+        self.fetch.refusal.record(reason)
     }
 
     fn answer(&mut self) -> Result<reqwest::Response, String> {

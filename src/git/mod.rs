@@ -259,6 +259,31 @@ impl Drop for InFlight {
     }
 }
 
+/// The agent's own reason for refusing a fetch (credentials, host key, https answer), which libgit2
+/// would otherwise reduce to a generic message. Shared by the callbacks and the https transport.
+#[derive(Clone, Default)]
+struct Refusal(Arc<Mutex<Option<String>>>);
+
+impl Refusal {
+    /// Keeps `reason` for the fetch's error and hands it back.
+    fn record(&self, reason: String) -> String {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason.clone());
+        reason
+    }
+
+    fn take(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+/// A remote that asked for credentials the config does not give.
+const NO_CREDENTIALS: &str = "the remote asks for credentials; set repo.auth.token_file (https) or repo.auth.ssh_key_file (ssh)";
+
+/// A remote that refused the credentials from `source` (`the token in FILE`, `the key in FILE`).
+fn credentials_refused(source: &str, user: &str) -> String {
+    format!("authentication failed: the remote refused {source} for user `{user}`")
+}
+
 fn set_network_timeouts(timeout: Duration) -> Result<(), git2::Error> {
     let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: process-wide libgit2 options, read when a connection is made; a stale value only makes
@@ -299,8 +324,7 @@ fn fetch_into(mirror: &Path, config: &RepoConfig, deadline: Instant) -> Result<(
         .transpose()
         .map_err(|e| fetch_error(e.to_string()))?;
     let secrets = Secrets::load(&config.auth)?;
-    // The agent's own reason for refusing, which libgit2 would otherwise reduce to a generic message.
-    let refusal: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let refusal = Refusal::default();
     let _https = https::during(https::HttpsFetch {
         user: config
             .auth
@@ -316,31 +340,29 @@ fn fetch_into(mirror: &Path, config: &RepoConfig, deadline: Instant) -> Result<(
         token: secrets.token.clone().zip(config.auth.token_file.clone()),
         ca_file: config.ca_file.clone(),
         deadline,
-        refusal: Arc::clone(&refusal),
+        refusal: refusal.clone(),
     });
 
     let mut callbacks = RemoteCallbacks::new();
     let auth = config.auth.clone();
-    let credential_refusal = Arc::clone(&refusal);
+    let credential_refusal = refusal.clone();
     let mut attempts = 0;
     callbacks.credentials(move |_url, username_from_url, allowed| {
         attempts += 1;
-        let user = auth.username.as_deref().or(username_from_url).unwrap_or("git");
-        let refuse = |reason: String| {
-            *credential_refusal
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(reason.clone());
-            Err(git2::Error::from_str(&reason))
-        };
+        let user = auth
+            .username
+            .as_deref()
+            .or(username_from_url)
+            .unwrap_or("git");
+        let refuse =
+            |reason: String| Err(git2::Error::from_str(&credential_refusal.record(reason)));
         if attempts > 1 {
             let source = match (&auth.token_file, &auth.ssh_key_file) {
                 (Some(file), _) => format!("the token in {}", file.display()),
                 (None, Some(file)) => format!("the key in {}", file.display()),
                 (None, None) => "no credentials".into(),
             };
-            return refuse(format!(
-                "authentication failed: the remote refused {source} for user `{user}`"
-            ));
+            return refuse(credentials_refused(&source, user));
         }
         if let Some(key) = auth
             .ssh_key_file
@@ -359,29 +381,23 @@ fn fetch_into(mirror: &Path, config: &RepoConfig, deadline: Instant) -> Result<(
         {
             return git2::Cred::userpass_plaintext(user, token);
         }
-        refuse(
-            "the remote asks for credentials; set repo.auth.token_file (https) or repo.auth.ssh_key_file (ssh)"
-                .into(),
-        )
+        refuse(NO_CREDENTIALS.into())
     });
     let ssh_endpoint = match &config.remote {
         Remote::Ssh { host, port, .. } => Some((host.clone(), *port)),
         _ => None,
     };
-    let host_key_refusal = Arc::clone(&refusal);
+    let host_key_refusal = refusal.clone();
     callbacks.certificate_check(move |certificate, _host| {
         let Some(host_key) = certificate.as_hostkey() else {
             // Not an ssh host key: https certificates are checked by the agent's https client.
             return Ok(CertificateCheckStatus::CertificatePassthrough);
         };
         let refuse = |reason: String| {
-            *host_key_refusal
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(reason.clone());
             Err(git2::Error::new(
                 git2::ErrorCode::Certificate,
                 git2::ErrorClass::Ssh,
-                reason,
+                host_key_refusal.record(reason),
             ))
         };
         let (Some((host, port)), Some(known_hosts)) = (&ssh_endpoint, &known_hosts) else {
@@ -410,11 +426,7 @@ fn fetch_into(mirror: &Path, config: &RepoConfig, deadline: Instant) -> Result<(
     );
     drop(options);
     result.map_err(|e| {
-        let reason = refusal
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        fetch_error(match reason {
+        fetch_error(match refusal.take() {
             Some(reason) => reason,
             None if Instant::now() >= deadline => no_answer_in_time(config),
             None => e.message().to_string(),
