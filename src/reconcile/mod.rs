@@ -38,8 +38,8 @@ use crate::flink::{FlinkClient, FlinkError, JobOverview};
 use crate::git::{GitError, GitSource};
 use crate::plan::{JobPlan, Observed, is_alive};
 use crate::revision::{
-    RevisionError, TrustMaterial, VerifiedRevision, record_verified, recording_first_seen,
-    verification_start, verify_revision,
+    FoldedRevision, RevisionError, TrustMaterial, VerifiedRevision, record_verified,
+    recording_first_seen, verification_start, verify_revision,
 };
 use crate::spec::{DesiredJob, JobType};
 use crate::state::{DbIdentity, JobRecord, StateError, StateStore};
@@ -154,8 +154,9 @@ fn generation_of(flink_job_id: &str) -> i64 {
 /// The agent: the only writer of its state directory.
 pub struct Agent {
     shutdown: tokio_util::sync::CancellationToken,
-    /// The last verified revision: an unchanged head is neither verified nor parsed again.
-    verified: Arc<Mutex<Option<Arc<VerifiedRevision>>>>,
+    /// The last verified revision, folded (see [`FoldedRevision`]): an unchanged head is neither
+    /// verified nor parsed again.
+    kept_revision: Arc<Mutex<Option<Arc<FoldedRevision>>>>,
     config: Config,
     client: FlinkClient,
     store: Arc<Mutex<StateStore>>,
@@ -240,7 +241,7 @@ impl Agent {
         Ok(Agent {
             downloads: std::sync::OnceLock::new(),
             shutdown: tokio_util::sync::CancellationToken::new(),
-            verified: Arc::new(Mutex::new(None)),
+            kept_revision: Arc::new(Mutex::new(None)),
             config,
             client,
             store: Arc::new(Mutex::new(store)),
@@ -308,13 +309,13 @@ impl Agent {
     ) -> Result<Vec<crate::plan::status::JobStatus>, StateError> {
         let (records, last_runs, savepoints) =
             self.with_store(|s| Ok((s.jobs()?, s.last_runs()?, s.newest_savepoints()?)))?;
-        let verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        let verified = self.last_verified();
         let head = verified.as_ref().map(|r| r.head().to_string());
         Ok(crate::plan::status::job_statuses(
             &crate::plan::status::StatusSources {
                 desired: head
                     .as_deref()
-                    .zip(verified.as_deref().map(VerifiedRevision::desired)),
+                    .zip(verified.as_ref().map(VerifiedRevision::desired)),
                 records: &records,
                 cluster,
                 last_runs: &last_runs,
@@ -322,6 +323,20 @@ impl Agent {
                 now: chrono::Utc::now(),
             },
         ))
+    }
+
+    /// The revision last verified, unfolded.
+    fn last_verified(&self) -> Option<VerifiedRevision> {
+        let kept = self
+            .kept_revision
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()?;
+        kept.unfold()
+            .inspect_err(
+                |error| warn!(%error, head = %kept.head(), "the kept revision cannot be unfolded"),
+            )
+            .ok()
     }
 
     /// Frees the store's page cache, for the idle time between passes.
@@ -730,18 +745,23 @@ impl Agent {
         let store = Arc::clone(&self.store);
         let trust = Arc::clone(&self.trust);
         let cache_dir = self.cache_dir.clone();
-        let verified_cache = Arc::clone(&self.verified);
+        let kept_revision = Arc::clone(&self.kept_revision);
         let accept = self.accept_rollback.clone();
         tokio::task::spawn_blocking(move || -> Result<_, AgentError> {
             let source = GitSource::open(&config.state.dir.join("repo.git"), &config.repo)?;
             let head = source.fetch()?;
-            let cached = verified_cache
+            let kept = kept_revision
                 .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .unwrap_or_else(PoisonError::into_inner)
                 .clone()
-                .filter(|revision| revision.head() == head);
-            if let Some(revision) = cached {
-                return Ok((head.to_string(), Ok(revision)));
+                .filter(|kept| kept.head() == head);
+            if let Some(kept) = kept {
+                match kept.unfold() {
+                    Ok(revision) => return Ok((head.to_string(), Ok(Arc::new(revision)))),
+                    Err(error) => {
+                        warn!(%error, %head, "the kept revision cannot be unfolded; verifying the head again");
+                    }
+                }
             }
             // The store is held only to read and record, never while commits are checked or JARs
             // cached: the HTTP API, alert delivery and `flink-gitops savepoint` use it meanwhile.
@@ -816,9 +836,11 @@ impl Agent {
                         revision,
                         &cache_dir,
                     ).map_err(AgentError::Config)?;
-                    *verified_cache
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::clone(revision));
+                    let folded = revision.fold().inspect_err(|error| {
+                        warn!(%error, %head, "the verified revision cannot be kept folded; the next pass verifies it again");
+                    });
+                    *kept_revision.lock().unwrap_or_else(PoisonError::into_inner) =
+                        folded.ok().map(Arc::new);
                 }
                 Err(error) => {
                     guard.record_revision_seen(&head.to_string())?;

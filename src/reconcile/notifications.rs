@@ -7,6 +7,8 @@ use tracing::{info, warn};
 
 use super::{Agent, ApplyReport, now_ms};
 use crate::notify;
+use crate::revision::VerifiedRevision;
+use crate::spec::DesiredState;
 use crate::state::{ConditionChange, Delivery, QueuedEvent};
 
 /// Deliveries tried per round; the rest wait for the next one.
@@ -16,9 +18,12 @@ impl Agent {
     /// Puts the report's events in the outbox, and notes the conditions it saw, each with its
     /// alert or "resolved" in the same transaction.
     pub(super) fn queue_events(&self, report: &ApplyReport) {
-        self.queue_operation_events(report);
-        self.queue_run_events(report);
-        let signals = self.with_desired(|desired| notify::signals_of(report, desired));
+        // Which alerts each job wants: the revision last verified says.
+        let revision = self.last_verified();
+        let desired = revision.as_ref().map(VerifiedRevision::desired);
+        self.queue_operation_events(report, desired);
+        self.queue_run_events(report, desired);
+        let signals = notify::signals_of(report, desired);
         // Most passes clear conditions that never held: only the known ones cost a write.
         let watched = match self.with_store(|s| s.alert_conditions()) {
             Ok(keys) => keys,
@@ -114,7 +119,7 @@ impl Agent {
     /// Queues an alert for every operation the audit log says ended well since the last call,
     /// keyed by its audit row. An operation whose process died before its alert was queued gets
     /// it from the next pass (of the next process), and none gets two.
-    fn queue_operation_events(&self, report: &ApplyReport) {
+    fn queue_operation_events(&self, report: &ApplyReport, desired: Option<&DesiredState>) {
         let finished = self.with_store(|s| {
             let cursor = s.alerts_audit_cursor()?;
             s.finished_operations_after(cursor)
@@ -126,12 +131,10 @@ impl Agent {
                 return;
             }
         };
-        let events: Vec<(String, notify::Event)> = self.with_desired(|desired| {
-            operations
-                .iter()
-                .filter_map(|operation| notify::operation_event(operation, report, desired))
-                .collect()
-        });
+        let events: Vec<(String, notify::Event)> = operations
+            .iter()
+            .filter_map(|operation| notify::operation_event(operation, report, desired))
+            .collect();
         self.queue_keyed(&events, |queued| {
             self.with_store(|s| s.queue_operation_events(queued, cursor))
         });
@@ -139,7 +142,7 @@ impl Agent {
 
     /// Queues an alert for every batch run that ended badly and was not alerted yet, however
     /// the pass that saw it end was cut short.
-    fn queue_run_events(&self, report: &ApplyReport) {
+    fn queue_run_events(&self, report: &ApplyReport, desired: Option<&DesiredState>) {
         let runs = match self.with_store(|s| s.ended_runs_not_alerted()) {
             Ok(runs) => runs,
             Err(error) => {
@@ -150,11 +153,10 @@ impl Agent {
         if runs.is_empty() {
             return;
         }
-        let events: Vec<(String, notify::Event)> = self.with_desired(|desired| {
-            runs.iter()
-                .filter_map(|run| notify::run_event(run, report, desired))
-                .collect()
-        });
+        let events: Vec<(String, notify::Event)> = runs
+            .iter()
+            .filter_map(|run| notify::run_event(run, report, desired))
+            .collect();
         let ids: Vec<i64> = runs.iter().map(|run| run.id).collect();
         self.queue_keyed(&events, |queued| {
             self.with_store(|s| s.mark_runs_alerted(queued, &ids))
@@ -200,18 +202,6 @@ impl Agent {
             }
             Err(error) => warn!(%error, "alerts could not be queued"),
         }
-    }
-
-    /// Runs `f` with the desired state of the revision last verified (which says, per job,
-    /// which alerts it wants).
-    fn with_desired<T>(&self, f: impl FnOnce(Option<&crate::spec::DesiredState>) -> T) -> T {
-        let verified = self
-            .verified
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(verified
-            .as_deref()
-            .map(crate::revision::VerifiedRevision::desired))
     }
 
     fn targets_for(&self, event: &notify::Event) -> Vec<&str> {

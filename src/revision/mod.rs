@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use git2::{Oid, Repository};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use crate::config::{ArtifactPolicy as ArtifactRule, Config};
@@ -15,6 +15,9 @@ use crate::trust::commits::{
     CommitError, Owners, Policy, RangeError, RangeReport, Start, verify_range,
 };
 use crate::trust::{AllowedSigners, AllowedSignersError};
+
+mod folded;
+pub use folded::{FoldError, FoldedRevision};
 
 /// The trust material from the config, loaded once.
 pub struct TrustMaterial {
@@ -57,7 +60,7 @@ impl TrustMaterial {
 }
 
 /// What was established about one in-repo JAR.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArtifactCheck {
     /// Repo path of the JAR.
     pub path: String,
@@ -436,6 +439,79 @@ mod tests {
         let new = commit("new", Some(old));
         let other = commit("other", Some(base));
         (dir, repo, [base, old, new, other])
+    }
+
+    /// The example repository's revision (JAR, SQL and Python jobs), with a secret fingerprint
+    /// and a JAR check as the agent adds them.
+    fn example_revision() -> VerifiedRevision {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        let copied = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("example-repo"))
+            .arg(&repo)
+            .status()
+            .unwrap();
+        assert!(copied.success());
+        // `example-repo/build.sh` builds these; the loader only asks that they exist.
+        std::fs::create_dir_all(repo.join("artifacts")).unwrap();
+        for jar in ["counter-v1.jar", "batch-report.jar"] {
+            std::fs::write(repo.join("artifacts").join(jar), b"PK\x03\x04").unwrap();
+        }
+        let tree = crate::spec::DirTree::new(&repo).unwrap();
+        let mut desired = crate::spec::load_desired(&tree, "jobs").unwrap();
+        let kinds: std::collections::BTreeSet<_> = desired
+            .jobs
+            .values()
+            .map(|job| format!("{:?}", job.spec.artifact.kind()))
+            .collect();
+        assert_eq!(kinds.len(), 3, "{kinds:?}");
+        let (first, job) = desired.jobs.iter_mut().next().unwrap();
+        job.secrets
+            .insert("db_password".into(), "hmac-sha256:0123abcd".into());
+        let artifacts = BTreeMap::from([(
+            first.clone(),
+            ArtifactCheck {
+                path: "artifacts/job.jar".into(),
+                sha256: "ab".repeat(32),
+                size: 4096,
+                signer: Some("release@example.com".into()),
+            },
+        )]);
+        let head = Oid::from_str("1111111111111111111111111111111111111111").unwrap();
+        VerifiedRevision {
+            head,
+            commits: vec![(head, "alice@example.com".into())],
+            desired,
+            artifacts,
+            memo_fresh: Vec::new(),
+            memo_kept: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_folded_revision_unfolds_to_the_verified_one() {
+        let revision = example_revision();
+        let unfolded = revision.fold().unwrap().unfold().unwrap();
+        assert_eq!(unfolded.head(), revision.head());
+        assert_eq!(unfolded.commits(), revision.commits());
+        assert_eq!(unfolded.desired(), revision.desired());
+        assert_eq!(unfolded.artifacts(), revision.artifacts());
+        // What plans compare: the canonical JSON and its hash, secrets included.
+        for (id, job) in &revision.desired().jobs {
+            let back = &unfolded.desired().jobs[id];
+            assert_eq!(back.canonical_json(), job.canonical_json(), "{id}");
+            assert_eq!(back.spec_hash(), job.spec_hash(), "{id}");
+            assert!(back.has_canonical_json(&job.canonical_json()), "{id}");
+        }
+    }
+
+    #[test]
+    fn a_jar_check_of_a_job_the_revision_lacks_is_not_folded() {
+        let mut revision = example_revision();
+        let check = revision.artifacts.values().next().unwrap().clone();
+        revision.artifacts.insert("no-such-job".into(), check);
+        assert!(matches!(revision.fold(), Err(FoldError::Unfaithful)));
     }
 
     #[test]
