@@ -124,14 +124,6 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
         .as_ref()
         .and_then(|a| a.active_runs_all().ok())
         .unwrap_or_default();
-    // Looked up per job: a scan of the report per job was quadratic in the number of jobs. The
-    // first outcome of a job wins, as the scan had it.
-    let outcomes: std::collections::HashMap<&str, &crate::reconcile::JobOutcome> = status
-        .last_report
-        .iter()
-        .flat_map(|report| report.jobs.iter().rev())
-        .map(|outcome| (outcome.job_id.as_str(), outcome))
-        .collect();
     let jobs: Vec<_> = statuses
         .iter()
         .map(|job| {
@@ -140,20 +132,17 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
                 .filter(|run| run.job_id == job.job_id)
                 .map(|run| json!({"flink_job_id": run.flink_job_id, "status": run.status, "submitted_at_ms": run.submitted_at_ms, "deadline_ms": run.deadline_ms}))
                 .collect();
-            let outcome = outcomes.get(job.job_id.as_str()).copied();
+            let pass = status
+                .last_pass
+                .as_ref()
+                .and_then(|pass| pass.job(&job.job_id));
             let mut row = serde_json::to_value(job).unwrap_or_default();
-            let pass_error = outcome.and_then(|o| {
-                o.root_cause.clone().or_else(|| {
-                    (o.outcome != crate::reconcile::Outcome::Ok
-                        && o.outcome != crate::reconcile::Outcome::Unchanged)
-                        .then(|| o.message.clone())
-                })
-            });
+            let pass_error = pass.and_then(|p| p.error).map(str::to_string);
             if let Some(fields) = row.as_object_mut() {
                 fields.insert("desired_revision".into(), json!(job.desired_commit));
                 fields.insert("applied_revision".into(), json!(job.applied_commit));
-                fields.insert("last_action".into(), json!(outcome.map(|o| o.action)));
-                fields.insert("health".into(), json!(outcome.map(|o| o.outcome)));
+                fields.insert("last_action".into(), json!(pass.map(|p| p.action)));
+                fields.insert("health".into(), json!(pass.map(|p| p.outcome)));
                 fields.insert("active_runs".into(), json!(running));
                 fields.insert("retry_at_ms".into(), json!(job.retry_at_ms));
                 fields.insert(
@@ -174,8 +163,8 @@ async fn status(State(shared): State<Arc<Shared>>) -> Response {
         "last_cluster_ok": status.last_cluster_ok,
         "flink_error": status.last_cluster_error,
         "circuit_open_until": status.circuit_open_until,
-        "refused": status.last_report.as_ref().and_then(|r| r.refused.clone()),
-        "unmanaged": status.last_report.as_ref().map(|r| r.unmanaged.clone()).unwrap_or_default(),
+        "refused": status.last_pass.as_ref().and_then(|p| p.refused.clone()),
+        "unmanaged": status.last_pass.as_ref().map(|p| p.unmanaged.clone()).unwrap_or_default(),
         "jobs": jobs,
     }))
     .into_response()

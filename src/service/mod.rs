@@ -3,6 +3,7 @@
 
 pub mod connections;
 pub mod http;
+pub mod last_pass;
 pub mod metrics;
 
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::limits::Limits;
-use crate::reconcile::{Agent, AgentError, ApplyReport, Outcome};
+use crate::reconcile::{Agent, AgentError, Outcome};
 
 /// How long a shutdown waits for the step in progress before exiting anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
@@ -67,7 +68,7 @@ pub struct ServiceStatus {
     /// Unix time until which the circuit breaker keeps the agent off the cluster.
     pub circuit_open_until: Option<f64>,
     /// The last reconcile pass.
-    pub last_report: Option<ApplyReport>,
+    pub last_pass: Option<last_pass::LastPass>,
     /// The head last applied with every job converged.
     pub last_applied: Option<String>,
 }
@@ -458,15 +459,15 @@ fn status_line(shared: &Shared) -> String {
     if let Some(error) = &status.last_cluster_error {
         return format!("Flink unreachable: {error}");
     }
-    match (&status.head, &status.last_report) {
-        (Some(head), Some(report)) => {
-            let jobs = report.jobs.len();
+    match (&status.head, &status.last_pass) {
+        (Some(head), Some(pass)) => {
+            let jobs = pass.jobs;
             let short = crate::spec::source::short_id(head);
-            match &report.refused {
+            match &pass.refused {
                 Some((kind, _)) => {
                     format!("head {short} refused ({kind}); cluster keeps the last verified state")
                 }
-                None if report.converged() => format!("applied {short}; {jobs} jobs in sync"),
+                None if pass.converged => format!("applied {short}; {jobs} jobs in sync"),
                 None => format!("head {short}: not every job converged"),
             }
         }
@@ -699,7 +700,9 @@ async fn poll_and_reconcile(
     {
         shared.metrics.head_commit_age.set(age);
     }
-    shared.update(|s| s.last_report = Some(report));
+    let last_pass = last_pass::LastPass::of(&report);
+    drop(report);
+    shared.update(|s| s.last_pass = Some(last_pass));
     // Idle until the next pass: SQLite's page cache and what the pass freed go back to the system.
     if let Err(error) = agent.release_cached_pages() {
         warn!(%error, "cannot release the state store's page cache");
@@ -718,7 +721,7 @@ fn head_commit_age(mirror: &Path, head: &str) -> Option<f64> {
 #[cfg(feature = "failpoints")]
 async fn hang_if_told(shared: &Shared) {
     if std::env::var("FLINK_GITOPS_FAILPOINT").is_ok_and(|v| v == "hang:pass")
-        && shared.status().last_report.is_some()
+        && shared.status().last_pass.is_some()
     {
         warn!("failpoint hang:pass reached: this pass never ends");
         std::future::pending::<()>().await;
