@@ -164,6 +164,14 @@ async fn main() {
         proc_rss_mib(pid, "VmHWM:"),
         proc_rss_mib(pid, "RssAnon:")
     );
+    // For profiling by hand: the idle service stays as it is measured.
+    if let Some(seconds) = std::env::var("BENCH_HOLD_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        println!("holding {seconds} s: the idle service is process {pid}");
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+    }
 
     let mut webhook = Vec::new();
     for round in 0..3 {
