@@ -154,9 +154,8 @@ fn generation_of(flink_job_id: &str) -> i64 {
 /// The agent: the only writer of its state directory.
 pub struct Agent {
     shutdown: tokio_util::sync::CancellationToken,
-    /// The last verified revision, folded (see [`FoldedRevision`]): an unchanged head is neither
-    /// verified nor parsed again.
-    kept_revision: Arc<Mutex<Option<Arc<FoldedRevision>>>>,
+    /// The last verified revision: an unchanged head is neither verified nor parsed again.
+    kept_revision: Arc<Mutex<Option<KeptRevision>>>,
     config: Config,
     client: FlinkClient,
     store: Arc<Mutex<StateStore>>,
@@ -184,6 +183,31 @@ pub struct Agent {
     /// A Python submission has the JobManager to itself (PyFlink's driver keeps process-wide
     /// state while it builds the job); others share it.
     submit_gate: tokio::sync::RwLock<()>,
+}
+
+/// The last verified revision as the agent keeps it: as verified, until the service folds it for
+/// the idle time after its pass (see [`FoldedRevision`]). A command, which runs one pass, never
+/// pays for folding.
+#[derive(Clone)]
+enum KeptRevision {
+    Verified(Arc<VerifiedRevision>),
+    Folded(Arc<FoldedRevision>),
+}
+
+impl KeptRevision {
+    fn head(&self) -> git2::Oid {
+        match self {
+            KeptRevision::Verified(revision) => revision.head(),
+            KeptRevision::Folded(folded) => folded.head(),
+        }
+    }
+
+    fn revision(&self) -> Result<Arc<VerifiedRevision>, crate::revision::FoldError> {
+        match self {
+            KeptRevision::Verified(revision) => Ok(Arc::clone(revision)),
+            KeptRevision::Folded(folded) => folded.unfold().map(Arc::new),
+        }
+    }
 }
 
 /// `apply --accept-rollback-to COMMIT`: this one pass may move the watermark to `commit` although
@@ -315,7 +339,7 @@ impl Agent {
             &crate::plan::status::StatusSources {
                 desired: head
                     .as_deref()
-                    .zip(verified.as_ref().map(VerifiedRevision::desired)),
+                    .zip(verified.as_deref().map(VerifiedRevision::desired)),
                 records: &records,
                 cluster,
                 last_runs: &last_runs,
@@ -325,18 +349,47 @@ impl Agent {
         ))
     }
 
-    /// The revision last verified, unfolded.
-    fn last_verified(&self) -> Option<VerifiedRevision> {
+    /// The revision last verified.
+    fn last_verified(&self) -> Option<Arc<VerifiedRevision>> {
         let kept = self
             .kept_revision
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()?;
-        kept.unfold()
+        kept.revision()
             .inspect_err(
                 |error| warn!(%error, head = %kept.head(), "the kept revision cannot be unfolded"),
             )
             .ok()
+    }
+
+    /// Folds the revision the last pass verified, for the time until the next pass (the service
+    /// calls it when a pass is over). One that cannot be folded is kept as it is.
+    pub fn fold_kept_revision(&self) {
+        let kept = self
+            .kept_revision
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Some(KeptRevision::Verified(revision)) = kept else {
+            return;
+        };
+        let folded = match revision.fold() {
+            Ok(folded) => folded,
+            Err(error) => {
+                warn!(%error, head = %revision.head(), "the verified revision cannot be folded; it is kept as it is");
+                return;
+            }
+        };
+        let mut kept = self
+            .kept_revision
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Unless a newer pass replaced it meanwhile.
+        if matches!(&*kept, Some(KeptRevision::Verified(current)) if Arc::ptr_eq(current, &revision))
+        {
+            *kept = Some(KeptRevision::Folded(Arc::new(folded)));
+        }
     }
 
     /// Frees the store's page cache, for the idle time between passes.
@@ -756,8 +809,8 @@ impl Agent {
                 .clone()
                 .filter(|kept| kept.head() == head);
             if let Some(kept) = kept {
-                match kept.unfold() {
-                    Ok(revision) => return Ok((head.to_string(), Ok(Arc::new(revision)))),
+                match kept.revision() {
+                    Ok(revision) => return Ok((head.to_string(), Ok(revision))),
                     Err(error) => {
                         warn!(%error, %head, "the kept revision cannot be unfolded; verifying the head again");
                     }
@@ -836,11 +889,8 @@ impl Agent {
                         revision,
                         &cache_dir,
                     ).map_err(AgentError::Config)?;
-                    let folded = revision.fold().inspect_err(|error| {
-                        warn!(%error, %head, "the verified revision cannot be kept folded; the next pass verifies it again");
-                    });
                     *kept_revision.lock().unwrap_or_else(PoisonError::into_inner) =
-                        folded.ok().map(Arc::new);
+                        Some(KeptRevision::Verified(Arc::clone(revision)));
                 }
                 Err(error) => {
                     guard.record_revision_seen(&head.to_string())?;

@@ -20,7 +20,7 @@ impl Agent {
     pub(super) fn queue_events(&self, report: &ApplyReport) {
         // Which alerts each job wants: the revision last verified says.
         let revision = self.last_verified();
-        let desired = revision.as_ref().map(VerifiedRevision::desired);
+        let desired = revision.as_deref().map(VerifiedRevision::desired);
         self.queue_operation_events(report, desired);
         self.queue_run_events(report, desired);
         let signals = notify::signals_of(report, desired);

@@ -545,6 +545,10 @@ async fn poll_and_reconcile(
         .metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
+    let folding = Arc::clone(agent);
+    if let Err(error) = tokio::task::spawn_blocking(move || folding.fold_kept_revision()).await {
+        warn!(%error, "folding the verified revision did not finish");
+    }
     if let Some(wakeup) = agent.next_batch_wakeup() {
         let until = (wakeup - chrono::Utc::now()).to_std().unwrap_or_default();
         *next_reconcile = (*next_reconcile).min(tokio::time::Instant::now() + until);
