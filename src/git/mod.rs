@@ -4,6 +4,7 @@ mod https;
 mod openssl;
 mod pack_stream;
 mod remote;
+mod repack;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -176,8 +177,9 @@ impl GitSource {
         std::thread::Builder::new()
             .name("git-fetch".into())
             .spawn(move || {
-                let _in_flight = in_flight;
-                let _ = sender.send(fetch_into(&mirror, &config, deadline));
+                // The turn comes back with the answer; after a timeout it ends with this thread.
+                let fetched = fetch_into(&mirror, &config, deadline);
+                let _ = sender.send((fetched, in_flight));
             })
             .map_err(|e| {
                 GitError::fetch(&self.config, format!("cannot start the fetch thread: {e}"))
@@ -185,7 +187,13 @@ impl GitSource {
         // A little grace beyond the deadline lets the thread report its own, more precise, error.
         let wait = self.config.fetch_timeout + Duration::from_secs(2);
         match receiver.recv_timeout(wait) {
-            Ok(result) => result?,
+            Ok((result, _in_flight)) => {
+                result?;
+                // Still in the fetch's turn, so no fetch of this process adds a pack meanwhile,
+                // and before the caller reads; outside the fetch's time, which a large fold
+                // would not fit in.
+                fold_mirror_packs(self.repo.path());
+            }
             Err(_) => {
                 return Err(GitError::fetch(
                     &self.config,
@@ -432,6 +440,24 @@ fn fetch_into(mirror: &Path, config: &RepoConfig, deadline: Instant) -> Result<(
             None => e.message().to_string(),
         })
     })
+}
+
+fn fold_mirror_packs(mirror: &Path) {
+    let folded = Repository::open_bare(mirror)
+        .map_err(|source| repack::RepackError::Git {
+            action: "open the mirror",
+            source,
+        })
+        .and_then(|repo| repack::fold_packs(&repo, repack::PACKS_BEFORE_REPACK));
+    match folded {
+        Ok(0) => {}
+        Ok(packs) => {
+            tracing::info!(packs, mirror = %mirror.display(), "the mirror's packs were folded into one")
+        }
+        Err(error) => {
+            tracing::warn!(%error, mirror = %mirror.display(), "cannot fold the mirror's packs; the next fetch tries again")
+        }
+    }
 }
 
 struct Secrets {
