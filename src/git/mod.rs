@@ -427,6 +427,8 @@ fn fetch_into(mirror: &Path, config: &RepoConfig, deadline: Instant) -> Result<(
     let mut options = FetchOptions::new();
     options.remote_callbacks(callbacks);
     options.download_tags(git2::AutotagOption::None);
+    // Nothing reads it: the branch's own ref is what the agent follows.
+    options.update_fetchhead(false);
     let result = remote.fetch(
         &[GitSource::refspec_for(&config.branch)],
         Some(&mut options),
