@@ -192,7 +192,7 @@ impl GitSource {
                 // Still in the fetch's turn, so no fetch of this process adds a pack meanwhile,
                 // and before the caller reads; outside the fetch's time, which a large fold
                 // would not fit in.
-                fold_mirror_packs(self.repo.path());
+                fold_mirror_packs(&self.repo);
             }
             Err(_) => {
                 return Err(GitError::fetch(
@@ -444,20 +444,14 @@ fn fetch_into(mirror: &Path, config: &RepoConfig, deadline: Instant) -> Result<(
     })
 }
 
-fn fold_mirror_packs(mirror: &Path) {
-    let folded = Repository::open_bare(mirror)
-        .map_err(|source| repack::RepackError::Git {
-            action: "open the mirror",
-            source,
-        })
-        .and_then(|repo| repack::fold_packs(&repo, repack::PACKS_BEFORE_REPACK));
-    match folded {
+fn fold_mirror_packs(mirror: &Repository) {
+    match repack::fold_packs(mirror, repack::PACKS_BEFORE_REPACK) {
         Ok(0) => {}
         Ok(packs) => {
-            tracing::info!(packs, mirror = %mirror.display(), "the mirror's packs were folded into one")
+            tracing::info!(packs, mirror = %mirror.path().display(), "the mirror's packs were folded into one")
         }
         Err(error) => {
-            tracing::warn!(%error, mirror = %mirror.display(), "cannot fold the mirror's packs; the next fetch tries again")
+            tracing::warn!(%error, mirror = %mirror.path().display(), "cannot fold the mirror's packs; the next fetch tries again")
         }
     }
 }
