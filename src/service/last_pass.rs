@@ -30,17 +30,16 @@ pub struct LastPass {
 struct Outcomes {
     ids: String,
     jobs: Vec<JobPass>,
-    errors: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct JobPass {
     id_start: usize,
     id_end: usize,
     action: Action,
     outcome: Outcome,
-    /// Index into `errors`.
-    error: Option<usize>,
+    /// Only jobs whose pass went wrong have one.
+    error: Option<String>,
 }
 
 /// One job's part of the last pass.
@@ -66,7 +65,6 @@ impl LastPass {
         let mut outcomes = Outcomes {
             ids: String::with_capacity(order.iter().map(|&i| report.jobs[i].job_id.len()).sum()),
             jobs: Vec::with_capacity(order.len()),
-            errors: Vec::new(),
         };
         for index in order {
             let job = &report.jobs[index];
@@ -81,10 +79,7 @@ impl LastPass {
                 id_end: outcomes.ids.len(),
                 action: job.action,
                 outcome: job.outcome,
-                error: error.map(|error| {
-                    outcomes.errors.push(error);
-                    outcomes.errors.len() - 1
-                }),
+                error,
             });
         }
         LastPass {
@@ -103,14 +98,11 @@ impl LastPass {
             .jobs
             .binary_search_by(|job| outcomes.ids[job.id_start..job.id_end].cmp(job_id))
             .ok()?;
-        let job = outcomes.jobs[found];
+        let job = &outcomes.jobs[found];
         Some(JobPassView {
             action: job.action,
             outcome: job.outcome,
-            error: job
-                .error
-                .and_then(|index| outcomes.errors.get(index))
-                .map(String::as_str),
+            error: job.error.as_deref(),
         })
     }
 }
