@@ -160,28 +160,26 @@ fn https_remote_with_a_token_from_a_file_and_a_private_ca() {
     let ca = format!("  tls:\n    ca_file: {}\n", pki.join("ca.pem").display());
     let auth = |file: &str| format!("  auth:\n    username: ci-bot\n    token_file: {file}\n");
 
-    let good = config_for(work.path(), &repo, &url, &(auth("token") + &ca), &flink);
-    assert_plans_create_orders(&good);
+    // The right token and CA, for the repository at `path` on the server.
+    let with_token_and_ca = |path: &str| {
+        config_for(
+            work.path(),
+            &repo,
+            &format!("https://127.0.0.1:{port}/{path}"),
+            &(auth("token") + &ca),
+            &flink,
+        )
+    };
+    assert_plans_create_orders(&with_token_and_ca("specs.git"));
 
     // A moved repository: the ref advertisement is redirected (https to https), and the negotiation
     // goes where it was redirected, as git does (a POST to the old place would not survive the 301).
-    let moved = config_for(
-        work.path(),
-        &repo,
-        &format!("https://127.0.0.1:{port}/moved/specs.git"),
-        &(auth("token") + &ca),
-        &flink,
-    );
-    assert_plans_create_orders(&moved);
+    assert_plans_create_orders(&with_token_and_ca("moved/specs.git"));
     // A redirect to plain http would send the token in clear text: not followed.
-    let downgraded = config_for(
-        work.path(),
-        &repo,
-        &format!("https://127.0.0.1:{port}/to-http/specs.git"),
-        &(auth("token") + &ca),
-        &flink,
+    assert_fetch_refused(
+        &with_token_and_ca("to-http/specs.git"),
+        &["redirect away from https"],
     );
-    assert_fetch_refused(&downgraded, &["redirect away from https"]);
 
     let wrong_token = config_for(
         work.path(),
