@@ -72,8 +72,9 @@ pub struct ArtifactCheck {
     pub signer: Option<String>,
 }
 
-/// A revision whose every check passed. Only [`verify_revision`] makes one, so holding one is
-/// proof that the commits, specs and JARs in it were checked.
+/// A revision whose every check passed. Only [`verify_revision`] makes one (and
+/// [`FoldedRevision::unfold`] gives back one it made), so holding one is proof that the commits,
+/// specs and JARs in it were checked.
 #[derive(Debug, Clone)]
 pub struct VerifiedRevision {
     head: Oid,
