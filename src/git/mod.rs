@@ -89,8 +89,8 @@ impl GitError {
 ///   folder of thousands of specs parsed that folder again, and `plan` grew with the square of the
 ///   specs in one folder (5,000 specs: 10.7 s, now 0.5 s).
 /// - OpenSSL, which only ssh remotes use, reads its configuration on the first ssh fetch (see
-///   [`openssl`]).
-/// - https goes through the agent's own client (see [`https`]): libgit2 built with OpenSSL set up its
+///   `git::openssl`).
+/// - https goes through the agent's own client (see `git::https`): libgit2 built with OpenSSL set up its
 ///   TLS context in every process at start, https remote or not, about a millisecond of every
 ///   command and most of OpenSSL's pages in the idle service.
 ///
