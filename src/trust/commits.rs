@@ -542,15 +542,9 @@ fn changed_files(repo: &Repository, commit: &git2::Commit<'_>) -> Result<Vec<Str
     let gitfail = |e: git2::Error| CommitError::Git(e.message().into());
     let tree = commit.tree().map_err(gitfail)?;
     let diff_against = |parent: Option<&git2::Tree<'_>>| -> Result<HashSet<String>, CommitError> {
-        let diff = repo
-            .diff_tree_to_tree(parent, Some(&tree), None)
-            .map_err(gitfail)?;
-        Ok(diff
-            .deltas()
-            .flat_map(|d| [d.old_file().path(), d.new_file().path()])
-            .flatten()
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect())
+        let mut changed = HashSet::new();
+        tree_changes(repo, parent, Some(&tree), "", &mut changed).map_err(gitfail)?;
+        Ok(changed)
     };
     let mut files: Option<HashSet<String>> = None;
     if commit.parent_count() == 0 {
@@ -566,4 +560,202 @@ fn changed_files(repo: &Repository, commit: &git2::Commit<'_>) -> Result<Vec<Str
     let mut files: Vec<String> = files.unwrap_or_default().into_iter().collect();
     files.sort();
     Ok(files)
+}
+
+/// Adds to `changed` every path below `prefix` that differs between two trees (`None`: empty),
+/// named as `git diff-tree -r` names them: files, links and submodules, never folders. A folder
+/// with the same id on both sides has the same content and is not entered, so a commit that
+/// changes one spec among thousands costs the folders on its path (libgit2's tree diff walks
+/// every entry of both trees).
+fn tree_changes(
+    repo: &Repository,
+    old: Option<&git2::Tree<'_>>,
+    new: Option<&git2::Tree<'_>>,
+    prefix: &str,
+    changed: &mut HashSet<String>,
+) -> Result<(), git2::Error> {
+    type Entry = (Oid, i32);
+    let entries = |tree: Option<&git2::Tree<'_>>| -> std::collections::BTreeMap<Vec<u8>, Entry> {
+        tree.into_iter()
+            .flat_map(|t| t.iter())
+            .map(|e| (e.name_bytes().to_vec(), (e.id(), e.filemode())))
+            .collect()
+    };
+    let (before, after) = (entries(old), entries(new));
+    let names: std::collections::BTreeSet<&Vec<u8>> = before.keys().chain(after.keys()).collect();
+    let is_folder = |entry: &Entry| entry.1 == i32::from(git2::FileMode::Tree);
+    for name in names {
+        let (was, is) = (before.get(name), after.get(name));
+        if was == is {
+            continue;
+        }
+        let path = format!("{prefix}{}", String::from_utf8_lossy(name));
+        if was.is_some_and(|e| !is_folder(e)) || is.is_some_and(|e| !is_folder(e)) {
+            changed.insert(path.clone());
+        }
+        let folder = |entry: Option<&Entry>| -> Result<Option<git2::Tree<'_>>, git2::Error> {
+            entry
+                .filter(|e| is_folder(e))
+                .map(|e| repo.find_tree(e.0))
+                .transpose()
+        };
+        let (was_folder, is_folder_now) = (folder(was)?, folder(is)?);
+        if was_folder.is_some() || is_folder_now.is_some() {
+            tree_changes(
+                repo,
+                was_folder.as_ref(),
+                is_folder_now.as_ref(),
+                &format!("{path}/"),
+                changed,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What libgit2's own tree diff names: the reference `tree_changes` must agree with.
+    fn diffed_by_libgit2(
+        repo: &Repository,
+        old: Option<&git2::Tree<'_>>,
+        new: &git2::Tree<'_>,
+    ) -> HashSet<String> {
+        let diff = repo.diff_tree_to_tree(old, Some(new), None).unwrap();
+        diff.deltas()
+            .flat_map(|d| [d.old_file().path(), d.new_file().path()])
+            .flatten()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// A file of a test tree: its path, its content and its mode.
+    type File<'a> = (&'a str, &'a str, git2::FileMode);
+    /// The same, with its path split into names.
+    type SplitFile<'a> = (Vec<&'a str>, &'a str, git2::FileMode);
+
+    /// Builds a tree from files, folders made as the paths need them.
+    fn tree(repo: &Repository, files: &[File<'_>]) -> Oid {
+        fn build(repo: &Repository, files: &[SplitFile<'_>]) -> Oid {
+            let mut builder = repo.treebuilder(None).unwrap();
+            let mut folders: std::collections::BTreeMap<&str, Vec<SplitFile<'_>>> =
+                Default::default();
+            for (parts, content, mode) in files {
+                if parts.len() == 1 {
+                    let id = match mode {
+                        git2::FileMode::Commit => {
+                            Oid::hash_object(git2::ObjectType::Commit, content.as_bytes()).unwrap()
+                        }
+                        _ => repo.blob(content.as_bytes()).unwrap(),
+                    };
+                    builder.insert(parts[0], id, i32::from(*mode)).unwrap();
+                } else {
+                    folders.entry(parts[0]).or_default().push((
+                        parts[1..].to_vec(),
+                        content,
+                        *mode,
+                    ));
+                }
+            }
+            for (name, inside) in folders {
+                let id = build(repo, &inside);
+                builder
+                    .insert(name, id, i32::from(git2::FileMode::Tree))
+                    .unwrap();
+            }
+            builder.write().unwrap()
+        }
+        let split: Vec<_> = files
+            .iter()
+            .map(|(path, content, mode)| (path.split('/').collect(), *content, *mode))
+            .collect();
+        build(repo, &split)
+    }
+
+    #[test]
+    fn tree_changes_name_what_libgit2s_diff_names() {
+        use git2::FileMode::{Blob, BlobExecutable, Commit, Link};
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        let many: Vec<String> = (0..40)
+            .map(|i| format!("jobs/team-{}/job-{i}.yaml", i % 7))
+            .collect();
+        let base: Vec<File<'_>> = many
+            .iter()
+            .map(|p| (p.as_str(), "job_id: x\n", Blob))
+            .chain([
+                ("README.md", "readme", Blob),
+                ("artifacts/a.jar", "jar", Blob),
+                ("deep/a/b/c/d.txt", "d", Blob),
+                ("run.sh", "echo", Blob),
+                ("link", "README.md", Link),
+                ("vendored", "0123456789abcdef", Commit),
+                ("thing", "a file", Blob),
+            ])
+            .collect();
+        let variant = |change: &dyn Fn(&mut Vec<File<'_>>)| {
+            let mut files = base.clone();
+            change(&mut files);
+            tree(&repo, &files)
+        };
+        let trees = [
+            variant(&|_| {}),
+            // One spec's content.
+            variant(&|f| f[7].1 = "job_id: changed\n"),
+            // A spec added in a new folder, one removed.
+            variant(&|f| {
+                f.push(("jobs/team-new/added.yaml", "new", Blob));
+                f.remove(3);
+            }),
+            // The mode alone, same content.
+            variant(&|f| {
+                let at = f.iter().position(|e| e.0 == "run.sh").unwrap();
+                f[at].2 = BlobExecutable;
+            }),
+            // A file becomes a folder and a folder a file.
+            variant(&|f| {
+                f.retain(|e| e.0 != "thing" && !e.0.starts_with("deep/"));
+                f.push(("thing/inside.txt", "now a folder", Blob));
+                f.push(("deep", "now a file", Blob));
+            }),
+            // A link retargeted, a link turned into a file with the same text, a submodule moved on.
+            variant(&|f| {
+                let at = f.iter().position(|e| e.0 == "link").unwrap();
+                f[at].2 = Blob;
+                let at = f.iter().position(|e| e.0 == "vendored").unwrap();
+                f[at].1 = "fedcba9876543210";
+            }),
+            // Everything under one folder gone.
+            variant(&|f| f.retain(|e| !e.0.starts_with("jobs/"))),
+            // Names that sort differently as folders and files (`a.b` before `a/`).
+            variant(&|f| {
+                f.push(("jobs.d", "x", Blob));
+                f.push(("jobs-x/file", "x", Blob));
+            }),
+        ];
+        for (i, old) in trees.iter().enumerate() {
+            let new_tree = repo.find_tree(*old).unwrap();
+            let mut ours = HashSet::new();
+            tree_changes(&repo, None, Some(&new_tree), "", &mut ours).unwrap();
+            assert_eq!(
+                ours,
+                diffed_by_libgit2(&repo, None, &new_tree),
+                "tree {i} against nothing"
+            );
+            for (j, new) in trees.iter().enumerate() {
+                let old_tree = repo.find_tree(*old).unwrap();
+                let new_tree = repo.find_tree(*new).unwrap();
+                let mut ours = HashSet::new();
+                tree_changes(&repo, Some(&old_tree), Some(&new_tree), "", &mut ours).unwrap();
+                assert_eq!(
+                    ours,
+                    diffed_by_libgit2(&repo, Some(&old_tree), &new_tree),
+                    "tree {i} against tree {j}"
+                );
+                assert_eq!(ours.is_empty(), i == j, "tree {i} against tree {j}");
+            }
+        }
+    }
 }
