@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::flink::{ClusterOverview, FlinkClient, JobOverview};
 use crate::git::GitSource;
 use crate::revision::{RevisionError, TrustMaterial, VerifiedRevision, verify_revision};
-use crate::spec::{SpecError, SpecMemo};
+use crate::spec::{PreparedMemo, SpecError, SpecMemo};
 use crate::state::{JobRecord, StateStore};
 use crate::trust::commits::Start;
 
@@ -98,10 +98,10 @@ pub(super) async fn snapshot(
             let state_dir = &config.state.dir;
             let stored = scope.spawn(move || -> Result<_, Failure> {
                 let Some(store) = StateStore::open_read_only(state_dir)? else {
-                    let _ = memo_sender.send(Vec::new());
+                    let _ = memo_sender.send(PreparedMemo::new([]));
                     return Ok(Vec::new());
                 };
-                let _ = memo_sender.send(store.spec_memo_entries());
+                let _ = memo_sender.send(PreparedMemo::parsed(store.spec_memo_entries()));
                 Ok(store.jobs()?)
             });
             let source = GitSource::open(&config.state.dir.join("repo.git"), &config.repo)?;
@@ -128,7 +128,11 @@ pub(super) async fn snapshot(
             };
             // Waited for when the specs load, after the commits are verified. Nothing received: the
             // reader failed before the memo, and says why when joined.
-            let memo = SpecMemo::later(move || memo_receiver.recv().unwrap_or_default());
+            let memo = SpecMemo::later(move || {
+                memo_receiver
+                    .recv()
+                    .unwrap_or_else(|_| PreparedMemo::new([]))
+            });
             let revision = verify_revision(
                 source.repo(),
                 &config,

@@ -79,7 +79,10 @@ pub fn load_desired_with(
     })?;
 
     let mut errors = Vec::new();
-    let mut jobs: BTreeMap<String, DesiredJob> = BTreeMap::new();
+    // Jobs in file order, and where each job id was first seen. The map is filled in job id order:
+    // inserted in file order, its large values were shifted about in its nodes.
+    let mut loaded: Vec<DesiredJob> = Vec::with_capacity(files.len());
+    let mut first_seen: std::collections::HashMap<String, usize> = Default::default();
     let mut fresh = Vec::new();
     let mut kept = Vec::new();
     let mut checked = std::collections::HashMap::new();
@@ -134,7 +137,7 @@ pub fn load_desired_with(
             }
         };
         kept.extend(key);
-        if let Some(first) = jobs.get(&job.spec.job_id) {
+        if let Some(first) = first_seen.get(&job.spec.job_id).map(|&at| &loaded[at]) {
             errors.push(SpecError {
                 file: file.to_string(),
                 line: 0,
@@ -147,6 +150,14 @@ pub fn load_desired_with(
             });
             continue;
         }
+        first_seen.insert(job.spec.job_id.clone(), loaded.len());
+        loaded.push(job);
+    }
+    let mut order: Vec<usize> = (0..loaded.len()).collect();
+    order.sort_unstable_by(|&a, &b| loaded[a].spec.job_id.cmp(&loaded[b].spec.job_id));
+    let mut slots: Vec<Option<DesiredJob>> = loaded.into_iter().map(Some).collect();
+    let mut jobs: BTreeMap<String, DesiredJob> = BTreeMap::new();
+    for job in order.into_iter().filter_map(|at| slots[at].take()) {
         jobs.insert(job.spec.job_id.clone(), job);
     }
     let complete = errors.is_empty();

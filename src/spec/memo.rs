@@ -48,14 +48,75 @@ pub struct MemoEntry {
     pub observations_json: String,
 }
 
-/// Where the entries come from: read already, or read on another thread and waited for only
-/// when a load first needs them (the repository is fetched and the commits verified meanwhile).
-type EntrySource = Box<dyn FnOnce() -> Vec<MemoEntry> + Send>;
+/// Where the entries come from: read already, or read (and parsed) on another thread and waited
+/// for only when a load first needs them (the repository is fetched and the commits verified
+/// meanwhile).
+type EntrySource = Box<dyn FnOnce() -> PreparedMemo + Send>;
+
+/// Memo entries by key, each given to the one load that recalls it.
+pub struct PreparedMemo(HashMap<String, Kept>);
+
+/// One entry as a load takes it: its observations are checked, then its parts are moved into
+/// the job (a thousand unchanged specs are not copied again).
+struct Kept {
+    observations_json: String,
+    artifact_content: std::cell::Cell<String>,
+    spec_json: std::cell::Cell<String>,
+    program_json: Option<String>,
+    /// The spec and program, when parsed ahead of the load ([`PreparedMemo::parsed`]).
+    parsed: std::cell::Cell<Option<(JobSpec, Option<Program>)>>,
+}
+
+impl PreparedMemo {
+    /// The entries, each parsed when a load recalls it.
+    pub fn new(entries: impl IntoIterator<Item = MemoEntry>) -> PreparedMemo {
+        PreparedMemo(
+            entries
+                .into_iter()
+                .map(|entry| {
+                    let kept = Kept {
+                        observations_json: entry.observations_json,
+                        artifact_content: entry.artifact_content.into(),
+                        spec_json: entry.spec_json.into(),
+                        program_json: entry.program_json,
+                        parsed: None.into(),
+                    };
+                    (entry.key, kept)
+                })
+                .collect(),
+        )
+    }
+
+    /// The entries with their specs parsed now: for a thread that has this to do while the one
+    /// that loads the revision still fetches and verifies it.
+    pub fn parsed(entries: impl IntoIterator<Item = MemoEntry>) -> PreparedMemo {
+        let prepared = PreparedMemo::new(entries);
+        for kept in prepared.0.values() {
+            let spec_json = kept.spec_json.take();
+            kept.parsed.set(kept.parse(&spec_json));
+            kept.spec_json.set(spec_json);
+        }
+        prepared
+    }
+}
+
+impl Kept {
+    /// The stored spec and program, or `None` when either does not read back (then the file is
+    /// parsed again).
+    fn parse(&self, spec_json: &str) -> Option<(JobSpec, Option<Program>)> {
+        let spec: JobSpec = serde_json::from_str(spec_json).ok()?;
+        let program: Option<Program> = match &self.program_json {
+            Some(json) => Some(serde_json::from_str(json).ok()?),
+            None => None,
+        };
+        Some((spec, program))
+    }
+}
 
 /// The entries a load may use, and the build they must come from.
 pub struct SpecMemo {
     generation: Option<&'static str>,
-    entries: std::cell::OnceCell<HashMap<String, MemoEntry>>,
+    entries: std::cell::OnceCell<PreparedMemo>,
     source: std::cell::Cell<Option<EntrySource>>,
 }
 
@@ -64,7 +125,7 @@ impl SpecMemo {
     pub fn none() -> SpecMemo {
         SpecMemo {
             generation: None,
-            entries: HashMap::new().into(),
+            entries: PreparedMemo(HashMap::new()).into(),
             source: None.into(),
         }
     }
@@ -73,13 +134,13 @@ impl SpecMemo {
     pub fn new(entries: impl IntoIterator<Item = MemoEntry>) -> SpecMemo {
         SpecMemo {
             generation: build_generation(),
-            entries: index(entries).into(),
+            entries: PreparedMemo::new(entries).into(),
             source: None.into(),
         }
     }
 
     /// The entries `source` gives, asked for when a load first needs them.
-    pub fn later(source: impl FnOnce() -> Vec<MemoEntry> + Send + 'static) -> SpecMemo {
+    pub fn later(source: impl FnOnce() -> PreparedMemo + Send + 'static) -> SpecMemo {
         SpecMemo {
             generation: build_generation(),
             entries: std::cell::OnceCell::new(),
@@ -87,11 +148,14 @@ impl SpecMemo {
         }
     }
 
-    fn entries(&self) -> &HashMap<String, MemoEntry> {
-        self.entries.get_or_init(|| match self.source.take() {
-            Some(source) => index(source()),
-            None => HashMap::new(),
-        })
+    fn entries(&self) -> &HashMap<String, Kept> {
+        &self
+            .entries
+            .get_or_init(|| match self.source.take() {
+                Some(source) => source(),
+                None => PreparedMemo(HashMap::new()),
+            })
+            .0
     }
 
     /// How many entries were read.
@@ -118,7 +182,8 @@ impl SpecMemo {
 
     /// The job kept under `key`, when every observation it was made from holds in `tree`.
     /// `checked` remembers, for one tree, which observation lists held: jobs that share a JAR or
-    /// a runner share the same list, which is then looked at once.
+    /// a runner share the same list, which is then looked at once. A key names one file, which a
+    /// load recalls once: the entry is moved into the job, and a second recall finds nothing.
     pub(crate) fn recall<'m>(
         &'m self,
         key: &str,
@@ -136,20 +201,19 @@ impl SpecMemo {
         if !holds_now {
             return None;
         }
-        let spec: JobSpec = serde_json::from_str(&entry.spec_json).ok()?;
-        let program: Option<Program> = match &entry.program_json {
-            Some(json) => Some(serde_json::from_str(json).ok()?),
-            None => None,
+        let spec_json = entry.spec_json.take();
+        if spec_json.is_empty() {
+            return None;
+        }
+        let (spec, program) = match entry.parsed.take() {
+            Some(parsed) => parsed,
+            None => entry.parse(&spec_json)?,
         };
         Some(
-            DesiredJob::new(spec, file.clone(), entry.artifact_content.clone(), program)
-                .with_canonical_spec(entry.spec_json.clone()),
+            DesiredJob::new(spec, file.clone(), entry.artifact_content.take(), program)
+                .with_canonical_spec(spec_json),
         )
     }
-}
-
-fn index(entries: impl IntoIterator<Item = MemoEntry>) -> HashMap<String, MemoEntry> {
-    entries.into_iter().map(|e| (e.key.clone(), e)).collect()
 }
 
 fn holds(seen: &Observation, tree: &dyn SpecTree) -> bool {
@@ -372,13 +436,9 @@ mod tests {
         git2::Oid::from_str(&git(dir, &["rev-parse", "HEAD"])).unwrap()
     }
 
-    fn stored(fresh: &[MemoEntry], also: &SpecMemo) -> SpecMemo {
-        SpecMemo::new(
-            also.entries()
-                .values()
-                .cloned()
-                .chain(fresh.iter().cloned()),
-        )
+    /// What the state database holds once a load's fresh entries are stored beside `kept`.
+    fn stored(fresh: &[MemoEntry], kept: &[MemoEntry]) -> Vec<MemoEntry> {
+        kept.iter().chain(fresh).cloned().collect()
     }
 
     #[test]
@@ -394,15 +454,29 @@ mod tests {
         assert_eq!(first.fresh.len(), 5, "every spec is new to an empty memo");
         assert_eq!(first.kept.len(), 5);
 
-        let memo = stored(&first.fresh, &SpecMemo::new([]));
-        let second = load_desired_with(&tree, "jobs", &memo).unwrap();
-        assert_eq!(second.desired, parsed);
-        assert!(second.fresh.is_empty(), "nothing changed: nothing parsed");
-        for (id, job) in &parsed.jobs {
-            let recalled = &second.desired.jobs[id];
-            assert_eq!(recalled.canonical_json(), job.canonical_json(), "{id}");
-            assert_eq!(recalled.program, job.program, "{id}");
+        let kept = stored(&first.fresh, &[]);
+        // Parsed when recalled, or ahead on another thread: the same jobs.
+        let memo = SpecMemo::new(kept.clone());
+        let ahead = kept.clone();
+        let parsed_ahead = SpecMemo::later(move || {
+            std::thread::spawn(move || PreparedMemo::parsed(ahead))
+                .join()
+                .unwrap()
+        });
+        for memo in [&memo, &parsed_ahead] {
+            let second = load_desired_with(&tree, "jobs", memo).unwrap();
+            assert_eq!(second.desired, parsed);
+            assert!(second.fresh.is_empty(), "nothing changed: nothing parsed");
+            for (id, job) in &parsed.jobs {
+                let recalled = &second.desired.jobs[id];
+                assert_eq!(recalled.canonical_json(), job.canonical_json(), "{id}");
+                assert_eq!(recalled.program, job.program, "{id}");
+            }
         }
+        // A load takes what it recalls: the same memo gives a second load nothing.
+        let again = load_desired_with(&tree, "jobs", &memo).unwrap();
+        assert_eq!(again.desired, parsed);
+        assert_eq!(again.fresh.len(), 5);
 
         // Files a spec names, not the spec itself: the SQL, a file in the Python folder, the JAR.
         write(
@@ -416,7 +490,7 @@ mod tests {
         write(dir.path(), "artifacts/a.jar", "jar v2");
         let head = commit(dir.path());
         let tree = GitTree::new(&repository, head).unwrap();
-        let third = load_desired_with(&tree, "jobs", &memo).unwrap();
+        let third = load_desired_with(&tree, "jobs", &SpecMemo::new(kept.clone())).unwrap();
         assert_eq!(third.desired, load_desired(&tree, "jobs").unwrap());
         let parsed_again: std::collections::BTreeSet<&str> = third
             .fresh
@@ -441,7 +515,7 @@ mod tests {
         );
 
         // One spec changed: only it is parsed.
-        let memo = stored(&third.fresh, &memo);
+        let kept = stored(&third.fresh, &kept);
         write(
             dir.path(),
             "jobs/a.yaml",
@@ -449,7 +523,12 @@ mod tests {
         );
         let head = commit(dir.path());
         let tree = GitTree::new(&repository, head).unwrap();
-        let fourth = load_desired_with(&tree, "jobs", &memo).unwrap();
+        let fourth = load_desired_with(
+            &tree,
+            "jobs",
+            &SpecMemo::later(move || PreparedMemo::parsed(kept)),
+        )
+        .unwrap();
         assert_eq!(fourth.desired, load_desired(&tree, "jobs").unwrap());
         assert_eq!(fourth.fresh.len(), 1);
         assert!(fourth.fresh[0].key.contains("\njobs/a.yaml\n"));
@@ -483,7 +562,15 @@ mod tests {
                 ..e.clone()
             })
             .collect();
-        let loaded = load_desired_with(&tree, "jobs", &SpecMemo::new(broken)).unwrap();
+        let loaded = load_desired_with(&tree, "jobs", &SpecMemo::new(broken.clone())).unwrap();
+        assert_eq!(loaded.desired, load_desired(&tree, "jobs").unwrap());
+        assert_eq!(loaded.fresh.len(), 5);
+        let loaded = load_desired_with(
+            &tree,
+            "jobs",
+            &SpecMemo::later(move || PreparedMemo::parsed(broken)),
+        )
+        .unwrap();
         assert_eq!(loaded.desired, load_desired(&tree, "jobs").unwrap());
         assert_eq!(loaded.fresh.len(), 5);
     }

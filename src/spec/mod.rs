@@ -15,7 +15,7 @@ pub mod yaml;
 
 pub use error::SpecError;
 pub use load::{Loaded, load_desired, load_desired_with};
-pub use memo::{MemoEntry, SpecMemo};
+pub use memo::{MemoEntry, PreparedMemo, SpecMemo};
 pub use model::{
     Artifact, BatchSpec, Concurrency, Dependency, DesiredJob, DesiredRunState, DesiredState,
     HealthPolicy, JobKind, JobSpec, JobType, Ratio, RestartStrategy, Retention, RollbackScope,
