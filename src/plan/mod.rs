@@ -347,9 +347,13 @@ pub fn plan(
             }
             (None, None) => continue,
         }
+        // The hash is asked for last: it hashes the job's whole canonical spec.
         if let (Some(job), Some(record)) = (desired_job, record)
-            && record.rejected_spec_hash.as_deref() == Some(job.spec_hash().as_str())
             && entry.action == Action::Upgrade
+            && record
+                .rejected_spec_hash
+                .as_deref()
+                .is_some_and(|rejected| rejected == job.spec_hash())
         {
             // The spec was rolled back before: the last good one keeps running (or is brought back).
             let alive = instance.is_some_and(|j| is_alive(&j.state));

@@ -390,9 +390,8 @@ impl DesiredJob {
         if !self.secrets.is_empty() {
             return json == self.canonical_json();
         }
-        let artifact_content = serde_json::Value::from(self.artifact_content.as_str()).to_string();
         json.strip_prefix("{\"artifact_content\":")
-            .and_then(|rest| rest.strip_prefix(artifact_content.as_str()))
+            .and_then(|rest| strip_json_string(rest, &self.artifact_content))
             .and_then(|rest| rest.strip_prefix(",\"spec\":"))
             .and_then(|rest| rest.strip_suffix('}'))
             .is_some_and(|spec| spec == self.canonical_spec())
@@ -550,5 +549,75 @@ mod optional_duration_text {
         <Option<String> as serde::Deserialize>::deserialize(deserializer)?
             .map(|text| crate::util::parse_duration(&text).map_err(serde::de::Error::custom))
             .transpose()
+    }
+}
+
+/// `text` without its leading JSON string literal of `value` (as serde_json writes it), or `None`
+/// when it does not start with one. Every plan asks this of every job: nothing is allocated.
+fn strip_json_string<'t>(text: &'t str, value: &str) -> Option<&'t str> {
+    struct Matching<'t> {
+        rest: &'t [u8],
+    }
+    impl std::io::Write for Matching<'_> {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            match self.rest.strip_prefix(bytes) {
+                Some(rest) => {
+                    self.rest = rest;
+                    Ok(bytes.len())
+                }
+                None => Err(std::io::ErrorKind::InvalidData.into()),
+            }
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut matching = Matching {
+        rest: text.as_bytes(),
+    };
+    serde_json::to_writer(&mut matching, value).ok()?;
+    text.get(text.len() - matching.rest.len()..)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_json_string;
+
+    #[test]
+    fn a_json_string_is_stripped_only_when_it_is_the_whole_literal() {
+        for value in [
+            "git-blob:af08443063503c3591f8a9d94bbe7d4b7207afba",
+            "",
+            "quote \" backslash \\ tab \t newline \n bell \u{7} é ☃ 𝄞",
+            "sources-sha256:00;runner=git-blob:11",
+        ] {
+            let literal = serde_json::to_string(value).unwrap();
+            let text = format!("{literal},\"spec\":{{}}}}");
+            assert_eq!(
+                strip_json_string(&text, value),
+                Some(",\"spec\":{}}"),
+                "{value:?}"
+            );
+            assert_eq!(strip_json_string(&literal, value), Some(""), "{value:?}");
+            // Longer or shorter strings, and the literal cut short, are not it.
+            assert_eq!(
+                strip_json_string(&text, &format!("{value}x")),
+                None,
+                "{value:?}"
+            );
+            if let Some(shorter) = value
+                .get(..value.len().saturating_sub(1))
+                .filter(|s| *s != value)
+            {
+                assert_eq!(strip_json_string(&text, shorter), None, "{value:?}");
+            }
+            assert_eq!(
+                strip_json_string(&literal[..literal.len() - 1], value),
+                None
+            );
+        }
+        // The same characters written another way (`\u0041` for `A`) are another text: canonical
+        // JSON is compared as serde_json writes it.
+        assert_eq!(strip_json_string("\"\\u0041\"", "A"), None);
     }
 }
