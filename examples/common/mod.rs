@@ -91,27 +91,44 @@ pub fn signed_repo(dir: &Path, jobs: usize) -> PathBuf {
     repo
 }
 
-/// Runs the agent under `/usr/bin/time`; returns (exit code, seconds, peak RSS MiB).
+/// Runs the agent; returns (exit code, seconds, peak RSS MiB). The time is the agent's own, from
+/// its start to its exit: the peak RSS comes from `wait4`, so no `/usr/bin/time` is started and
+/// timed with it (that added about 0.8 ms to each figure).
 pub fn timed_agent(binary: &Path, args: &[&str]) -> (i32, f64, f64) {
+    use std::io::Read;
     let started = Instant::now();
-    let output = Command::new("/usr/bin/time")
-        .args(["-f", "%M"])
-        .arg(binary)
+    // Reaped by `wait4` below, which also gives its peak RSS.
+    #[allow(clippy::zombie_processes)]
+    let mut child = Command::new(binary)
         .args(args)
-        .output()
-        .expect("/usr/bin/time");
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the agent");
+    // Read while it runs: a plan over 1,000 jobs writes more than a pipe holds.
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = pipe.read_to_end(&mut sink);
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: the child is ours and not yet waited for; both pointers are valid.
+    let waited = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
     let seconds = started.elapsed().as_secs_f64();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let rss_kib: f64 = stderr
-        .lines()
-        .last()
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or(0.0);
-    (
-        output.status.code().unwrap_or(-1),
-        seconds,
-        rss_kib / 1024.0,
-    )
+    assert_eq!(waited, child.id() as libc::pid_t, "wait4");
+    out.join().unwrap();
+    err.join().unwrap();
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    (code, seconds, usage.ru_maxrss as f64 / 1024.0)
 }
 
 /// Writes `dir/config.yaml` for an agent on `repo` and the fake Flink at `address`, plus `extra` lines.
