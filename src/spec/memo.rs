@@ -90,27 +90,24 @@ impl PreparedMemo {
     /// The entries with their specs parsed now: for a thread that has this to do while the one
     /// that loads the revision still fetches and verifies it.
     pub fn parsed(entries: impl IntoIterator<Item = MemoEntry>) -> PreparedMemo {
-        let prepared = PreparedMemo::new(entries);
-        for kept in prepared.0.values() {
-            let spec_json = kept.spec_json.take();
-            kept.parsed.set(kept.parse(&spec_json));
-            kept.spec_json.set(spec_json);
+        let mut prepared = PreparedMemo::new(entries);
+        for kept in prepared.0.values_mut() {
+            *kept.parsed.get_mut() =
+                parse_entry(kept.spec_json.get_mut(), kept.program_json.as_deref());
         }
         prepared
     }
 }
 
-impl Kept {
-    /// The stored spec and program, or `None` when either does not read back (then the file is
-    /// parsed again).
-    fn parse(&self, spec_json: &str) -> Option<(JobSpec, Option<Program>)> {
-        let spec: JobSpec = serde_json::from_str(spec_json).ok()?;
-        let program: Option<Program> = match &self.program_json {
-            Some(json) => Some(serde_json::from_str(json).ok()?),
-            None => None,
-        };
-        Some((spec, program))
-    }
+/// A stored spec and program, or `None` when either does not read back (then the file is parsed
+/// again).
+fn parse_entry(spec_json: &str, program_json: Option<&str>) -> Option<(JobSpec, Option<Program>)> {
+    let spec: JobSpec = serde_json::from_str(spec_json).ok()?;
+    let program: Option<Program> = match program_json {
+        Some(json) => Some(serde_json::from_str(json).ok()?),
+        None => None,
+    };
+    Some((spec, program))
 }
 
 /// The entries a load may use, and the build they must come from.
@@ -207,7 +204,7 @@ impl SpecMemo {
         }
         let (spec, program) = match entry.parsed.take() {
             Some(parsed) => parsed,
-            None => entry.parse(&spec_json)?,
+            None => parse_entry(&spec_json, entry.program_json.as_deref())?,
         };
         Some(
             DesiredJob::new(spec, file.clone(), entry.artifact_content.take(), program)
