@@ -21,10 +21,15 @@ pub fn write_stdout(args: std::fmt::Arguments<'_>) {
         return;
     }
     if let Err(error) = std::io::stdout().lock().write_fmt(args) {
-        STDOUT_CLOSED.store(true, Ordering::Relaxed);
-        if error.kind() != std::io::ErrorKind::BrokenPipe {
-            eprintln!("error: cannot write the output: {error}");
-        }
+        stdout_failed(&error);
+    }
+}
+
+/// Stops the output after a failed write; says why unless its reader just went away.
+fn stdout_failed(error: &std::io::Error) {
+    STDOUT_CLOSED.store(true, Ordering::Relaxed);
+    if error.kind() != std::io::ErrorKind::BrokenPipe {
+        eprintln!("error: cannot write the output: {error}");
     }
 }
 
@@ -47,10 +52,7 @@ pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
         {
             return Err(error.into());
         }
-        STDOUT_CLOSED.store(true, Ordering::Relaxed);
-        if error.kind() != std::io::ErrorKind::BrokenPipe {
-            eprintln!("error: cannot write the output: {error}");
-        }
+        stdout_failed(&error);
     }
     Ok(())
 }
