@@ -583,8 +583,13 @@ impl StateStore {
         if !path.exists() {
             return Ok(None);
         }
-        let connection = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(sqlite(&path, "open read-only"))?;
+        // One thread uses a connection at a time (`Connection` is not `Sync`), so SQLite need not
+        // lock it for every call, as rusqlite's own default flags say too.
+        let connection = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sqlite(&path, "open read-only"))?;
         connection
             .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sqlite(&path, "configure"))?;
@@ -632,8 +637,11 @@ impl StateStore {
         };
         let path = reader.path.clone();
         drop(reader);
-        let connection = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)
-            .map_err(sqlite(&path, "open for a request"))?;
+        let connection = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sqlite(&path, "open for a request"))?;
         connection
             .busy_timeout(std::time::Duration::from_secs(10))
             .map_err(sqlite(&path, "configure"))?;
