@@ -79,13 +79,12 @@ pub fn load_desired_with(
     })?;
 
     let mut errors = Vec::new();
-    // Jobs in file order, and where each job id was first seen. The map is filled in job id order:
-    // inserted in file order, its large values were shifted about in its nodes.
+    // Jobs in file order, and where each job id was first seen.
     let mut loaded: Vec<DesiredJob> = Vec::with_capacity(files.len());
-    let mut first_seen: std::collections::HashMap<String, usize> = Default::default();
+    let mut first_seen: foldhash::HashMap<String, usize> = Default::default();
     let mut fresh = Vec::new();
     let mut kept = Vec::new();
-    let mut checked = std::collections::HashMap::new();
+    let mut checked = foldhash::HashMap::default();
     // Every spec file is named first: a memo read elsewhere is waited for only after that.
     let mut specs = Vec::new();
     for (path, kind) in files.iter().filter(|(p, _)| is_spec_file(p)) {
@@ -153,13 +152,15 @@ pub fn load_desired_with(
         first_seen.insert(job.spec.job_id.clone(), loaded.len());
         loaded.push(job);
     }
-    let mut order: Vec<usize> = (0..loaded.len()).collect();
-    order.sort_unstable_by(|&a, &b| loaded[a].spec.job_id.cmp(&loaded[b].spec.job_id));
+    // Built in one pass from job id order: inserted one by one, each key was searched for from
+    // the root, and the large values were moved again whenever a node split.
+    let mut ids: Vec<(String, usize)> = first_seen.into_iter().collect();
+    ids.sort_unstable();
     let mut slots: Vec<Option<DesiredJob>> = loaded.into_iter().map(Some).collect();
-    let mut jobs: BTreeMap<String, DesiredJob> = BTreeMap::new();
-    for job in order.into_iter().filter_map(|at| slots[at].take()) {
-        jobs.insert(job.spec.job_id.clone(), job);
-    }
+    let jobs: BTreeMap<String, DesiredJob> = ids
+        .into_iter()
+        .filter_map(|(job_id, at)| slots[at].take().map(|job| (job_id, job)))
+        .collect();
     let complete = errors.is_empty();
     errors.extend(super::dependencies::check_graph(&jobs, complete));
     if errors.is_empty() {

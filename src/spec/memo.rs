@@ -7,7 +7,7 @@
 //! again in the new tree, so a hit gives exactly what loading would have given. An entry is also
 //! tied to the build of the agent that made it, since another build may validate differently.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
@@ -122,7 +122,7 @@ impl SpecMemo {
     pub fn none() -> SpecMemo {
         SpecMemo {
             generation: None,
-            entries: PreparedMemo(HashMap::new()).into(),
+            entries: PreparedMemo(HashMap::default()).into(),
             source: None.into(),
         }
     }
@@ -150,7 +150,7 @@ impl SpecMemo {
             .entries
             .get_or_init(|| match self.source.take() {
                 Some(source) => source(),
-                None => PreparedMemo(HashMap::new()),
+                None => PreparedMemo(HashMap::default()),
             })
             .0
     }

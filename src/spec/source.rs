@@ -213,16 +213,17 @@ impl SpecTree for GitTree<'_> {
         subtree
             .walk(git2::TreeWalkMode::PreOrder, |parent, entry| {
                 let is_dir = entry.kind() == Some(git2::ObjectType::Tree);
-                let lossy = String::from_utf8_lossy(entry.name_bytes()).into_owned();
                 let named = match entry.name() {
                     Ok(name) => dir
                         .join(&format!("{parent}{name}"))
                         .map_err(|reason| format!("the name is not a usable path ({reason})")),
                     Err(_) => Err("the name is not UTF-8".to_string()),
                 };
+                let lossy = || String::from_utf8_lossy(entry.name_bytes());
                 let full = match named {
                     Ok(path) => path,
-                    Err(reason) if unnamed_entry_matters(&lossy, is_dir) => {
+                    Err(reason) if unnamed_entry_matters(&lossy(), is_dir) => {
+                        let lossy = lossy();
                         failure = Some(TreeError::BadName {
                             path: format!("{}/{parent}{lossy}", dir.as_str().trim_end_matches('/')),
                             reason,
