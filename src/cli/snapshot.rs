@@ -61,6 +61,8 @@ pub(super) struct Snapshot {
     pub(super) head: String,
     pub(super) watermark: Option<String>,
     pub(super) revision: Result<VerifiedRevision, Refusal>,
+    /// Without the recorded deployment, except where a plan reads it
+    /// ([`crate::plan::plan_reads_deployment`]).
     pub(super) records: Vec<JobRecord>,
     pub(super) cluster: Result<(ClusterOverview, Vec<JobOverview>), String>,
     /// The cluster's `parallelism.default` (the slots of a job without `parallelism`).
@@ -102,7 +104,7 @@ pub(super) async fn snapshot(
                     return Ok(Vec::new());
                 };
                 let _ = memo_sender.send(PreparedMemo::parsed(store.spec_memo_entries()));
-                Ok(store.jobs()?)
+                Ok(store.jobs_without_deployments()?)
             });
             let source = GitSource::open(&config.state.dir.join("repo.git"), &config.repo)?;
             let head = match (fetch, source.head()?) {
@@ -143,9 +145,15 @@ pub(super) async fn snapshot(
                 &memo,
             )
             .map_err(Refusal::from);
-            let records = stored
+            let mut records = stored
                 .join()
                 .map_err(|_| anyhow::anyhow!("reading the state database panicked"))??;
+            if let Some(store) = &store {
+                let desired = revision.as_ref().ok().map(VerifiedRevision::desired);
+                store.fill_deployments(&mut records, |record| {
+                    crate::plan::plan_reads_deployment(record, desired)
+                })?;
+            }
             Ok((head.to_string(), watermark, revision, records))
         })
     });

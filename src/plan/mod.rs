@@ -493,6 +493,21 @@ pub fn only_in_place_changes(applied_json: &str, desired: &DesiredJob) -> bool {
         })
 }
 
+/// Whether a plan of `record`'s job, or a report on it, reads its recorded deployment: when the
+/// job is not in the desired state (or none was verified), its spec changed (the review diffs the
+/// applied sources with the desired ones, the slots count what the old version holds,
+/// `--check-state` builds its graph), or a change of it is under way. Any other job runs the
+/// desired spec, which says all a plan needs. Reports over many jobs read those without it
+/// ([`crate::state::StateStore::jobs_without_deployments`]).
+pub fn plan_reads_deployment(record: &JobRecord, desired: Option<&DesiredState>) -> bool {
+    let Some(job) = desired.and_then(|d| d.jobs.get(&record.job_id)) else {
+        return true;
+    };
+    !job.has_canonical_json(&record.spec_json)
+        || record.phase_name() != "steady"
+        || record.pending_json.is_some()
+}
+
 /// Human-readable differences between the applied canonical JSON and the desired job.
 pub fn spec_changes(applied_json: &str, desired: &DesiredJob) -> Vec<String> {
     if desired.has_canonical_json(applied_json) {
@@ -783,6 +798,110 @@ mod tests {
         assert_eq!(
             orders.last_error.as_deref(),
             Some("timeout (2 failure(s) in a row)")
+        );
+    }
+
+    /// `plan` and `status` read job records without their deployments and fill in those that
+    /// planning and what follows it read; the plan, its slots and the status must come out as
+    /// they do from whole records.
+    #[test]
+    fn reports_read_the_deployments_they_use_and_come_out_as_from_whole_records() {
+        use crate::reconcile::Deployment;
+        use crate::state::StateStore;
+        let config = crate::config::Config::parse(
+            "repo: { url: /srv/specs }\ntrust: { allowed_signers: signers }\n",
+            std::path::Path::new("/etc/fg/config.yaml"),
+        )
+        .unwrap();
+        let spec = |id: &str| V1.replace("orders", id);
+        let same = job(&spec("same"));
+        let changed_before = job(&spec("changed"));
+        let changed = job(&spec("changed").replace("parallelism: 2", "parallelism: 3"));
+        let stopped = job(&spec("stopped"));
+        let gone = job(&spec("gone"));
+        let suspended_before = job(&spec("suspended"));
+        let suspended = job(&format!("{}state: suspended\n", spec("suspended")));
+        let midway = job(&spec("midway"));
+        let desired = desired(&[
+            same.clone(),
+            changed.clone(),
+            stopped.clone(),
+            suspended,
+            midway.clone(),
+        ]);
+        let deployed = |job: &DesiredJob, edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut record = record_of(job, "running");
+            let mut deployment =
+                serde_json::to_value(Deployment::of(job, "c0ffee", "feed", &config)).unwrap();
+            edit(&mut deployment);
+            record.deployment_json = Some(deployment.to_string());
+            record
+        };
+        let keep = |_: &mut serde_json::Value| {};
+        let records = [
+            deployed(&same, &keep),
+            deployed(&changed_before, &keep),
+            deployed(&stopped, &keep),
+            // Only the recorded deployment says it ran SQL.
+            deployed(&gone, &|d| d["kind"] = "sql".into()),
+            deployed(&suspended_before, &keep),
+            // Stopped on its way to four slots: only the recorded deployment knows.
+            JobRecord {
+                phase: "stopping".into(),
+                ..deployed(&midway, &|d| d["parallelism"] = 4.into())
+            },
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let writer = StateStore::open_exclusive(dir.path()).unwrap();
+        for record in &records {
+            writer.put_job(record).unwrap();
+        }
+        let store = StateStore::open_read_only(dir.path()).unwrap().unwrap();
+        // `stopped` is not on the cluster, and is restarted.
+        let cluster: Vec<JobOverview> = records
+            .iter()
+            .filter(|r| r.job_id != "stopped")
+            .map(|r| running(r.flink_job_id.as_deref().unwrap(), "RUNNING"))
+            .collect();
+        let now = chrono::DateTime::from_timestamp_millis(0).unwrap();
+        let report = |records: &[JobRecord], plan: &Plan| {
+            let status = status::job_statuses(&status::StatusSources {
+                desired: Some(("head1", &desired)),
+                records,
+                cluster: &cluster,
+                last_runs: &[],
+                savepoints: &[],
+                now,
+            });
+            (
+                slots::live_slots(plan, &desired, records, &cluster, 1),
+                serde_json::to_value(status).unwrap(),
+            )
+        };
+
+        let whole = store.jobs().unwrap();
+        let whole_plan = plan(&desired, Observed::Jobs(&cluster), &whole);
+        let (whole_slots, whole_status) = report(&whole, &whole_plan);
+
+        let mut listed = store.jobs_without_deployments().unwrap();
+        store
+            .fill_deployments(&mut listed, |r| plan_reads_deployment(r, Some(&desired)))
+            .unwrap();
+        let listed_plan = plan(&desired, Observed::Jobs(&cluster), &listed);
+        let (listed_slots, listed_status) = report(&listed, &listed_plan);
+
+        assert_eq!(listed_plan, whole_plan);
+        assert_eq!(listed_slots, whole_slots);
+        assert_eq!(listed_status, whole_status);
+        let read: Vec<&str> = listed
+            .iter()
+            .filter(|r| r.deployment_json.is_some())
+            .map(|r| r.job_id.as_str())
+            .collect();
+        assert_eq!(
+            read,
+            ["changed", "gone", "midway", "suspended"],
+            "the jobs that run their desired spec are read without their deployment"
         );
     }
 
