@@ -514,6 +514,19 @@ pub struct StateStore {
     _lock: Option<(File, File)>,
 }
 
+/// The columns [`job_from_row`] reads, in its order; `$deployment` stands for `deployment_json`.
+macro_rules! job_columns {
+    ($deployment:literal) => {
+        concat!(
+            "job_id, spec_json, spec_hash, commit_id, flink_job_id, generation, jar_id, jar_sha256, ",
+            "last_savepoint, status, updated_at, ",
+            $deployment,
+            ", pending_json, phase, phase_json, failures, permanent_failures, retry_at_ms, ",
+            "last_error, rejected_spec_hash"
+        )
+    };
+}
+
 impl StateStore {
     /// Opens (creating and migrating) `dir/state.db`, refusing if another agent holds `dir`.
     pub fn open_exclusive(dir: &Path) -> Result<StateStore, StateError> {
@@ -679,13 +692,17 @@ impl StateStore {
 
     /// Every job record, ordered by job id.
     pub fn jobs(&self) -> Result<Vec<JobRecord>, StateError> {
+        self.list_jobs(concat!(
+            "SELECT ",
+            job_columns!("deployment_json"),
+            " FROM jobs ORDER BY job_id"
+        ))
+    }
+
+    fn list_jobs(&self, query: &str) -> Result<Vec<JobRecord>, StateError> {
         let mut statement = self
             .connection
-            .prepare(
-                "SELECT job_id, spec_json, spec_hash, commit_id, flink_job_id, generation, jar_id, jar_sha256,
-                        last_savepoint, status, updated_at, deployment_json, pending_json, phase, phase_json,
-                        failures, permanent_failures, retry_at_ms, last_error, rejected_spec_hash FROM jobs ORDER BY job_id",
-            )
+            .prepare(query)
             .map_err(sqlite(&self.path, "list jobs"))?;
         let rows = statement
             .query_map([], job_from_row)
@@ -699,19 +716,11 @@ impl StateStore {
     /// few that change, and read those with [`StateStore::fill_deployments`]. The deployment is
     /// about two thirds of a row (`plan` over 1,000 jobs: 1.7 of 2.7 MB).
     pub fn jobs_without_deployments(&self) -> Result<Vec<JobRecord>, StateError> {
-        let mut statement = self
-            .connection
-            .prepare(
-                "SELECT job_id, spec_json, spec_hash, commit_id, flink_job_id, generation, jar_id, jar_sha256,
-                        last_savepoint, status, updated_at, NULL, pending_json, phase, phase_json,
-                        failures, permanent_failures, retry_at_ms, last_error, rejected_spec_hash FROM jobs ORDER BY job_id",
-            )
-            .map_err(sqlite(&self.path, "list jobs"))?;
-        let rows = statement
-            .query_map([], job_from_row)
-            .map_err(sqlite(&self.path, "list jobs"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(sqlite(&self.path, "list jobs"))
+        self.list_jobs(concat!(
+            "SELECT ",
+            job_columns!("NULL"),
+            " FROM jobs ORDER BY job_id"
+        ))
     }
 
     /// Reads again, whole, each record of `records` that `wanted` picks and that has no deployment
@@ -737,9 +746,11 @@ impl StateStore {
     pub fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StateError> {
         self.connection
             .query_row(
-                "SELECT job_id, spec_json, spec_hash, commit_id, flink_job_id, generation, jar_id, jar_sha256,
-                        last_savepoint, status, updated_at, deployment_json, pending_json, phase, phase_json,
-                        failures, permanent_failures, retry_at_ms, last_error, rejected_spec_hash FROM jobs WHERE job_id = ?1",
+                concat!(
+                    "SELECT ",
+                    job_columns!("deployment_json"),
+                    " FROM jobs WHERE job_id = ?1"
+                ),
                 [job_id],
                 job_from_row,
             )
