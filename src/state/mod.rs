@@ -731,12 +731,23 @@ impl StateStore {
         records: &mut [JobRecord],
         wanted: impl Fn(&JobRecord) -> bool,
     ) -> Result<(), StateError> {
-        for record in records
-            .iter_mut()
-            .filter(|r| r.deployment_json.is_none() && wanted(r))
-        {
-            if let Some(whole) = self.job(&record.job_id)? {
-                *record = whole;
+        let picked: Vec<usize> = (0..records.len())
+            .filter(|&at| records[at].deployment_json.is_none() && wanted(&records[at]))
+            .collect();
+        // A few are looked up one by one; many (a refused revision picks every job) are read in
+        // one listing, which costs about what 100 lookups do.
+        if picked.len() <= (records.len() / 8).max(16) {
+            for at in picked {
+                if let Some(whole) = self.job(&records[at].job_id)? {
+                    records[at] = whole;
+                }
+            }
+            return Ok(());
+        }
+        let mut listed = self.jobs()?;
+        for at in picked {
+            if let Ok(found) = listed.binary_search_by(|w| w.job_id.cmp(&records[at].job_id)) {
+                records[at] = std::mem::take(&mut listed[found]);
             }
         }
         Ok(())
@@ -744,17 +755,15 @@ impl StateStore {
 
     /// One job record.
     pub fn job(&self, job_id: &str) -> Result<Option<JobRecord>, StateError> {
+        // Prepared once per connection: a refused revision, or a commit that changes every spec,
+        // has `plan` read every job's record again ([`StateStore::fill_deployments`]).
         self.connection
-            .query_row(
-                concat!(
-                    "SELECT ",
-                    job_columns!("deployment_json"),
-                    " FROM jobs WHERE job_id = ?1"
-                ),
-                [job_id],
-                job_from_row,
-            )
-            .optional()
+            .prepare_cached(concat!(
+                "SELECT ",
+                job_columns!("deployment_json"),
+                " FROM jobs WHERE job_id = ?1"
+            ))
+            .and_then(|mut statement| statement.query_row([job_id], job_from_row).optional())
             .map_err(sqlite(&self.path, "read job"))
     }
 
@@ -1608,6 +1617,54 @@ mod tests {
             last_savepoint: None,
             status: "running".into(),
             ..JobRecord::default()
+        }
+    }
+
+    #[test]
+    fn records_listed_without_deployments_are_filled_as_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open_exclusive(dir.path()).unwrap();
+        for n in 0..40 {
+            store
+                .put_job(&JobRecord {
+                    deployment_json: Some(format!("{{\"n\":{n}}}")),
+                    ..record(&format!("job-{n:02}"))
+                })
+                .unwrap();
+        }
+        let whole = store.jobs().unwrap();
+        let listed = store.jobs_without_deployments().unwrap();
+        assert!(listed.iter().all(|r| r.deployment_json.is_none()));
+        assert_eq!(
+            listed,
+            whole
+                .iter()
+                .map(|r| JobRecord {
+                    deployment_json: None,
+                    ..r.clone()
+                })
+                .collect::<Vec<_>>()
+        );
+        // A few, looked up one by one, and most, read in one listing.
+        for picks in [3, 35] {
+            let mut filled = listed.clone();
+            store
+                .fill_deployments(&mut filled, |r| {
+                    r.job_id.as_str() < format!("job-{picks:02}").as_str()
+                })
+                .unwrap();
+            let expected: Vec<JobRecord> = whole
+                .iter()
+                .enumerate()
+                .map(|(n, r)| {
+                    if n < picks {
+                        r.clone()
+                    } else {
+                        listed[n].clone()
+                    }
+                })
+                .collect();
+            assert_eq!(filled, expected, "{picks} picked");
         }
     }
 
