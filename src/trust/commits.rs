@@ -735,23 +735,24 @@ mod tests {
                 f.push(("jobs-x/file", "x", Blob));
             }),
         ];
-        for (i, old) in trees.iter().enumerate() {
-            let new_tree = repo.find_tree(*old).unwrap();
+        let trees: Vec<git2::Tree<'_>> = trees
+            .iter()
+            .map(|id| repo.find_tree(*id).unwrap())
+            .collect();
+        for (i, old_tree) in trees.iter().enumerate() {
             let mut ours = HashSet::new();
-            tree_changes(&repo, None, Some(&new_tree), "", &mut ours).unwrap();
+            tree_changes(&repo, None, Some(old_tree), "", &mut ours).unwrap();
             assert_eq!(
                 ours,
-                diffed_by_libgit2(&repo, None, &new_tree),
+                diffed_by_libgit2(&repo, None, old_tree),
                 "tree {i} against nothing"
             );
-            for (j, new) in trees.iter().enumerate() {
-                let old_tree = repo.find_tree(*old).unwrap();
-                let new_tree = repo.find_tree(*new).unwrap();
+            for (j, new_tree) in trees.iter().enumerate() {
                 let mut ours = HashSet::new();
-                tree_changes(&repo, Some(&old_tree), Some(&new_tree), "", &mut ours).unwrap();
+                tree_changes(&repo, Some(old_tree), Some(new_tree), "", &mut ours).unwrap();
                 assert_eq!(
                     ours,
-                    diffed_by_libgit2(&repo, Some(&old_tree), &new_tree),
+                    diffed_by_libgit2(&repo, Some(old_tree), new_tree),
                     "tree {i} against tree {j}"
                 );
                 assert_eq!(ours.is_empty(), i == j, "tree {i} against tree {j}");
