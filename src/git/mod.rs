@@ -1,6 +1,7 @@
 //! The spec repository: a bare mirror in the state directory, fetched with git2, read without a work tree.
 
 mod https;
+mod local;
 mod openssl;
 mod pack_stream;
 mod remote;
@@ -317,6 +318,17 @@ fn fetch_into(mirror: &Path, config: &RepoConfig, deadline: Instant) -> Result<(
         path: mirror.to_path_buf(),
         source,
     })?;
+    if config.remote == Remote::Local
+        && let Some(source) = local::source_path(&config.url)
+    {
+        let tracking_ref = format!("refs/remotes/origin/{}", config.branch);
+        match local::copy_branch(&repo, &source, &config.branch, &tracking_ref, deadline) {
+            Ok(true) => return Ok(()),
+            // libgit2 says why the path is not a repository or has no such branch.
+            Ok(false) => {}
+            Err(error) => return Err(fetch_error(error.to_string())),
+        }
+    }
     let mut remote = repo
         .find_remote("origin")
         .map_err(|e| fetch_error(e.message().to_string()))?;
