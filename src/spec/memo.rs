@@ -64,7 +64,7 @@ struct Kept {
     spec_json: std::cell::Cell<String>,
     program_json: Option<String>,
     /// The spec and program, when parsed ahead of the load ([`PreparedMemo::parsed`]).
-    parsed: std::cell::Cell<Option<(JobSpec, Option<Program>)>>,
+    parsed: std::cell::Cell<Option<(Box<JobSpec>, Option<Program>)>>,
 }
 
 impl PreparedMemo {
@@ -101,8 +101,11 @@ impl PreparedMemo {
 
 /// A stored spec and program, or `None` when either does not read back (then the file is parsed
 /// again).
-fn parse_entry(spec_json: &str, program_json: Option<&str>) -> Option<(JobSpec, Option<Program>)> {
-    let spec: JobSpec = serde_json::from_str(spec_json).ok()?;
+fn parse_entry(
+    spec_json: &str,
+    program_json: Option<&str>,
+) -> Option<(Box<JobSpec>, Option<Program>)> {
+    let spec: Box<JobSpec> = serde_json::from_str(spec_json).ok()?;
     let program: Option<Program> = match program_json {
         Some(json) => Some(serde_json::from_str(json).ok()?),
         None => None,
@@ -595,7 +598,7 @@ mod tests {
             assert_eq!(job.canonical_json(), value.to_string(), "{id}");
             let read_back: JobSpec = serde_json::from_str(job.canonical_spec()).unwrap();
             assert_eq!(
-                read_back, job.spec,
+                read_back, *job.spec,
                 "{id} reads back from its canonical JSON"
             );
         }

@@ -317,8 +317,9 @@ mod duration_text {
 /// A job the repository asks for, with where it came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DesiredJob {
-    /// The validated spec.
-    pub spec: JobSpec,
+    /// The validated spec. Boxed: a job is moved several times on its way into a revision's map,
+    /// and 1,000 of them were 664 bytes each to copy at every step.
+    pub spec: Box<JobSpec>,
     /// Repo-relative spec file.
     pub file: RepoPath,
     /// Identity of what runs in this revision: the JAR's (`git-blob:<oid>`, `sha256:<hex>` or the
@@ -352,13 +353,13 @@ impl Eq for CanonicalSpec {}
 impl DesiredJob {
     /// A job loaded from `file`; its secrets are fingerprinted later, by the agent.
     pub fn new(
-        spec: JobSpec,
+        spec: impl Into<Box<JobSpec>>,
         file: RepoPath,
         artifact_content: String,
         program: Option<Program>,
     ) -> DesiredJob {
         DesiredJob {
-            spec,
+            spec: spec.into(),
             file,
             artifact_content,
             program,
