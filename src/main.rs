@@ -30,7 +30,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
     // Only the service lives long enough for arenas to matter; a command uses both cores.
-    if matches!(cli.command, flink_gitops::cli::Command::Run { .. }) {
+    let service = matches!(cli.command, flink_gitops::cli::Command::Run { .. });
+    if service {
         flink_gitops::util::use_one_allocator_arena();
     } else {
         flink_gitops::util::keep_heap_for_command();
@@ -39,10 +40,13 @@ fn main() -> ExitCode {
     if let Err(e) = unsafe { flink_gitops::git::tune_libgit2() } {
         tracing::warn!(error = %e, "cannot tune libgit2; large JARs and large spec folders cost more");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if !service {
+        // A command's own work runs on the thread that waits for it and on its blocking threads;
+        // the Flink calls need one worker (a second was started, and stopped, for nothing).
+        builder.worker_threads(1);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
