@@ -6,7 +6,9 @@ pub mod review;
 pub mod slots;
 pub mod status;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::{HashMap, HashSet};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -155,7 +157,7 @@ pub fn flink_job_prefix(job_id: &str) -> String {
 pub fn group_by_job_prefix<'a>(
     jobs: impl IntoIterator<Item = &'a JobOverview>,
 ) -> HashMap<&'a str, Vec<&'a JobOverview>> {
-    let mut groups: HashMap<&str, Vec<&JobOverview>> = HashMap::new();
+    let mut groups: HashMap<&str, Vec<&JobOverview>> = HashMap::default();
     for job in jobs {
         if let Some(prefix) = job.jid.get(..16) {
             groups.entry(prefix).or_default().push(job);
@@ -213,18 +215,23 @@ pub fn plan(
         .collect();
 
     let by_prefix = group_by_job_prefix(cluster_jobs.into_iter().flatten());
-    let mut claimed: BTreeSet<&str> = BTreeSet::new();
-    let mut jobs = Vec::new();
+    // The prefixes of the cluster's jobs that belong to a job of ours.
+    let mut claimed: HashSet<&str> = HashSet::default();
+    let mut jobs = Vec::with_capacity(ids.len());
     for job_id in ids {
         let record = records.get(job_id).copied();
-        let prefix = flink_job_prefix(job_id);
-        let mine: Vec<&JobOverview> = by_prefix.get(prefix.as_str()).cloned().unwrap_or_default();
-        claimed.extend(mine.iter().map(|j| j.jid.as_str()));
+        let (claimed_prefix, mine) = by_prefix
+            .get_key_value(flink_job_prefix(job_id).as_str())
+            .map_or((None, &[][..]), |(prefix, mine)| {
+                (Some(*prefix), mine.as_slice())
+            });
+        claimed.extend(claimed_prefix);
         let recorded_instance = record
             .and_then(|r| r.flink_job_id.as_deref())
             .and_then(|jid| mine.iter().find(|j| j.jid == jid).copied());
         let live_instance = mine.iter().find(|j| is_alive(&j.state)).copied();
         let instance = recorded_instance.or(live_instance);
+        let desired_job = desired.jobs.get(job_id);
         let mut entry = JobPlan {
             flink_job_id: instance
                 .map(|j| j.jid.clone())
@@ -234,10 +241,9 @@ pub fn plan(
                 .map(|r| r.phase_name())
                 .unwrap_or("steady")
                 .to_string(),
-            kind: desired.jobs.get(job_id).map(|j| j.spec.artifact.kind()),
+            kind: desired_job.map(|j| j.spec.artifact.kind()),
             ..JobPlan::new(job_id, Action::Unchanged)
         };
-        let desired_job = desired.jobs.get(job_id);
         if let (Some(job), Some(record)) = (desired_job, record) {
             (entry.source_diff, entry.warnings) = review_sources(record, job);
         }
@@ -403,7 +409,12 @@ pub fn plan(
     let unmanaged = cluster_jobs
         .map(|all| {
             all.iter()
-                .filter(|j| is_alive(&j.state) && !claimed.contains(j.jid.as_str()))
+                .filter(|j| is_alive(&j.state))
+                .filter(|j| {
+                    j.jid
+                        .get(..16)
+                        .is_none_or(|prefix| !claimed.contains(prefix))
+                })
                 .filter(|j| !recorded_instances.contains(j.jid.as_str()))
                 .cloned()
                 .collect()

@@ -4,7 +4,7 @@
 //! so a job's slots are its effective parallelism: the spec's `parallelism`, else the cluster's
 //! `parallelism.default` (unknown offline). Pure arithmetic, no I/O.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use serde::Serialize;
 
@@ -350,7 +350,7 @@ pub fn live_slots(
 ) -> Vec<JobSlots> {
     let records: HashMap<&str, &JobRecord> =
         records.iter().map(|r| (r.job_id.as_str(), r)).collect();
-    let mut alive: HashMap<&str, u32> = HashMap::new();
+    let mut alive: HashMap<&str, u32> = HashMap::default();
     for job in cluster_jobs.iter().filter(|j| is_alive(&j.state)) {
         if let Some(prefix) = job.jid.get(..16) {
             *alive.entry(prefix).or_default() += 1;
