@@ -1,8 +1,9 @@
 //! Fetching from a repository on this machine by copying only the objects the mirror lacks.
 //!
 //! libgit2's local transport negotiates as over a network: it opens a connection, lists every ref,
-//! marks every tree of the mirror's tip uninteresting, and only then packs the new commit's objects
-//! (about a quarter of `plan`'s time on a spec repository of 1,000 files, where one file changed).
+//! marks every tree of the mirror's tip uninteresting, and only then packs the new commit's objects.
+//! On a spec repository of 1,000 files where one changed, `plan` took 19.9 ms with it and 17.0 ms
+//! with this (medians of 24 pairs). This is also what a PR check runs, against its own checkout.
 //! A mirror only ever holds whole closures (a fetched pack, or a pack written here), so an object it
 //! has brings everything below it: the walk stops at the first commit or tree the mirror knows, and
 //! looks at one tree's entries per changed directory. What it finds is packed by libgit2's own pack
@@ -202,27 +203,15 @@ impl<'a> MissingObjects<'a> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
     use std::time::Duration;
 
     use super::*;
+    use crate::git::all_objects;
 
     const TRACKING: &str = "refs/remotes/origin/main";
 
     fn later() -> Instant {
         Instant::now() + Duration::from_secs(30)
-    }
-
-    fn all_objects(repo: &Repository) -> BTreeSet<Oid> {
-        let mut objects = BTreeSet::new();
-        repo.odb()
-            .unwrap()
-            .foreach(|oid| {
-                objects.insert(*oid);
-                true
-            })
-            .unwrap();
-        objects
     }
 
     /// The objects of each pack in `mirror`, newest pack last, read from the pack indexes.

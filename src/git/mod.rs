@@ -494,6 +494,20 @@ impl Secrets {
     }
 }
 
+/// Every object `repo` can read: tests compare a mirror with its origin.
+#[cfg(test)]
+fn all_objects(repo: &Repository) -> std::collections::BTreeSet<Oid> {
+    let mut objects = std::collections::BTreeSet::new();
+    repo.odb()
+        .expect("object database")
+        .foreach(|oid| {
+            objects.insert(*oid);
+            true
+        })
+        .expect("list the objects");
+    objects
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -215,21 +215,8 @@ pub enum RepackError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::git::GitSource;
+    use crate::git::{GitSource, all_objects};
     use git2::Oid;
-
-    /// Every object `repo` can read.
-    fn all_objects(repo: &Repository) -> std::collections::BTreeSet<Oid> {
-        let mut objects = std::collections::BTreeSet::new();
-        repo.odb()
-            .unwrap()
-            .foreach(|oid| {
-                objects.insert(*oid);
-                true
-            })
-            .unwrap();
-        objects
-    }
 
     fn commit_file(origin: &Repository, name: &str, text: &str) -> Oid {
         let blob = origin.blob(text.as_bytes()).unwrap();
