@@ -103,7 +103,10 @@ pub(super) async fn snapshot(
                     let _ = memo_sender.send(PreparedMemo::new([]));
                     return Ok(Vec::new());
                 };
-                let _ = memo_sender.send(PreparedMemo::parsed(store.spec_memo_entries()));
+                // Sent unparsed: the load parses each spec as it recalls it, while this thread
+                // reads the records. Parsed here first, the load waited for the parse and then
+                // for the records (plan over 1,000 specs, 20 pairs: wall 5 %, CPU 7 % more).
+                let _ = memo_sender.send(PreparedMemo::new(store.spec_memo_entries()));
                 Ok(store.jobs_without_deployments()?)
             });
             let source = GitSource::open(&config.state.dir.join("repo.git"), &config.repo)?;

@@ -48,7 +48,7 @@ pub struct MemoEntry {
     pub observations_json: String,
 }
 
-/// Where the entries come from: read already, or read (and parsed) on another thread and waited
+/// Where the entries come from: read already, or read on another thread and waited
 /// for only when a load first needs them (the repository is fetched and the commits verified
 /// meanwhile).
 type EntrySource = Box<dyn FnOnce() -> PreparedMemo + Send>;
@@ -63,8 +63,6 @@ struct Kept {
     artifact_content: std::cell::Cell<String>,
     spec_json: std::cell::Cell<String>,
     program_json: Option<String>,
-    /// The spec and program, when parsed ahead of the load ([`PreparedMemo::parsed`]).
-    parsed: std::cell::Cell<Option<(Box<JobSpec>, Option<Program>)>>,
 }
 
 impl PreparedMemo {
@@ -79,23 +77,11 @@ impl PreparedMemo {
                         artifact_content: entry.artifact_content.into(),
                         spec_json: entry.spec_json.into(),
                         program_json: entry.program_json,
-                        parsed: None.into(),
                     };
                     (entry.key, kept)
                 })
                 .collect(),
         )
-    }
-
-    /// The entries with their specs parsed now: for a thread that has this to do while the one
-    /// that loads the revision still fetches and verifies it.
-    pub fn parsed(entries: impl IntoIterator<Item = MemoEntry>) -> PreparedMemo {
-        let mut prepared = PreparedMemo::new(entries);
-        for kept in prepared.0.values_mut() {
-            *kept.parsed.get_mut() =
-                parse_entry(kept.spec_json.get_mut(), kept.program_json.as_deref());
-        }
-        prepared
     }
 }
 
@@ -205,10 +191,7 @@ impl SpecMemo {
         if spec_json.is_empty() {
             return None;
         }
-        let (spec, program) = match entry.parsed.take() {
-            Some(parsed) => parsed,
-            None => parse_entry(&spec_json, entry.program_json.as_deref())?,
-        };
+        let (spec, program) = parse_entry(&spec_json, entry.program_json.as_deref())?;
         Some(
             DesiredJob::new(spec, file.clone(), entry.artifact_content.take(), program)
                 .with_canonical_spec(spec_json),
@@ -455,15 +438,15 @@ mod tests {
         assert_eq!(first.kept.len(), 5);
 
         let kept = stored(&first.fresh, &[]);
-        // Parsed when recalled, or ahead on another thread: the same jobs.
         let memo = SpecMemo::new(kept.clone());
+        // Read on another thread and waited for when the load first needs it: the same jobs.
         let ahead = kept.clone();
-        let parsed_ahead = SpecMemo::later(move || {
-            std::thread::spawn(move || PreparedMemo::parsed(ahead))
+        let read_beside = SpecMemo::later(move || {
+            std::thread::spawn(move || PreparedMemo::new(ahead))
                 .join()
                 .unwrap()
         });
-        for memo in [&memo, &parsed_ahead] {
+        for memo in [&memo, &read_beside] {
             let second = load_desired_with(&tree, "jobs", memo).unwrap();
             assert_eq!(second.desired, parsed);
             assert!(second.fresh.is_empty(), "nothing changed: nothing parsed");
@@ -526,7 +509,7 @@ mod tests {
         let fourth = load_desired_with(
             &tree,
             "jobs",
-            &SpecMemo::later(move || PreparedMemo::parsed(kept)),
+            &SpecMemo::later(move || PreparedMemo::new(kept)),
         )
         .unwrap();
         assert_eq!(fourth.desired, load_desired(&tree, "jobs").unwrap());
@@ -568,7 +551,7 @@ mod tests {
         let loaded = load_desired_with(
             &tree,
             "jobs",
-            &SpecMemo::later(move || PreparedMemo::parsed(broken)),
+            &SpecMemo::later(move || PreparedMemo::new(broken)),
         )
         .unwrap();
         assert_eq!(loaded.desired, load_desired(&tree, "jobs").unwrap());
