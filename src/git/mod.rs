@@ -148,11 +148,11 @@ impl GitSource {
     }
 
     fn refspec_for(branch: &str) -> String {
-        format!("+refs/heads/{branch}:refs/remotes/origin/{branch}")
+        format!("+refs/heads/{branch}:{}", tracking_ref_for(branch))
     }
 
     fn tracking_ref(&self) -> String {
-        format!("refs/remotes/origin/{}", self.config.branch)
+        tracking_ref_for(&self.config.branch)
     }
 
     /// Fetches the branch and returns its head. Unchanged remotes transfer no objects.
@@ -321,7 +321,7 @@ fn fetch_into(mirror: &Path, config: &RepoConfig, deadline: Instant) -> Result<(
     if config.remote == Remote::Local
         && let Some(source) = local::source_path(&config.url)
     {
-        let tracking_ref = format!("refs/remotes/origin/{}", config.branch);
+        let tracking_ref = tracking_ref_for(&config.branch);
         match local::copy_branch(&repo, &source, &config.branch, &tracking_ref, deadline) {
             Ok(true) => return Ok(()),
             // libgit2 says why the path is not a repository or has no such branch.
@@ -454,6 +454,11 @@ fn fetch_into(mirror: &Path, config: &RepoConfig, deadline: Instant) -> Result<(
             None => e.message().to_string(),
         })
     })
+}
+
+/// Where the mirror keeps `branch`'s head as last fetched, by libgit2 or by a local copy.
+fn tracking_ref_for(branch: &str) -> String {
+    format!("refs/remotes/origin/{branch}")
 }
 
 fn fold_mirror_packs(mirror: &Repository) {
