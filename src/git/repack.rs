@@ -114,7 +114,7 @@ pub(super) fn fold_packs(repo: &Repository, limit: usize) -> Result<usize, Repac
 }
 
 /// The objects a version-2 pack index lists.
-fn index_oids(file: &Path) -> Result<Vec<Oid>, RepackError> {
+pub(super) fn index_oids(file: &Path) -> Result<Vec<Oid>, RepackError> {
     let bad = |reason: &str| RepackError::BadIndex {
         file: file.to_path_buf(),
         reason: reason.to_string(),
