@@ -152,6 +152,12 @@ pub fn flink_job_prefix(job_id: &str) -> String {
     hex::encode(&digest[..8])
 }
 
+/// The part of a Flink job id that names the spec job it belongs to ([`flink_job_prefix`]);
+/// `None` for an id too short to have one.
+pub fn job_prefix_of(jid: &str) -> Option<&str> {
+    jid.get(..16)
+}
+
 /// The cluster's jobs grouped by the 16-hex prefix of their id, which names the spec job they belong
 /// to ([`flink_job_prefix`]); each group keeps the cluster's order.
 pub fn group_by_job_prefix<'a>(
@@ -159,7 +165,7 @@ pub fn group_by_job_prefix<'a>(
 ) -> HashMap<&'a str, Vec<&'a JobOverview>> {
     let mut groups: HashMap<&str, Vec<&JobOverview>> = HashMap::default();
     for job in jobs {
-        if let Some(prefix) = job.jid.get(..16) {
+        if let Some(prefix) = job_prefix_of(&job.jid) {
             groups.entry(prefix).or_default().push(job);
         }
     }
@@ -410,11 +416,7 @@ pub fn plan(
         .map(|all| {
             all.iter()
                 .filter(|j| is_alive(&j.state))
-                .filter(|j| {
-                    j.jid
-                        .get(..16)
-                        .is_none_or(|prefix| !claimed.contains(prefix))
-                })
+                .filter(|j| job_prefix_of(&j.jid).is_none_or(|prefix| !claimed.contains(prefix)))
                 .filter(|j| !recorded_instances.contains(j.jid.as_str()))
                 .cloned()
                 .collect()

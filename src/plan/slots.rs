@@ -8,7 +8,7 @@ use foldhash::HashMap;
 
 use serde::Serialize;
 
-use super::{Action, Plan, flink_job_prefix, is_alive};
+use super::{Action, Plan, flink_job_prefix, is_alive, job_prefix_of};
 use crate::flink::{ClusterOverview, JobOverview};
 use crate::spec::{DesiredRunState, DesiredState, JobSpec, JobType};
 use crate::state::JobRecord;
@@ -352,7 +352,7 @@ pub fn live_slots(
         records.iter().map(|r| (r.job_id.as_str(), r)).collect();
     let mut alive: HashMap<&str, u32> = HashMap::default();
     for job in cluster_jobs.iter().filter(|j| is_alive(&j.state)) {
-        if let Some(prefix) = job.jid.get(..16) {
+        if let Some(prefix) = job_prefix_of(&job.jid) {
             *alive.entry(prefix).or_default() += 1;
         }
     }
