@@ -1,6 +1,6 @@
 //! Text rendering of command results for people; JSON goes through serde unchanged.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
@@ -33,15 +33,23 @@ fn stdout_failed(error: &std::io::Error) {
     }
 }
 
-/// Prints a value as pretty JSON on stdout.
+/// Prints a value as JSON on stdout: indented for a terminal, on one line for a program (as `gh`
+/// does), where the indentation was two fifths of a plan over 1,000 jobs (0.67 of 0.42 MB).
 pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     if STDOUT_CLOSED.load(Ordering::Relaxed) {
         return Ok(());
     }
-    // Written as it is made, through one small buffer: a plan over 1,000 jobs is 0.7 MB, which a
-    // string grown for it touched twice over before a byte was written.
-    let mut out = std::io::BufWriter::with_capacity(64 << 10, std::io::stdout().lock());
-    let written = serde_json::to_writer_pretty(&mut out, value)
+    let stdout = std::io::stdout().lock();
+    let for_a_person = stdout.is_terminal();
+    // Written as it is made, through one small buffer: a string grown for a plan over 1,000 jobs
+    // touched it twice over before a byte was written.
+    let mut out = std::io::BufWriter::with_capacity(64 << 10, stdout);
+    let written = if for_a_person {
+        serde_json::to_writer_pretty(&mut out, value)
+    } else {
+        serde_json::to_writer(&mut out, value)
+    };
+    let written = written
         .map_err(std::io::Error::from)
         .and_then(|()| out.write_all(b"\n"))
         .and_then(|()| out.flush());
