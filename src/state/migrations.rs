@@ -199,6 +199,52 @@ const MIGRATIONS: &[&str] = &[
         program_json      TEXT,
         observations_json TEXT NOT NULL
     );",
+    // 11: a job's documents (its recorded deployment, and while a change is made the lifecycle
+    // phase's data and the legacy pending deployment) in a table of their own, with a flag in the
+    // job's row for each of the latter two. They were two thirds of a row, more while a job
+    // changed, and SQLite leaves a page as it was when a row shrinks: after the first `apply` of
+    // 1,000 jobs each row had a 4 KiB page to itself, and `plan` or `status` read 1,000 pages to
+    // list the jobs. The rows are copied into a new table, packed.
+    "CREATE TABLE job_documents (
+        job_id          TEXT PRIMARY KEY,
+        deployment_json TEXT,
+        pending_json    TEXT,
+        phase_json      TEXT,
+        CHECK (COALESCE(deployment_json, pending_json, phase_json) IS NOT NULL)
+    );
+    INSERT INTO job_documents (job_id, deployment_json, pending_json, phase_json)
+        SELECT job_id, deployment_json, pending_json, phase_json FROM jobs
+        WHERE COALESCE(deployment_json, pending_json, phase_json) IS NOT NULL;
+    CREATE TABLE jobs_packed (
+        job_id             TEXT PRIMARY KEY,
+        spec_json          TEXT NOT NULL,
+        spec_hash          TEXT NOT NULL,
+        commit_id          TEXT NOT NULL,
+        flink_job_id       TEXT,
+        generation         INTEGER NOT NULL DEFAULT 0,
+        jar_id             TEXT,
+        jar_sha256         TEXT,
+        last_savepoint     TEXT,
+        status             TEXT NOT NULL,
+        updated_at         TEXT NOT NULL,
+        has_pending        INTEGER NOT NULL DEFAULT 0 CHECK (has_pending IN (0, 1)),
+        phase              TEXT NOT NULL DEFAULT 'steady'
+            CHECK (phase IN ('steady', 'stopping', 'stopped', 'submitted', 'verifying', 'blocked')),
+        has_phase_json     INTEGER NOT NULL DEFAULT 0 CHECK (has_phase_json IN (0, 1)),
+        failures           INTEGER NOT NULL DEFAULT 0,
+        permanent_failures INTEGER NOT NULL DEFAULT 0,
+        retry_at_ms        INTEGER,
+        last_error         TEXT,
+        rejected_spec_hash TEXT
+    );
+    INSERT INTO jobs_packed
+        SELECT job_id, spec_json, spec_hash, commit_id, flink_job_id, generation, jar_id, jar_sha256,
+               last_savepoint, status, updated_at, pending_json IS NOT NULL, phase,
+               phase_json IS NOT NULL, failures, permanent_failures, retry_at_ms, last_error,
+               rejected_spec_hash
+        FROM jobs;
+    DROP TABLE jobs;
+    ALTER TABLE jobs_packed RENAME TO jobs;",
 ];
 
 /// The schema version this binary writes.
@@ -235,4 +281,135 @@ pub fn migrate(connection: &mut Connection, path: &Path) -> Result<(), StateErro
             .map_err(failed("set schema version"))?;
     }
     transaction.commit().map_err(failed("commit migration"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{JobRecord, StateStore};
+
+    fn pages_of(connection: &Connection, table: &str) -> i64 {
+        connection
+            .query_row(
+                "SELECT count(*) FROM dbstat WHERE name = ?1",
+                [table],
+                |row| row.get(0),
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn job_documents_move_beside_the_jobs_and_the_jobs_are_packed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let mut connection = Connection::open(&path).unwrap();
+        // A database as version 10 left it: 200 jobs with documents of the size the agent records,
+        // a deployment for every other one, a pending one for every third, every fifth changing.
+        let transaction = connection.transaction().unwrap();
+        for sql in &MIGRATIONS[..10] {
+            transaction.execute_batch(sql).unwrap();
+        }
+        transaction.pragma_update(None, "user_version", 10).unwrap();
+        let document =
+            |kind: &str, n: usize| format!("{{\"{kind}\":{n},\"pad\":\"{}\"}}", "d".repeat(1700));
+        for n in 0..200 {
+            transaction
+                .execute(
+                    "INSERT INTO jobs (job_id, spec_json, spec_hash, commit_id, status, updated_at,
+                                       deployment_json, pending_json, phase, phase_json, failures)
+                     VALUES (?1, ?2, 'h', 'c1', 'running', 't', ?3, ?4, ?5, ?6, ?7)",
+                    rusqlite::params![
+                        format!("job-{n:03}"),
+                        "s".repeat(600),
+                        (n % 2 == 0).then(|| document("deployed", n)),
+                        (n % 3 == 0).then(|| document("pending", n)),
+                        if n % 5 == 0 { "verifying" } else { "steady" },
+                        (n % 5 == 0).then(|| document("phase", n)),
+                        n as i64
+                    ],
+                )
+                .unwrap();
+        }
+        transaction.commit().unwrap();
+        let before = pages_of(&connection, "jobs");
+        drop(connection);
+
+        let store = StateStore::open_exclusive(dir.path()).unwrap();
+        let jobs = store.jobs().unwrap();
+        assert_eq!(jobs.len(), 200);
+        for (n, job) in jobs.iter().enumerate() {
+            assert_eq!(job.job_id, format!("job-{n:03}"));
+            assert_eq!(job.spec_json, "s".repeat(600));
+            assert_eq!(
+                (job.phase_name(), job.phase_json.clone()),
+                if n % 5 == 0 {
+                    ("verifying", Some(document("phase", n)))
+                } else {
+                    ("steady", None)
+                }
+            );
+            assert_eq!(job.failures, n as i64);
+            assert_eq!(
+                job.deployment_json,
+                (n % 2 == 0).then(|| document("deployed", n))
+            );
+            assert_eq!(
+                job.pending_json,
+                (n % 3 == 0).then(|| document("pending", n))
+            );
+            assert_eq!(store.job(&job.job_id).unwrap().as_ref(), Some(job));
+        }
+        // Listed without deployments, a job still shows the change being made.
+        let listed = store.jobs_without_deployments().unwrap();
+        let expected: Vec<JobRecord> = jobs
+            .iter()
+            .map(|job| JobRecord {
+                deployment_json: None,
+                ..job.clone()
+            })
+            .collect();
+        assert_eq!(listed, expected);
+        // Written again with one document fewer, and with none.
+        let mut changed = jobs[0].clone();
+        changed.pending_json = None;
+        store.put_job(&changed).unwrap();
+        let mut emptied = jobs[30].clone();
+        emptied.deployment_json = None;
+        emptied.pending_json = None;
+        emptied.phase = "steady".into();
+        emptied.phase_json = None;
+        store.put_job(&emptied).unwrap();
+        let read = |id: &str| {
+            let mut job = store.job(id).unwrap().unwrap();
+            job.updated_at = String::new();
+            job
+        };
+        let unstamped = |mut job: JobRecord| {
+            job.updated_at = String::new();
+            job
+        };
+        assert_eq!(read("job-000"), unstamped(changed));
+        assert_eq!(read("job-030"), unstamped(emptied));
+        drop(store);
+
+        let connection = Connection::open(&path).unwrap();
+        let after = pages_of(&connection, "jobs");
+        assert!(
+            after * 3 < before,
+            "the jobs table kept {after} of its {before} pages"
+        );
+        assert!(
+            connection
+                .prepare("SELECT deployment_json FROM jobs")
+                .is_err()
+        );
+        let documents: i64 = connection
+            .query_row("SELECT count(*) FROM job_documents", [], |row| row.get(0))
+            .unwrap();
+        // Those with any of 100 deployed, 67 pending, 40 changing; job-030 lost all three.
+        let with_any = (0..200)
+            .filter(|n| n % 2 == 0 || n % 3 == 0 || n % 5 == 0)
+            .count();
+        assert_eq!(documents, with_any as i64 - 1);
+    }
 }
