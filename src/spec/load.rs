@@ -81,7 +81,8 @@ pub fn load_desired_with(
     let mut errors = Vec::new();
     // Jobs in file order, and where each job id was first seen.
     let mut loaded: Vec<DesiredJob> = Vec::with_capacity(files.len());
-    let mut first_seen: foldhash::HashMap<String, usize> = Default::default();
+    let mut first_seen: foldhash::HashMap<String, usize> =
+        foldhash::HashMap::with_capacity_and_hasher(files.len(), Default::default());
     let mut fresh = Vec::new();
     let mut kept = Vec::new();
     let mut checked = foldhash::HashMap::default();
