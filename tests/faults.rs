@@ -85,6 +85,56 @@ async fn a_no_op_pass_costs_the_same_few_calls_for_10_or_1000_jobs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_with_nothing_to_do_writes_nothing() {
+    use std::os::unix::fs::MetadataExt as _;
+    let s = setup(10, "").await;
+    let state = s.work.path().join("state");
+    let agent = Agent::open(s.config.clone()).unwrap();
+    assert!(agent.apply_once().await.unwrap().converged());
+    // The second pass may still queue the alerts of what the first one did.
+    assert!(agent.apply_once().await.unwrap().converged());
+    // `data_version` moves when another connection commits.
+    let watcher = rusqlite::Connection::open_with_flags(
+        state.join("state.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let version = || -> i64 {
+        watcher
+            .query_row("PRAGMA data_version", [], |row| row.get(0))
+            .unwrap()
+    };
+    let store = StateStore::open_read_only(&state).unwrap().unwrap();
+    let head = store.meta("watermark").unwrap().unwrap();
+    let applied_at = store.revision(&head).unwrap().unwrap().applied_at;
+    assert!(applied_at.is_some());
+    let (before, watermark_file) = (
+        version(),
+        std::fs::metadata(state.join("watermark")).unwrap().ino(),
+    );
+    for _ in 0..2 {
+        let noop = agent.apply_once().await.unwrap();
+        assert!(noop.converged());
+        assert!(noop.jobs.iter().all(|j| j.outcome == Outcome::Unchanged));
+    }
+    assert_eq!(
+        version(),
+        before,
+        "a pass with nothing to do committed a write"
+    );
+    assert_eq!(
+        std::fs::metadata(state.join("watermark")).unwrap().ino(),
+        watermark_file,
+        "the kept watermark was written again"
+    );
+    assert_eq!(
+        store.revision(&head).unwrap().unwrap().applied_at,
+        applied_at,
+        "applied_at says when the revision was first applied"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_mean_no_actions_and_nothing_marked_applied() {
     let s = setup(3, "").await;
     s.fake.set_scenario(Scenario::ServerError500);

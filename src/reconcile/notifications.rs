@@ -123,14 +123,19 @@ impl Agent {
         let finished = self.with_store(|s| {
             let cursor = s.alerts_audit_cursor()?;
             s.finished_operations_after(cursor)
+                .map(|found| (found, cursor))
         });
-        let (operations, cursor) = match finished {
+        let ((operations, cursor), previous) = match finished {
             Ok(found) => found,
             Err(error) => {
                 warn!(%error, "alerts: cannot read the audit log");
                 return;
             }
         };
+        // A pass that audited nothing writes nothing.
+        if operations.is_empty() && cursor == previous {
+            return;
+        }
         let events: Vec<(String, notify::Event)> = operations
             .iter()
             .filter_map(|operation| notify::operation_event(operation, report, desired))

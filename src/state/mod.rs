@@ -704,10 +704,19 @@ impl StateStore {
 
     /// Records the anti-rollback watermark: in the database and in the file kept beside it, which
     /// survives the database's loss (see [`kept_watermark`]).
+    ///
+    /// Each copy is written only when it holds something else: every pass with an unchanged head
+    /// sets the watermark, and rewriting it cost a transaction and the file's three syncs.
     pub fn set_watermark(&self, commit: &str) -> Result<(), StateError> {
-        self.set_meta("watermark", commit)?;
+        if self.meta("watermark")?.as_deref() != Some(commit) {
+            self.set_meta("watermark", commit)?;
+        }
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        watermark::keep(dir, commit)
+        // An unreadable copy is replaced, as it always was.
+        if kept_watermark(dir).ok().flatten().as_deref() != Some(commit) {
+            watermark::keep(dir, commit)?;
+        }
+        Ok(())
     }
 
     /// Every job record, ordered by job id.
@@ -896,7 +905,9 @@ impl StateStore {
         Ok(())
     }
 
-    /// Records the outcome of applying a revision.
+    /// Records the outcome of applying a revision. The same outcome again (every pass with an
+    /// unchanged head and nothing failing) writes nothing: `applied_at` stays when the revision
+    /// was first applied, and an idle agent does not sync the database every pass.
     pub fn record_revision_outcome(
         &self,
         commit_id: &str,
@@ -906,7 +917,9 @@ impl StateStore {
         let applied_at = (outcome == "applied").then(now_rfc3339);
         self.connection
             .execute(
-                "UPDATE revisions SET outcome = ?2, detail = ?3, applied_at = COALESCE(?4, applied_at) WHERE commit_id = ?1",
+                "UPDATE revisions SET outcome = ?2, detail = ?3, applied_at = COALESCE(?4, applied_at)
+                 WHERE commit_id = ?1 AND (outcome IS NOT ?2 OR detail IS NOT ?3
+                                           OR (?4 IS NOT NULL AND applied_at IS NULL))",
                 params![commit_id, outcome, detail, applied_at],
             )
             .map_err(sqlite(&self.path, "record revision outcome"))?;
@@ -1782,6 +1795,38 @@ mod tests {
         let fresh = StateStore::open_exclusive(dir.path()).unwrap();
         assert_eq!(fresh.meta("watermark").unwrap(), None);
         assert_eq!(kept_watermark(dir.path()).unwrap().as_deref(), Some(commit));
+    }
+
+    #[test]
+    fn an_unchanged_watermark_is_not_written_again_and_a_bad_copy_is_replaced() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open_exclusive(dir.path()).unwrap();
+        let file = dir.path().join(WATERMARK_FILE);
+        let commit = "89abcdef0123456789abcdef0123456789abcdef";
+        store.set_watermark(commit).unwrap();
+        let (changes, inode) = (
+            store.connection.total_changes(),
+            std::fs::metadata(&file).unwrap().ino(),
+        );
+        store.set_watermark(commit).unwrap();
+        assert_eq!(store.connection.total_changes(), changes);
+        assert_eq!(std::fs::metadata(&file).unwrap().ino(), inode);
+
+        // Each copy is mended on its own: a file that went bad, a database that differs.
+        std::fs::write(&file, "garbage").unwrap();
+        store.set_watermark(commit).unwrap();
+        assert_eq!(kept_watermark(dir.path()).unwrap().as_deref(), Some(commit));
+        assert_eq!(store.connection.total_changes(), changes);
+        store.set_meta("watermark", "c1").unwrap();
+        let inode = std::fs::metadata(&file).unwrap().ino();
+        store.set_watermark(commit).unwrap();
+        assert_eq!(store.meta("watermark").unwrap().as_deref(), Some(commit));
+        assert_eq!(std::fs::metadata(&file).unwrap().ino(), inode);
+        let other = "0123456789abcdef0123456789abcdef01234567";
+        store.set_watermark(other).unwrap();
+        assert_eq!(store.meta("watermark").unwrap().as_deref(), Some(other));
+        assert_eq!(kept_watermark(dir.path()).unwrap().as_deref(), Some(other));
     }
 
     #[test]
