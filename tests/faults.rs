@@ -88,6 +88,14 @@ async fn a_no_op_pass_costs_the_same_few_calls_for_10_or_1000_jobs() {
 async fn a_pass_with_nothing_to_do_writes_nothing() {
     use std::os::unix::fs::MetadataExt as _;
     let s = setup(10, "").await;
+    // A scheduled batch job that is not due (it fires on 29 February only) keeps its schedule's
+    // cursor where it was.
+    s.repo.write(
+        "jobs/nightly.yaml",
+        "job_id: nightly\njob_type: batch\nartifact_path: artifacts/job.jar\n\
+         batch_config: { cron: \"0 3 29 2 *\", timezone: Europe/Berlin }\n",
+    );
+    s.repo.commit("a scheduled batch job");
     let state = s.work.path().join("state");
     let agent = Agent::open(s.config.clone()).unwrap();
     assert!(agent.apply_once().await.unwrap().converged());

@@ -4,6 +4,7 @@
 //! clock, so DST edges, missed schedules and overlap rules are tested with an injected clock.
 
 pub mod schedule;
+pub mod zone;
 
 use chrono::{DateTime, Utc};
 
@@ -70,7 +71,8 @@ pub enum Decision {
 pub struct Tick {
     /// What to do.
     pub decision: Decision,
-    /// The cursor to store.
+    /// Where the schedule's cursor stands after this tick; stored when it differs from the one
+    /// read.
     pub cursor: Option<ScheduleCursor>,
 }
 
@@ -124,7 +126,15 @@ pub fn decide(
         });
     };
     let since = DateTime::from_timestamp_millis(current.cursor_ms).unwrap_or(now);
-    let decision = match schedule.latest_due(since, now) {
+    let due = schedule.latest_due(since, now);
+    // With nothing due since the cursor, the cursor stays: the next pass scans the same empty
+    // stretch (one fire time) and finds what this one would have, and a pass with nothing to do
+    // writes nothing. A clock stepped back leaves it ahead, so no fire time runs twice.
+    let cursor = match due {
+        Some(_) => fresh_cursor,
+        None => current.clone(),
+    };
+    let decision = match due {
         Some((fire, missed)) => {
             let trigger = if missed > 1 {
                 Trigger::CatchUp
@@ -144,7 +154,7 @@ pub fn decide(
     };
     Ok(Tick {
         decision,
-        cursor: Some(fresh_cursor),
+        cursor: Some(cursor),
     })
 }
 
@@ -282,6 +292,61 @@ mod tests {
                 replace_active: false
             }
         );
+    }
+
+    #[test]
+    fn the_cursor_stays_while_nothing_is_due_and_moves_with_a_due_tick() {
+        let spec = batch(Some("0 2 * * *"), "UTC");
+        let cursor = cursor_at(&spec, "2026-01-10T12:00:00Z");
+        let quiet = decide(
+            &spec,
+            Some(&cursor),
+            RunCounts::default(),
+            utc("2026-01-10T18:00:00Z"),
+        )
+        .unwrap();
+        assert!(matches!(quiet.decision, Decision::Wait { .. }));
+        assert_eq!(
+            quiet.cursor.as_ref(),
+            Some(&cursor),
+            "nothing due: not moved"
+        );
+        // From the cursor that stayed, the next tick is found as it would have been.
+        let now = utc("2026-01-11T02:00:05Z");
+        let due = decide(&spec, quiet.cursor.as_ref(), RunCounts::default(), now).unwrap();
+        assert!(
+            matches!(due.decision, Decision::Run { missed: 1, .. }),
+            "{due:?}"
+        );
+        assert_eq!(due.cursor.unwrap().cursor_ms, now.timestamp_millis());
+        // A due tick skipped by `max_runs` is used up all the same.
+        let limited = BatchSpec {
+            max_runs: Some(1),
+            ..spec.clone()
+        };
+        let skipped = decide(
+            &limited,
+            Some(&cursor),
+            RunCounts {
+                of_revision: 1,
+                active: 0,
+            },
+            now,
+        )
+        .unwrap();
+        assert!(matches!(skipped.decision, Decision::Wait { .. }));
+        assert_eq!(skipped.cursor.unwrap().cursor_ms, now.timestamp_millis());
+        // A clock stepped back leaves the cursor ahead: the ticks it covers are not run again.
+        let ahead = cursor_at(&spec, "2026-01-12T12:00:00Z");
+        let back = decide(
+            &spec,
+            Some(&ahead),
+            RunCounts::default(),
+            utc("2026-01-11T12:00:00Z"),
+        )
+        .unwrap();
+        assert!(matches!(back.decision, Decision::Wait { .. }));
+        assert_eq!(back.cursor.as_ref(), Some(&ahead));
     }
 
     #[test]

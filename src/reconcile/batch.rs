@@ -159,7 +159,7 @@ impl Agent {
             let tick = decide(batch, cursor.as_ref(), counts, now).map_err(StepError::permanent)?;
             // A due tick moves the cursor in the same transaction that records its run (see `start_run`),
             // so a crash in between neither loses the tick nor runs it twice.
-            if !matches!(tick.decision, Decision::Run { .. }) {
+            if !matches!(tick.decision, Decision::Run { .. }) && tick.cursor != cursor {
                 match &tick.cursor {
                     Some(cursor) => {
                         self.with_store(|s| s.set_schedule_cursor(&row.job_id, cursor))?
