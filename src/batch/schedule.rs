@@ -2,13 +2,14 @@
 //! runs collapsed into one (no burst after downtime).
 
 use chrono::{DateTime, LocalResult, TimeZone, Utc};
-use chrono_tz::Tz;
+
+use super::zone::Zone;
 
 /// A parsed schedule.
 #[derive(Debug, Clone)]
 pub struct Schedule {
     cron: cron::Schedule,
-    zone: Tz,
+    zone: Zone,
 }
 
 /// How many fire times are scanned at most when catching up after downtime.
@@ -21,9 +22,7 @@ impl Schedule {
         let cron = normalized
             .parse::<cron::Schedule>()
             .map_err(|e| format!("`{expression}`: {e}"))?;
-        let zone = zone
-            .parse::<Tz>()
-            .map_err(|_| format!("`{zone}` is not an IANA time zone"))?;
+        let zone = Zone::named(zone).ok_or_else(|| format!("`{zone}` is not an IANA time zone"))?;
         Ok(Schedule { cron, zone })
     }
 
@@ -71,8 +70,8 @@ impl Schedule {
 
 /// A time as the spec's author reads it: in the schedule's zone.
 pub fn in_zone(time: DateTime<Utc>, zone: &str) -> String {
-    match zone.parse::<chrono_tz::Tz>() {
-        Ok(tz) if tz != chrono_tz::UTC => format!(
+    match Zone::named(zone) {
+        Some(tz) if zone != "UTC" => format!(
             "{} ({zone})",
             time.with_timezone(&tz)
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)

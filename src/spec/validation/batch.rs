@@ -42,9 +42,9 @@ pub(super) fn validate_batch(raw: Option<&RawBatch>, check: &mut Checker<'_>) ->
         }
     }
     if let Some(tz) = &raw.timezone {
-        match tz.value.parse::<chrono_tz::Tz>() {
-            Ok(_) => spec.timezone = tz.value.clone(),
-            Err(_) => check.at(
+        match crate::batch::zone::Zone::named(&tz.value) {
+            Some(_) => spec.timezone = tz.value.clone(),
+            None => check.at(
                 tz,
                 "batch_config.timezone",
                 format!(
