@@ -197,15 +197,17 @@ fn limit(batch: &BatchSpec, counts: RunCounts, decision: Decision) -> Decision {
     }
 }
 
+/// An RFC 3339 instant, for the schedule tests.
+#[cfg(test)]
+pub(crate) fn utc(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text)
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn utc(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text)
-            .unwrap()
-            .with_timezone(&Utc)
-    }
 
     fn batch(cron: Option<&str>, zone: &str) -> BatchSpec {
         BatchSpec {

@@ -83,12 +83,7 @@ pub fn in_zone(time: DateTime<Utc>, zone: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn utc(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text)
-            .unwrap()
-            .with_timezone(&Utc)
-    }
+    use crate::batch::utc;
 
     #[test]
     fn daily_at_two_in_berlin_follows_summer_and_winter_time() {
