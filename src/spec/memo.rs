@@ -8,7 +8,8 @@
 //! tied to the build of the agent that made it, since another build may validate differently.
 
 use foldhash::HashMap;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -53,35 +54,94 @@ pub struct MemoEntry {
 /// meanwhile).
 type EntrySource = Box<dyn FnOnce() -> PreparedMemo + Send>;
 
-/// Memo entries by key, each given to the one load that recalls it.
-pub struct PreparedMemo(HashMap<String, Kept>);
+/// Memo entries by key, each given to the one load that recalls it. A handle: clones share the
+/// entries, so another thread can parse them ahead of the load ([`PreparedMemo::parse_ahead`]).
+#[derive(Clone)]
+pub struct PreparedMemo(Arc<HashMap<String, Kept>>);
 
 /// One entry as a load takes it: its observations are checked, then its parts are moved into
 /// the job (a thousand unchanged specs are not copied again).
 struct Kept {
     observations_json: String,
-    artifact_content: std::cell::Cell<String>,
-    spec_json: std::cell::Cell<String>,
-    program_json: Option<String>,
+    parts: Mutex<Parts>,
+}
+
+/// An entry's job, as stored or parsed already; taken by the load that recalls it.
+enum Parts {
+    Stored {
+        spec_json: String,
+        artifact_content: String,
+        program_json: Option<String>,
+    },
+    Parsed {
+        spec: Box<JobSpec>,
+        program: Option<Program>,
+        spec_json: String,
+        artifact_content: String,
+    },
+    /// Did not read back, or was taken.
+    Gone,
+}
+
+impl Parts {
+    /// Parsed in place; `Gone` when the stored spec or program does not read back.
+    fn parse(&mut self) {
+        if let Parts::Stored {
+            spec_json,
+            artifact_content,
+            program_json,
+        } = self
+        {
+            *self = match parse_entry(spec_json, program_json.as_deref()) {
+                Some((spec, program)) => Parts::Parsed {
+                    spec,
+                    program,
+                    spec_json: std::mem::take(spec_json),
+                    artifact_content: std::mem::take(artifact_content),
+                },
+                None => Parts::Gone,
+            };
+        }
+    }
 }
 
 impl PreparedMemo {
-    /// The entries, each parsed when a load recalls it.
+    /// The entries, each parsed when a load recalls it (or a helper parses it first).
     pub fn new(entries: impl IntoIterator<Item = MemoEntry>) -> PreparedMemo {
-        PreparedMemo(
+        PreparedMemo(Arc::new(
             entries
                 .into_iter()
                 .map(|entry| {
                     let kept = Kept {
                         observations_json: entry.observations_json,
-                        artifact_content: entry.artifact_content.into(),
-                        spec_json: entry.spec_json.into(),
-                        program_json: entry.program_json,
+                        parts: Mutex::new(Parts::Stored {
+                            spec_json: entry.spec_json,
+                            artifact_content: entry.artifact_content,
+                            program_json: entry.program_json,
+                        }),
                     };
                     (entry.key, kept)
                 })
                 .collect(),
-        )
+        ))
+    }
+
+    /// Parses entries ahead of the load that recalls them, from the other end of the load's order
+    /// (the spec files' paths), until `stop` is set or none is left. An entry the load is parsing
+    /// is passed over; one parsed here is taken by the load as it is. An idle core does in the
+    /// meantime what the load would do last.
+    pub fn parse_ahead(&self, stop: &AtomicBool) {
+        let mut keys: Vec<&String> = self.0.keys().collect();
+        // A key is `generation\npath\nblob id`: by path, last first.
+        keys.sort_unstable_by(|a, b| b.cmp(a));
+        for key in keys {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if let Ok(mut parts) = self.0[key].parts.try_lock() {
+                parts.parse();
+            }
+        }
     }
 }
 
@@ -111,7 +171,7 @@ impl SpecMemo {
     pub fn none() -> SpecMemo {
         SpecMemo {
             generation: None,
-            entries: PreparedMemo(HashMap::default()).into(),
+            entries: PreparedMemo::new([]).into(),
             source: None.into(),
         }
     }
@@ -139,7 +199,7 @@ impl SpecMemo {
             .entries
             .get_or_init(|| match self.source.take() {
                 Some(source) => source(),
-                None => PreparedMemo(HashMap::default()),
+                None => PreparedMemo::new([]),
             })
             .0
     }
@@ -187,15 +247,21 @@ impl SpecMemo {
         if !holds_now {
             return None;
         }
-        let spec_json = entry.spec_json.take();
-        if spec_json.is_empty() {
-            return None;
+        // A lock poisoned by a panic elsewhere leaves the entry as it was: a miss at worst.
+        let mut parts = entry.parts.lock().ok()?;
+        parts.parse();
+        match std::mem::replace(&mut *parts, Parts::Gone) {
+            Parts::Parsed {
+                spec,
+                program,
+                spec_json,
+                artifact_content,
+            } => Some(
+                DesiredJob::new(spec, file.clone(), artifact_content, program)
+                    .with_canonical_spec(spec_json),
+            ),
+            _ => None,
         }
-        let (spec, program) = parse_entry(&spec_json, entry.program_json.as_deref())?;
-        Some(
-            DesiredJob::new(spec, file.clone(), entry.artifact_content.take(), program)
-                .with_canonical_spec(spec_json),
-        )
     }
 }
 
@@ -446,7 +512,17 @@ mod tests {
                 .join()
                 .unwrap()
         });
-        for memo in [&memo, &read_beside] {
+        // Parsed ahead on another thread, all of it or while the load runs: the same jobs.
+        let parsed_first = PreparedMemo::new(kept.clone());
+        parsed_first.parse_ahead(&AtomicBool::new(false));
+        let parsed_first = SpecMemo::later(move || parsed_first);
+        let racing = PreparedMemo::new(kept.clone());
+        let helper = racing.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let helper_stop = stop.clone();
+        let helping = std::thread::spawn(move || helper.parse_ahead(&helper_stop));
+        let racing = SpecMemo::later(move || racing);
+        for memo in [&memo, &read_beside, &parsed_first, &racing] {
             let second = load_desired_with(&tree, "jobs", memo).unwrap();
             assert_eq!(second.desired, parsed);
             assert!(second.fresh.is_empty(), "nothing changed: nothing parsed");
@@ -456,6 +532,8 @@ mod tests {
                 assert_eq!(recalled.program, job.program, "{id}");
             }
         }
+        stop.store(true, Ordering::Relaxed);
+        helping.join().unwrap();
         // A load takes what it recalls: the same memo gives a second load nothing.
         let again = load_desired_with(&tree, "jobs", &memo).unwrap();
         assert_eq!(again.desired, parsed);
@@ -551,9 +629,18 @@ mod tests {
         let loaded = load_desired_with(
             &tree,
             "jobs",
-            &SpecMemo::later(move || PreparedMemo::new(broken)),
+            &SpecMemo::later({
+                let broken = broken.clone();
+                move || PreparedMemo::new(broken)
+            }),
         )
         .unwrap();
+        assert_eq!(loaded.desired, load_desired(&tree, "jobs").unwrap());
+        assert_eq!(loaded.fresh.len(), 5);
+        let parsed_first = PreparedMemo::new(broken);
+        parsed_first.parse_ahead(&AtomicBool::new(false));
+        let loaded =
+            load_desired_with(&tree, "jobs", &SpecMemo::later(move || parsed_first)).unwrap();
         assert_eq!(loaded.desired, load_desired(&tree, "jobs").unwrap());
         assert_eq!(loaded.fresh.len(), 5);
     }
