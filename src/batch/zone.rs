@@ -31,17 +31,15 @@ impl Zone {
         (zone.iana_name() == Some(name)).then_some(Zone(zone))
     }
 
-    fn offset_at(&self, instant: jiff::Timestamp) -> ZoneOffset {
+    /// `offset` of this zone, as chrono takes it.
+    fn with_offset(&self, offset: jiff::tz::Offset) -> ZoneOffset {
         ZoneOffset {
             zone: self.clone(),
-            fixed: fixed(self.0.to_offset(instant)),
+            // jiff's offsets stay within ±26 hours, chrono's within ±24: a zone never comes near
+            // either.
+            fixed: FixedOffset::east_opt(offset.seconds()).unwrap_or_else(|| Utc.fix()),
         }
     }
-}
-
-fn fixed(offset: jiff::tz::Offset) -> FixedOffset {
-    // jiff's offsets stay within ±26 hours, chrono's within ±24: a zone never comes near either.
-    FixedOffset::east_opt(offset.seconds()).unwrap_or_else(|| Utc.fix())
 }
 
 /// `local` as jiff's civil time; `None` outside jiff's years (-9999 to 9999) or in a leap second.
@@ -87,17 +85,13 @@ impl TimeZone for Zone {
         let Some(civil) = civil(local) else {
             return MappedLocalTime::None;
         };
-        let with = |offset| ZoneOffset {
-            zone: self.clone(),
-            fixed: fixed(offset),
-        };
         match self.0.to_ambiguous_timestamp(civil).offset() {
             jiff::tz::AmbiguousOffset::Unambiguous { offset } => {
-                MappedLocalTime::Single(with(offset))
+                MappedLocalTime::Single(self.with_offset(offset))
             }
             jiff::tz::AmbiguousOffset::Gap { .. } => MappedLocalTime::None,
             jiff::tz::AmbiguousOffset::Fold { before, after } => {
-                MappedLocalTime::Ambiguous(with(before), with(after))
+                MappedLocalTime::Ambiguous(self.with_offset(before), self.with_offset(after))
             }
         }
     }
@@ -115,7 +109,7 @@ impl TimeZone for Zone {
                 jiff::Timestamp::MAX
             },
         );
-        self.offset_at(timestamp)
+        self.with_offset(self.0.to_offset(timestamp))
     }
 }
 
