@@ -289,7 +289,11 @@ pub fn plan(
                 }
             },
             (Some(job), Some(record)) => {
-                let changes = spec_changes(&record.spec_json, job);
+                let changes = if record.applied_spec_is(job) {
+                    Vec::new()
+                } else {
+                    spec_changes(&record.spec_json, job)
+                };
                 match (job.spec.state, record.status.as_str()) {
                     (DesiredRunState::Suspended, "suspended") => {
                         if !changes.is_empty() {
@@ -516,17 +520,15 @@ pub fn plan_reads_deployment(record: &JobRecord, desired: Option<&DesiredState>)
     let Some(job) = desired.and_then(|d| d.jobs.get(&record.job_id)) else {
         return true;
     };
-    !job.has_canonical_json(&record.spec_json)
-        || record.phase_name() != "steady"
-        || record.pending_json.is_some()
+    !record.applied_spec_is(job) || record.phase_name() != "steady" || record.pending_json.is_some()
 }
 
 /// Human-readable differences between the applied canonical JSON and the desired job.
 pub fn spec_changes(applied_json: &str, desired: &DesiredJob) -> Vec<String> {
-    if desired.has_canonical_json(applied_json) {
+    let desired_json = desired.canonical_json();
+    if applied_json == desired_json {
         return Vec::new();
     }
-    let desired_json = desired.canonical_json();
     if applied_json.is_empty() {
         return vec!["the adopted job runs a spec the agent did not record".into()];
     }
@@ -835,12 +837,14 @@ mod tests {
         let suspended_before = job(&spec("suspended"));
         let suspended = job(&format!("{}state: suspended\n", spec("suspended")));
         let midway = job(&spec("midway"));
+        let adopted = job(&spec("adopted"));
         let desired = desired(&[
             same.clone(),
             changed.clone(),
             stopped.clone(),
             suspended,
             midway.clone(),
+            adopted.clone(),
         ]);
         let deployed = |job: &DesiredJob, edit: &dyn Fn(&mut serde_json::Value)| {
             let mut record = record_of(job, "running");
@@ -862,6 +866,12 @@ mod tests {
             JobRecord {
                 phase: "stopping".into(),
                 ..deployed(&midway, &|d| d["parallelism"] = 4.into())
+            },
+            // Adopted from the cluster without a recorded spec; its tags name the desired spec's
+            // hash, but the agent has nothing to redeploy it from until it upgrades it.
+            JobRecord {
+                spec_json: String::new(),
+                ..record_of(&adopted, "running")
             },
         ];
         let dir = tempfile::tempdir().unwrap();
@@ -904,6 +914,19 @@ mod tests {
         let (listed_slots, listed_status) = report(&listed, &listed_plan);
 
         assert_eq!(listed_plan, whole_plan);
+        let action_of = |id: &str| {
+            let entry = listed_plan.jobs.iter().find(|j| j.job_id == id).unwrap();
+            (entry.action, entry.reasons.clone())
+        };
+        assert_eq!(action_of("same"), (Action::Unchanged, Vec::new()));
+        assert_eq!(
+            action_of("adopted"),
+            (
+                Action::Upgrade,
+                vec!["the adopted job runs a spec the agent did not record".to_string()]
+            )
+        );
+        assert_eq!(action_of("changed").0, Action::Upgrade);
         assert_eq!(listed_slots, whole_slots);
         assert_eq!(listed_status, whole_status);
         let read: Vec<&str> = listed

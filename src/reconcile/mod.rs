@@ -923,11 +923,7 @@ impl Agent {
         let desired = revision.desired().jobs.get(&entry.job_id);
         // A job whose applied spec is the desired one runs the job type it asks for: its recorded
         // deployment (kilobytes of JSON, for every job of every pass) need not be read.
-        let in_sync = desired.filter(|job| {
-            record
-                .as_ref()
-                .is_some_and(|r| job.has_canonical_json(&r.spec_json))
-        });
+        let in_sync = desired.filter(|job| record.as_ref().is_some_and(|r| r.applied_spec_is(job)));
         let recorded: Option<Deployment> = match in_sync {
             Some(_) => None,
             None => record.as_ref().and_then(|r| {

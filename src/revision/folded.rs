@@ -37,6 +37,8 @@ struct FoldedJob<'a> {
     id: Cow<'a, str>,
     file: Cow<'a, RepoPath>,
     artifact_content: Cow<'a, str>,
+    /// [`DesiredJob::hash_without_secrets`]: a pass compares every job by it.
+    hash: Cow<'a, str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     program: Option<Cow<'a, Program>>,
     #[serde(default, skip_serializing_if = "secrets_are_empty")]
@@ -82,6 +84,7 @@ impl VerifiedRevision {
                 id: Cow::Borrowed(id),
                 file: Cow::Borrowed(&job.file),
                 artifact_content: Cow::Borrowed(&job.artifact_content),
+                hash: Cow::Borrowed(job.hash_without_secrets()),
                 program: job.program.as_ref().map(Cow::Borrowed),
                 secrets: Cow::Borrowed(&job.secrets),
                 artifact: self.artifacts.get(id).map(Cow::Borrowed),
@@ -127,7 +130,7 @@ impl FoldedRevision {
                 job.artifact_content.into_owned(),
                 job.program.map(Cow::into_owned),
             )
-            .with_canonical_spec(spec_json.to_string());
+            .with_canonical_spec(spec_json.to_string(), job.hash.into_owned());
             desired_job.secrets = job.secrets.into_owned();
             let id = job.id.into_owned();
             if let Some(artifact) = job.artifact {

@@ -41,6 +41,8 @@ pub struct MemoEntry {
     pub key: String,
     /// The canonical JSON of the spec ([`DesiredJob::canonical_spec`]).
     pub spec_json: String,
+    /// [`DesiredJob::hash_without_secrets`].
+    pub spec_hash: String,
     /// [`DesiredJob::artifact_content`].
     pub artifact_content: String,
     /// The SQL or Python sources, as JSON.
@@ -70,6 +72,7 @@ struct Kept {
 enum Parts {
     Stored {
         spec_json: String,
+        spec_hash: String,
         artifact_content: String,
         program_json: Option<String>,
     },
@@ -77,6 +80,7 @@ enum Parts {
         spec: Box<JobSpec>,
         program: Option<Program>,
         spec_json: String,
+        spec_hash: String,
         artifact_content: String,
     },
     /// Did not read back, or was taken.
@@ -88,6 +92,7 @@ impl Parts {
     fn parse(&mut self) {
         if let Parts::Stored {
             spec_json,
+            spec_hash,
             artifact_content,
             program_json,
         } = self
@@ -97,6 +102,7 @@ impl Parts {
                     spec,
                     program,
                     spec_json: std::mem::take(spec_json),
+                    spec_hash: std::mem::take(spec_hash),
                     artifact_content: std::mem::take(artifact_content),
                 },
                 None => Parts::Gone,
@@ -116,6 +122,7 @@ impl PreparedMemo {
                         observations_json: entry.observations_json,
                         parts: Mutex::new(Parts::Stored {
                             spec_json: entry.spec_json,
+                            spec_hash: entry.spec_hash,
                             artifact_content: entry.artifact_content,
                             program_json: entry.program_json,
                         }),
@@ -255,10 +262,11 @@ impl SpecMemo {
                 spec,
                 program,
                 spec_json,
+                spec_hash,
                 artifact_content,
             } => Some(
                 DesiredJob::new(spec, file.clone(), artifact_content, program)
-                    .with_canonical_spec(spec_json),
+                    .with_canonical_spec(spec_json, spec_hash),
             ),
             _ => None,
         }
@@ -337,6 +345,7 @@ impl<'a> RecordingTree<'a> {
         Some(MemoEntry {
             key,
             spec_json,
+            spec_hash: job.hash_without_secrets().to_string(),
             artifact_content: job.artifact_content.clone(),
             program_json,
             observations_json: serde_json::to_string(&self.seen.into_inner()).ok()?,
@@ -529,6 +538,12 @@ mod tests {
             for (id, job) in &parsed.jobs {
                 let recalled = &second.desired.jobs[id];
                 assert_eq!(recalled.canonical_json(), job.canonical_json(), "{id}");
+                assert_eq!(recalled.spec_hash(), job.spec_hash(), "{id}");
+                assert_eq!(
+                    recalled.spec_hash(),
+                    crate::util::sha256_hex(job.canonical_json().as_bytes()),
+                    "{id}"
+                );
                 assert_eq!(recalled.program, job.program, "{id}");
             }
         }

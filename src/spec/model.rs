@@ -332,23 +332,28 @@ pub struct DesiredJob {
     /// changed secret redeploys the job; empty until the agent resolves them.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, String>,
-    /// The canonical JSON of `spec`, made once: every plan compares it for every job. `spec` is
-    /// never changed once a job is loaded, so it cannot go stale.
+    /// The canonical JSON of `spec`, made once. `spec` is never changed once a job is loaded, so
+    /// it cannot go stale.
     #[serde(skip)]
-    canonical_spec: CanonicalSpec,
+    canonical_spec: Computed,
+    /// SHA-256 of the canonical JSON without secrets, made once (or kept with the spec memo):
+    /// every plan compares it with every job's record. It depends on `spec` and
+    /// `artifact_content` only, which are never changed once a job is loaded.
+    #[serde(skip)]
+    hash_without_secrets: Computed,
 }
 
-/// A computed value that takes no part in comparing jobs.
+/// A value computed from a job's other fields, which takes no part in comparing jobs.
 #[derive(Debug, Clone, Default)]
-struct CanonicalSpec(std::sync::OnceLock<String>);
+struct Computed(std::sync::OnceLock<String>);
 
-impl PartialEq for CanonicalSpec {
-    fn eq(&self, _: &CanonicalSpec) -> bool {
+impl PartialEq for Computed {
+    fn eq(&self, _: &Computed) -> bool {
         true
     }
 }
 
-impl Eq for CanonicalSpec {}
+impl Eq for Computed {}
 
 impl DesiredJob {
     /// A job loaded from `file`; its secrets are fingerprinted later, by the agent.
@@ -364,13 +369,20 @@ impl DesiredJob {
             artifact_content,
             program,
             secrets: BTreeMap::new(),
-            canonical_spec: CanonicalSpec::default(),
+            canonical_spec: Computed::default(),
+            hash_without_secrets: Computed::default(),
         }
     }
 
-    /// A job whose spec's canonical JSON is already known (read back from the spec memo).
-    pub(crate) fn with_canonical_spec(mut self, canonical_spec: String) -> DesiredJob {
-        self.canonical_spec = CanonicalSpec(canonical_spec.into());
+    /// A job whose spec's canonical JSON and hash are already known (read back from the spec
+    /// memo, which keeps [`Self::hash_without_secrets`]).
+    pub(crate) fn with_canonical_spec(
+        mut self,
+        canonical_spec: String,
+        hash_without_secrets: String,
+    ) -> DesiredJob {
+        self.canonical_spec = Computed(canonical_spec.into());
+        self.hash_without_secrets = Computed(hash_without_secrets.into());
         self
     }
 
@@ -385,28 +397,29 @@ impl DesiredJob {
         })
     }
 
-    /// Whether `json` is [`Self::canonical_json`], without making it: a plan asks this for every
-    /// job.
-    pub fn has_canonical_json(&self, json: &str) -> bool {
-        if !self.secrets.is_empty() {
-            return json == self.canonical_json();
+    /// Whether `hash` is [`Self::spec_hash`]; without secrets, without hashing again: a plan asks
+    /// this for every job.
+    pub fn has_spec_hash(&self, hash: &str) -> bool {
+        if self.secrets.is_empty() {
+            hash == self.hash_without_secrets()
+        } else {
+            hash == self.spec_hash()
         }
-        json.strip_prefix("{\"artifact_content\":")
-            .and_then(|rest| strip_json_string(rest, &self.artifact_content))
-            .and_then(|rest| rest.strip_prefix(",\"spec\":"))
-            .and_then(|rest| rest.strip_suffix('}'))
-            .is_some_and(|spec| spec == self.canonical_spec())
     }
 
     /// The canonical JSON of everything that, when changed, needs a redeploy: keys sorted at
     /// every level, so `artifact_content`, `secrets` (only when used, so the hashes of jobs
     /// without secrets stay what they were), then `spec`.
     pub fn canonical_json(&self) -> String {
+        self.canonical_json_with(&self.secrets)
+    }
+
+    fn canonical_json_with(&self, secrets: &BTreeMap<String, String>) -> String {
         let artifact_content = serde_json::Value::from(self.artifact_content.as_str());
-        let secrets = if self.secrets.is_empty() {
+        let secrets = if secrets.is_empty() {
             String::new()
         } else {
-            format!(",\"secrets\":{}", serde_json::json!(self.secrets))
+            format!(",\"secrets\":{}", serde_json::json!(secrets))
         };
         format!(
             "{{\"artifact_content\":{artifact_content}{secrets},\"spec\":{}}}",
@@ -416,7 +429,19 @@ impl DesiredJob {
 
     /// SHA-256 of [`Self::canonical_json`].
     pub fn spec_hash(&self) -> String {
-        crate::util::sha256_hex(self.canonical_json().as_bytes())
+        if self.secrets.is_empty() {
+            self.hash_without_secrets().to_string()
+        } else {
+            crate::util::sha256_hex(self.canonical_json().as_bytes())
+        }
+    }
+
+    /// SHA-256 of the canonical JSON the job has before its secrets are fingerprinted: its
+    /// [`Self::spec_hash`] when it uses none. What the spec memo keeps.
+    pub fn hash_without_secrets(&self) -> &str {
+        self.hash_without_secrets.0.get_or_init(|| {
+            crate::util::sha256_hex(self.canonical_json_with(&BTreeMap::new()).as_bytes())
+        })
     }
 }
 
@@ -553,72 +578,65 @@ mod optional_duration_text {
     }
 }
 
-/// `text` without its leading JSON string literal of `value` (as serde_json writes it), or `None`
-/// when it does not start with one. Every plan asks this of every job: nothing is allocated.
-fn strip_json_string<'t>(text: &'t str, value: &str) -> Option<&'t str> {
-    struct Matching<'t> {
-        rest: &'t [u8],
-    }
-    impl std::io::Write for Matching<'_> {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            match self.rest.strip_prefix(bytes) {
-                Some(rest) => {
-                    self.rest = rest;
-                    Ok(bytes.len())
-                }
-                None => Err(std::io::ErrorKind::InvalidData.into()),
-            }
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut matching = Matching {
-        rest: text.as_bytes(),
-    };
-    serde_json::to_writer(&mut matching, value).ok()?;
-    text.get(text.len() - matching.rest.len()..)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::strip_json_string;
+    use super::DesiredJob;
+    use crate::spec::{RepoPath, parse_spec};
+    use crate::util::sha256_hex;
+
+    fn job(yaml: &str) -> DesiredJob {
+        DesiredJob::new(
+            parse_spec("jobs/x.yaml", yaml).unwrap(),
+            RepoPath::parse("jobs/x.yaml").unwrap(),
+            "git-blob:af08443063503c3591f8a9d94bbe7d4b7207afba".into(),
+            None,
+        )
+    }
+
+    const SPEC: &str = "job_id: orders\njob_type: stream\nartifact_path: a.jar\n";
 
     #[test]
-    fn a_json_string_is_stripped_only_when_it_is_the_whole_literal() {
-        for value in [
-            "git-blob:af08443063503c3591f8a9d94bbe7d4b7207afba",
-            "",
-            "quote \" backslash \\ tab \t newline \n bell \u{7} é ☃ 𝄞",
-            "sources-sha256:00;runner=git-blob:11",
-        ] {
-            let literal = serde_json::to_string(value).unwrap();
-            let text = format!("{literal},\"spec\":{{}}}}");
-            assert_eq!(
-                strip_json_string(&text, value),
-                Some(",\"spec\":{}}"),
-                "{value:?}"
-            );
-            assert_eq!(strip_json_string(&literal, value), Some(""), "{value:?}");
-            // Longer or shorter strings, and the literal cut short, are not it.
-            assert_eq!(
-                strip_json_string(&text, &format!("{value}x")),
-                None,
-                "{value:?}"
-            );
-            if let Some(shorter) = value
-                .get(..value.len().saturating_sub(1))
-                .filter(|s| *s != value)
-            {
-                assert_eq!(strip_json_string(&text, shorter), None, "{value:?}");
-            }
-            assert_eq!(
-                strip_json_string(&literal[..literal.len() - 1], value),
-                None
-            );
-        }
-        // The same characters written another way (`\u0041` for `A`) are another text: canonical
-        // JSON is compared as serde_json writes it.
-        assert_eq!(strip_json_string("\"\\u0041\"", "A"), None);
+    fn a_job_is_compared_by_the_hash_of_its_canonical_json_with_its_secrets() {
+        let mut orders = job(SPEC);
+        let bare = orders.canonical_json();
+        assert_eq!(orders.spec_hash(), sha256_hex(bare.as_bytes()));
+        assert_eq!(orders.hash_without_secrets(), orders.spec_hash());
+        assert!(orders.has_spec_hash(&sha256_hex(bare.as_bytes())));
+        assert!(
+            !orders.has_spec_hash(
+                &job(&format!("{SPEC}deployment: {{ parallelism: 2 }}\n")).spec_hash()
+            )
+        );
+        assert!(!orders.has_spec_hash(""));
+
+        // Fingerprinted secrets are part of what runs: the hash kept without them no longer
+        // names the job's spec.
+        orders
+            .secrets
+            .insert("DB_PASSWORD".into(), "fingerprint-1".into());
+        let with_secrets = orders.canonical_json();
+        assert_ne!(with_secrets, bare);
+        assert_eq!(orders.spec_hash(), sha256_hex(with_secrets.as_bytes()));
+        assert!(orders.has_spec_hash(&sha256_hex(with_secrets.as_bytes())));
+        assert!(!orders.has_spec_hash(&sha256_hex(bare.as_bytes())));
+        assert_eq!(orders.hash_without_secrets(), sha256_hex(bare.as_bytes()));
+    }
+
+    #[test]
+    fn a_job_recalled_with_its_hash_is_the_job_loaded() {
+        let loaded = job(SPEC);
+        let recalled = DesiredJob::new(
+            loaded.spec.clone(),
+            loaded.file.clone(),
+            loaded.artifact_content.clone(),
+            None,
+        )
+        .with_canonical_spec(
+            loaded.canonical_spec().to_string(),
+            loaded.hash_without_secrets().to_string(),
+        );
+        assert_eq!(recalled, loaded);
+        assert_eq!(recalled.canonical_json(), loaded.canonical_json());
+        assert_eq!(recalled.spec_hash(), loaded.spec_hash());
     }
 }

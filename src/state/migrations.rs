@@ -245,6 +245,17 @@ const MIGRATIONS: &[&str] = &[
         FROM jobs;
     DROP TABLE jobs;
     ALTER TABLE jobs_packed RENAME TO jobs;",
+    // 12: the spec memo keeps each spec's hash, so a plan compares a thousand unchanged jobs with
+    // their records by hash. Derived data: the old entries go.
+    "DROP TABLE spec_memo;
+    CREATE TABLE spec_memo (
+        key               TEXT PRIMARY KEY,
+        spec_json         TEXT NOT NULL,
+        spec_hash         TEXT NOT NULL,
+        artifact_content  TEXT NOT NULL,
+        program_json      TEXT,
+        observations_json TEXT NOT NULL
+    );",
 ];
 
 /// The schema version this binary writes.
@@ -365,6 +376,8 @@ mod tests {
             .iter()
             .map(|job| JobRecord {
                 deployment_json: None,
+                spec_json: String::new(),
+                spec_json_left_out: true,
                 ..job.clone()
             })
             .collect();

@@ -102,10 +102,17 @@ pub enum StateError {
 pub struct JobRecord {
     /// The spec's `job_id`.
     pub job_id: String,
-    /// Canonical JSON of the applied spec (see `DesiredJob::canonical_json`).
+    /// Canonical JSON of the applied spec (see `DesiredJob::canonical_json`); empty for a job
+    /// adopted from the cluster whose spec the agent never recorded, and where a listing left it
+    /// out ([`Self::spec_json_left_out`]).
     pub spec_json: String,
-    /// SHA-256 of `spec_json`.
+    /// SHA-256 of `spec_json`; for an adopted job whose spec was not recorded, the hash its
+    /// Flink tags name.
     pub spec_hash: String,
+    /// A listing for reports left `spec_json` out ([`StateStore::jobs_without_deployments`]):
+    /// the row records a spec, named by `spec_hash`.
+    #[serde(skip)]
+    pub spec_json_left_out: bool,
     /// The commit the applied spec came from.
     pub commit_id: String,
     /// Flink job id of the current (or last) instance.
@@ -244,6 +251,14 @@ pub struct SavepointTaken {
 }
 
 impl JobRecord {
+    /// Whether the applied spec is `job`'s: compared by hash, so a listing need not read the
+    /// spec's JSON. A job adopted without a recorded spec runs none the agent can redeploy, so it
+    /// is never in sync (its hash is its tag's).
+    pub fn applied_spec_is(&self, job: &crate::spec::DesiredJob) -> bool {
+        (self.spec_json_left_out || !self.spec_json.is_empty())
+            && job.has_spec_hash(&self.spec_hash)
+    }
+
     /// What the last deployment runs: `jar` unless it recorded a SQL or Python program.
     pub fn job_kind(&self) -> crate::spec::JobKind {
         #[derive(serde::Deserialize)]
@@ -515,11 +530,14 @@ pub struct StateStore {
 }
 
 /// The columns [`job_from_row`] reads, in its order, from `jobs` joined with `job_documents`:
-/// `$deployment`, `$pending` and `$phase` stand for the documents.
+/// `$spec` stands for the spec JSON (NULL: left out), `$deployment`, `$pending` and `$phase` for
+/// the documents.
 macro_rules! job_columns {
-    ($deployment:literal, $pending:literal, $phase:literal) => {
+    ($spec:literal, $deployment:literal, $pending:literal, $phase:literal) => {
         concat!(
-            "job_id, spec_json, spec_hash, commit_id, flink_job_id, generation, jar_id, jar_sha256, ",
+            "job_id, ",
+            $spec,
+            ", spec_hash, commit_id, flink_job_id, generation, jar_id, jar_sha256, ",
             "last_savepoint, status, updated_at, ",
             $deployment,
             ", ",
@@ -537,6 +555,7 @@ macro_rules! whole_jobs {
         concat!(
             "SELECT ",
             job_columns!(
+                "spec_json",
                 "job_documents.deployment_json",
                 "job_documents.pending_json",
                 "job_documents.phase_json"
@@ -737,15 +756,18 @@ impl StateStore {
     }
 
     /// Every job record as [`StateStore::jobs`] reads it, but without its recorded deployment
-    /// (`deployment_json` is `None`): for reports over many jobs, which need the deployment of the
-    /// few that change, and read those with [`StateStore::fill_deployments`]. The deployment is
+    /// (`deployment_json` is `None`) and its applied spec's JSON ([`JobRecord::spec_json_left_out`]):
+    /// for reports over many jobs, which compare specs by hash and need the spec and deployment of
+    /// the few that change, and read those with [`StateStore::fill_deployments`]. The deployment is
     /// about two thirds of a job (`plan` over 1,000 jobs: 1.7 of 2.6 MB) and is not read at all:
-    /// it is kept beside the jobs' rows (`job_documents`).
+    /// it is kept beside the jobs' rows (`job_documents`); the spec JSON is most of the rest.
     pub fn jobs_without_deployments(&self) -> Result<Vec<JobRecord>, StateError> {
         // A change under way is read for the few jobs that make one: the reports decide by it.
+        // An adopted job's empty spec JSON is read as it is: it records no spec.
         self.list_jobs(concat!(
             "SELECT ",
             job_columns!(
+                "CASE WHEN spec_json = '' THEN '' END",
                 "NULL",
                 "CASE WHEN has_pending THEN (SELECT pending_json FROM job_documents AS d WHERE d.job_id = jobs.job_id) END",
                 "CASE WHEN has_phase_json THEN (SELECT phase_json FROM job_documents AS d WHERE d.job_id = jobs.job_id) END"
@@ -1633,9 +1655,11 @@ impl StateStore {
 }
 
 fn job_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
+    let spec_json: Option<String> = row.get(1)?;
     Ok(JobRecord {
         job_id: row.get(0)?,
-        spec_json: row.get(1)?,
+        spec_json_left_out: spec_json.is_none(),
+        spec_json: spec_json.unwrap_or_default(),
         spec_hash: row.get(2)?,
         commit_id: row.get(3)?,
         flink_job_id: row.get(4)?,
@@ -1696,6 +1720,8 @@ mod tests {
             store
                 .put_job(&JobRecord {
                     deployment_json: Some(format!("{{\"n\":{n}}}")),
+                    // One adopted from the cluster without a recorded spec.
+                    spec_json: if n == 7 { String::new() } else { "{}".into() },
                     ..record(&format!("job-{n:02}"))
                 })
                 .unwrap();
@@ -1703,16 +1729,21 @@ mod tests {
         let whole = store.jobs().unwrap();
         let listed = store.jobs_without_deployments().unwrap();
         assert!(listed.iter().all(|r| r.deployment_json.is_none()));
+        // The spec JSON is left out where there is one, and says so.
         assert_eq!(
             listed,
             whole
                 .iter()
                 .map(|r| JobRecord {
                     deployment_json: None,
+                    spec_json: String::new(),
+                    spec_json_left_out: !r.spec_json.is_empty(),
                     ..r.clone()
                 })
                 .collect::<Vec<_>>()
         );
+        assert!(!listed[7].spec_json_left_out && listed[7].spec_json.is_empty());
+        assert!(whole.iter().all(|r| !r.spec_json_left_out));
         // A few, looked up one by one, and most, read in one listing.
         for picks in [3, 35] {
             let mut filled = listed.clone();

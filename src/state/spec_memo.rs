@@ -24,7 +24,7 @@ impl StateStore {
         let mut statement = self
             .connection
             .prepare_cached(
-                "SELECT key, spec_json, artifact_content, program_json, observations_json FROM spec_memo",
+                "SELECT key, spec_json, spec_hash, artifact_content, program_json, observations_json FROM spec_memo",
             )
             .map_err(sqlite(&self.path, "read spec memo"))?;
         let entries = statement
@@ -32,9 +32,10 @@ impl StateStore {
                 Ok(MemoEntry {
                     key: row.get(0)?,
                     spec_json: row.get(1)?,
-                    artifact_content: row.get(2)?,
-                    program_json: row.get(3)?,
-                    observations_json: row.get(4)?,
+                    spec_hash: row.get(2)?,
+                    artifact_content: row.get(3)?,
+                    program_json: row.get(4)?,
+                    observations_json: row.get(5)?,
                 })
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
@@ -49,8 +50,8 @@ impl StateStore {
             let mut insert = s
                 .connection
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO spec_memo (key, spec_json, artifact_content, program_json, observations_json)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT OR REPLACE INTO spec_memo (key, spec_json, spec_hash, artifact_content, program_json, observations_json)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(sqlite(&s.path, "keep spec memo"))?;
             for entry in fresh {
@@ -58,6 +59,7 @@ impl StateStore {
                     .execute(params![
                         entry.key,
                         entry.spec_json,
+                        entry.spec_hash,
                         entry.artifact_content,
                         entry.program_json,
                         entry.observations_json
