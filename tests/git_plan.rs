@@ -217,6 +217,56 @@ fn validate_a_checkout_offline() {
     );
 }
 
+/// A key valid for a time is judged at the agent's first sight of a commit, as `apply` judges it:
+/// `plan` reads that time from the state database, and judges a commit the agent never saw now.
+#[test]
+fn plan_judges_a_retired_key_at_the_agents_first_sight_of_the_commit() {
+    let repo = SpecRepo::new();
+    repo.write("artifacts/a.jar", b"PK\x03\x04")
+        .write("jobs/a.yaml", stream_spec("a", "artifacts/a.jar", 1));
+    let commit = repo.commit("one job, signed by a key retired since");
+    let work = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = flink_gitops::testing::FakeFlink::new();
+    let address = runtime.block_on(fake.serve()).unwrap();
+    let config = write_config_with(
+        work.path(),
+        repo.path(),
+        &format!("http://{address}"),
+        &repo
+            .signer
+            .line("namespaces=\"git,flink-gitops-artifact\",valid-before=\"20240101Z\""),
+        "artifacts: optional",
+    );
+    let plan_args = ["plan", "-c", config.to_str().unwrap(), "--output", "json"];
+
+    let never_seen = flink_gitops_json(&plan_args, 1);
+    assert_eq!(never_seen["refused"]["kind"], "signature", "{never_seen}");
+    assert!(
+        never_seen["refused"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired: valid-before 2024-01-01"),
+        "{never_seen}"
+    );
+
+    {
+        let store =
+            flink_gitops::state::StateStore::open_exclusive(&work.path().join("state")).unwrap();
+        store.record_revision_seen(&commit).unwrap();
+        store
+            .connection()
+            .execute(
+                "UPDATE revisions SET first_seen_at = '2023-06-01T12:00:00+00:00' WHERE commit_id = ?1",
+                [&commit],
+            )
+            .unwrap();
+    }
+    let seen_in_time = flink_gitops_json(&plan_args, 0);
+    assert!(seen_in_time["refused"].is_null(), "{seen_in_time}");
+    assert_eq!(actions(&seen_in_time), [("a".into(), "create".into())]);
+}
+
 #[test]
 fn an_unreachable_cluster_is_reported_not_guessed() {
     let repo = SpecRepo::new();

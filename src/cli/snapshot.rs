@@ -69,7 +69,8 @@ pub(super) struct Snapshot {
     pub(super) default_parallelism: Option<u32>,
 }
 
-/// Reads the first-seen time of a commit from the state DB, or now for a commit never seen.
+/// Reads the first-seen time of a commit from the state DB, or now for a commit never seen (or
+/// without a state DB).
 fn first_seen_in(
     store: Option<&StateStore>,
 ) -> impl FnMut(git2::Oid) -> chrono::DateTime<chrono::Utc> + '_ {
@@ -99,13 +100,17 @@ pub(super) async fn snapshot(
         std::thread::scope(|scope| {
             // The spec memo, then the records, are read on a second core while git fetches and
             // the specs load.
+            // The watermark first, which the verification starts from.
+            let (watermark_sender, watermark_receiver) = std::sync::mpsc::sync_channel(1);
             let (memo_sender, memo_receiver) = std::sync::mpsc::sync_channel(1);
             let state_dir = &config.state.dir;
             let stored = scope.spawn(move || -> Result<_, Failure> {
                 let Some(store) = StateStore::open_read_only(state_dir)? else {
+                    let _ = watermark_sender.send(None);
                     let _ = memo_sender.send(PreparedMemo::new([]));
-                    return Ok(Vec::new());
+                    return Ok((None, Vec::new()));
                 };
+                let _ = watermark_sender.send(store.meta("watermark")?);
                 // Sent unparsed: the load parses each spec as it recalls it, while this thread
                 // reads the records. Parsed here first, the load waited for the parse and then
                 // for the records (plan over 1,000 specs, 20 pairs: wall 5 %, CPU 7 % more).
@@ -114,17 +119,22 @@ pub(super) async fn snapshot(
                 let records = store.jobs_without_deployments()?;
                 // Then this core parses from the other end until the load is done.
                 memo.parse_ahead(loaded);
-                Ok(records)
+                Ok((Some(store), records))
             });
+            let join_reader = |reader: std::thread::ScopedJoinHandle<'_, Result<_, Failure>>| {
+                reader
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("reading the state database panicked"))?
+            };
             let source = GitSource::open(&config.state.dir.join("repo.git"), &config.repo)?;
             let head = match (fetch, source.head()?) {
                 (false, Some(head)) => head,
                 _ => source.fetch()?,
             };
-            let store = StateStore::open_read_only(&config.state.dir)?;
-            let recorded = match &store {
-                Some(s) => s.meta("watermark")?,
-                None => None,
+            let Ok(recorded) = watermark_receiver.recv() else {
+                // The reader failed before it read the watermark, and says why.
+                join_reader(stored)?;
+                return Err(anyhow::anyhow!("the state database reader stopped").into());
             };
             let kept = crate::state::kept_watermark(&config.state.dir)?;
             let start = crate::revision::verification_start(
@@ -145,20 +155,24 @@ pub(super) async fn snapshot(
                     .recv()
                     .unwrap_or_else(|_| PreparedMemo::new([]))
             });
+            // When a commit was first seen changes a verdict only for a key valid for a time: the
+            // state database is asked only then (its own connection: the reader's is busy).
+            let seen = match trust.signers.any_time_bound() {
+                true => StateStore::open_read_only(&config.state.dir)?,
+                false => None,
+            };
             let revision = verify_revision(
                 source.repo(),
                 &config,
                 &trust,
                 start,
                 head,
-                first_seen_in(store.as_ref()),
+                first_seen_in(seen.as_ref()),
                 &memo,
             )
             .map_err(Refusal::from);
             loaded.store(true, std::sync::atomic::Ordering::Relaxed);
-            let mut records = stored
-                .join()
-                .map_err(|_| anyhow::anyhow!("reading the state database panicked"))??;
+            let (store, mut records) = join_reader(stored)?;
             if let Some(store) = &store {
                 let desired = revision.as_ref().ok().map(VerifiedRevision::desired);
                 store.fill_deployments(&mut records, |record| {

@@ -280,6 +280,14 @@ fn parse_line(line: &str) -> Result<AllowedSigner, String> {
 }
 
 impl AllowedSigners {
+    /// Whether a key is valid only for a time (`valid-after`, `valid-before`): only then does the
+    /// time a signature is judged at change its verdict.
+    pub fn any_time_bound(&self) -> bool {
+        self.signers
+            .iter()
+            .any(|s| s.valid_after.is_some() || s.valid_before.is_some())
+    }
+
     /// Parses the text of a file; `source` names it in errors.
     pub fn parse(text: &str, source: &Path) -> Result<AllowedSigners, AllowedSignersError> {
         let mut signers = Vec::new();
