@@ -98,9 +98,8 @@ pub(super) async fn snapshot(
         let loaded = std::sync::atomic::AtomicBool::new(false);
         let loaded = &loaded;
         std::thread::scope(|scope| {
-            // The spec memo, then the records, are read on a second core while git fetches and
-            // the specs load.
-            // The watermark first, which the verification starts from.
+            // The watermark (which the verification starts from), the spec memo, then the records
+            // are read on a second core while git fetches and the specs load.
             let (watermark_sender, watermark_receiver) = std::sync::mpsc::sync_channel(1);
             let (memo_sender, memo_receiver) = std::sync::mpsc::sync_channel(1);
             let state_dir = &config.state.dir;
@@ -157,9 +156,10 @@ pub(super) async fn snapshot(
             });
             // When a commit was first seen changes a verdict only for a key valid for a time: the
             // state database is asked only then (its own connection: the reader's is busy).
-            let seen = match trust.signers.any_time_bound() {
-                true => StateStore::open_read_only(&config.state.dir)?,
-                false => None,
+            let seen = if trust.signers.any_time_bound() {
+                StateStore::open_read_only(&config.state.dir)?
+            } else {
+                None
             };
             let revision = verify_revision(
                 source.repo(),
