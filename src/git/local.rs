@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use git2::{ObjectType, Odb, Oid, Repository};
+use git2::{ObjectType, Odb, OdbLookupFlags, Oid, Repository};
 
 /// Why a copy from a local repository failed after the repository and its branch were found.
 #[derive(Debug, thiserror::Error)]
@@ -164,7 +164,10 @@ impl<'a> MissingObjects<'a> {
 
     /// Whether `oid` is new to both the mirror and this walk; if so, it is listed.
     fn lacks(&mut self, oid: Oid) -> Result<bool, CopyError> {
-        if self.seen.contains(&oid) || self.mirror.exists(oid) {
+        // The mirror's packs were listed when its object database was opened: a miss is not
+        // worth a rescan of `objects/pack/` (libgit2's default, once per missing object). A pack
+        // another process added since can only make this copy an object twice.
+        if self.seen.contains(&oid) || self.mirror.exists_ext(oid, OdbLookupFlags::NO_REFRESH) {
             return Ok(false);
         }
         if self.found.len() % 256 == 255 && Instant::now() >= self.deadline {
