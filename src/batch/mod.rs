@@ -127,30 +127,36 @@ pub fn decide(
     };
     let since = DateTime::from_timestamp_millis(current.cursor_ms).unwrap_or(now);
     let due = schedule.latest_due(since, now);
-    // With nothing due since the cursor, the cursor stays: the next pass scans the same empty
-    // stretch (one fire time) and finds what this one would have, and a pass with nothing to do
-    // writes nothing. A clock stepped back leaves it ahead, so no fire time runs twice.
-    let cursor = match due {
-        Some(_) => fresh_cursor,
-        None => current.clone(),
-    };
-    let decision = match due {
+    let (decision, cursor) = match due {
         Some((fire, missed)) => {
             let trigger = if missed > 1 {
                 Trigger::CatchUp
             } else {
                 Trigger::Cron
             };
-            overlap(batch, counts, trigger, Some(fire), missed)
+            (
+                overlap(batch, counts, trigger, Some(fire), missed),
+                fresh_cursor,
+            )
         }
-        None => Decision::Wait {
-            why: "not due".into(),
+        // With nothing due since the cursor, the cursor stays: the next pass scans the same empty
+        // stretch (one fire time) and finds what this one would have, and a pass with nothing to
+        // do writes nothing. A clock stepped back leaves it ahead, so no fire time runs twice.
+        None => (
+            Decision::Wait {
+                why: "not due".into(),
+                next: None,
+            },
+            current.clone(),
+        ),
+    };
+    // A wait says when the schedule fires next.
+    let decision = match limit(batch, counts, decision) {
+        Decision::Wait { why, next: None } => Decision::Wait {
+            why,
             next: schedule.next_after(now),
         },
-    };
-    let decision = match (limit(batch, counts, decision), schedule.next_after(now)) {
-        (Decision::Wait { why, next: None }, next) => Decision::Wait { why, next },
-        (other, _) => other,
+        other => other,
     };
     Ok(Tick {
         decision,
