@@ -363,13 +363,13 @@ pub fn plan(
             }
             (None, None) => continue,
         }
-        // The hash is asked for last: it hashes the job's whole canonical spec.
+        // The hash is asked for last: a spec parsed afresh hashes its whole canonical JSON for it.
         if let (Some(job), Some(record)) = (desired_job, record)
             && entry.action == Action::Upgrade
             && record
                 .rejected_spec_hash
                 .as_deref()
-                .is_some_and(|rejected| rejected == job.spec_hash())
+                .is_some_and(|rejected| job.has_spec_hash(rejected))
         {
             // The spec was rolled back before: the last good one keeps running (or is brought back).
             let alive = instance.is_some_and(|j| is_alive(&j.state));
@@ -447,8 +447,8 @@ fn lifecycle_decision(
     }
     let phase = crate::reconcile::lifecycle::Phase::of_record(record);
     if record.phase == "blocked" {
-        let desired_hash = desired.map(|job| job.spec_hash());
-        if desired_hash.is_some() && desired_hash != record.rejected_spec_hash {
+        let rejected = record.rejected_spec_hash.as_deref();
+        if desired.is_some_and(|job| !rejected.is_some_and(|hash| job.has_spec_hash(hash))) {
             return None;
         }
         if desired.is_none() && instance.is_none_or(|j| !is_alive(&j.state)) {
