@@ -12,42 +12,61 @@ pub struct RepoPath(#[serde(deserialize_with = "normalized")] String);
 /// A stored path is checked again when it is read back: it is not trusted more than a spec.
 fn normalized<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     let text = String::deserialize(deserializer)?;
-    let path = RepoPath::parse(&text).map_err(serde::de::Error::custom)?;
-    if path.0 != text {
-        return Err(serde::de::Error::custom(format!(
+    match check(&text).map_err(serde::de::Error::custom)? {
+        Form::Normal => Ok(text),
+        Form::Loose => Err(serde::de::Error::custom(format!(
             "`{text}` is not normalized"
-        )));
+        ))),
     }
-    Ok(path.0)
+}
+
+/// A valid path as written: already in its normal form, or one that normalizing changes.
+enum Form {
+    Normal,
+    Loose,
+}
+
+/// The path rules, without making the normal form: most paths (every name a tree walk finds,
+/// every path read back from the state database) are in it already.
+fn check(text: &str) -> Result<Form, String> {
+    if text.starts_with('/') {
+        return Err(format!(
+            "`{text}` is absolute; paths are relative to the repository root"
+        ));
+    }
+    if text.contains('\\') || text.contains('\0') {
+        return Err(format!(
+            "`{text}` contains a backslash or NUL; use `/` separators"
+        ));
+    }
+    let mut form = Form::Normal;
+    for part in text.split('/') {
+        match part {
+            "" | "." => form = Form::Loose,
+            ".." => {
+                return Err(format!(
+                    "`{text}` contains `..`; paths may not leave the repository"
+                ));
+            }
+            ".git" => return Err(format!("`{text}` points into `.git`")),
+            _ => {}
+        }
+    }
+    Ok(form)
 }
 
 impl RepoPath {
     /// Validates and normalizes a repo-relative path (`./a//b` becomes `a/b`).
     pub fn parse(text: &str) -> Result<RepoPath, String> {
-        if text.starts_with('/') {
-            return Err(format!(
-                "`{text}` is absolute; paths are relative to the repository root"
-            ));
+        match check(text)? {
+            Form::Normal => Ok(RepoPath(text.to_string())),
+            Form::Loose => Ok(RepoPath(
+                text.split('/')
+                    .filter(|part| !matches!(*part, "" | "."))
+                    .collect::<Vec<_>>()
+                    .join("/"),
+            )),
         }
-        if text.contains('\\') || text.contains('\0') {
-            return Err(format!(
-                "`{text}` contains a backslash or NUL; use `/` separators"
-            ));
-        }
-        let mut parts = Vec::new();
-        for part in text.split('/') {
-            match part {
-                "" | "." => {}
-                ".." => {
-                    return Err(format!(
-                        "`{text}` contains `..`; paths may not leave the repository"
-                    ));
-                }
-                ".git" => return Err(format!("`{text}` points into `.git`")),
-                other => parts.push(other),
-            }
-        }
-        Ok(RepoPath(parts.join("/")))
     }
 
     /// The repository root.
@@ -68,9 +87,15 @@ impl RepoPath {
     /// A child path.
     pub fn join(&self, relative: &str) -> Result<RepoPath, String> {
         if self.is_root() {
-            RepoPath::parse(relative)
-        } else {
-            RepoPath::parse(&format!("{}/{relative}", self.0))
+            return RepoPath::parse(relative);
+        }
+        let mut joined = String::with_capacity(self.0.len() + 1 + relative.len());
+        joined.push_str(&self.0);
+        joined.push('/');
+        joined.push_str(relative);
+        match check(&joined)? {
+            Form::Normal => Ok(RepoPath(joined)),
+            Form::Loose => RepoPath::parse(&joined),
         }
     }
 
@@ -82,7 +107,11 @@ impl RepoPath {
 
     /// True if `self` is `dir` or lies below it.
     pub fn starts_with(&self, dir: &RepoPath) -> bool {
-        dir.is_root() || self.0 == dir.0 || self.0.starts_with(&format!("{}/", dir.0))
+        dir.is_root()
+            || self
+                .0
+                .strip_prefix(dir.0.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     }
 }
 
@@ -136,5 +165,40 @@ mod tests {
         );
         assert!(link.join_link("../../outside.jar").is_err());
         assert!(link.join_link("/etc/passwd").is_err());
+    }
+
+    #[test]
+    fn joined_paths_and_prefixes_follow_the_same_rules() {
+        let dir = RepoPath::parse("jobs/team-1").unwrap();
+        assert_eq!(dir.join("a.yaml").unwrap().as_str(), "jobs/team-1/a.yaml");
+        assert_eq!(
+            dir.join("./x//a.yaml").unwrap().as_str(),
+            "jobs/team-1/x/a.yaml"
+        );
+        assert!(dir.join("../../../a.yaml").is_err());
+        assert!(dir.join("x/.git/config").is_err());
+        assert_eq!(RepoPath::root().join("a/").unwrap().as_str(), "a");
+        assert!(RepoPath::parse("").unwrap().is_root());
+
+        let file = dir.join("a.yaml").unwrap();
+        assert!(file.starts_with(&dir));
+        assert!(dir.starts_with(&dir));
+        assert!(file.starts_with(&RepoPath::root()));
+        assert!(
+            !RepoPath::parse("jobs/team-10/a.yaml")
+                .unwrap()
+                .starts_with(&dir)
+        );
+        assert!(!RepoPath::parse("jobs").unwrap().starts_with(&dir));
+    }
+
+    #[test]
+    fn a_stored_path_must_be_in_its_normal_form() {
+        let read = |json: &str| serde_json::from_str::<RepoPath>(json);
+        assert_eq!(read(r#""jobs/a.yaml""#).unwrap().as_str(), "jobs/a.yaml");
+        let loose = read(r#""jobs//a.yaml""#).unwrap_err().to_string();
+        assert!(loose.contains("is not normalized"), "{loose}");
+        assert!(read(r#""../a.yaml""#).is_err());
+        assert!(read(r#""/a.yaml""#).is_err());
     }
 }

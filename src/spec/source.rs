@@ -120,6 +120,9 @@ pub struct GitTree<'repo> {
     repo: &'repo git2::Repository,
     tree: git2::Tree<'repo>,
     commit: git2::Oid,
+    /// The ids of the files and links the walks found: a load asks for the content id of every
+    /// spec file it walked past, and a lookup by path reads each folder on the way again.
+    walked: std::cell::RefCell<foldhash::HashMap<RepoPath, git2::Oid>>,
 }
 
 impl<'repo> GitTree<'repo> {
@@ -132,7 +135,12 @@ impl<'repo> GitTree<'repo> {
                 path: String::new(),
                 source,
             })?;
-        Ok(GitTree { repo, tree, commit })
+        Ok(GitTree {
+            repo,
+            tree,
+            commit,
+            walked: Default::default(),
+        })
     }
 
     /// The commit this tree belongs to.
@@ -142,6 +150,9 @@ impl<'repo> GitTree<'repo> {
 
     /// The blob id of a file.
     pub fn blob_id(&self, path: &RepoPath) -> Result<git2::Oid, TreeError> {
+        if let Some(id) = self.walked.borrow().get(path) {
+            return Ok(*id);
+        }
         let entry = self
             .tree
             .get_path(Path::new(path.as_str()))
@@ -209,14 +220,20 @@ impl SpecTree for GitTree<'_> {
             self.repo.find_tree(entry.id()).map_err(git_err(dir))?
         };
         let mut found = Vec::new();
+        let mut ids = Vec::new();
         let mut failure = None;
+        let mut relative = String::new();
         subtree
             .walk(git2::TreeWalkMode::PreOrder, |parent, entry| {
                 let is_dir = entry.kind() == Some(git2::ObjectType::Tree);
                 let named = match entry.name() {
-                    Ok(name) => dir
-                        .join(&format!("{parent}{name}"))
-                        .map_err(|reason| format!("the name is not a usable path ({reason})")),
+                    Ok(name) => {
+                        relative.clear();
+                        relative.push_str(parent);
+                        relative.push_str(name);
+                        dir.join(&relative)
+                            .map_err(|reason| format!("the name is not a usable path ({reason})"))
+                    }
                     Err(_) => Err("the name is not UTF-8".to_string()),
                 };
                 let lossy = || String::from_utf8_lossy(entry.name_bytes());
@@ -234,7 +251,10 @@ impl SpecTree for GitTree<'_> {
                 };
                 match self.kind_of(entry, &full) {
                     Ok(EntryKind::Dir) => {}
-                    Ok(kind) => found.push((full, kind)),
+                    Ok(kind) => {
+                        ids.push(entry.id());
+                        found.push((full, kind));
+                    }
                     Err(e) => {
                         failure = Some(e);
                         return git2::TreeWalkResult::Abort;
@@ -247,6 +267,12 @@ impl SpecTree for GitTree<'_> {
         if let Some(e) = failure {
             return Err(e);
         }
+        let mut walked = self.walked.borrow_mut();
+        walked.reserve(found.len());
+        for ((path, _), id) in found.iter().zip(ids) {
+            walked.insert(path.clone(), id);
+        }
+        drop(walked);
         found.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(found)
     }
@@ -270,11 +296,7 @@ impl SpecTree for GitTree<'_> {
     }
 
     fn content_id(&self, path: &RepoPath) -> Result<String, TreeError> {
-        let entry = self
-            .tree
-            .get_path(Path::new(path.as_str()))
-            .map_err(git_err(path))?;
-        Ok(format!("git-blob:{}", entry.id()))
+        Ok(format!("git-blob:{}", self.blob_id(path)?))
     }
 }
 
@@ -458,4 +480,69 @@ pub(crate) fn normalize_link(link_dir: &str, target: &str) -> Result<String, Str
         }
     }
     Ok(parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A commit with `jobs/a.yaml`, `jobs/team/b.yaml` and `jobs/link.yaml` (a symlink to `a.yaml`).
+    fn commit_with_specs(repo: &git2::Repository) -> git2::Oid {
+        let a = repo.blob(b"job_id: a\n").unwrap();
+        let b = repo.blob(b"job_id: b\n").unwrap();
+        let link = repo.blob(b"a.yaml").unwrap();
+        let mut team = repo.treebuilder(None).unwrap();
+        team.insert("b.yaml", b, 0o100644).unwrap();
+        let team = team.write().unwrap();
+        let mut jobs = repo.treebuilder(None).unwrap();
+        jobs.insert("a.yaml", a, 0o100644).unwrap();
+        jobs.insert("link.yaml", link, 0o120000).unwrap();
+        jobs.insert("team", team, 0o040000).unwrap();
+        let jobs = jobs.write().unwrap();
+        let mut root = repo.treebuilder(None).unwrap();
+        root.insert("jobs", jobs, 0o040000).unwrap();
+        let root = repo.find_tree(root.write().unwrap()).unwrap();
+        let who = git2::Signature::now("t", "t@example.com").unwrap();
+        repo.commit(None, &who, &who, "specs", &root, &[]).unwrap()
+    }
+
+    #[test]
+    fn content_ids_are_the_same_before_and_after_a_walk() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = git2::Repository::init_bare(dir.path()).unwrap();
+        let commit = commit_with_specs(&repo);
+        let path = |p: &str| RepoPath::parse(p).unwrap();
+        let files = ["jobs/a.yaml", "jobs/link.yaml", "jobs/team/b.yaml"];
+
+        let looked_up: Vec<String> = {
+            let tree = GitTree::new(&repo, commit).unwrap();
+            files
+                .iter()
+                .map(|f| tree.content_id(&path(f)).unwrap())
+                .collect()
+        };
+        let tree = GitTree::new(&repo, commit).unwrap();
+        let found = tree.walk(&path("jobs")).unwrap();
+        assert_eq!(
+            found.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+            files
+        );
+        let after_walk: Vec<String> = files
+            .iter()
+            .map(|f| tree.content_id(&path(f)).unwrap())
+            .collect();
+        assert_eq!(after_walk, looked_up);
+        assert_eq!(
+            after_walk[0],
+            format!(
+                "git-blob:{}",
+                git2::Oid::hash_object(git2::ObjectType::Blob, b"job_id: a\n").unwrap()
+            )
+        );
+        // The link is its own blob (its target's name), not the file it points to.
+        assert_ne!(after_walk[1], after_walk[0]);
+        // A folder and a missing path are looked up as before.
+        assert!(tree.content_id(&path("jobs/team")).is_ok());
+        assert!(tree.content_id(&path("jobs/none.yaml")).is_err());
+    }
 }
