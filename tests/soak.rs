@@ -121,7 +121,9 @@ impl Sampler {
                                         j["state"].as_str()?.to_string(),
                                     ))
                                 })
-                                .filter(|(jid, state)| jid.starts_with(&prefix) && is_alive(state))
+                                .filter(|(jid, state)| {
+                                    jid.starts_with(prefix.as_str()) && is_alive(state)
+                                })
                                 .collect();
                             let mut worst = worst.lock().unwrap();
                             let entry = worst.entry(job.clone()).or_default();

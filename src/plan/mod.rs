@@ -143,13 +143,43 @@ pub enum Observed<'a> {
 }
 
 /// The first 16 hex characters of every Flink job id the agent gives this job.
-pub fn flink_job_prefix(job_id: &str) -> String {
-    // Asked for every job of every plan: hashed in place, without formatting the input first.
+pub fn flink_job_prefix(job_id: &str) -> JobPrefix {
+    // Asked for every job of every plan: hashed in place, without formatting the input first,
+    // and kept on the stack.
     let digest = Sha256::new()
         .chain_update(b"flink-gitops/job/")
         .chain_update(job_id.as_bytes())
         .finalize();
-    hex::encode(&digest[..8])
+    let mut hex = [0u8; 16];
+    // Cannot fail: 8 bytes make 16 hex characters.
+    let _ = hex::encode_to_slice(&digest[..8], &mut hex);
+    JobPrefix(hex)
+}
+
+/// [`flink_job_prefix`]: 16 lowercase hex characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobPrefix([u8; 16]);
+
+impl JobPrefix {
+    /// The prefix as text.
+    pub fn as_str(&self) -> &str {
+        // Hex digits are ASCII.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for JobPrefix {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for JobPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The part of a Flink job id that names the spec job it belongs to ([`flink_job_prefix`]);
@@ -947,8 +977,8 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert_eq!(a, flink_job_id("orders", 1));
         assert_ne!(a, flink_job_id("orders", 2));
-        assert!(a.starts_with(&flink_job_prefix("orders")));
-        assert!(!flink_job_id("orders2", 1).starts_with(&flink_job_prefix("orders")));
+        assert!(a.starts_with(flink_job_prefix("orders").as_str()));
+        assert!(!flink_job_id("orders2", 1).starts_with(flink_job_prefix("orders").as_str()));
     }
 
     #[test]

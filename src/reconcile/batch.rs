@@ -495,7 +495,7 @@ impl Agent {
             .jobs()
             .await?
             .iter()
-            .filter(|j| j.jid.starts_with(&prefix))
+            .filter(|j| j.jid.starts_with(prefix.as_str()))
             .map(|j| generation_of(&j.jid))
             .max()
             .unwrap_or(0);

@@ -242,7 +242,7 @@ impl PassContext {
     /// The instances of `job_id` the cluster listed when the pass began.
     fn instances_of(&self, job_id: &str) -> &[JobOverview] {
         self.instances
-            .get(&crate::plan::flink_job_prefix(job_id))
+            .get(crate::plan::flink_job_prefix(job_id).as_str())
             .map(Vec::as_slice)
             .unwrap_or(&[])
     }
