@@ -392,7 +392,7 @@ pub struct PlanStateInputs<'a> {
     pub head: git2::Oid,
     /// Per job id, the digest its repository JAR (or spec runner) was checked to have, when known
     /// (`VerifiedRevision::artifacts`): a JAR the agent cached with that digest is used as is.
-    pub artifacts: &'a BTreeMap<String, crate::revision::ArtifactCheck>,
+    pub artifacts: &'a BTreeMap<String, std::sync::Arc<crate::revision::ArtifactCheck>>,
     /// The agent's job records.
     pub records: &'a [JobRecord],
     /// The agent's savepoint ledger (`StateStore::newest_savepoints`).

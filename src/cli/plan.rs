@@ -15,7 +15,7 @@ use crate::state::SavepointTaken;
 struct TrustSummary<'a> {
     verified_from: Option<&'a str>,
     commits: Vec<CommitLine>,
-    artifacts: &'a std::collections::BTreeMap<String, ArtifactCheck>,
+    artifacts: &'a std::collections::BTreeMap<String, std::sync::Arc<ArtifactCheck>>,
 }
 
 #[derive(Serialize)]

@@ -286,18 +286,18 @@ fn check_states(
     })?;
     let head = git2::Oid::from_str(facts.head).map_err(anyhow::Error::from)?;
     // The digests the range plan hashed from the head's blobs: the JVM check runs those bytes.
-    let artifacts: BTreeMap<String, crate::revision::ArtifactCheck> = facts
+    let artifacts: BTreeMap<String, std::sync::Arc<crate::revision::ArtifactCheck>> = facts
         .jars
         .iter()
         .map(|(job_id, jar)| {
             (
                 job_id.clone(),
-                crate::revision::ArtifactCheck {
+                std::sync::Arc::new(crate::revision::ArtifactCheck {
                     path: jar.path.clone(),
                     sha256: jar.sha256.clone(),
                     size: 0,
                     signer: None,
-                },
+                }),
             )
         })
         .collect();

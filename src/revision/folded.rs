@@ -87,7 +87,7 @@ impl VerifiedRevision {
                 hash: Cow::Borrowed(job.hash_without_secrets()),
                 program: job.program.as_ref().map(Cow::Borrowed),
                 secrets: Cow::Borrowed(&job.secrets),
-                artifact: self.artifacts.get(id).map(Cow::Borrowed),
+                artifact: self.artifacts.get(id).map(|check| Cow::Borrowed(&**check)),
             };
             serde_json::to_writer(&mut encoder, &folded)?;
             encoder.write_all(b"\n")?;
@@ -134,7 +134,7 @@ impl FoldedRevision {
             desired_job.secrets = job.secrets.into_owned();
             let id = job.id.into_owned();
             if let Some(artifact) = job.artifact {
-                artifacts.insert(id.clone(), artifact.into_owned());
+                artifacts.insert(id.clone(), std::sync::Arc::new(artifact.into_owned()));
             }
             desired.jobs.insert(id, desired_job);
         }

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use git2::{Oid, Repository};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::config::{ArtifactPolicy as ArtifactRule, Config};
 use crate::git::{BlobStreamError, BlobStreams};
@@ -80,7 +81,8 @@ pub struct VerifiedRevision {
     head: Oid,
     commits: Vec<(Oid, String)>,
     desired: DesiredState,
-    artifacts: BTreeMap<String, ArtifactCheck>,
+    /// Jobs that share a JAR share its check.
+    artifacts: BTreeMap<String, Arc<ArtifactCheck>>,
     memo_fresh: Vec<MemoEntry>,
     memo_kept: Vec<String>,
 }
@@ -102,7 +104,7 @@ impl VerifiedRevision {
     }
 
     /// Per job id, its JAR's check (in-repo JARs only).
-    pub fn artifacts(&self) -> &BTreeMap<String, ArtifactCheck> {
+    pub fn artifacts(&self) -> &BTreeMap<String, Arc<ArtifactCheck>> {
         &self.artifacts
     }
 
@@ -211,10 +213,11 @@ pub fn verify_revision(
     crate::secrets::Secrets::of(config)
         .fingerprint_jobs(desired.jobs.values_mut())
         .map_err(RevisionError::Specs)?;
-    let mut artifacts = BTreeMap::new();
+    // In job id order, so the map is built in one pass at the end instead of searched per job.
+    let mut artifacts = Vec::with_capacity(desired.jobs.len());
     // Jobs that share a JAR (and its pin and signature demand) share one check: it is hashed once.
-    let mut checked: std::collections::HashMap<(&str, Option<&str>, bool), ArtifactCheck> =
-        std::collections::HashMap::new();
+    let mut checked: foldhash::HashMap<(&str, Option<&str>, bool), Arc<ArtifactCheck>> =
+        foldhash::HashMap::default();
     for (job_id, job) in &desired.jobs {
         // A JAR job's JAR, or the runner JAR a SQL or Python spec brings along.
         let path = match (&job.spec.artifact, &job.spec.runner) {
@@ -228,7 +231,7 @@ pub fn verify_revision(
             job.spec.artifact_verification,
         );
         if let Some(check) = checked.get(&key) {
-            artifacts.insert(job_id.clone(), check.clone());
+            artifacts.push((job_id.clone(), check.clone()));
             continue;
         }
         let artifact_policy = trust.artifact_policy(config, job.spec.artifact_verification);
@@ -244,14 +247,15 @@ pub fn verify_revision(
             job_id: job_id.clone(),
             error,
         })?;
+        let check = Arc::new(check);
         checked.insert(key, check.clone());
-        artifacts.insert(job_id.clone(), check);
+        artifacts.push((job_id.clone(), check));
     }
     Ok(VerifiedRevision {
         head,
         commits,
         desired,
-        artifacts,
+        artifacts: artifacts.into_iter().collect(),
         memo_fresh: loaded.fresh,
         memo_kept: loaded.kept,
     })
@@ -472,12 +476,12 @@ mod tests {
             .insert("db_password".into(), "hmac-sha256:0123abcd".into());
         let artifacts = BTreeMap::from([(
             first.clone(),
-            ArtifactCheck {
+            Arc::new(ArtifactCheck {
                 path: "artifacts/job.jar".into(),
                 sha256: "ab".repeat(32),
                 size: 4096,
                 signer: Some("release@example.com".into()),
-            },
+            }),
         )]);
         let head = Oid::from_str("1111111111111111111111111111111111111111").unwrap();
         VerifiedRevision {
