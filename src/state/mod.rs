@@ -765,9 +765,10 @@ impl StateStore {
 
     /// Every job record, ordered by job id.
     pub fn jobs(&self) -> Result<Vec<JobRecord>, StateError> {
-        self.list_jobs(whole_jobs!("ORDER BY job_id"))
+        self.list_jobs(whole_jobs!(""))
     }
 
+    /// The jobs `query` selects, ordered by job id.
     fn list_jobs(&self, query: &str) -> Result<Vec<JobRecord>, StateError> {
         let mut statement = self
             .connection
@@ -776,8 +777,14 @@ impl StateStore {
         let rows = statement
             .query_map([], job_from_row)
             .map_err(sqlite(&self.path, "list jobs"))?;
-        rows.collect::<Result<_, _>>()
-            .map_err(sqlite(&self.path, "list jobs"))
+        let mut records: Vec<JobRecord> = rows
+            .collect::<Result<_, _>>()
+            .map_err(sqlite(&self.path, "list jobs"))?;
+        // Sorted here, not by SQLite: `ORDER BY job_id` walks the job id index and looks each row
+        // up in the table from its root, where a scan reads the table's pages in order (`plan`
+        // over 1,000 jobs: 1,000 lookups). Byte order, as SQLite's `BINARY` collation.
+        records.sort_unstable_by(|a, b| a.job_id.cmp(&b.job_id));
+        Ok(records)
     }
 
     /// Every job record as [`StateStore::jobs`] reads it, but without its recorded deployment
@@ -797,7 +804,7 @@ impl StateStore {
                 "CASE WHEN has_pending THEN (SELECT pending_json FROM job_documents AS d WHERE d.job_id = jobs.job_id) END",
                 "CASE WHEN has_phase_json THEN (SELECT phase_json FROM job_documents AS d WHERE d.job_id = jobs.job_id) END"
             ),
-            " FROM jobs ORDER BY job_id"
+            " FROM jobs"
         ))
     }
 
@@ -1741,7 +1748,8 @@ mod tests {
     fn records_listed_without_deployments_are_filled_as_read_whole() {
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::open_exclusive(dir.path()).unwrap();
-        for n in 0..40 {
+        // Written out of order: the listings are in job id order, not in the order of the rows.
+        for n in (0..40).map(|n| (n * 17) % 40) {
             store
                 .put_job(&JobRecord {
                     deployment_json: Some(format!("{{\"n\":{n}}}")),
@@ -1753,6 +1761,11 @@ mod tests {
         }
         let whole = store.jobs().unwrap();
         let listed = store.jobs_without_deployments().unwrap();
+        let names: Vec<String> = (0..40).map(|n| format!("job-{n:02}")).collect();
+        assert_eq!(
+            whole.iter().map(|r| &r.job_id).collect::<Vec<_>>(),
+            names.iter().collect::<Vec<_>>()
+        );
         assert!(listed.iter().all(|r| r.deployment_json.is_none()));
         // The spec JSON is left out where there is one, and says so.
         assert_eq!(
