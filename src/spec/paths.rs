@@ -58,8 +58,13 @@ fn check(text: &str) -> Result<Form, String> {
 impl RepoPath {
     /// Validates and normalizes a repo-relative path (`./a//b` becomes `a/b`).
     pub fn parse(text: &str) -> Result<RepoPath, String> {
-        match check(text)? {
-            Form::Normal => Ok(RepoPath(text.to_string())),
+        RepoPath::normalize(text.to_string())
+    }
+
+    /// [`RepoPath::parse`] of a text already owned, kept as it is when it is in normal form.
+    fn normalize(text: String) -> Result<RepoPath, String> {
+        match check(&text)? {
+            Form::Normal => Ok(RepoPath(text)),
             Form::Loose => Ok(RepoPath(
                 text.split('/')
                     .filter(|part| !matches!(*part, "" | "."))
@@ -93,10 +98,7 @@ impl RepoPath {
         joined.push_str(&self.0);
         joined.push('/');
         joined.push_str(relative);
-        match check(&joined)? {
-            Form::Normal => Ok(RepoPath(joined)),
-            Form::Loose => RepoPath::parse(&joined),
-        }
+        RepoPath::normalize(joined)
     }
 
     /// Where a symlink at this path points, if that stays inside the repository.

@@ -220,7 +220,6 @@ impl SpecTree for GitTree<'_> {
             self.repo.find_tree(entry.id()).map_err(git_err(dir))?
         };
         let mut found = Vec::new();
-        let mut ids = Vec::new();
         let mut failure = None;
         let mut relative = String::new();
         subtree
@@ -252,7 +251,7 @@ impl SpecTree for GitTree<'_> {
                 match self.kind_of(entry, &full) {
                     Ok(EntryKind::Dir) => {}
                     Ok(kind) => {
-                        ids.push(entry.id());
+                        self.walked.borrow_mut().insert(full.clone(), entry.id());
                         found.push((full, kind));
                     }
                     Err(e) => {
@@ -267,12 +266,6 @@ impl SpecTree for GitTree<'_> {
         if let Some(e) = failure {
             return Err(e);
         }
-        let mut walked = self.walked.borrow_mut();
-        walked.reserve(found.len());
-        for ((path, _), id) in found.iter().zip(ids) {
-            walked.insert(path.clone(), id);
-        }
-        drop(walked);
         found.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(found)
     }
