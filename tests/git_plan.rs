@@ -497,3 +497,95 @@ fn an_unreadable_memo_is_parsed_around() {
         "the parsed spec replaced the unreadable entry"
     );
 }
+
+/// The objects the mirror at `state/repo.git` holds, by id.
+fn mirror_objects(work: &std::path::Path) -> Vec<String> {
+    let mirror = git2::Repository::open_bare(work.join("state/repo.git")).unwrap();
+    let mut ids = Vec::new();
+    mirror
+        .odb()
+        .unwrap()
+        .foreach(|oid| {
+            ids.push(oid.to_string());
+            true
+        })
+        .unwrap();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn plan_reads_a_local_repository_in_place_and_refuses_an_object_that_does_not_match_its_id() {
+    let repo = SpecRepo::new();
+    repo.write("artifacts/counter.jar", b"PK\x03\x04 fake v1")
+        .write(
+            "jobs/orders.yaml",
+            stream_spec("orders", "artifacts/counter.jar", 1),
+        );
+    let first = repo.commit("one job");
+    let work = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = flink_gitops::testing::FakeFlink::new();
+    let address = runtime.block_on(fake.serve()).unwrap();
+    let config = write_config(work.path(), &repo, &format!("http://{address}"));
+    let config_arg = config.to_str().unwrap();
+
+    // `apply`'s fetch fills the mirror; `plan` and `status` only read the repository in place.
+    record_applied(&config, &first, |id| flink_job_id(id, 1));
+    let fetched = mirror_objects(work.path());
+    assert!(!fetched.is_empty());
+    repo.write(
+        "jobs/orders.yaml",
+        stream_spec("orders", "artifacts/counter.jar", 2),
+    );
+    let second = repo.commit("scale orders");
+    let plan = flink_gitops_json(&["plan", "-c", config_arg, "--output", "json"], 0);
+    assert_eq!(plan["revision"], second.as_str());
+    assert_eq!(reasons(&plan, "orders"), ["parallelism: 1 → 2"]);
+    assert_eq!(
+        mirror_objects(work.path()),
+        fetched,
+        "plan changes nothing, the mirror neither"
+    );
+
+    // The new spec's blob file now holds other content of the same length: reading it in place,
+    // libgit2 hashes it and refuses it, as the copy of a fetch does.
+    let spec = git2::Repository::open(repo.path())
+        .unwrap()
+        .revparse_single("HEAD:jobs/orders.yaml")
+        .unwrap()
+        .id()
+        .to_string();
+    let file = repo
+        .path()
+        .join(".git/objects")
+        .join(&spec[..2])
+        .join(&spec[2..]);
+    let text = stream_spec("orders", "artifacts/counter.jar", 2);
+    let forged_text = text.replacen("parallelism: 2", "parallelism: 9", 1);
+    assert_eq!(forged_text.len(), text.len());
+    let mut forged = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(
+        &mut forged,
+        format!("blob {}\0{forged_text}", forged_text.len()).as_bytes(),
+    )
+    .unwrap();
+    let mut permissions = std::fs::metadata(&file).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    permissions.set_readonly(false);
+    std::fs::set_permissions(&file, permissions).unwrap();
+    std::fs::write(&file, forged.finish().unwrap()).unwrap();
+
+    let output = flink_gitops(&["plan", "-c", config_arg, "--output", "json"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&spec) || stderr.contains(&spec),
+        "the error names the object: {stdout}\n{stderr}"
+    );
+    assert!(
+        !stdout.contains("parallelism: 1 → 9"),
+        "the forged content is not planned: {stdout}"
+    );
+}

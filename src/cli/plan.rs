@@ -224,6 +224,8 @@ fn check_states(
     let config = &snap.config;
     let (runner, savepoints) = setup.prepare(config)?;
     let source = crate::git::GitSource::open(&config.state.dir.join("repo.git"), &config.repo)?;
+    // The snapshot read a local repository in place: the head's objects may be only there.
+    source.read_local_in_place()?;
     crate::compat::check_plan(
         plan,
         runner.as_ref().map_err(String::as_str),

@@ -128,7 +128,12 @@ pub(super) async fn snapshot(
             let source = GitSource::open(&config.state.dir.join("repo.git"), &config.repo)?;
             let head = match (fetch, source.head()?) {
                 (false, Some(head)) => head,
-                _ => source.fetch()?,
+                // A report reads a local repository where it is: copying its new objects into the
+                // mirror is the fetch's work, which `apply` does.
+                _ => match source.read_local_in_place()? {
+                    Some(head) => head,
+                    None => source.fetch()?,
+                },
             };
             let Ok(recorded) = watermark_receiver.recv() else {
                 // The reader failed before it read the watermark, and says why.

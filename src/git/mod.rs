@@ -102,6 +102,9 @@ pub unsafe fn tune_libgit2() -> Result<(), git2::Error> {
     // SAFETY: the caller guarantees no other thread is running (see above).
     unsafe {
         openssl::start_without_configuration();
+        // Reports read a local repository in place (`GitSource::read_local_in_place`): every object
+        // read is hashed against its id whatever libgit2's default.
+        git2::opts::strict_hash_verification(true);
         https::register()?;
         git2::opts::set_mwindow_size(Limits::DEFAULT.git_pack_window_bytes)?;
         git2::opts::set_mwindow_mapped_limit(Limits::DEFAULT.git_pack_mapped_bytes)?;
@@ -218,6 +221,37 @@ impl GitSource {
                 source,
             }),
         }
+    }
+
+    /// For reports, which change nothing: the branch's head in the repository a local `repo.url`
+    /// names, read in place. This handle's object database also looks in that repository's, after
+    /// the mirror's own; nothing is written to the mirror, whose tracking branch stays where the
+    /// last fetch left it. libgit2 hashes every object it reads (strict hash verification, on by
+    /// default), so an object whose content does not match its id is refused when read, as the
+    /// copy of a fetch refuses it. `None` when the remote is not local, or its path is no
+    /// repository or has no such branch: a fetch then gives libgit2's own answer.
+    pub fn read_local_in_place(&self) -> Result<Option<Oid>, GitError> {
+        if self.config.remote != Remote::Local {
+            return Ok(None);
+        }
+        let Some((head, objects)) = local::source_path(&self.config.url)
+            .and_then(|source| local::branch_in_place(&source, &self.config.branch))
+        else {
+            return Ok(None);
+        };
+        let Some(objects) = objects.to_str() else {
+            return Ok(None);
+        };
+        let odb = self.repo.odb().map_err(|source| GitError::Object {
+            operation: "opening the mirror's object database".into(),
+            source,
+        })?;
+        odb.add_disk_alternate(objects)
+            .map_err(|source| GitError::Object {
+                operation: format!("reading the objects of {} in place", self.config.url),
+                source,
+            })?;
+        Ok(Some(head))
     }
 
     /// The mirror, for reading trees, commits and signatures.
