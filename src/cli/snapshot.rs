@@ -67,6 +67,16 @@ pub(super) struct Snapshot {
     pub(super) cluster: Result<(ClusterOverview, Vec<JobOverview>), String>,
     /// The cluster's `parallelism.default` (the slots of a job without `parallelism`).
     pub(super) default_parallelism: Option<u32>,
+    /// What the reading used and the report does not: given back with the snapshot, after the
+    /// report, not before it (the mirror's packs unmapped, 1,000 spec memo entries freed).
+    _held: Held,
+}
+
+/// The mirror, the spec memo and the state connections a snapshot was read with.
+struct Held {
+    _source: GitSource,
+    _memo: SpecMemo,
+    _stores: [Option<StateStore>; 2],
 }
 
 /// Reads the first-seen time of a commit from the state DB, or now for a commit never seen (or
@@ -184,7 +194,12 @@ pub(super) async fn snapshot(
                     crate::plan::plan_reads_deployment(record, desired)
                 })?;
             }
-            Ok((head.to_string(), watermark, revision, records))
+            let held = Held {
+                _source: source,
+                _memo: memo,
+                _stores: [store, seen],
+            };
+            Ok((head.to_string(), watermark, revision, records, held))
         })
     });
     // The cluster is asked while the repository and the database are read.
@@ -199,7 +214,7 @@ pub(super) async fn snapshot(
         },
         client.default_parallelism()
     );
-    let (head, watermark, revision, records) = local.map_err(anyhow::Error::from)??;
+    let (head, watermark, revision, records, held) = local.map_err(anyhow::Error::from)??;
     match &revision {
         Ok(r) => info!(revision = %head, new_commits = r.commits().len(), "verified"),
         Err(refusal) => {
@@ -215,5 +230,6 @@ pub(super) async fn snapshot(
         records,
         cluster,
         default_parallelism: default_parallelism.ok(),
+        _held: held,
     })
 }
