@@ -111,23 +111,30 @@ pub(super) async fn snapshot(
             // The watermark (which the verification starts from), the spec memo, then the records
             // are read on a second core while git fetches and the specs load.
             let (watermark_sender, watermark_receiver) = std::sync::mpsc::sync_channel(1);
-            let (memo_sender, memo_receiver) = std::sync::mpsc::sync_channel(1);
+            let (memo_sender, memo_receiver) = std::sync::mpsc::channel();
             let state_dir = &config.state.dir;
             let stored = scope.spawn(move || -> Result<_, Failure> {
                 let Some(store) = StateStore::open_read_only(state_dir)? else {
                     let _ = watermark_sender.send(None);
-                    let _ = memo_sender.send(PreparedMemo::new([]));
                     return Ok((None, Vec::new()));
                 };
                 let _ = watermark_sender.send(store.meta("watermark")?);
-                // Sent unparsed: the load parses each spec as it recalls it, while this thread
-                // reads the records. Parsed here first, the load waited for the parse and then
-                // for the records (plan over 1,000 specs, 20 pairs: wall 5 %, CPU 7 % more).
-                let memo = PreparedMemo::new(store.spec_memo_entries());
-                let _ = memo_sender.send(memo.clone());
+                // Sent unparsed, part by part as read: the load recalls the first specs while the
+                // rest are read, and parses each spec as it recalls it while this thread reads the
+                // records. Parsed here first, the load waited for the parse and then for the
+                // records (plan over 1,000 specs, 20 pairs: wall 5 %, CPU 7 % more).
+                let mut parts = Vec::new();
+                store.spec_memo_in_parts(|entries| {
+                    let part = PreparedMemo::new(entries);
+                    let _ = memo_sender.send(part.clone());
+                    parts.push(part);
+                });
+                drop(memo_sender);
                 let records = store.jobs_without_deployments()?;
                 // Then this core parses from the other end until the load is done.
-                memo.parse_ahead(loaded);
+                for part in parts.iter().rev() {
+                    part.parse_ahead(loaded);
+                }
                 Ok((Some(store), records))
             });
             let join_reader = |reader: std::thread::ScopedJoinHandle<'_, Result<_, Failure>>| {
@@ -162,13 +169,9 @@ pub(super) async fn snapshot(
                 Start::Watermark(w) | Start::Kept(w) => Some(w.to_string()),
                 _ => None,
             };
-            // Waited for when the specs load, after the commits are verified. Nothing received: the
-            // reader failed before the memo, and says why when joined.
-            let memo = SpecMemo::later(move || {
-                memo_receiver
-                    .recv()
-                    .unwrap_or_else(|_| PreparedMemo::new([]))
-            });
+            // Waited for part by part when the specs load, after the commits are verified. The
+            // parts end when the reader is done with the memo, or failed (it says why when joined).
+            let memo = SpecMemo::in_parts(move || memo_receiver.recv().ok());
             // When a commit was first seen changes a verdict only for a key valid for a time: the
             // state database is asked only then (its own connection: the reader's is busy).
             let seen = if trust.signers.any_time_bound() {

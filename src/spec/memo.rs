@@ -51,10 +51,10 @@ pub struct MemoEntry {
     pub observations_json: String,
 }
 
-/// Where the entries come from: read already, or read on another thread and waited
-/// for only when a load first needs them (the repository is fetched and the commits verified
-/// meanwhile).
-type EntrySource = Box<dyn FnOnce() -> PreparedMemo + Send>;
+/// Where the entries come from when they are not all read already: the next part of them, read
+/// on another thread and waited for only when a load needs an entry it has not found yet (the
+/// repository is fetched and the commits verified meanwhile); `None` once there is no more.
+type EntrySource = Box<dyn FnMut() -> Option<PreparedMemo> + Send>;
 
 /// Memo entries by key, each given to the one load that recalls it. A handle: clones share the
 /// entries, so another thread can parse them ahead of the load ([`PreparedMemo::parse_ahead`]).
@@ -169,8 +169,15 @@ fn parse_entry(
 /// The entries a load may use, and the build they must come from.
 pub struct SpecMemo {
     generation: Option<&'static str>,
-    entries: std::cell::OnceCell<PreparedMemo>,
-    source: std::cell::Cell<Option<EntrySource>>,
+    /// The parts received so far, in the order they came.
+    first: std::cell::OnceCell<Box<Part>>,
+    source: std::cell::RefCell<Option<EntrySource>>,
+}
+
+/// One part of a memo's entries, and the part received after it.
+struct Part {
+    entries: PreparedMemo,
+    next: std::cell::OnceCell<Box<Part>>,
 }
 
 impl SpecMemo {
@@ -178,7 +185,7 @@ impl SpecMemo {
     pub fn none() -> SpecMemo {
         SpecMemo {
             generation: None,
-            entries: PreparedMemo::new([]).into(),
+            first: Default::default(),
             source: None.into(),
         }
     }
@@ -187,38 +194,79 @@ impl SpecMemo {
     pub fn new(entries: impl IntoIterator<Item = MemoEntry>) -> SpecMemo {
         SpecMemo {
             generation: build_generation(),
-            entries: PreparedMemo::new(entries).into(),
+            first: Box::new(Part {
+                entries: PreparedMemo::new(entries),
+                next: Default::default(),
+            })
+            .into(),
             source: None.into(),
         }
     }
 
     /// The entries `source` gives, asked for when a load first needs them.
     pub fn later(source: impl FnOnce() -> PreparedMemo + Send + 'static) -> SpecMemo {
+        let mut source = Some(source);
+        SpecMemo::in_parts(move || source.take().map(|read| read()))
+    }
+
+    /// The entries `next_part` gives part by part, each asked for when a load needs an entry the
+    /// parts before it do not have; `None` ends them. A load recalls its first specs while the
+    /// rest are still being read.
+    pub fn in_parts(next_part: impl FnMut() -> Option<PreparedMemo> + Send + 'static) -> SpecMemo {
         SpecMemo {
             generation: build_generation(),
-            entries: std::cell::OnceCell::new(),
-            source: Some(Box::new(source) as EntrySource).into(),
+            first: Default::default(),
+            source: Some(Box::new(next_part) as EntrySource).into(),
         }
     }
 
-    fn entries(&self) -> &HashMap<String, Kept> {
-        &self
-            .entries
-            .get_or_init(|| match self.source.take() {
-                Some(source) => source(),
-                None => PreparedMemo::new([]),
+    /// The part after `slot`, received now if it was not yet; `None` when there is no more.
+    fn part<'m>(&'m self, slot: &'m std::cell::OnceCell<Box<Part>>) -> Option<&'m Part> {
+        if let Some(part) = slot.get() {
+            return Some(part);
+        }
+        let entries = {
+            let mut source = self.source.borrow_mut();
+            let entries = source.as_mut().and_then(|next_part| next_part());
+            if entries.is_none() {
+                *source = None;
+            }
+            entries?
+        };
+        Some(slot.get_or_init(|| {
+            Box::new(Part {
+                entries,
+                next: Default::default(),
             })
-            .0
+        }))
     }
 
-    /// How many entries were read.
+    /// The entry under `key`, waiting for further parts while it is not found.
+    fn find(&self, key: &str) -> Option<&Kept> {
+        let mut slot = &self.first;
+        loop {
+            let part = self.part(slot)?;
+            if let Some(kept) = part.entries.0.get(key) {
+                return Some(kept);
+            }
+            slot = &part.next;
+        }
+    }
+
+    /// How many entries were read (every part is waited for).
     pub fn len(&self) -> usize {
-        self.entries().len()
+        let mut slot = &self.first;
+        let mut count = 0;
+        while let Some(part) = self.part(slot) {
+            count += part.entries.0.len();
+            slot = &part.next;
+        }
+        count
     }
 
     /// True when no entry was read.
     pub fn is_empty(&self) -> bool {
-        self.entries().is_empty()
+        self.len() == 0
     }
 
     /// Whether this memo keeps anything (else a load need not name its spec files).
@@ -244,7 +292,7 @@ impl SpecMemo {
         tree: &dyn SpecTree,
         checked: &mut HashMap<&'m str, bool>,
     ) -> Option<DesiredJob> {
-        let entry = self.entries().get(key)?;
+        let entry = self.find(key)?;
         let holds_now = *checked
             .entry(entry.observations_json.as_str())
             .or_insert_with(|| {
@@ -531,7 +579,17 @@ mod tests {
         let helper_stop = stop.clone();
         let helping = std::thread::spawn(move || helper.parse_ahead(&helper_stop));
         let racing = SpecMemo::later(move || racing);
-        for memo in [&memo, &read_beside, &parsed_first, &racing] {
+        // Read in parts of two on another thread, each waited for when first needed.
+        let (part_sender, parts) = std::sync::mpsc::channel();
+        let mut rest = kept.clone();
+        let feeding = std::thread::spawn(move || {
+            while !rest.is_empty() {
+                let part: Vec<MemoEntry> = rest.drain(..rest.len().min(2)).collect();
+                part_sender.send(PreparedMemo::new(part)).unwrap();
+            }
+        });
+        let in_parts = SpecMemo::in_parts(move || parts.recv().ok());
+        for memo in [&memo, &read_beside, &parsed_first, &racing, &in_parts] {
             let second = load_desired_with(&tree, "jobs", memo).unwrap();
             assert_eq!(second.desired, parsed);
             assert!(second.fresh.is_empty(), "nothing changed: nothing parsed");
@@ -549,6 +607,7 @@ mod tests {
         }
         stop.store(true, Ordering::Relaxed);
         helping.join().unwrap();
+        feeding.join().unwrap();
         // A load takes what it recalls: the same memo gives a second load nothing.
         let again = load_desired_with(&tree, "jobs", &memo).unwrap();
         assert_eq!(again.desired, parsed);
@@ -687,5 +746,67 @@ mod tests {
                 "{id} reads back from its canonical JSON"
             );
         }
+    }
+
+    #[test]
+    fn a_part_is_waited_for_only_while_an_entry_is_not_found() {
+        use std::sync::atomic::AtomicUsize;
+        let dir = tempfile::tempdir().unwrap();
+        let head = repo(dir.path());
+        let repository = git2::Repository::open(dir.path()).unwrap();
+        let first = load_desired_with(
+            &GitTree::new(&repository, head).unwrap(),
+            "jobs",
+            &SpecMemo::new([]),
+        )
+        .unwrap();
+        let kept = stored(&first.fresh, &[]);
+        let in_parts = |asked: &Arc<AtomicUsize>| {
+            let asked = asked.clone();
+            let mut parts =
+                vec![PreparedMemo::new(kept.clone()), PreparedMemo::new([])].into_iter();
+            SpecMemo::in_parts(move || {
+                asked.fetch_add(1, Ordering::Relaxed);
+                parts.next()
+            })
+        };
+
+        let asked = Arc::new(AtomicUsize::new(0));
+        let memo = in_parts(&asked);
+        let again =
+            load_desired_with(&GitTree::new(&repository, head).unwrap(), "jobs", &memo).unwrap();
+        assert!(again.fresh.is_empty());
+        assert_eq!(
+            asked.load(Ordering::Relaxed),
+            1,
+            "every spec was in the first part: no other was waited for"
+        );
+        assert_eq!(memo.len(), kept.len());
+        assert_eq!(
+            asked.load(Ordering::Relaxed),
+            3,
+            "counting waits for every part"
+        );
+
+        // A changed spec's key is in no part: every part is waited for before it is parsed.
+        write(
+            dir.path(),
+            "jobs/a.yaml",
+            "job_id: a\njob_type: stream\nartifact_path: artifacts/a.jar\ndeployment: { parallelism: 2 }\n",
+        );
+        let changed = commit(dir.path());
+        let asked = Arc::new(AtomicUsize::new(0));
+        let loaded = load_desired_with(
+            &GitTree::new(&repository, changed).unwrap(),
+            "jobs",
+            &in_parts(&asked),
+        )
+        .unwrap();
+        assert_eq!(loaded.fresh.len(), 1);
+        assert_eq!(
+            loaded.desired.jobs["a"].spec.parallelism,
+            std::num::NonZeroU32::new(2)
+        );
+        assert_eq!(asked.load(Ordering::Relaxed), 3);
     }
 }

@@ -14,20 +14,30 @@ impl StateStore {
     /// Every kept spec, as stored. The memo only saves time: when it cannot be read it is empty,
     /// every spec is parsed, and (for the agent) what was parsed replaces it.
     pub fn spec_memo_entries(&self) -> Vec<MemoEntry> {
-        self.read_spec_memo().unwrap_or_else(|error| {
-            tracing::warn!(%error, "the spec memo cannot be read; parsing every spec");
-            Vec::new()
-        })
+        let mut entries = Vec::new();
+        self.spec_memo_in_parts(|part| entries.extend(part));
+        entries
     }
 
-    fn read_spec_memo(&self) -> Result<Vec<MemoEntry>, StateError> {
+    /// Every kept spec, as stored, handed to `each` in parts as they are read: a first small one,
+    /// then each twice the one before, so a load can start on the first while the rest are read.
+    /// A part once handed over is whole; when the memo cannot be read further the rest is left out
+    /// (those specs are parsed).
+    pub fn spec_memo_in_parts(&self, mut each: impl FnMut(Vec<MemoEntry>)) {
+        if let Err(error) = self.read_spec_memo(&mut each) {
+            tracing::warn!(%error, "the spec memo cannot be read; parsing the specs it would give");
+        }
+    }
+
+    fn read_spec_memo(&self, each: &mut impl FnMut(Vec<MemoEntry>)) -> Result<(), StateError> {
+        const FIRST_PART: usize = 64;
         let mut statement = self
             .connection
             .prepare_cached(
                 "SELECT key, spec_json, spec_hash, artifact_content, program_json, observations_json FROM spec_memo",
             )
             .map_err(sqlite(&self.path, "read spec memo"))?;
-        let entries = statement
+        let rows = statement
             .query_map([], |row| {
                 Ok(MemoEntry {
                     key: row.get(0)?,
@@ -38,9 +48,19 @@ impl StateStore {
                     observations_json: row.get(5)?,
                 })
             })
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(sqlite(&self.path, "read spec memo"))?;
-        Ok(entries)
+        let mut part = Vec::with_capacity(FIRST_PART);
+        for row in rows {
+            part.push(row.map_err(sqlite(&self.path, "read spec memo"))?);
+            if part.len() == part.capacity() {
+                let next = Vec::with_capacity(part.len() * 2);
+                each(std::mem::replace(&mut part, next));
+            }
+        }
+        if !part.is_empty() {
+            each(part);
+        }
+        Ok(())
     }
 
     /// Keeps the specs a load parsed, and drops those no longer in the revision (or made by
@@ -81,5 +101,45 @@ impl StateStore {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: usize) -> MemoEntry {
+        MemoEntry {
+            key: format!("g\njobs/{n:03}.yaml\nblob-{n}"),
+            spec_json: format!("{{\"n\":{n}}}"),
+            spec_hash: format!("hash-{n}"),
+            artifact_content: "jar".into(),
+            program_json: n.is_multiple_of(2).then(|| "{}".to_string()),
+            observations_json: "[]".into(),
+        }
+    }
+
+    #[test]
+    fn the_memo_is_read_in_parts_each_twice_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open_exclusive(dir.path()).unwrap();
+        assert!(store.spec_memo_entries().is_empty());
+        let kept: Vec<MemoEntry> = (0..200).map(entry).collect();
+        let keys: Vec<String> = kept.iter().map(|e| e.key.clone()).collect();
+        store.keep_spec_memo(&kept, &keys).unwrap();
+
+        let mut parts = Vec::new();
+        store.spec_memo_in_parts(|part| parts.push(part));
+        assert_eq!(
+            parts.iter().map(Vec::len).collect::<Vec<_>>(),
+            [64, 128, 8],
+            "a small first part for the load to start on"
+        );
+        let mut read: Vec<MemoEntry> = parts.into_iter().flatten().collect();
+        read.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(read, kept);
+        let mut whole = store.spec_memo_entries();
+        whole.sort_by(|a, b| a.key.cmp(&b.key));
+        assert_eq!(whole, kept);
     }
 }
