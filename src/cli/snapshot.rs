@@ -1,7 +1,7 @@
 //! What `plan` and `status` read before they report: config, verified head, records, cluster.
 
 use serde::Serialize;
-use tracing::{info, instrument, warn};
+use tracing::{Instrument, info, instrument, warn};
 
 use super::verify::{CommitLine, commit_lines};
 use super::{Failure, load_config, usage};
@@ -101,9 +101,26 @@ pub(super) async fn snapshot(
 ) -> Result<Snapshot, Failure> {
     let config = load_config(config_path)?;
     let trust = TrustMaterial::load(&config).map_err(usage)?;
-    let blocking_config = config.clone();
-    let local = tokio::task::spawn_blocking(move || -> Result<_, Failure> {
-        let config = blocking_config;
+    // The cluster is asked on the runtime's worker while this thread reads the repository and the
+    // database, and finds the answers waiting: handed from another thread, the reading's result
+    // waited for a wake-up on `plan`'s critical path (0.5 ms over 1,000 jobs).
+    let flink = config.flink.clone();
+    let asking = tokio::spawn(
+        async move {
+            let client = FlinkClient::from_config(&flink)?;
+            Ok::<_, crate::flink::FlinkError>(tokio::join!(
+                async {
+                    tokio::try_join!(client.overview(), client.jobs()).map_err(|e| {
+                        warn!(error = %e, "cannot read the cluster");
+                        e.to_string()
+                    })
+                },
+                client.default_parallelism()
+            ))
+        }
+        .instrument(tracing::Span::current()),
+    );
+    let local = tokio::task::block_in_place(|| -> Result<_, Failure> {
         // Set once the specs are loaded: the state thread's parsing ahead stops.
         let loaded = std::sync::atomic::AtomicBool::new(false);
         let loaded = &loaded;
@@ -205,19 +222,8 @@ pub(super) async fn snapshot(
             Ok((head.to_string(), watermark, revision, records, held))
         })
     });
-    // The cluster is asked while the repository and the database are read.
-    let client = FlinkClient::from_config(&config.flink)?;
-    let (local, cluster, default_parallelism) = tokio::join!(
-        local,
-        async {
-            tokio::try_join!(client.overview(), client.jobs()).map_err(|e| {
-                warn!(error = %e, "cannot read the cluster");
-                e.to_string()
-            })
-        },
-        client.default_parallelism()
-    );
-    let (head, watermark, revision, records, held) = local.map_err(anyhow::Error::from)??;
+    let (cluster, default_parallelism) = asking.await.map_err(anyhow::Error::from)??;
+    let (head, watermark, revision, records, held) = local?;
     match &revision {
         Ok(r) => info!(revision = %head, new_commits = r.commits().len(), "verified"),
         Err(refusal) => {
