@@ -7,6 +7,19 @@ use flink_gitops::plan::flink_job_id;
 use serde_json::Value;
 use support::*;
 
+/// The fake Flink, served by the returned runtime while the binary runs (keep both as long as the
+/// test), and its URL.
+fn serve_fake() -> (
+    tokio::runtime::Runtime,
+    flink_gitops::testing::FakeFlink,
+    String,
+) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = flink_gitops::testing::FakeFlink::new();
+    let address = runtime.block_on(fake.serve()).unwrap();
+    (runtime, fake, format!("http://{address}"))
+}
+
 fn actions(plan: &Value) -> Vec<(String, String)> {
     job_actions(&plan["plan"]["jobs"])
 }
@@ -39,11 +52,8 @@ fn plan_follows_the_branch_head() {
         );
     let first = repo.commit("two jobs");
     let work = tempfile::tempdir().unwrap();
-    // The runtime serves the fake while the binary runs; it lives as long as the test.
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let fake = flink_gitops::testing::FakeFlink::new();
-    let address = runtime.block_on(fake.serve()).unwrap();
-    let config = write_config(work.path(), &repo, &format!("http://{address}"));
+    let (_runtime, _fake, flink_url) = serve_fake();
+    let config = write_config(work.path(), &repo, &flink_url);
     let config_arg = config.to_str().unwrap();
 
     let plan = flink_gitops_json(&["plan", "-c", config_arg, "--output", "json"], 0);
@@ -226,13 +236,11 @@ fn plan_judges_a_retired_key_at_the_agents_first_sight_of_the_commit() {
         .write("jobs/a.yaml", stream_spec("a", "artifacts/a.jar", 1));
     let commit = repo.commit("one job, signed by a key retired since");
     let work = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let fake = flink_gitops::testing::FakeFlink::new();
-    let address = runtime.block_on(fake.serve()).unwrap();
+    let (_runtime, _fake, flink_url) = serve_fake();
     let config = write_config_with(
         work.path(),
         repo.path(),
-        &format!("http://{address}"),
+        &flink_url,
         &repo
             .signer
             .line("namespaces=\"git,flink-gitops-artifact\",valid-before=\"20240101Z\""),
@@ -345,10 +353,8 @@ struct Applied {
 impl Applied {
     fn first(repo: &SpecRepo) -> Applied {
         let work = tempfile::tempdir().unwrap();
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let fake = flink_gitops::testing::FakeFlink::new();
-        let address = runtime.block_on(fake.serve()).unwrap();
-        let config = write_config(work.path(), repo, &format!("http://{address}"));
+        let (runtime, fake, flink_url) = serve_fake();
+        let config = write_config(work.path(), repo, &flink_url);
         let mut text = std::fs::read_to_string(&config).unwrap();
         text.push_str("reconcile:\n  poll_interval: 100ms\n");
         std::fs::write(&config, text).unwrap();
@@ -524,10 +530,8 @@ fn plan_reads_a_local_repository_in_place_and_refuses_an_object_that_does_not_ma
         );
     let first = repo.commit("one job");
     let work = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let fake = flink_gitops::testing::FakeFlink::new();
-    let address = runtime.block_on(fake.serve()).unwrap();
-    let config = write_config(work.path(), &repo, &format!("http://{address}"));
+    let (_runtime, _fake, flink_url) = serve_fake();
+    let config = write_config(work.path(), &repo, &flink_url);
     let config_arg = config.to_str().unwrap();
 
     // `apply`'s fetch fills the mirror; `plan` and `status` only read the repository in place.
