@@ -61,11 +61,18 @@ pub(super) fn source_path(url: &str) -> Option<PathBuf> {
     }
 }
 
+/// The repository at `source` and its `branch`'s head; `None` when `source` is no repository or
+/// has no such branch.
+fn open_branch(source: &Path, branch: &str) -> Option<(Repository, Oid)> {
+    let origin = Repository::open(source).ok()?;
+    let head = origin.refname_to_id(&format!("refs/heads/{branch}")).ok()?;
+    Some((origin, head))
+}
+
 /// `branch`'s head in the repository at `source`, and the folder its objects are in; `None` when
 /// `source` is no repository or has no such branch.
 pub(super) fn branch_in_place(source: &Path, branch: &str) -> Option<(Oid, PathBuf)> {
-    let origin = Repository::open(source).ok()?;
-    let head = origin.refname_to_id(&format!("refs/heads/{branch}")).ok()?;
+    let (origin, head) = open_branch(source, branch)?;
     // A linked worktree's objects are in the repository it belongs to.
     Some((head, origin.commondir().join("objects")))
 }
@@ -80,10 +87,7 @@ pub(super) fn copy_branch(
     tracking_ref: &str,
     deadline: Instant,
 ) -> Result<bool, CopyError> {
-    let Ok(origin) = Repository::open(source) else {
-        return Ok(false);
-    };
-    let Ok(head) = origin.refname_to_id(&format!("refs/heads/{branch}")) else {
+    let Some((origin, head)) = open_branch(source, branch) else {
         return Ok(false);
     };
     let mirror_objects = mirror.odb().map_err(|source| CopyError::Mirror {

@@ -226,8 +226,8 @@ impl GitSource {
     /// For reports, which change nothing: the branch's head in the repository a local `repo.url`
     /// names, read in place. This handle's object database also looks in that repository's, after
     /// the mirror's own; nothing is written to the mirror, whose tracking branch stays where the
-    /// last fetch left it. libgit2 hashes every object it reads (strict hash verification, on by
-    /// default), so an object whose content does not match its id is refused when read, as the
+    /// last fetch left it. libgit2 hashes every object it reads (strict hash verification, set in
+    /// [`tune_libgit2`]), so an object whose content does not match its id is refused when read, as the
     /// copy of a fetch refuses it. `None` when the remote is not local, or its path is no
     /// repository or has no such branch: a fetch then gives libgit2's own answer.
     pub fn read_local_in_place(&self) -> Result<Option<Oid>, GitError> {

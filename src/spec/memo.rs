@@ -138,6 +138,10 @@ impl PreparedMemo {
     /// is passed over; one parsed here is taken by the load as it is. An idle core does in the
     /// meantime what the load would do last.
     pub fn parse_ahead(&self, stop: &AtomicBool) {
+        // Asked part after part: parts the load reached the end before are not looked at.
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
         let mut keys: Vec<&String> = self.0.keys().collect();
         // A key is `generation\npath\nblob id`: by path, last first.
         keys.sort_unstable_by(|a, b| b.cmp(a));
@@ -241,27 +245,24 @@ impl SpecMemo {
         }))
     }
 
+    /// The parts in the order they came, each one not received yet waited for when reached.
+    fn parts(&self) -> impl Iterator<Item = &Part> {
+        let mut slot = &self.first;
+        std::iter::from_fn(move || {
+            let part = self.part(slot)?;
+            slot = &part.next;
+            Some(part)
+        })
+    }
+
     /// The entry under `key`, waiting for further parts while it is not found.
     fn find(&self, key: &str) -> Option<&Kept> {
-        let mut slot = &self.first;
-        loop {
-            let part = self.part(slot)?;
-            if let Some(kept) = part.entries.0.get(key) {
-                return Some(kept);
-            }
-            slot = &part.next;
-        }
+        self.parts().find_map(|part| part.entries.0.get(key))
     }
 
     /// How many entries were read (every part is waited for).
     pub fn len(&self) -> usize {
-        let mut slot = &self.first;
-        let mut count = 0;
-        while let Some(part) = self.part(slot) {
-            count += part.entries.0.len();
-            slot = &part.next;
-        }
-        count
+        self.parts().map(|part| part.entries.0.len()).sum()
     }
 
     /// True when no entry was read.

@@ -49,12 +49,13 @@ impl StateStore {
                 })
             })
             .map_err(sqlite(&self.path, "read spec memo"))?;
-        let mut part = Vec::with_capacity(FIRST_PART);
+        let mut size = FIRST_PART;
+        let mut part = Vec::with_capacity(size);
         for row in rows {
             part.push(row.map_err(sqlite(&self.path, "read spec memo"))?);
-            if part.len() == part.capacity() {
-                let next = Vec::with_capacity(part.len() * 2);
-                each(std::mem::replace(&mut part, next));
+            if part.len() == size {
+                size *= 2;
+                each(std::mem::replace(&mut part, Vec::with_capacity(size)));
             }
         }
         if !part.is_empty() {
