@@ -829,6 +829,64 @@ fn plan_refuses_an_unsigned_commit_after_the_watermark_and_a_force_push() {
 }
 
 #[test]
+fn plan_verifies_from_the_newer_watermark_when_the_kept_copy_is_older_than_the_database() {
+    // `plan` starts verifying from the kept copy of the watermark before the database answers;
+    // when the database's is newer, the commits between the two must not be judged again.
+    let f = Fixture::new("{author}");
+    f.repo
+        .write("artifacts/job.jar", b"PK\x03\x04 job")
+        .write("jobs/a.yaml", stream_spec("a", "artifacts/job.jar", 1));
+    let older = f.repo.commit("applied long ago");
+    f.repo
+        .write("jobs/a.yaml", stream_spec("a", "artifacts/job.jar", 4));
+    f.repo.git(&["add", "-A"]);
+    f.repo.git(&[
+        "commit",
+        "-q",
+        "--no-gpg-sign",
+        "-m",
+        "accepted by the operator",
+    ]);
+    let recorded = f.repo.git(&["rev-parse", "HEAD"]).trim().to_string();
+    f.repo
+        .write("jobs/a.yaml", stream_spec("a", "artifacts/job.jar", 2));
+    let head = f.repo.commit("signed on top");
+    let work = tempfile::tempdir().unwrap();
+    let config = write_config(work.path(), &f.repo, "http://127.0.0.1:9");
+    let config_arg = config.to_str().unwrap();
+    flink_gitops(&["plan", "-c", config_arg]);
+    let state = work.path().join("state");
+    flink_gitops::state::StateStore::open_exclusive(&state)
+        .unwrap()
+        .set_meta("watermark", &recorded)
+        .unwrap();
+    std::fs::write(
+        state.join(flink_gitops::state::WATERMARK_FILE),
+        format!("{older}\n"),
+    )
+    .unwrap();
+
+    let plan = flink_gitops_json(&["plan", "-c", config_arg, "--output", "json"], 1);
+    assert_eq!(plan["revision"], head.as_str());
+    assert!(plan.get("refused").is_none(), "{plan}");
+    assert_eq!(plan["trust"]["verified_from"], recorded.as_str(), "{plan}");
+    let commits = plan["trust"]["commits"].as_array().unwrap();
+    assert_eq!(commits.len(), 1, "{plan}");
+    assert_eq!(commits[0]["commit"], head.as_str());
+
+    // The other way round the kept copy is the newer one, and wins.
+    std::fs::write(
+        state.join(flink_gitops::state::WATERMARK_FILE),
+        format!("{head}\n"),
+    )
+    .unwrap();
+    let plan = flink_gitops_json(&["plan", "-c", config_arg, "--output", "json"], 1);
+    assert!(plan.get("refused").is_none(), "{plan}");
+    assert_eq!(plan["trust"]["verified_from"], head.as_str(), "{plan}");
+    assert_eq!(plan["trust"]["commits"].as_array().unwrap().len(), 0);
+}
+
+#[test]
 fn plan_requires_signed_jars_when_the_policy_says_so() {
     let f = Fixture::new("{author}");
     f.repo
