@@ -1069,8 +1069,8 @@ impl StateStore {
     /// Intents that have no outcome yet: work interrupted by a crash.
     pub fn open_intents(&self) -> Result<Vec<AuditEntry>, StateError> {
         self.audit_query(
-            "SELECT id, at, commit_id, job_id, action, phase, intent_id, result, detail FROM audit_log i
-             WHERE phase = 'intent' AND NOT EXISTS (SELECT 1 FROM audit_log o WHERE o.intent_id = i.id) ORDER BY id",
+            "SELECT id, at, commit_id, job_id, action, phase, intent_id, result, detail FROM audit_log
+             WHERE id IN (SELECT intent_id FROM open_intents) ORDER BY id",
             [],
         )
     }
