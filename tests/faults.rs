@@ -125,6 +125,13 @@ async fn a_pass_with_nothing_to_do_writes_nothing() {
         assert!(noop.converged());
         assert!(noop.jobs.iter().all(|j| j.outcome == Outcome::Unchanged));
     }
+    // An agent that starts again (every `apply` does) loads the specs from the spec memo, read
+    // beside its verification: nothing is parsed, so nothing is kept again either.
+    drop(agent);
+    let again = Agent::open(s.config.clone()).unwrap();
+    let noop = again.apply_once().await.unwrap();
+    assert!(noop.converged());
+    assert!(noop.jobs.iter().all(|j| j.outcome == Outcome::Unchanged));
     assert_eq!(
         version(),
         before,

@@ -855,8 +855,8 @@ impl Agent {
                 )?),
                 _ => None,
             };
-            let memo = guard.spec_memo();
             drop(guard);
+            let memo = crate::state::spec_memo_beside(&config.state.dir);
             let mut verified = verify_revision(
                 source.repo(),
                 &config,

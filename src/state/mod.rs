@@ -8,6 +8,7 @@ mod watermark;
 
 pub use rollbacks::{RevisionChange, RevisionRollback};
 pub use runs::{RunRecord, RunStatus, ScheduleCursor};
+pub use spec_memo::spec_memo_beside;
 pub use watermark::{WATERMARK_FILE, kept_watermark};
 
 use std::fs::File;
