@@ -234,28 +234,46 @@ pub fn plan(
     now_ms: i64,
 ) -> Plan {
     // A job not deployed yet (`new`) is planned as new, but its phase and backoff count.
-    let records: BTreeMap<&str, &JobRecord> = recorded
+    let mut records: Vec<&JobRecord> = recorded
         .iter()
         .filter(|r| r.status != "deleted" || !is_steady(r))
-        .map(|r| (r.job_id.as_str(), r))
         .collect();
+    // Listed in job id order already, which the sort only checks; a job listed twice is planned
+    // by its last record.
+    records.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+    records.dedup_by(|later, earlier| {
+        let same = later.job_id == earlier.job_id;
+        if same {
+            *earlier = *later;
+        }
+        same
+    });
     let (cluster_jobs, cluster_unreachable) = match observed {
         Observed::Jobs(jobs) => (Some(jobs), None),
         Observed::Unreachable(reason) => (None, Some(reason)),
     };
-    let ids: BTreeSet<&str> = desired
-        .jobs
-        .keys()
-        .map(String::as_str)
-        .chain(records.keys().copied())
-        .collect();
 
     let by_prefix = group_by_job_prefix(cluster_jobs.into_iter().flatten());
     // The prefixes of the cluster's jobs that belong to a job of ours.
     let mut claimed: HashSet<&str> = HashSet::default();
-    let mut jobs = Vec::with_capacity(ids.len());
-    for job_id in ids {
-        let record = records.get(job_id).copied();
+    let mut jobs = Vec::with_capacity(desired.jobs.len().max(records.len()));
+    // Every job desired or recorded, in job id order, with both sides found by walking the two
+    // ordered lists side by side: a thousand jobs were three tree searches each.
+    let mut desired_jobs = desired.jobs.iter().peekable();
+    let mut records = records.into_iter().peekable();
+    loop {
+        let job_id = match (
+            desired_jobs.peek().map(|&(id, _)| id.as_str()),
+            records.peek().map(|&record| record.job_id.as_str()),
+        ) {
+            (None, None) => break,
+            (Some(desired), Some(recorded)) => desired.min(recorded),
+            (Some(only), None) | (None, Some(only)) => only,
+        };
+        let desired_job = desired_jobs
+            .next_if(|&(id, _)| id == job_id)
+            .map(|(_, job)| job);
+        let record = records.next_if(|record| record.job_id == job_id);
         let (claimed_prefix, mine) = by_prefix
             .get_key_value(flink_job_prefix(job_id).as_str())
             .map_or((None, &[][..]), |(prefix, mine)| {
@@ -267,7 +285,6 @@ pub fn plan(
             .and_then(|jid| mine.iter().find(|j| j.jid == jid).copied());
         let live_instance = mine.iter().find(|j| is_alive(&j.state)).copied();
         let instance = recorded_instance.or(live_instance);
-        let desired_job = desired.jobs.get(job_id);
         let mut entry = JobPlan {
             flink_job_id: instance
                 .map(|j| j.jid.clone())
@@ -1046,6 +1063,56 @@ mod tests {
         assert_eq!(
             plan.jobs[0].reasons,
             vec!["artifact content changed".to_string()]
+        );
+    }
+
+    #[test]
+    fn every_desired_or_recorded_job_is_planned_once_in_job_id_order_whatever_the_records_order() {
+        let named = |id: &str| job(&V1.replace("orders", id));
+        let (b, c, d, e) = (named("b"), named("c"), named("d"), named("e"));
+        // Listed twice, the last record is the job's: this one's spec is not the desired one.
+        let listed_last = record_of(
+            &job(&V1
+                .replace("orders", "c")
+                .replace("parallelism: 2", "parallelism: 4")),
+            "running",
+        );
+        let records = [
+            record_of(&e, "running"),
+            record_of(&c, "running"),
+            record_of(&named("a"), "running"),
+            record_of(&b, "running"),
+            listed_last,
+        ];
+        let jobs = [b, c, d, e];
+        let running: Vec<JobOverview> = records
+            .iter()
+            .map(|r| running(r.flink_job_id.as_deref().unwrap(), "RUNNING"))
+            .collect();
+        let planned = plan(&desired(&jobs), Observed::Jobs(&running), &records);
+        let actions: Vec<(&str, Action)> = planned
+            .jobs
+            .iter()
+            .map(|j| (j.job_id.as_str(), j.action))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("a", Action::Delete),
+                ("b", Action::Unchanged),
+                ("c", Action::Upgrade),
+                ("d", Action::Create),
+                ("e", Action::Unchanged),
+            ]
+        );
+        assert!(planned.unmanaged.is_empty(), "{:?}", planned.unmanaged);
+        // The same plan from records in job id order, each once.
+        let mut in_order: Vec<JobRecord> = records.to_vec();
+        in_order.sort_by(|x, y| x.job_id.cmp(&y.job_id));
+        in_order.remove(2);
+        assert_eq!(
+            plan(&desired(&jobs), Observed::Jobs(&running), &in_order).jobs,
+            planned.jobs
         );
     }
 
