@@ -776,30 +776,57 @@ fn verify_command_reports_each_commit() {
     assert_eq!(usage.status.code(), Some(2));
 }
 
+/// A job repository with a signed commit, an unsigned one (`unsigned`) after it and a signed one
+/// on top, a config against no cluster, and the state database a first `plan` made, whose
+/// watermark is then set to `watermark_at` of the three commits.
+struct SignedAroundUnsigned {
+    f: Fixture,
+    _work: tempfile::TempDir,
+    state: PathBuf,
+    config: PathBuf,
+    commits: [String; 3],
+}
+
+impl SignedAroundUnsigned {
+    fn new(unsigned: &str, watermark_at: usize) -> SignedAroundUnsigned {
+        let f = Fixture::new("{author}");
+        f.repo
+            .write("artifacts/job.jar", b"PK\x03\x04 job")
+            .write("jobs/a.yaml", stream_spec("a", "artifacts/job.jar", 1));
+        let first = f.repo.commit("applied");
+        f.repo
+            .write("jobs/a.yaml", stream_spec("a", "artifacts/job.jar", 4));
+        f.repo.git(&["add", "-A"]);
+        f.repo
+            .git(&["commit", "-q", "--no-gpg-sign", "-m", unsigned]);
+        let between = f.repo.git(&["rev-parse", "HEAD"]).trim().to_string();
+        f.repo
+            .write("jobs/a.yaml", stream_spec("a", "artifacts/job.jar", 2));
+        let head = f.repo.commit("signed on top");
+        let work = tempfile::tempdir().unwrap();
+        let config = write_config(work.path(), &f.repo, "http://127.0.0.1:9");
+        flink_gitops(&["plan", "-c", config.to_str().unwrap()]);
+        let state = work.path().join("state");
+        let commits = [first, between, head];
+        flink_gitops::state::StateStore::open_exclusive(&state)
+            .unwrap()
+            .set_meta("watermark", &commits[watermark_at])
+            .unwrap();
+        SignedAroundUnsigned {
+            f,
+            _work: work,
+            state,
+            config,
+            commits,
+        }
+    }
+}
+
 #[test]
 fn plan_refuses_an_unsigned_commit_after_the_watermark_and_a_force_push() {
-    let f = Fixture::new("{author}");
-    f.repo
-        .write("artifacts/job.jar", b"PK\x03\x04 job")
-        .write("jobs/a.yaml", stream_spec("a", "artifacts/job.jar", 1));
-    let watermark = f.repo.commit("applied");
-    let work = tempfile::tempdir().unwrap();
-    let config = write_config(work.path(), &f.repo, "http://127.0.0.1:9");
-    let config_arg = config.to_str().unwrap();
-    flink_gitops(&["plan", "-c", config_arg]);
-    flink_gitops::state::StateStore::open_exclusive(&work.path().join("state"))
-        .unwrap()
-        .set_meta("watermark", &watermark)
-        .unwrap();
-
-    f.repo
-        .write("jobs/a.yaml", stream_spec("a", "artifacts/job.jar", 4));
-    f.repo.git(&["add", "-A"]);
-    f.repo
-        .git(&["commit", "-q", "--no-gpg-sign", "-m", "unreviewed scale-up"]);
-    f.repo
-        .write("jobs/a.yaml", stream_spec("a", "artifacts/job.jar", 2));
-    let head = f.repo.commit("signed on top");
+    let around = SignedAroundUnsigned::new("unreviewed scale-up", 0);
+    let (f, config_arg) = (&around.f, around.config.to_str().unwrap());
+    let [watermark, _, head] = &around.commits;
     let plan = flink_gitops_json(&["plan", "-c", config_arg, "--output", "json"], 1);
     assert_eq!(plan["revision"], head.as_str());
     assert_eq!(plan["refused"]["kind"], "signature");
@@ -812,7 +839,7 @@ fn plan_refuses_an_unsigned_commit_after_the_watermark_and_a_force_push() {
     );
     assert!(plan.get("plan").is_none());
 
-    f.repo.git(&["reset", "-q", "--hard", &watermark]);
+    f.repo.git(&["reset", "-q", "--hard", watermark]);
     f.repo.git(&["commit", "-q", "--amend", "-m", "rewritten"]);
     let plan = flink_gitops_json(&["plan", "-c", config_arg, "--output", "json"], 1);
     assert_eq!(plan["refused"]["kind"], "teleport", "{plan}");
@@ -832,34 +859,9 @@ fn plan_refuses_an_unsigned_commit_after_the_watermark_and_a_force_push() {
 fn plan_verifies_from_the_newer_watermark_when_the_kept_copy_is_older_than_the_database() {
     // `plan` starts verifying from the kept copy of the watermark before the database answers;
     // when the database's is newer, the commits between the two must not be judged again.
-    let f = Fixture::new("{author}");
-    f.repo
-        .write("artifacts/job.jar", b"PK\x03\x04 job")
-        .write("jobs/a.yaml", stream_spec("a", "artifacts/job.jar", 1));
-    let older = f.repo.commit("applied long ago");
-    f.repo
-        .write("jobs/a.yaml", stream_spec("a", "artifacts/job.jar", 4));
-    f.repo.git(&["add", "-A"]);
-    f.repo.git(&[
-        "commit",
-        "-q",
-        "--no-gpg-sign",
-        "-m",
-        "accepted by the operator",
-    ]);
-    let recorded = f.repo.git(&["rev-parse", "HEAD"]).trim().to_string();
-    f.repo
-        .write("jobs/a.yaml", stream_spec("a", "artifacts/job.jar", 2));
-    let head = f.repo.commit("signed on top");
-    let work = tempfile::tempdir().unwrap();
-    let config = write_config(work.path(), &f.repo, "http://127.0.0.1:9");
-    let config_arg = config.to_str().unwrap();
-    flink_gitops(&["plan", "-c", config_arg]);
-    let state = work.path().join("state");
-    flink_gitops::state::StateStore::open_exclusive(&state)
-        .unwrap()
-        .set_meta("watermark", &recorded)
-        .unwrap();
+    let around = SignedAroundUnsigned::new("accepted by the operator", 1);
+    let (state, config_arg) = (&around.state, around.config.to_str().unwrap());
+    let [older, recorded, head] = &around.commits;
     std::fs::write(
         state.join(flink_gitops::state::WATERMARK_FILE),
         format!("{older}\n"),
