@@ -194,7 +194,9 @@ impl SpecMemo {
         }
     }
 
-    /// The stored entries, for this build.
+    /// The stored entries, for this build, all read already (the agent reads them in parts:
+    /// [`SpecMemo::in_parts`]).
+    #[cfg(test)]
     pub fn new(entries: impl IntoIterator<Item = MemoEntry>) -> SpecMemo {
         SpecMemo {
             generation: build_generation(),
@@ -208,6 +210,7 @@ impl SpecMemo {
     }
 
     /// The entries `source` gives, asked for when a load first needs them.
+    #[cfg(test)]
     pub fn later(source: impl FnOnce() -> PreparedMemo + Send + 'static) -> SpecMemo {
         let mut source = Some(source);
         SpecMemo::in_parts(move || source.take().map(|read| read()))

@@ -33,7 +33,9 @@ pub fn spec_memo_beside(dir: &std::path::Path) -> SpecMemo {
 
 impl StateStore {
     /// Every kept spec, as stored. The memo only saves time: when it cannot be read it is empty,
-    /// every spec is parsed, and (for the agent) what was parsed replaces it.
+    /// every spec is parsed, and (for the agent) what was parsed replaces it. The agent reads it in
+    /// parts ([`spec_memo_beside`], [`Self::spec_memo_in_parts`]).
+    #[cfg(test)]
     pub fn spec_memo_entries(&self) -> Vec<MemoEntry> {
         let mut entries = Vec::new();
         self.spec_memo_in_parts(|part| entries.extend(part));
